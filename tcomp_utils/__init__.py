@@ -1,0 +1,1 @@
+"""tcomp_utils."""

@@ -1,0 +1,156 @@
+"""One budget axis: parameters, stored bytes and MACs per token, for dense and compressed models.
+
+Conventions (state them with every table):
+
+* **parameters**: stored numbers of the module (a tensor shared by two modules, e.g. tied
+  input/output embeddings, is counted once, at its first occurrence);
+* **bytes**: what storing them takes: ``numel × bit width / 8`` per tensor, plus whatever a
+  compressed module declares (scales, zero points, indices);
+* **MACs per token**: multiply-accumulates of the matrix products for one token of a sequence
+  of ``seq_len`` tokens. A linear layer costs ``in × out``; attention adds, per query head of
+  dimension d, ``2·s·d`` (scores Q·Kᵀ and the weighted sum of values, over all s keys: the
+  s² term, counted in full even for causal masks); embedding look-ups, norms and activations
+  count 0; modules applied once per sequence (pooler, classifier) count ``in × out / s``.
+
+A compressed module reports its own counts by implementing the :class:`CompressedModule`
+protocol (``tcomp_footprint()``); the counter then does not look inside it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import pandas as pd
+import torch
+from torch import nn
+
+from . import adapters
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Counts of one module: ``params`` (numbers), ``bytes`` (stored), ``macs`` (per token)."""
+
+    params: int
+    bytes: int
+    macs: float
+
+    def __add__(self, other: "Footprint") -> "Footprint":
+        return Footprint(self.params + other.params, self.bytes + other.bytes, self.macs + other.macs)
+
+    @property
+    def megabytes(self) -> float:
+        return self.bytes / 1e6
+
+
+@runtime_checkable
+class CompressedModule(Protocol):
+    """What a compressed module implements so the budget counter can count it.
+
+    ``tcomp_footprint`` returns its stored parameters, stored bytes (codes, scales, zero
+    points, indices included) and MACs for one token. Such modules also expose ``in_features``
+    and ``out_features`` like ``nn.Linear`` so attention head counts can be read from them.
+    """
+
+    def tcomp_footprint(self) -> Footprint: ...
+
+
+def tensor_bytes(numel: int, bits: int) -> int:
+    """Bytes to store ``numel`` numbers of ``bits`` bits each, packed (rounded up to a byte)."""
+    return math.ceil(numel * bits / 8)
+
+
+def dense_bytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _own_tensors(module: nn.Module, seen: set[int]) -> tuple[int, int]:
+    """Parameters and bytes of ``module``'s own (non-recursive) parameters not seen before."""
+    params = nbytes = 0
+    for p in module.parameters(recurse=False):
+        key = p.data_ptr() if p.numel() else id(p)
+        if key in seen:
+            continue
+        seen.add(key)
+        params += p.numel()
+        nbytes += dense_bytes(p)
+    return params, nbytes
+
+
+def module_table(model: nn.Module, seq_len: int = 128) -> pd.DataFrame:
+    """Per-module footprint of ``model`` at sequence length ``seq_len`` (tokens).
+
+    One row per leaf that holds parameters or compute: linear layers, embeddings, norms,
+    compressed modules, and one ``attention core`` row per attention block for the s² MACs.
+    Columns: ``path``, ``kind``, ``role``, ``stack``, ``layer``, ``params``, ``bytes``,
+    ``macs_per_token``. The column sums are the model's totals (see :func:`footprint`).
+    """
+    if seq_len < 1:
+        raise ValueError(f"seq_len must be a positive number of tokens, got {seq_len}")
+    try:
+        adapter = adapters.get_adapter(model)
+        roles = adapters.role_index(model)
+    except adapters.UnsupportedArchitectureError:
+        adapter, roles = None, {}
+    per_sequence = adapter.per_sequence if adapter else ()
+    seen: set[int] = set()
+    rows = []
+
+    def add(path: str, kind: str, params: int, nbytes: int, macs: float) -> None:
+        rm = roles.get(path)
+        if rm is None:  # a sub-module of a role module (e.g. inside a compressed one)
+            rm = next((r for p, r in roles.items() if path.startswith(p + ".")), None)
+        rows.append(dict(path=path, kind=kind, role=rm.role if rm else None,
+                         stack=rm.stack if rm else None, layer=rm.layer if rm else None,
+                         params=params, bytes=nbytes, macs_per_token=macs))
+
+    def visit(module: nn.Module, path: str) -> None:
+        once = any(part in per_sequence for part in path.split("."))
+        if isinstance(module, CompressedModule):
+            fp = module.tcomp_footprint()
+            for p in module.parameters():  # mark its tensors as counted
+                seen.add(p.data_ptr())
+            add(path, type(module).__name__, fp.params, fp.bytes, fp.macs / seq_len if once else fp.macs)
+            return
+        params, nbytes = _own_tensors(module, seen)
+        if isinstance(module, nn.Linear):
+            macs = module.in_features * module.out_features
+            add(path, "Linear", params, nbytes, macs / seq_len if once else macs)
+        elif params:
+            add(path, type(module).__name__, params, nbytes, 0)
+        for name, child in module.named_children():
+            visit(child, f"{path}.{name}" if path else name)
+
+    visit(model, "")
+    if adapter is not None:
+        head_dim = adapter.heads(model.config).head_dim
+        for stack_name, stack in adapter.stacks.items():
+            for q_role in stack.attention_queries:
+                for rm in (r for r in adapters.find_modules(model, q_role) if r.stack == stack_name):
+                    n_heads = rm.module.out_features // head_dim
+                    rows.append(dict(path=rm.path.rsplit(".", 1)[0] + ":core", kind="attention core",
+                                     role="attention" if q_role == "query" else "cross_attention",
+                                     stack=stack_name, layer=rm.layer, params=0, bytes=0,
+                                     macs_per_token=2 * seq_len * n_heads * head_dim))
+    table = pd.DataFrame(rows, columns=["path", "kind", "role", "stack", "layer", "params", "bytes", "macs_per_token"])
+    table["layer"] = table["layer"].astype("Int64")
+    return table
+
+
+def footprint(model: nn.Module, seq_len: int = 128) -> Footprint:
+    """Total parameters, stored bytes and MACs per token of ``model`` at ``seq_len`` tokens."""
+    t = module_table(model, seq_len)
+    return Footprint(int(t["params"].sum()), int(t["bytes"].sum()), float(t["macs_per_token"].sum()))
+
+
+def summarize(table: pd.DataFrame, by: str = "role") -> pd.DataFrame:
+    """Totals of a :func:`module_table` grouped by ``by`` (``role``, ``kind``, ``layer``...), with
+    each group's share of the whole in percent. Rows without a role are grouped as ``other``."""
+    t = table.copy()
+    t[by] = t[by].astype(object).where(t[by].notna(), "other")
+    g = t.groupby(by, sort=False)[["params", "bytes", "macs_per_token"]].sum()
+    for col in ("params", "bytes", "macs_per_token"):
+        total = g[col].sum()
+        g[f"{col}_%"] = 100 * g[col] / total if total else 0.0
+    return g.reset_index()

@@ -1,0 +1,180 @@
+"""Evaluation: classification and correlation metrics, perplexity, BLEU and latency.
+
+Library implementations where they exist (scikit-learn, scipy, sacrebleu); perplexity and the
+latency helper are written here because their protocols (window layout, warm-up, thread count)
+are what makes numbers comparable.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import sacrebleu
+import torch
+from scipy import stats
+from sklearn import metrics as skm
+from torch import nn
+from tqdm.auto import tqdm
+
+
+def accuracy(labels: Sequence[int], preds: Sequence[int]) -> float:
+    """Fraction of predictions equal to the labels."""
+    return float(skm.accuracy_score(labels, preds))
+
+
+def f1(labels: Sequence[int], preds: Sequence[int]) -> float:
+    """F1 of the positive class (label 1)."""
+    return float(skm.f1_score(labels, preds))
+
+
+def mcc(labels: Sequence[int], preds: Sequence[int]) -> float:
+    """Matthews correlation coefficient."""
+    return float(skm.matthews_corrcoef(labels, preds))
+
+
+def pearson(targets: Sequence[float], preds: Sequence[float]) -> float:
+    return float(stats.pearsonr(targets, preds).statistic)
+
+
+def spearman(targets: Sequence[float], preds: Sequence[float]) -> float:
+    return float(stats.spearmanr(targets, preds).statistic)
+
+
+METRICS: dict[str, Callable] = {"accuracy": accuracy, "f1": f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
+
+
+def score(names: Sequence[str], labels, preds) -> dict[str, float]:
+    """Every metric in ``names`` on the same labels and predictions."""
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; allowed: {', '.join(METRICS)}")
+    return {n: METRICS[n](labels, preds) for n in names}
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU (sacrebleu defaults: 13a tokenisation, one reference per sentence)."""
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+
+
+@torch.no_grad()
+def predict_classifier(model: nn.Module, tokenizer, texts: Sequence[str], text_pairs: Sequence[str] | None = None,
+                       batch_size: int = 64, max_length: int = 64, progress: bool = False) -> np.ndarray:
+    """Logits of a sequence classifier for ``texts`` (and ``text_pairs`` for sentence-pair
+    tasks): array (n_texts, num_labels)."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    starts = range(0, len(texts), batch_size)
+    for i in tqdm(starts, desc="predict", disable=not progress):
+        pair = list(text_pairs[i : i + batch_size]) if text_pairs is not None else None
+        enc = tokenizer(list(texts[i : i + batch_size]), pair, padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt").to(device)
+        out.append(model(**enc).logits.float().cpu())
+    return torch.cat(out).numpy()
+
+
+def evaluate_classifier(model: nn.Module, tokenizer, dataset, metric_names: Sequence[str] = ("accuracy", "f1", "mcc"),
+                        text_fields: Sequence[str] = ("text",), label_field: str = "label",
+                        batch_size: int = 64, max_length: int = 64) -> dict[str, float]:
+    """Metrics of a sequence classifier (or regressor, one output) on ``dataset``: inputs from
+    ``text_fields`` (one, or two for sentence pairs), targets from ``label_field``."""
+    pairs = dataset[text_fields[1]] if len(text_fields) > 1 else None
+    logits = predict_classifier(model, tokenizer, dataset[text_fields[0]], pairs, batch_size, max_length)
+    preds = logits[:, 0].tolist() if logits.shape[1] == 1 else logits.argmax(-1).tolist()
+    return score(metric_names, list(dataset[label_field]), preds)
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    """Perplexity ``exp(mean NLL)`` over ``tokens`` scored tokens in ``windows`` windows."""
+
+    perplexity: float
+    nll: float
+    tokens: int
+    windows: int
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 512, stride: int | None = None,
+               max_tokens: int | None = None, progress: bool = True) -> PerplexityResult:
+    """Perplexity of a causal LM over a 1-D tensor of token ids.
+
+    ``stride=None`` is the GPTQ protocol: non-overlapping windows of ``seq_len`` tokens (a final
+    partial window is dropped), every token after the first of each window scored. With a
+    ``stride`` < ``seq_len``, windows of ``seq_len`` start every ``stride`` tokens and only the
+    last ``stride`` tokens of each are scored (the earlier ones are context), as in the HF guide.
+    ``max_tokens`` truncates the text first.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2 tokens, got {seq_len}")
+    if stride is not None and not 0 < stride <= seq_len:
+        raise ValueError(f"stride must lie in (0, seq_len={seq_len}], got {stride}")
+    ids = input_ids.flatten()[: max_tokens or None]
+    device = next(model.parameters()).device
+    model.eval()
+    total_nll, total_tokens, windows = 0.0, 0, 0
+    if stride is None:
+        spans = [(b, b + seq_len, 1) for b in range(0, len(ids) - seq_len + 1, seq_len)]
+    else:
+        spans, prev_end = [], 0
+        for begin in range(0, len(ids) - 1, stride):
+            end = min(begin + seq_len, len(ids))
+            spans.append((begin, end, max(1, prev_end - begin)))  # first scored position in window
+            prev_end = end
+            if end == len(ids):
+                break
+    if not spans:
+        raise ValueError(f"text of {len(ids)} tokens is shorter than one window of {seq_len}")
+    for begin, end, first in tqdm(spans, desc="perplexity", disable=not progress):
+        window = ids[begin:end].unsqueeze(0).to(device)
+        logits = model(window).logits.float()
+        logp = torch.log_softmax(logits[0, first - 1 : -1], dim=-1)
+        target = window[0, first:]
+        total_nll -= logp.gather(1, target.unsqueeze(1)).sum().item()
+        total_tokens += target.numel()
+        windows += 1
+    mean = total_nll / total_tokens
+    return PerplexityResult(math.exp(mean), mean, total_tokens, windows)
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """Wall-clock latency in milliseconds over ``runs`` timed runs on ``threads`` threads."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+    threads: int
+
+
+def latency(fn: Callable[[], object], runs: int = 20, warmup: int = 3, threads: int | None = None) -> LatencyResult:
+    """Time ``fn()``: ``warmup`` untimed calls, then the median of ``runs`` timed calls.
+
+    ``threads`` fixes ``torch.set_num_threads`` for the measurement (restored afterwards), so
+    numbers taken on different days or machines state what they used.
+    """
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
+    before = torch.get_num_threads()
+    threads = threads or before
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+    finally:
+        torch.set_num_threads(before)
+    q = statistics.quantiles(times, n=10) if runs > 1 else [times[0]] * 9
+    return LatencyResult(statistics.median(times), q[0], q[-1], runs, threads)

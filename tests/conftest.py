@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random-initialised models of each family (no download, seconds each)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a test must never reach for a hub
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest
+import torch
+from transformers import (BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM, OPTConfig,
+                          OPTForCausalLM, T5Config, T5ForConditionalGeneration)
+
+
+def tiny_bert(**kw):
+    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=64, num_labels=2, **kw)
+    return BertForSequenceClassification(cfg).eval()
+
+
+def tiny_llama(**kw):
+    cfg = LlamaConfig(vocab_size=100, hidden_size=48, num_hidden_layers=2, num_attention_heads=6,
+                      num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64,
+                      tie_word_embeddings=True, **kw)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_opt(**kw):
+    cfg = OPTConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
+                    max_position_embeddings=64, word_embed_proj_dim=32, **kw)
+    return OPTForCausalLM(cfg).eval()
+
+
+def tiny_t5(**kw):
+    cfg = T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+                   decoder_start_token_id=0, **kw)
+    return T5ForConditionalGeneration(cfg).eval()
+
+
+TINY = {"bert": tiny_bert, "llama": tiny_llama, "opt": tiny_opt, "t5": tiny_t5}
+
+
+@pytest.fixture(params=sorted(TINY))
+def tiny_model(request):
+    torch.manual_seed(0)
+    return request.param, TINY[request.param]()
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The embedded minilm-l6 encoder (needs the fetched assets: `make assets`)."""
+    from tcomp_utils import models
+    return models.load_model("minilm-l6", "base")[0]

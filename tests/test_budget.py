@@ -1,0 +1,116 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from tcomp_utils import budget
+from conftest import tiny_bert, tiny_llama, tiny_t5
+
+
+def hand_layer_macs(s, hidden, heads, ffn):
+    """MACs of one encoder layer over s tokens: per head 3sHd + 2s²d + sdH, per FFN neuron 2sH."""
+    d = hidden // heads
+    return heads * (3 * s * hidden * d + 2 * s * s * d + s * d * hidden) + ffn * 2 * s * hidden
+
+
+@pytest.fixture(scope="module")
+def bert_base():
+    return BertModel(BertConfig())  # bert-base-uncased's configuration, random weights
+
+
+def test_bert_base_parameter_count_is_exact(bert_base):
+    fp = budget.footprint(bert_base)
+    assert fp.params == 109_482_240
+    assert fp.bytes == 4 * 109_482_240  # fp32
+
+
+@pytest.mark.parametrize("s", [1, 128, 512])
+def test_bert_base_macs_match_hand_formula(bert_base, s):
+    table = budget.module_table(bert_base, s)
+    layer_macs = table[table.layer.notna()].macs_per_token.sum()
+    assert layer_macs * s == pytest.approx(12 * hand_layer_macs(s, 768, 12, 3072), rel=1e-12)
+    # pooler: one 768x768 product per sequence
+    assert table[table.path == "pooler.dense"].macs_per_token.item() * s == pytest.approx(768 * 768)
+    assert table.macs_per_token.sum() * s == pytest.approx(12 * hand_layer_macs(s, 768, 12, 3072) + 768 * 768)
+
+
+def test_minilm_l6_counts(minilm):
+    table = budget.module_table(minilm, 128)
+    assert table.params.sum() == 22_713_216
+    assert table[table.layer.notna()].macs_per_token.sum() * 128 == pytest.approx(6 * hand_layer_macs(128, 384, 12, 1536))
+
+
+def test_tied_embeddings_counted_once_but_lm_head_macs_counted():
+    model = tiny_llama()
+    table = budget.module_table(model, 16)
+    unique = {p.data_ptr(): p.numel() for p in model.parameters()}
+    assert table.params.sum() == sum(unique.values())
+    head = table[table.path == "lm_head"].iloc[0]
+    assert head.params == 0 and head.macs_per_token == 48 * 100
+
+
+def test_grouped_query_attention_macs():
+    model = tiny_llama()  # 6 query heads, 2 kv heads of dim 8, hidden 48, FFN 96 gated
+    s = 16
+    t = budget.module_table(model, s)
+    layer0 = t[t.layer == 0]
+    proj = 48 * 48 + 2 * (48 * 16) + 48 * 48  # q, k (2 heads x 8), v, o
+    ffn = 3 * 48 * 96
+    core = 2 * s * 6 * 8
+    assert layer0.macs_per_token.sum() == proj + ffn + core
+
+
+def test_seq2seq_counts_cross_attention_core():
+    t = budget.module_table(tiny_t5(), 10)
+    kinds = t[t.kind == "attention core"]
+    assert sorted(kinds.role.value_counts().items()) == [("attention", 4), ("cross_attention", 2)]
+    assert (kinds.macs_per_token == 2 * 10 * 4 * 8).all()
+
+
+class HalfRankLinear(nn.Module):
+    """A stand-in compressed module: rank-r factors, stored 4-bit with one fp16 scale per row."""
+
+    def __init__(self, n_in, n_out, r):
+        super().__init__()
+        self.in_features, self.out_features = n_in, n_out
+        self.a, self.b = nn.Linear(n_in, r, bias=False), nn.Linear(r, n_out, bias=False)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+    def tcomp_footprint(self):
+        r = self.a.out_features
+        n = r * (self.in_features + self.out_features)
+        return budget.Footprint(n, budget.tensor_bytes(n, 4) + 2 * (r + self.out_features), n)
+
+
+def test_compressed_module_reports_its_own_footprint():
+    model = tiny_bert()
+    before = budget.module_table(model, 8)
+    q_path = "bert.encoder.layer.0.attention.self.query"
+    model.bert.encoder.layer[0].attention.self.query = HalfRankLinear(32, 32, 4)
+    after = budget.module_table(model, 8)
+    row = after[after.path == q_path].iloc[0]
+    assert (row.kind, row.role, row.layer) == ("HalfRankLinear", "query", 0)
+    assert row.params == 4 * 64 and row.bytes == math.ceil(256 * 4 / 8) + 2 * 36 and row.macs_per_token == 256
+    assert not after.path.str.startswith(q_path + ".").any()  # its children are not counted again
+    assert before.params.sum() - after.params.sum() == (32 * 32 + 32) - 256
+
+
+def test_tensor_bytes_rounds_up():
+    assert budget.tensor_bytes(10, 4) == 5
+    assert budget.tensor_bytes(3, 3) == 2
+    assert budget.tensor_bytes(0, 8) == 0
+
+
+def test_summarize_shares_add_up():
+    s = budget.summarize(budget.module_table(tiny_bert(), 8), "role")
+    assert s["params_%"].sum() == pytest.approx(100)
+    assert set(s.role) >= {"query", "ffn_in", "embeddings", "other", "attention"}
+
+
+def test_bad_sequence_length():
+    with pytest.raises(ValueError, match="seq_len must be a positive"):
+        budget.module_table(tiny_bert(), 0)

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tcomp_utils import metrics
+
+
+def test_classification_metrics_on_hand_example():
+    labels = [1, 1, 1, 0, 0, 0, 0, 0]
+    preds = [1, 1, 0, 1, 0, 0, 0, 0]
+    # TP=2 FN=1 FP=1 TN=4
+    assert metrics.accuracy(labels, preds) == 6 / 8
+    assert metrics.f1(labels, preds) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+    assert metrics.mcc(labels, preds) == pytest.approx((2 * 4 - 1 * 1) / math.sqrt(3 * 3 * 5 * 5))
+
+
+def test_correlations_on_hand_example():
+    x = [1.0, 2.0, 3.0, 4.0]
+    assert metrics.pearson(x, [2.0, 4.0, 6.0, 8.0]) == pytest.approx(1.0)
+    assert metrics.spearman(x, [1.0, 10.0, 100.0, 1000.0]) == pytest.approx(1.0)
+    assert metrics.spearman(x, [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+
+
+def test_score_rejects_unknown_metric():
+    with pytest.raises(ValueError, match=r"unknown metric\(s\) \['bleu4'\]"):
+        metrics.score(["accuracy", "bleu4"], [1], [1])
+
+
+def test_bleu():
+    refs = ["the cat sat on the mat .", "a dog barks loudly at night ."]
+    assert metrics.bleu(refs, refs) == pytest.approx(100.0)
+    assert metrics.bleu(["completely different words here", "nothing shared"], refs) < 5
+    with pytest.raises(ValueError, match="2 hypotheses but 1 references"):
+        metrics.bleu(refs, refs[:1])
+
+
+class UniformLM(nn.Module):
+    """Logits equal everywhere: every token has probability 1/V, so perplexity is exactly V."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, ids):
+        return type("Out", (), {"logits": torch.zeros(*ids.shape, self.vocab) + self.dummy})
+
+
+class CountingLM(UniformLM):
+    """Records which windows it saw."""
+
+    def __init__(self, vocab):
+        super().__init__(vocab)
+        self.seen = []
+
+    def forward(self, ids):
+        self.seen.append(ids.shape[1])
+        return super().forward(ids)
+
+
+def test_perplexity_of_uniform_model_is_vocab_size():
+    ids = torch.randint(0, 37, (1000,))
+    r = metrics.perplexity(UniformLM(37), ids, seq_len=100, progress=False)
+    assert r.perplexity == pytest.approx(37)
+    assert (r.windows, r.tokens) == (10, 10 * 99)  # GPTQ protocol: non-overlapping, first token unscored
+
+
+def test_perplexity_drops_partial_window_and_truncates():
+    lm = CountingLM(5)
+    r = metrics.perplexity(lm, torch.zeros(250, dtype=torch.long), seq_len=100, progress=False)
+    assert lm.seen == [100, 100] and r.tokens == 198
+    r = metrics.perplexity(UniformLM(5), torch.zeros(250, dtype=torch.long), seq_len=100, max_tokens=100, progress=False)
+    assert r.windows == 1
+
+
+def test_strided_perplexity_scores_every_token_once():
+    lm = CountingLM(11)
+    r = metrics.perplexity(lm, torch.zeros(250, dtype=torch.long), seq_len=100, stride=50, progress=False)
+    assert r.tokens == 249  # every token after the first, exactly once
+    assert lm.seen == [100, 100, 100, 100]  # windows start at 0, 50, 100, 150 (the last reaches the end)
+    assert r.perplexity == pytest.approx(11)
+
+
+def test_perplexity_bad_arguments():
+    with pytest.raises(ValueError, match="stride must lie in"):
+        metrics.perplexity(UniformLM(3), torch.zeros(10, dtype=torch.long), seq_len=4, stride=5)
+    with pytest.raises(ValueError, match="shorter than one window"):
+        metrics.perplexity(UniformLM(3), torch.zeros(10, dtype=torch.long), seq_len=20, progress=False)
+
+
+def test_latency_counts_runs_and_restores_threads():
+    calls = []
+    before = torch.get_num_threads()
+    r = metrics.latency(lambda: calls.append(torch.get_num_threads()), runs=5, warmup=2, threads=1)
+    assert len(calls) == 7 and set(calls) == {1}
+    assert torch.get_num_threads() == before
+    assert r.runs == 5 and r.threads == 1 and 0 <= r.p10_ms <= r.median_ms <= r.p90_ms
+    with pytest.raises(ValueError, match="runs >= 1"):
+        metrics.latency(lambda: None, runs=0)

@@ -1,0 +1,40 @@
+import pytest
+import torch
+
+from tcomp_utils import models
+from conftest import tiny_t5
+
+
+def test_embedded_encoder_loads_as_classifier():
+    model, tok = models.load_model("minilm-l6", "sequence-classification", num_labels=2)
+    enc = tok(["a good day", "a bad day"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert model(**enc).logits.shape == (2, 2)
+    assert not model.training
+
+
+def test_local_folder_goes_through_the_same_path(tmp_path):
+    model = tiny_t5()
+    model.save_pretrained(tmp_path)
+    _, tok = models.load_model("minilm-l6", "base")
+    tok.save_pretrained(tmp_path)  # any tokenizer will do for the loading path
+    loaded, _ = models.load_model(str(tmp_path), "seq2seq")
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        a = model(input_ids=ids, decoder_input_ids=ids).logits
+        b = loaded(input_ids=ids, decoder_input_ids=ids).logits
+    assert torch.equal(a, b)
+
+
+def test_unknown_model_is_a_clear_error():
+    with pytest.raises(models.UnknownModelError, match=r"unknown model 'no-such-model-xyz': not an embedded name"):
+        models.load_model("no-such-model-xyz")
+
+
+def test_unknown_task_type():
+    with pytest.raises(ValueError, match="unknown task type 'token-classification'"):
+        models.load_model("minilm-l6", "token-classification")
+
+
+def test_smollm_caveat_is_declared():
+    assert "Q4_1" in models.model_note("smollm2-135m")
