@@ -7,10 +7,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tcomp-installed
 PROFILE ?= default
 
-.PHONY: help install assets test test-fast run clean-runs
+SPECS  := $(sort $(wildcard papermill_runs/*.yaml))
+SPEC   ?= papermill_runs/budget_axis.yaml
+SWEEP_ARGS ?=
+
+.PHONY: help install assets test test-fast run sweep figures
 
 help:
-	@echo "make run    - execute the baselines notebook ($(PROFILE) profile) into papermill_runs/"
+	@echo "make run    - every sweep under papermill_runs/ ($(PROFILE) profile), then make figures"
+	@echo "make sweep SPEC=papermill_runs/x.yaml [SWEEP_ARGS='--workers 2'] - one sweep"
+	@echo "make figures - rebuild figures/ from the results tables (no model is loaded)"
 	@echo "make test   - unit tests + nbval over every notebook in the smoke profile"
 	@echo "make assets - fetch and verify the embedded models and data"
 
@@ -33,7 +39,11 @@ test-fast: $(STAMP)
 	$(PY) -m pytest tests -x -q
 
 run: assets
-	$(PY) -m tcomp_utils.runner notebooks/00_baselines.ipynb --profile $(PROFILE)
+	for spec in $(SPECS); do $(PY) -m tcomp_utils.sweep $$spec --profile $(PROFILE) || exit 1; done
+	$(MAKE) figures
 
-clean-runs:
-	rm -rf papermill_runs/*/smoke
+sweep: assets
+	$(PY) -m tcomp_utils.sweep $(SPEC) $(SWEEP_ARGS)
+
+figures: $(STAMP)
+	$(PY) -m tcomp_utils.figures

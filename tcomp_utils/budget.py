@@ -69,10 +69,9 @@ def _own_tensors(module: nn.Module, seen: set[int]) -> tuple[int, int]:
     """Parameters and bytes of ``module``'s own (non-recursive) parameters not seen before."""
     params = nbytes = 0
     for p in module.parameters(recurse=False):
-        key = p.data_ptr() if p.numel() else id(p)
-        if key in seen:
+        if id(p) in seen:  # shared (tied) tensors are one Parameter object
             continue
-        seen.add(key)
+        seen.add(id(p))
         params += p.numel()
         nbytes += dense_bytes(p)
     return params, nbytes
@@ -110,7 +109,7 @@ def module_table(model: nn.Module, seq_len: int = 128) -> pd.DataFrame:
         if isinstance(module, CompressedModule):
             fp = module.tcomp_footprint()
             for p in module.parameters():  # mark its tensors as counted
-                seen.add(p.data_ptr())
+                seen.add(id(p))
             add(path, type(module).__name__, fp.params, fp.bytes, fp.macs / seq_len if once else fp.macs)
             return
         params, nbytes = _own_tensors(module, seen)

@@ -103,3 +103,47 @@ def model_note(name: str) -> str:
     """A caveat to print beside this model's numbers ("" when none)."""
     em = EMBEDDED_MODELS.get(name)
     return em.note if em else ""
+
+
+def _reference_configs() -> dict:
+    """Configs of the seeds' hub models that transformers' defaults reproduce exactly, so their
+    footprint can be counted offline (no weights are needed to count)."""
+    from transformers import BertConfig, OPTConfig, T5Config
+
+    return {
+        "bert-base-uncased": BertConfig(),  # 12 layers, hidden 768, 12 heads, FFN 3072, vocab 30522
+        "facebook/opt-125m": OPTConfig(),   # 12 layers, hidden 768, 12 heads, FFN 3072, vocab 50272
+        "t5-small": T5Config(),             # 6+6 layers, d_model 512, 8 heads of 64, FFN 2048
+    }
+
+
+def load_config(name: str):
+    """The HF config of an embedded name, a reference hub model (offline), a folder or a hub id."""
+    from transformers import AutoConfig
+
+    reference = _reference_configs()
+    if name in reference:
+        return reference[name]
+    where, gguf = resolve(name)
+    try:
+        return AutoConfig.from_pretrained(where, **({"gguf_file": gguf} if gguf else {}))
+    except (OSError, ValueError) as err:
+        raise UnknownModelError(
+            f"unknown model {name!r}: not an embedded name ({', '.join(EMBEDDED_MODELS)}), not one of the "
+            f"offline reference configs ({', '.join(reference)}), not a local folder, and the hub could not "
+            f"provide it ({type(err).__name__})"
+        ) from err
+
+
+def empty_model(name: str, task: str = "base", num_labels: int | None = None) -> nn.Module:
+    """The model's architecture on the ``meta`` device: shapes without weights, built in
+    milliseconds, for counting parameters and MACs (see :mod:`tcomp_utils.budget`)."""
+    import transformers
+
+    if task not in TASK_CLASSES:
+        raise ValueError(f"unknown task type {task!r}; allowed: {', '.join(TASK_CLASSES)}")
+    config = load_config(name)
+    if num_labels is not None:
+        config.num_labels = num_labels
+    with torch.device("meta"):
+        return getattr(transformers, TASK_CLASSES[task]).from_config(config)

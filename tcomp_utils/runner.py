@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,63 @@ PROFILES = ("smoke", "default", "paper")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+class NotebookFailed(RuntimeError):
+    """A notebook raised; ``result`` holds the error, the partial executed copy and its records."""
+
+    def __init__(self, result: dict[str, Any]):
+        super().__init__(result["error"])
+        self.result = result
+
+
 def check_profile(profile: str) -> str:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
     return profile
+
+
+def execute_point(notebook: dict, parameters: dict[str, Any], cwd: str | None = None,
+                  progress: bool = False) -> dict[str, Any]:
+    """Execute a notebook (its JSON as a dict) with ``parameters``; never raises for a failing cell.
+
+    Self-contained so that it can run on a Dask worker on another machine: it needs the
+    notebook's content, not its path, and returns everything instead of writing files.
+    Returns ``{"status": "ok"|"failed", "error", "records", "elapsed_s", "executed"}`` where
+    ``executed`` is the executed (or partially executed) notebook as a dict.
+    """
+    import nbformat
+    import papermill as pm
+
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tcomp-run-") as tmp:
+        out = Path(tmp) / "executed.ipynb"
+        error = None
+        try:
+            pm.execute_notebook(nbformat.from_dict(notebook), str(out), parameters=parameters,
+                                cwd=cwd if cwd and Path(cwd).is_dir() else None,
+                                progress_bar=progress, kernel_name="python3")
+        except pm.PapermillExecutionError as err:
+            error = f"{err.ename}: {err.evalue}"
+        except Exception as err:  # kernel died, bad parameters, ...: recorded, not raised
+            error = f"{type(err).__name__}: {err}"
+        executed = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else notebook
+    return {"status": "failed" if error else "ok", "error": error,
+            "records": records.records_from_notebook(executed),
+            "elapsed_s": round(time.perf_counter() - start, 2), "executed": executed}
+
+
+def write_result(result: dict[str, Any], notebook_out: Path, record_out: Path, meta: dict[str, Any]) -> None:
+    """Write the executed notebook, then the record file (the record is the 'done' marker)."""
+    records.write_json_atomic(notebook_out, result["executed"])
+    records.write_json_atomic(record_out, {
+        **meta, "status": result["status"], "error": result["error"], "records": result["records"],
+        "elapsed_s": result["elapsed_s"], "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    })
+
+
+def notebook_label(path: Path) -> str:
+    """The notebook's path relative to the repository when it lies inside it."""
+    path = path.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def run_notebook(notebook: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -35,39 +89,25 @@ def run_notebook(notebook: str | os.PathLike, out_dir: str | os.PathLike | None 
     """Execute ``notebook`` with ``parameters`` (``profile`` included) and return its records.
 
     Writes ``<out_dir>/<stem>.ipynb`` (executed) and ``<out_dir>/records.json``
-    (``{"notebook", "parameters", "records", "elapsed_s", "finished"}``). The kernel starts in
-    the notebook's folder. A failing notebook raises papermill's error; its partial executed
-    copy is kept under a ``.failed.ipynb`` name for inspection.
+    (``{"notebook", "parameters", "status", "error", "records", "elapsed_s", "finished"}``).
+    The kernel starts in the notebook's folder. A failing notebook raises :class:`NotebookFailed`
+    after its partial executed copy and its failed record were written.
     """
-    import papermill as pm
-
     notebook = Path(notebook).resolve()
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")
     params = {"profile": check_profile(profile), **(parameters or {})}
-    out_dir = Path(out_dir or REPO_ROOT / "papermill_runs" / notebook.stem / params["profile"]).resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".{notebook.stem}.{os.getpid()}.ipynb"
-    start = time.perf_counter()
-    try:
-        nb = pm.execute_notebook(str(notebook), str(tmp), parameters=params, cwd=str(notebook.parent),
-                                 progress_bar=progress, kernel_name="python3")
-    except BaseException:
-        if tmp.exists():
-            tmp.replace(out_dir / f"{notebook.stem}.failed.ipynb")
-        raise
-    tmp.replace(out_dir / f"{notebook.stem}.ipynb")
-    found = records.records_from_notebook(nb)
-    records.write_json_atomic(out_dir / "records.json", {
-        "notebook": str(notebook.relative_to(REPO_ROOT)) if notebook.is_relative_to(REPO_ROOT) else str(notebook),
-        "parameters": params, "records": found,
-        "elapsed_s": round(time.perf_counter() - start, 1),
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    })
-    return found
+    out_dir = Path(out_dir or REPO_ROOT / "papermill_runs" / notebook.stem / params["profile"])
+    result = execute_point(json.loads(notebook.read_text(encoding="utf-8")), params, str(notebook.parent), progress)
+    write_result(result, out_dir / f"{notebook.stem}.ipynb", out_dir / "records.json",
+                 {"notebook": notebook_label(notebook), "parameters": params})
+    if result["status"] != "ok":
+        raise NotebookFailed(result)
+    return result["records"]
 
 
-def _value(text: str) -> Any:
+def parse_value(text: str) -> Any:
+    """A command-line value: JSON when it parses (numbers, lists, true/null), else the string."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -82,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="override one parameter (VALUE parsed as JSON when it can be)")
     args = parser.parse_args(argv)
-    found = run_notebook(args.notebook, args.out, {k: _value(v) for k, v in args.parameter}, args.profile)
+    try:
+        found = run_notebook(args.notebook, args.out, {k: parse_value(v) for k, v in args.parameter}, args.profile)
+    except NotebookFailed as err:
+        print(f"notebook failed: {err}", file=sys.stderr)
+        return 1
     for name, value in found.items():
         if not isinstance(value, list):
             print(f"{name} = {value}")

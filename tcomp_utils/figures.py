@@ -1,0 +1,118 @@
+"""Figures from results tables only: no model is loaded, so ``make figures`` takes seconds.
+
+Each figure reads a results CSV that a sweep wrote under ``papermill_runs/``, draws it in the
+project's one style and writes ``figures/<name>.png`` with ``figures/<name>.csv`` (the exact
+data plotted) beside it.
+
+    python -m tcomp_utils.figures [--out figures] [NAME ...]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def style() -> None:
+    """The one style of every figure."""
+    sns.set_theme(style="whitegrid", context="paper", palette="colorblind", font_scale=1.1)
+    plt.rcParams.update({"figure.dpi": 120, "savefig.dpi": 150, "savefig.bbox": "tight",
+                         "axes.titleweight": "bold", "legend.frameon": False})
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A figure: its source table (relative to the repo), the sweep that makes it, and how to draw it.
+
+    ``draw(table) -> (fig, data)`` returns the matplotlib figure and the tidy data it plots.
+    """
+
+    name: str
+    source: str
+    sweep: str
+    draw: Callable[[pd.DataFrame], tuple[plt.Figure, pd.DataFrame]]
+
+
+def _budget_axis(results: pd.DataFrame):
+    data = results[results.status == "ok"][["model", "seq_len", "params", "macs_per_token", "attention_core_macs_share"]].copy()
+    data["MMACs_per_token"] = data.macs_per_token / 1e6
+    data["attention_core_%"] = 100 * data.attention_core_macs_share
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    sns.lineplot(data=data, x="seq_len", y="MMACs_per_token", hue="model", marker="o", ax=axes[0])
+    sns.lineplot(data=data, x="seq_len", y="attention_core_%", hue="model", marker="o", ax=axes[1], legend=False)
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("sequence length s (tokens)")
+    axes[0].set(ylabel="MMACs per token", title="Compute per token")
+    axes[1].set(ylabel="attention core share of MACs (%)", title="Share of the s² term (2·s·d per head)")
+    axes[0].legend(title="model", fontsize=8)
+    fig.tight_layout()
+    return fig, data[["model", "seq_len", "params", "MMACs_per_token", "attention_core_%"]]
+
+
+def _baselines_by_role(by_role: pd.DataFrame):
+    seq_len = int(by_role.seq_len.iloc[0])
+    data = by_role[["model", "role", "params_%", "macs_per_token_%"]]
+    long = data.melt(id_vars=["model", "role"], var_name="axis", value_name="share_%")
+    long["axis"] = long["axis"].map({"params_%": "parameters", "macs_per_token_%": f"MACs per token (s={seq_len})"})
+    grid = sns.catplot(data=long, kind="bar", y="model", x="share_%", hue="role", col="axis",
+                       height=3.4, aspect=1.5, sharex=True)
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("share of the model (%)", "")
+    grid.figure.suptitle("Where the parameters and the compute are, by module role", y=1.03)
+    return grid.figure, long
+
+
+FIGURES = {f.name: f for f in [
+    Figure("budget_axis_macs", "papermill_runs/budget_axis/results.csv", "papermill_runs/budget_axis.yaml", _budget_axis),
+    Figure("baselines_by_role", "papermill_runs/baselines/by_role.csv", "papermill_runs/baselines.yaml", _baselines_by_role),
+]}
+
+
+def build(names: list[str] | None = None, out: Path | None = None, root: Path = REPO_ROOT) -> list[Path]:
+    """Draw the named figures (all by default) from their results tables into ``out``."""
+    out = Path(out or root / "figures")
+    unknown = [n for n in names or [] if n not in FIGURES]
+    if unknown:
+        raise KeyError(f"unknown figure(s) {unknown}; known: {', '.join(FIGURES)}")
+    missing = [f.source for f in FIGURES.values() if (not names or f.name in names) and not (root / f.source).is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing results table(s) {missing}: run their sweeps first (make run)")
+    style()
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fig_spec in (FIGURES[n] for n in (names or FIGURES)):
+        fig, data = fig_spec.draw(pd.read_csv(root / fig_spec.source))
+        png, csv = out / f"{fig_spec.name}.png", out / f"{fig_spec.name}.csv"
+        fig.savefig(png.with_name(f".{png.name}.tmp.png"))
+        png.with_name(f".{png.name}.tmp.png").replace(png)
+        data.to_csv(csv.with_name(f".{csv.name}.tmp"), index=False, float_format="%.6g")
+        csv.with_name(f".{csv.name}.tmp").replace(csv)
+        plt.close(fig)
+        written += [png, csv]
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tcomp_utils.figures", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help=f"figures to build (default all: {', '.join(FIGURES)})")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default figures/)")
+    args = parser.parse_args(argv)
+    for path in build(args.names or None, args.out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
