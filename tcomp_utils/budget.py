@@ -13,7 +13,9 @@ Conventions (state them with every table):
   count 0; modules applied once per sequence (pooler, classifier) count ``in × out / s``.
 
 A compressed module reports its own counts by implementing the :class:`CompressedModule`
-protocol (``tcomp_footprint()``); the counter then does not look inside it.
+protocol (``tcomp_footprint()``); the counter then does not look inside it, except for
+sub-modules that are compressed modules themselves (e.g. a factor shared by several layers),
+which are counted once, at their first path, with no layer.
 """
 from __future__ import annotations
 
@@ -96,21 +98,33 @@ def module_table(model: nn.Module, seq_len: int = 128) -> pd.DataFrame:
     seen: set[int] = set()
     rows = []
 
-    def add(path: str, kind: str, params: int, nbytes: int, macs: float) -> None:
+    def add(path: str, kind: str, params: int, nbytes: int, macs: float, shared: bool = False) -> None:
         rm = roles.get(path)
         if rm is None:  # a sub-module of a role module (e.g. inside a compressed one)
             rm = next((r for p, r in roles.items() if path.startswith(p + ".")), None)
         rows.append(dict(path=path, kind=kind, role=rm.role if rm else None,
-                         stack=rm.stack if rm else None, layer=rm.layer if rm else None,
+                         stack=rm.stack if rm else None, layer=rm.layer if rm and not shared else None,
                          params=params, bytes=nbytes, macs_per_token=macs))
+
+    # a module reachable by several paths (a factor shared across layers) is counted once
+    paths_of: dict[int, int] = {}
+    for _, m in model.named_modules(remove_duplicate=False):
+        paths_of[id(m)] = paths_of.get(id(m), 0) + 1
+    visited: set[int] = set()
 
     def visit(module: nn.Module, path: str) -> None:
         once = any(part in per_sequence for part in path.split("."))
         if isinstance(module, CompressedModule):
-            fp = module.tcomp_footprint()
-            for p in module.parameters():  # mark its tensors as counted
-                seen.add(id(p))
-            add(path, type(module).__name__, fp.params, fp.bytes, fp.macs / seq_len if once else fp.macs)
+            if id(module) in visited:
+                return
+            visited.add(id(module))
+            fp = module.tcomp_footprint()  # covers its tensors except compressed sub-modules
+            seen.update(id(p) for p in module.parameters())
+            add(path, type(module).__name__, fp.params, fp.bytes, fp.macs / seq_len if once else fp.macs,
+                shared=paths_of.get(id(module), 1) > 1)
+            for name, child in module.named_children():
+                if isinstance(child, CompressedModule):
+                    visit(child, f"{path}.{name}")
             return
         params, nbytes = _own_tensors(module, seen)
         if isinstance(module, nn.Linear):

@@ -56,7 +56,9 @@ def _budget_axis(results: pd.DataFrame):
         ax.set_xlabel("sequence length s (tokens)")
     axes[0].set(ylabel="MMACs per token", title="Compute per token")
     axes[1].set(ylabel="attention core share of MACs (%)", title="Share of the s² term (2·s·d per head)")
-    axes[0].legend(title="model", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].get_legend().remove()
+    fig.legend(handles, labels, title="model", loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return fig, data[["model", "seq_len", "params", "MMACs_per_token", "attention_core_%"]]
 

@@ -12,7 +12,7 @@ A sweep spec is a YAML file under ``papermill_runs/``::
     # points: [{model: minilm-l6, seq_len: 128}, ...]   # ... or an explicit list (or both)
     output: papermill_runs/budget_axis   # default: papermill_runs/<name>
 
-Each point is identified by a stable hash of (notebook, profile, parameters): its executed
+Each point is identified by a stable hash of (the notebook's code, profile, parameters): its executed
 notebook and its record are ``<output>/points/<hash>.ipynb`` and ``<hash>.json``, written
 atomically, the record last, so a killed sweep leaves only complete points. A rerun skips
 points whose record says ``ok``; a point whose parameters changed has a new hash and runs again;
@@ -93,9 +93,15 @@ class SweepSpec:
         return {"profile": self.profile, **point}
 
     def point_key(self, point: dict[str, Any]) -> str:
-        """Stable hash of what determines a point's result: notebook, profile, parameters."""
-        blob = json.dumps([notebook_label(self.notebook), self.point_parameters(point)], sort_keys=True, default=str)
+        """Stable hash of what determines a point's result: the notebook's code cells, the profile
+        and the parameters (editing prose does not invalidate results; editing code does)."""
+        blob = json.dumps([self.code_digest(), self.point_parameters(point)], sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def code_digest(self) -> str:
+        nb = json.loads(self.notebook.read_text(encoding="utf-8"))
+        code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
+        return hashlib.sha256(json.dumps(code).encode()).hexdigest()
 
 
 def _done(record_path: Path) -> bool:

@@ -25,7 +25,9 @@ def test_environment_yaml_matches_pyproject():
 
 
 def test_notebooks_are_committed_without_outputs():
-    for path in (ROOT / "notebooks").glob("*.ipynb"):
+    paths = [*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "tests" / "notebooks").glob("*.ipynb")]
+    assert paths
+    for path in paths:
         nb = json.loads(path.read_text())
         for cell in nb["cells"]:
             if cell["cell_type"] == "code":

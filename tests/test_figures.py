@@ -1,0 +1,41 @@
+"""`make figures` rebuilds the committed figures from the committed results, with no model."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tcomp_utils import figures
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_figures_rebuild_from_committed_results_without_models(tmp_path):
+    # an empty cache: any attempt to load a model or asset would fail
+    env = {"PATH": "/usr/bin:/bin", "TCOMP_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1",
+           "MPLCONFIGDIR": str(tmp_path / "mpl")}
+    code = ("import sys; from tcomp_utils import figures; figures.main(['--out', sys.argv[1]]); "
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "assert not heavy, f'figures imported {heavy}'")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "figs")], cwd=ROOT, env=env, check=True)
+    for name in figures.FIGURES:
+        png, csv = tmp_path / "figs" / f"{name}.png", tmp_path / "figs" / f"{name}.csv"
+        assert png.stat().st_size > 10_000
+        committed = ROOT / "figures" / f"{name}.csv"
+        assert committed.is_file(), f"figures/{name}.csv is not committed"
+        pd.testing.assert_frame_equal(pd.read_csv(csv), pd.read_csv(committed))
+        assert (ROOT / "figures" / f"{name}.png").is_file()
+
+
+def test_every_figure_names_an_existing_sweep():
+    for fig in figures.FIGURES.values():
+        assert (ROOT / fig.sweep).is_file(), fig.sweep
+        assert fig.source.startswith(f"papermill_runs/{Path(fig.sweep).stem}/")
+
+
+def test_unknown_figure_and_missing_results(tmp_path):
+    with pytest.raises(KeyError, match="unknown figure"):
+        figures.build(["nope"], tmp_path)
+    with pytest.raises(FileNotFoundError, match="run their sweeps first"):
+        figures.build(None, tmp_path, root=tmp_path)
