@@ -69,14 +69,17 @@ def predict_classifier(model: nn.Module, tokenizer, texts: Sequence[str], text_p
     tasks): array (n_texts, num_labels)."""
     model.eval()
     device = next(model.parameters()).device
+    # batches of similar length waste little on padding; the logits come back in input order
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(text_pairs[i]) if text_pairs is not None else 0))
     out = []
-    starts = range(0, len(texts), batch_size)
-    for i in tqdm(starts, desc="predict", disable=not progress):
-        pair = list(text_pairs[i : i + batch_size]) if text_pairs is not None else None
-        enc = tokenizer(list(texts[i : i + batch_size]), pair, padding=True, truncation=True,
+    for i in tqdm(range(0, len(order), batch_size), desc="predict", disable=not progress):
+        idx = order[i : i + batch_size]
+        pair = [text_pairs[j] for j in idx] if text_pairs is not None else None
+        enc = tokenizer([texts[j] for j in idx], pair, padding=True, truncation=True,
                         max_length=max_length, return_tensors="pt").to(device)
         out.append(model(**enc).logits.float().cpu())
-    return torch.cat(out).numpy()
+    logits = torch.cat(out)
+    return logits[torch.argsort(torch.tensor(order))].numpy()
 
 
 def evaluate_classifier(model: nn.Module, tokenizer, dataset, metric_names: Sequence[str] = ("accuracy", "f1", "mcc"),

@@ -6,7 +6,7 @@ A sweep spec is a YAML file under ``papermill_runs/``::
     notebook: notebooks/01_budget_axis.ipynb
     profile: default                     # smoke | default | paper (overridable with --profile)
     parameters: {}                       # fixed for every point
-    grid:                                # cartesian product ...
+    grid:                                # cartesian product (or a list of such grids, concatenated) ...
       model: [minilm-l6, smollm2-135m]
       seq_len: [128, 512]
     # points: [{model: minilm-l6, seq_len: 128}, ...]   # ... or an explicit list (or both)
@@ -74,10 +74,12 @@ class SweepSpec:
         notebook = (REPO_ROOT / raw["notebook"]).resolve()
         if not notebook.is_file():
             raise SweepSpecError(f"{path}: notebook {raw['notebook']} does not exist")
-        grid = raw.get("grid") or {}
-        if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-            raise SweepSpecError(f"{path}: 'grid' must map each parameter to a non-empty list of values")
-        points = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())] if grid else []
+        grid = raw.get("grid") or []
+        grids = grid if isinstance(grid, list) else [grid]
+        if not all(isinstance(g, dict) and g and all(isinstance(v, list) and v for v in g.values()) for g in grids):
+            raise SweepSpecError(f"{path}: 'grid' must map each parameter to a non-empty list of values "
+                                 "(or be a list of such maps)")
+        points = [dict(zip(g, combo)) for g in grids for combo in itertools.product(*g.values())]
         points += list(raw.get("points") or [])
         if not points:
             raise SweepSpecError(f"{path}: no points: give a 'grid' or a list of 'points'")

@@ -79,10 +79,72 @@ def _subset(ds, n: int | None):
     return ds if n is None or n >= len(ds) else ds.select(range(n))
 
 
-def train(recipe: Recipe, out_dir: Path, progress: bool = True) -> dict:
-    """Fine-tune ``recipe.base`` on ``recipe.task``; save to ``out_dir``; return the metrics."""
+def fine_tune(model: torch.nn.Module, tokenizer, train_set, spec: tasks.TaskSpec, *, epochs: int = 1,
+              steps: int | None = None, batch_size: int = 32, lr: float = 1e-4, warmup_ratio: float = 0.06,
+              weight_decay: float = 0.01, max_length: int = 64, seed: int = 0, progress: bool = True,
+              desc: str = "fine-tune") -> dict:
+    """Train every parameter of a sequence classifier with AdamW (no decay on biases and
+    LayerNorms), linear warm-up then linear decay, gradient norm clipped at 1. ``steps`` stops
+    after that many batches (the data reshuffled each epoch); else ``epochs`` full passes.
+    Returns ``{"train_time_s", "train_examples", "steps"}``; the model is left in eval mode."""
+    steps_per_epoch = -(-len(train_set) // batch_size)
+    total = steps if steps is not None else steps_per_epoch * epochs
+    if total < 1:
+        raise ValueError(f"fine-tuning needs at least one step, got steps={steps}, epochs={epochs}")
+    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
+    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
+    optim = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     from transformers import get_linear_schedule_with_warmup
 
+    sched = get_linear_schedule_with_warmup(optim, int(warmup_ratio * total), total)
+    model.train()
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=desc, disable=not progress)
+    done, epoch = 0, 0
+    while done < total:
+        order = train_set.shuffle(seed=seed + epoch)
+        for i in range(0, len(order), batch_size):
+            if done == total:
+                break
+            batch = order[i : i + batch_size]
+            enc = tokenizer(*[batch[f] for f in spec.text_fields], padding=True, truncation=True,
+                            max_length=max_length, return_tensors="pt").to(next(model.parameters()).device)
+            loss = model(**enc, labels=torch.tensor(batch[spec.label_field], device=enc["input_ids"].device)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optim.step()
+            sched.step()
+            optim.zero_grad()
+            done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        epoch += 1
+    bar.close()
+    model.eval()
+    return {"train_time_s": round(time.perf_counter() - start, 1), "train_examples": len(train_set), "steps": total}
+
+
+def calibration_batches(tokenizer, dataset, spec: tasks.TaskSpec, n: int = 256, batch_size: int = 32,
+                        max_length: int = 64, labels: bool = True) -> list[dict]:
+    """The first ``n`` examples of ``dataset`` as tokenized batches for ``model(**batch)``
+    (with ``labels`` when asked: Fisher weighting needs the task loss)."""
+    if n < 1:
+        raise ValueError(f"calibration needs at least one example, got n={n}")
+    ds = _subset(dataset, n)
+    out = []
+    for i in range(0, len(ds), batch_size):
+        rows = ds[i : i + batch_size]
+        enc = dict(tokenizer(*[rows[f] for f in spec.text_fields], padding=True, truncation=True,
+                             max_length=max_length, return_tensors="pt"))
+        if labels:
+            enc["labels"] = torch.tensor(rows[spec.label_field])
+        out.append(enc)
+    return out
+
+
+def train(recipe: Recipe, out_dir: Path, progress: bool = True) -> dict:
+    """Fine-tune ``recipe.base`` on ``recipe.task``; save to ``out_dir``; return the metrics."""
     task = tasks.load_task(recipe.task, seed=recipe.split_seed)
     spec = task.spec
     if spec.kind not in ("classification", "regression"):
@@ -90,34 +152,10 @@ def train(recipe: Recipe, out_dir: Path, progress: bool = True) -> dict:
     torch.manual_seed(recipe.seed)
     model, tokenizer = models.load_model(recipe.base, "sequence-classification", num_labels=spec.num_labels)
     train_set = _subset(task["train"], recipe.train_examples).shuffle(seed=recipe.seed)
-    steps_per_epoch = -(-len(train_set) // recipe.batch_size)
-    total = steps_per_epoch * recipe.epochs
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
-    sched = get_linear_schedule_with_warmup(optim, int(recipe.warmup_ratio * total), total)
-    model.train()
-    start = time.perf_counter()
-    bar = tqdm(total=total, desc=f"fine-tune {recipe.base} on {recipe.task}", disable=not progress)
-    for epoch in range(recipe.epochs):
-        order = train_set.shuffle(seed=recipe.seed + epoch)
-        for i in range(0, len(order), recipe.batch_size):
-            batch = order[i : i + recipe.batch_size]
-            enc = tokenizer(*[batch[f] for f in spec.text_fields], padding=True, truncation=True,
-                            max_length=recipe.max_length, return_tensors="pt")
-            loss = model(**enc, labels=torch.tensor(batch[spec.label_field])).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            sched.step()
-            optim.zero_grad()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    bar.close()
-    train_time = time.perf_counter() - start
-    model.eval()
-    result = {"train_time_s": round(train_time, 1), "train_examples": len(train_set), "steps": total}
+    result = fine_tune(model, tokenizer, train_set, spec, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                       lr=recipe.lr, warmup_ratio=recipe.warmup_ratio, weight_decay=recipe.weight_decay,
+                       max_length=recipe.max_length, seed=recipe.seed, progress=progress,
+                       desc=f"fine-tune {recipe.base} on {recipe.task}")
     for split in ("validation", "test"):
         ds = _subset(task[split], recipe.eval_examples)
         scores = metrics.evaluate_classifier(model, tokenizer, ds, spec.metrics, spec.text_fields,

@@ -108,6 +108,24 @@ def test_bad_specs_are_clear_errors(tmp_path, change, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_list_of_grids_concatenates_their_products_and_keys_follow_the_code(tmp_path):
+    path = tmp_path / "grids.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "notebook": PROBE, "parameters": {"fail_on": -1},
+                                    "grid": [{"x": [1, 2], "y": ["a", "b"]}, {"x": [3]}], "points": [{"x": 4}]}))
+    spec = sweep.SweepSpec.load(path)
+    assert [(p["x"], p.get("y")) for p in spec.points] == [(1, "a"), (1, "b"), (2, "a"), (2, "b"), (3, None), (4, None)]
+    assert all(p["fail_on"] == -1 for p in spec.points)
+    keys = [spec.point_key(p) for p in spec.points]
+    assert len(set(keys)) == len(keys)
+    # editing the notebook's code gives every point a new key (prose edits would not)
+    nb = json.loads((ROOT / PROBE).read_text())
+    code_cell = next(c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" not in c["metadata"].get("tags", []))
+    code_cell["source"] = "".join(code_cell["source"]) + "\n# changed"
+    (tmp_path / "probe.ipynb").write_text(json.dumps(nb))
+    spec.notebook = tmp_path / "probe.ipynb"
+    assert not set(spec.point_key(p) for p in spec.points) & set(keys)
+
+
 def test_runner_writes_executed_copy_and_records(tmp_path):
     found = runner.run_notebook(ROOT / PROBE, tmp_path, {"x": 5}, profile="smoke", progress=False)
     assert found["square"] == 25

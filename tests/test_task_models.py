@@ -34,3 +34,31 @@ def test_cached_model_is_reused_and_changed_recipe_retrains(tmp_path, monkeypatc
 def test_unknown_task_model_name():
     with pytest.raises(KeyError, match="unknown task model 'bert-sst2'"):
         task_models.get_task_model("bert-sst2")
+
+
+def test_fine_tune_runs_the_given_number_of_steps_across_epochs_and_changes_weights():
+    import datasets
+    import torch
+    from tcomp_utils import tasks
+    from conftest import tiny_bert
+
+    class CharTokenizer:  # enough of a tokenizer for a tiny model: one id per character
+        def __call__(self, texts, pair=None, padding=True, truncation=True, max_length=16, return_tensors="pt"):
+            ids = [[3 + ord(c) % 90 for c in t[:max_length]] or [1] for t in texts]
+            n = max(map(len, ids))
+            from transformers import BatchEncoding
+            return BatchEncoding({"input_ids": torch.tensor([i + [0] * (n - len(i)) for i in ids]),
+                                  "attention_mask": torch.tensor([[1] * len(i) + [0] * (n - len(i)) for i in ids])})
+
+    spec = tasks.get_task_spec("tweets")
+    data = datasets.Dataset.from_dict({"text": ["good day", "bad day", "great", "awful"] * 3, "label": [1, 0, 1, 0] * 3})
+    model = tiny_bert()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = task_models.fine_tune(model, CharTokenizer(), data, spec, steps=5, batch_size=4, progress=False)
+    assert result["steps"] == 5 and result["train_examples"] == 12  # 3 batches per epoch: the 2nd epoch is entered
+    assert not model.training
+    assert any(not torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    batches = task_models.calibration_batches(CharTokenizer(), data, spec, n=10, batch_size=4)
+    assert [len(b["labels"]) for b in batches] == [4, 4, 2] and "input_ids" in batches[0]
+    with pytest.raises(ValueError, match="at least one step"):
+        task_models.fine_tune(model, CharTokenizer(), data, spec, steps=0, progress=False)
