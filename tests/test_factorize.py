@@ -1,0 +1,225 @@
+"""Factorized layers: exactness where the budget allows it, budgets and counts, errors, save/load."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from tcomp_utils import budget, serialize
+from tcomp_utils.factorize import factorize
+from tcomp_utils.lowrank import BudgetError, LowRankLinear, rank_for_ratio, stacked_svd, svd_linear, truncated_svd
+from tcomp_utils.tensor_factors import (falcon_linear, kronecker_linear, kronecker_shape, nearest_kronecker,
+                                        tucker_linears)
+from conftest import tiny_bert, tiny_llama
+
+
+def linear_from(weight, bias=True):
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+    return lin
+
+
+def low_rank(out, n_in, r, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out, r, generator=g, dtype=torch.float64) @ torch.randn(r, n_in, generator=g, dtype=torch.float64)
+
+
+def test_truncated_svd_at_full_rank_is_exact():
+    w = torch.randn(6, 9, dtype=torch.float64)
+    left, right = truncated_svd(w, 6)
+    torch.testing.assert_close(left @ right, w)
+
+
+def test_svd_of_a_rank_k_matrix_is_exact_and_computes_in_factored_form():
+    lin = linear_from(low_rank(20, 30, 4).float())
+    lr = svd_linear(lin, 4)
+    x = torch.randn(5, 30)
+    torch.testing.assert_close(lr(x), lin(x), atol=1e-4, rtol=1e-4)
+    assert lr.tcomp_footprint() == budget.Footprint(4 * 50 + 20, 4 * (4 * 50 + 20), 4 * 50)
+
+
+def test_rank_formula_and_impossible_budgets():
+    assert rank_for_ratio(384, 1536, 3) == 384 * 1536 // (3 * (384 + 1536))  # 102
+    assert rank_for_ratio(384, 384, 10, n_stacked=6) == int(6 * 384 * 384 / (10 * (384 + 6 * 384)))
+    with pytest.raises(BudgetError, match="must be a number > 1"):
+        rank_for_ratio(10, 10, 1.0)
+    with pytest.raises(BudgetError, match="below 1"):
+        rank_for_ratio(4, 4, 100)
+    with pytest.raises(BudgetError, match="at or above full rank 8"):
+        svd_linear(nn.Linear(8, 16), 8)
+
+
+def test_stacked_svd_shares_one_right_factor_and_counts_it_once():
+    lins = [linear_from(low_rank(12, 16, 3, seed=s).float() if s == 0 else torch.randn(12, 16)) for s in range(3)]
+    shared, mods = stacked_svd(lins, 5)
+    assert all(m.shared is shared for m in mods)
+    holder = nn.ModuleList(mods)
+    table = budget.module_table(holder, 8)
+    assert table.params.sum() == 5 * 16 + 3 * (12 * 5 + 12)
+    assert (table.kind == "SharedFactor").sum() == 1
+    x = torch.randn(4, 16)
+    for lin, mod in zip(lins, mods):
+        torch.testing.assert_close(mod(x), x @ mod.weight_matrix().T + lin.bias)
+
+
+def test_kronecker_recovers_an_exact_kronecker_product():
+    a, b = torch.randn(4, 6, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    w = torch.kron(a, b)  # 32 x 30
+    fa, fb = nearest_kronecker(w, 4, 6, 1)
+    torch.testing.assert_close(torch.kron(fa[0], fb[0]), w)
+    lin = linear_from(w.float())
+    mod = kronecker_linear(lin, rank=1, shape=(4, 6))
+    x = torch.randn(3, 30)
+    torch.testing.assert_close(mod(x), lin(x), atol=1e-4, rtol=1e-4)
+    assert mod.tcomp_footprint().params == 24 + 40 + 32
+
+
+def test_kronecker_refinement_lowers_the_output_error():
+    torch.manual_seed(0)
+    lin = nn.Linear(16, 16)
+    x = torch.randn(256, 16) @ torch.randn(16, 16)  # correlated inputs
+    plain = kronecker_linear(lin, rank=2, shape=(4, 4))
+    refined = kronecker_linear(lin, rank=2, shape=(4, 4), calibration=x, refine_steps=200, lr=1e-2)
+    err = lambda m: (m(x) - lin(x)).pow(2).mean().item()  # noqa: E731
+    assert err(refined) < err(plain)
+    m1, n1 = kronecker_shape(384, 1536)  # the per-term count m1·n1 + m2·n2 is smallest at m1·n1 = √(384·1536)
+    assert 384 % m1 == 0 and 1536 % n1 == 0 and m1 * n1 == 768
+    m2, n2 = 384 // m1, 1536 // n1
+    assert min(m1, n1, m2, n2) >= 8  # both factors keep 2-D structure (no 2 × 768 ⊗ 192 × 2 split)
+
+
+def test_tucker_of_an_exact_low_multilinear_rank_stack_is_exact_and_counted():
+    g = torch.Generator().manual_seed(1)
+    core = torch.randn(2, 3, 4, generator=g, dtype=torch.float64)
+    fa, fb, fc = (torch.randn(n, r, generator=g, dtype=torch.float64) for n, r in ((3, 2), (10, 3), (12, 4)))
+    stack = torch.einsum("abc,ia,jb,kc->ijk", core, fa, fb, fc)  # [3, 10, 12], ranks (2, 3, 4)
+    grid = np.array([linear_from(stack[i].float()) for i in range(3)], dtype=object)
+    shared, mods = tucker_linears(grid, (2, 3, 4))
+    x = torch.randn(5, 12)
+    for lin, mod in zip(grid, mods):
+        torch.testing.assert_close(mod(x), lin(x), atol=1e-3, rtol=1e-3)
+    table = budget.module_table(nn.ModuleList(list(mods)), 8)
+    assert table.params.sum() == 2 * 3 * 4 + 10 * 3 + 12 * 4 + 3 * 2 + 3 * 10  # core, B, C, rows of A, biases
+    assert (table.kind == "TuckerCore").sum() == 1
+
+
+def test_falcon_exact_on_block_rank_one_weights():
+    p, d = torch.randn(8, 3), torch.randn(3, 1, 4)
+    w = torch.einsum("og,gts->ogs", p, d).reshape(8, 12)
+    lin = linear_from(w)
+    mod = falcon_linear(lin, groups=3, depth=1)
+    x = torch.randn(2, 12)
+    torch.testing.assert_close(mod(x), lin(x), atol=1e-5, rtol=1e-5)
+    assert mod.tcomp_footprint().params == 12 + 24 + 8
+    with pytest.raises(BudgetError, match="groups=5 must divide"):
+        falcon_linear(lin, groups=5, depth=1)
+
+
+@pytest.mark.parametrize("method, mode, roles, budget_kw", [
+    ("svd", "separated", ["ffn_in", "ffn_out"], {"ratio": 2}),
+    ("svd", "concatenated", ["query", "value"], {"ratio": 2}),
+    ("tucker", "qkv", ["query", "key", "value"], {"rank": (2, 16, 16)}),
+    ("tucker", "concatenated", ["attn_out"], {"ratio": 2}),
+    ("tucker", "qkv-concatenated", ["query", "key", "value"], {"rank": (2, 2, 12, 12)}),
+    ("kronecker", "separated", ["ffn_in"], {"ratio": 4}),
+    ("falcon", "separated", ["ffn_out"], {"ratio": 3}),
+])
+def test_whole_model_factorization_counts_and_round_trip(tmp_path, method, mode, roles, budget_kw):
+    torch.manual_seed(0)
+    model = tiny_bert()
+    report = factorize(model, method, roles, mode=mode, **budget_kw)
+    table = budget.module_table(model, 8)
+    # the report's per-module counts add up to the counter's counts for those modules
+    compressed = table[table.role.isin(roles)]
+    assert compressed.params.sum() == pytest.approx(report.modules.params_after.sum())
+    assert report.after.params < report.before.params
+    assert (report.modules.rel_error > 0).all() and (report.modules.rel_error < 1.5).all()
+    ids = torch.randint(0, 100, (2, 7))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    serialize.save_compressed(model, tmp_path / "m")
+    loaded = serialize.load_compressed(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, expected)
+    assert budget.footprint(loaded, 8) == budget.footprint(model, 8)
+
+
+def test_data_aware_svd_beats_plain_svd_on_the_output_error():
+    torch.manual_seed(0)
+    model = tiny_bert()
+    # calibration inputs whose channels differ strongly in scale
+    batches = [{"input_ids": torch.randint(0, 100, (8, 12))} for _ in range(4)]
+    with torch.no_grad():
+        model.bert.embeddings.word_embeddings.weight.mul_(torch.logspace(-1, 1, 32))
+    ref = copy.deepcopy(model)
+    plain, aware = copy.deepcopy(model), copy.deepcopy(model)
+    factorize(plain, "svd", ["ffn_in"], rank=4)
+    factorize(aware, "asvd", ["ffn_in"], rank=4, calibration=batches)
+    with torch.no_grad():
+        hidden = lambda m: torch.cat([m.bert(**b).last_hidden_state for b in batches])  # noqa: E731
+        target = hidden(ref)
+        assert (hidden(aware) - target).norm() < (hidden(plain) - target).norm()
+
+
+def test_fisher_weighted_svd_runs_on_labelled_batches():
+    model = tiny_bert()
+    batches = [{"input_ids": torch.randint(0, 100, (4, 6)), "labels": torch.tensor([0, 1, 0, 1])}]
+    report = factorize(model, "fwsvd", ["ffn_out"], ratio=2, calibration=batches)
+    assert len(report.modules) == 2 and all(isinstance(model.get_submodule(p), LowRankLinear) for p in report.modules.path)
+    with pytest.raises(ValueError, match="needs calibration batches with 'labels'"):
+        factorize(tiny_bert(), "fwsvd", ["ffn_out"], ratio=2, calibration=[{"input_ids": torch.randint(0, 100, (2, 3))}])
+
+
+def test_bad_budgets_and_arguments_leave_the_model_untouched():
+    model = tiny_bert()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cases = [
+        (dict(method="svd", roles=["query"], ratio=1.0), BudgetError, "must be a number > 1"),
+        (dict(method="svd", roles=["query"], rank=32), BudgetError, "at or above full rank 32"),
+        (dict(method="svd", roles=["query"], ratio=1000), BudgetError, "below 1"),
+        (dict(method="svd", roles=["query"], ratio=2, rank=3), BudgetError, "exactly one budget"),
+        (dict(method="svd", roles=["queries"], ratio=2), ValueError, "unknown module role 'queries'"),
+        (dict(method="pca", roles=["query"], ratio=2), ValueError, "unknown factorization method 'pca'"),
+        (dict(method="asvd", roles=["query"], ratio=2, mode="concatenated"), ValueError, "has no mode 'concatenated'"),
+        (dict(method="asvd", roles=["query"], ratio=2), ValueError, "needs calibration"),
+        (dict(method="tucker", roles=["query", "key"], rank=(2, 4, 4), mode="qkv"), ValueError, "stacks Q/K/V"),
+        (dict(method="tucker", roles=["query"], rank=(3, 40, 4), mode="concatenated"), BudgetError, "must lie in"),
+        (dict(method="kronecker", roles=["ffn_in"], ratio=10_000), BudgetError, "Kronecker rank 0"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            factorize(model, **kwargs)
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), kwargs
+
+
+def test_llama_gated_ffn_factorized_and_reloaded(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_llama()
+    report = factorize(model, "svd", ["ffn_in", "query"], ratio=2)
+    assert sorted(report.modules.role.unique()) == ["ffn_in", "query"] and len(report.modules) == 6
+    ids = torch.randint(0, 100, (1, 9))
+    serialize.save_compressed(model, tmp_path / "llama")
+    with torch.no_grad():
+        assert torch.equal(serialize.load_compressed(tmp_path / "llama")(ids).logits, model(ids).logits)
+
+
+@pytest.mark.parametrize("out, n_in, shape", [(24, 20, (4, 5)), (24, 20, (2, 10)), (12, 36, (6, 3))])
+def test_kronecker_forward_matches_its_matrix_in_either_contraction_order(out, n_in, shape):
+    torch.manual_seed(0)
+    lin = nn.Linear(n_in, out)
+    mod = kronecker_linear(lin, rank=2, shape=shape)
+    x = torch.randn(2, 3, n_in)
+    torch.testing.assert_close(mod(x), x @ mod.weight_matrix().T + lin.bias, atol=1e-5, rtol=1e-5)
+    r, (m1, n1), (m2, n2) = 2, shape, (out // shape[0], n_in // shape[1])
+    assert mod.tcomp_footprint().macs == r * min(m1 * n2 * (n1 + m2), m2 * n1 * (n2 + m1))
+
+
+def test_role_groups_expand_to_roles():
+    from tcomp_utils.factorize import expand_roles
+    assert expand_roles("qkv") == ["query", "key", "value"]
+    assert expand_roles(["ffn", "attn_out"]) == ["ffn_in", "ffn_out", "attn_out"]
+    assert expand_roles("query") == ["query"]
+    report = factorize(tiny_bert(), "svd", "ffn", ratio=2)
+    assert sorted(report.modules.role.unique()) == ["ffn_in", "ffn_out"] and len(report.modules) == 4
