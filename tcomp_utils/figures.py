@@ -76,9 +76,59 @@ def _baselines_by_role(by_role: pd.DataFrame):
     return grid.figure, long
 
 
+def _label(results: pd.DataFrame) -> pd.Series:
+    return results.method + " (" + results["mode"] + ")"
+
+
+def _offline_accuracy(results: pd.DataFrame):
+    """Seed 000's table: test accuracy with no fine-tuning, rows method × roles × mode, columns ratio."""
+    ok = results[(results.status == "ok") & (results.finetune_steps == 0)].copy()
+    ok["variant"] = _label(ok)
+    ok["test accuracy (%)"] = 100 * ok.test_accuracy
+    baseline = 100 * ok.baseline_test_accuracy.iloc[0]
+    ratios = sorted(ok.ratio.unique())
+    grid = sns.relplot(data=ok, x="ratio", y="test accuracy (%)", hue="variant", style="variant", col="roles",
+                       col_order=["qkv", "ffn"], kind="line", markers=True, dashes=False, height=3.6, aspect=1.15)
+    for ax in grid.axes.flat:
+        ax.axhline(baseline, color="0.3", ls="--", lw=1)
+        ax.text(ratios[-1], baseline, " uncompressed", va="bottom", ha="right", fontsize=8, color="0.3")
+        ax.set_xscale("log")
+        ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
+        ax.minorticks_off()
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("compression ratio of stored numbers", "test accuracy (%)")
+    grid.figure.suptitle("Offline compression of the tweet-sentiment task model: accuracy vs ratio, no fine-tuning", y=1.04)
+    table = ok.pivot_table(index=["roles", "method", "mode"], columns="ratio", values="test_accuracy").round(4)
+    table.columns = [f"ratio_{r:g}" for r in table.columns]
+    return grid.figure, table.reset_index()
+
+
+def _offline_finetune(results: pd.DataFrame):
+    """The seed's downstream protocol on the smaller grid: offline vs after a short fine-tuning."""
+    tuned = results[(results.status == "ok") & (results.finetune_steps > 0)].copy()
+    tuned["variant"] = _label(tuned) + " " + tuned.roles + " ×" + tuned.ratio.map("{:g}".format)
+    data = tuned[["variant", "method", "mode", "roles", "ratio", "finetune_steps", "test_accuracy",
+                  "finetuned_test_accuracy"]].sort_values("finetuned_test_accuracy").reset_index(drop=True)
+    long = data.melt(id_vars="variant", value_vars=["test_accuracy", "finetuned_test_accuracy"],
+                     var_name="when", value_name="accuracy")
+    long["when"] = long.when.map({"test_accuracy": "offline", "finetuned_test_accuracy":
+                                  f"after {int(data.finetune_steps.iloc[0])} fine-tuning steps"})
+    long["test accuracy (%)"] = 100 * long.accuracy
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(data) + 1.2))
+    sns.barplot(data=long, y="variant", x="test accuracy (%)", hue="when", ax=ax)
+    ax.axvline(100 * tuned.baseline_test_accuracy.iloc[0], color="0.3", ls="--", lw=1, label="uncompressed")
+    ax.set(ylabel="", xlim=(40, 100), title="Short fine-tuning recovers what offline compression loses")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig, data
+
+
 FIGURES = {f.name: f for f in [
     Figure("budget_axis_macs", "papermill_runs/budget_axis/results.csv", "papermill_runs/budget_axis.yaml", _budget_axis),
     Figure("baselines_by_role", "papermill_runs/baselines/by_role.csv", "papermill_runs/baselines.yaml", _baselines_by_role),
+    Figure("offline_compression_accuracy", "papermill_runs/offline_compression/results.csv",
+           "papermill_runs/offline_compression.yaml", _offline_accuracy),
+    Figure("offline_compression_finetune", "papermill_runs/offline_compression/results.csv",
+           "papermill_runs/offline_compression.yaml", _offline_finetune),
 ]}
 
 
