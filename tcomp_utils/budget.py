@@ -58,6 +58,14 @@ class CompressedModule(Protocol):
     def tcomp_footprint(self) -> Footprint: ...
 
 
+class CompressedLinear(nn.Module):
+    """Base of the drop-in replacements for ``nn.Linear``. They hold no dense ``weight``;
+    ``weight = None`` says so to library code that reads ``layer.weight`` (HF T5 checks
+    ``wo.weight.dtype`` in every forward) instead of failing on a missing attribute."""
+
+    weight = None
+
+
 def tensor_bytes(numel: int, bits: int) -> int:
     """Bytes to store ``numel`` numbers of ``bits`` bits each, packed (rounded up to a byte)."""
     return math.ceil(numel * bits / 8)

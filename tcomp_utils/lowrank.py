@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .budget import Footprint, dense_bytes
+from .budget import CompressedLinear, Footprint, dense_bytes
 
 
 def as_parameter(t: torch.Tensor) -> nn.Parameter:
@@ -72,7 +72,7 @@ class SharedFactor(nn.Module):
         return cls(torch.empty(config["shape"]))
 
 
-class LowRankLinear(nn.Module):
+class LowRankLinear(CompressedLinear):
     """``y = U (Vᵀ x) + b``: U (out × r), Vᵀ (r × in), optional bias (out).
 
     ``right`` is either this layer's own Vᵀ or a :class:`SharedFactor` shared across layers.

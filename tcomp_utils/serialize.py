@@ -20,10 +20,11 @@ from torch import nn
 from .adapters import set_module
 from .budget import CompressedModule
 from .lowrank import LowRankLinear, SharedFactor
+from .quant_linear import QuantLinear
 from .tensor_factors import FalconLinear, KroneckerLinear, TuckerCore, TuckerLinear
 
 MODULE_CLASSES = {c.__name__: c for c in (LowRankLinear, SharedFactor, TuckerLinear, TuckerCore,
-                                          KroneckerLinear, FalconLinear)}
+                                          KroneckerLinear, FalconLinear, QuantLinear)}
 DESCRIPTION = "tcomp.json"
 
 

@@ -26,7 +26,7 @@ import torch
 from tensorly.decomposition import tucker
 from torch import nn
 
-from .budget import Footprint, dense_bytes
+from .budget import CompressedLinear, Footprint, dense_bytes
 from .lowrank import BudgetError, as_parameter, check_ratio, truncated_svd
 
 
@@ -53,7 +53,7 @@ class TuckerCore(nn.Module):
         return cls(torch.empty(config["core"]), torch.empty(config["out"]), torch.empty(config["in"]))
 
 
-class TuckerLinear(nn.Module):
+class TuckerLinear(CompressedLinear):
     """One matrix of a Tucker-factorized stack: ``y = B (M (Cᵀ x)) + b`` with ``M`` the shared core
     contracted with this matrix's rows of the leading factors (``coeffs``)."""
 
@@ -150,7 +150,7 @@ def tucker_linears(grid: np.ndarray, ranks: tuple[int, ...]) -> tuple[TuckerCore
 
 
 # ------------------------------------------------------------------------------------- Kronecker
-class KroneckerLinear(nn.Module):
+class KroneckerLinear(CompressedLinear):
     """``y = (Σᵢ Aᵢ ⊗ Bᵢ) x + b`` computed without forming the matrix: with x reshaped to
     (n₁ × n₂), ``Y = Σᵢ Aᵢ X Bᵢᵀ`` (m₁ × m₂), contracting A or B first, whichever is cheaper.
     MACs per token: ``r·min(m₁n₂(n₁ + m₂), m₂n₁(n₂ + m₁))``."""
@@ -168,13 +168,17 @@ class KroneckerLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r, m1, n1 = self.a.shape
         _, m2, n2 = self.b.shape
-        xs = x.reshape(-1, 1, n1, n2)
-        if self._a_first:  # U_i = A_i X: (N, r, m1, n2); Y = [U_1 … U_r] [B_1 … B_r]ᵀ
-            u = torch.matmul(self.a, xs).permute(0, 2, 1, 3).reshape(-1, m1, r * n2)
+        xs = x.reshape(-1, n1, n2)
+        n = xs.shape[0]
+        # each stage is one large GEMM over all tokens and terms (not N·r small ones)
+        if self._a_first:  # U_i = A_i X (m1 × n2 per token); Y = [U_1 … U_r] [B_1 … B_r]ᵀ
+            u = self.a.reshape(r * m1, n1) @ xs.permute(1, 0, 2).reshape(n1, n * n2)
+            u = u.reshape(r, m1, n, n2).permute(2, 1, 0, 3).reshape(n * m1, r * n2)
             y = u @ self.b.permute(0, 2, 1).reshape(r * n2, m2)
-        else:  # T_i = X B_iᵀ: (N, r, n1, m2); Y = [A_1 … A_r] [T_1; …; T_r]
-            t = torch.matmul(xs, self.b.transpose(1, 2)).reshape(-1, r * n1, m2)
-            y = self.a.permute(1, 0, 2).reshape(m1, r * n1) @ t
+        else:  # T_i = X B_iᵀ (n1 × m2 per token); Y = [A_1 … A_r] [T_1; …; T_r]
+            t = xs.reshape(n * n1, n2) @ self.b.reshape(r * m2, n2).T
+            t = t.reshape(n, n1, r, m2).permute(2, 1, 0, 3).reshape(r * n1, n * m2)
+            y = (self.a.permute(1, 0, 2).reshape(m1, r * n1) @ t).reshape(m1, n, m2).permute(1, 0, 2)
         y = y.reshape(*x.shape[:-1], m1 * m2)
         return y + self.bias if self.bias is not None else y
 
@@ -255,7 +259,7 @@ def kronecker_linear(linear: nn.Linear, ratio: float | None = None, rank: int | 
 
 
 # ---------------------------------------------------------------------------------------- FALCON
-class FalconLinear(nn.Module):
+class FalconLinear(CompressedLinear):
     """Depthwise × pointwise: input split into ``groups`` blocks of ``in/groups``; depthwise
     factor D (groups, t, in/groups) maps each block to t channels, pointwise P (out, groups·t)
     mixes them. Stored numbers and MACs per token: ``t·(in + out·groups)``."""

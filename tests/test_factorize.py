@@ -223,3 +223,14 @@ def test_role_groups_expand_to_roles():
     assert expand_roles("query") == ["query"]
     report = factorize(tiny_bert(), "svd", "ffn", ratio=2)
     assert sorted(report.modules.role.unique()) == ["ffn_in", "ffn_out"] and len(report.modules) == 4
+
+
+def test_factorized_t5_runs_its_forward():
+    # HF T5 reads ``wo.weight.dtype`` in every FFN forward: compressed layers must answer it
+    torch.manual_seed(0)
+    from conftest import tiny_t5
+    model = tiny_t5()
+    ids = torch.randint(0, 100, (2, 5))
+    factorize(model, "svd", "ffn", ratio=2)
+    with torch.no_grad():
+        assert model(input_ids=ids, decoder_input_ids=ids).logits.shape == (2, 5, 100)

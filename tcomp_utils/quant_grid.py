@@ -1,0 +1,134 @@
+"""Uniform integer grids for weight quantization, and packing of integer codes.
+
+A weight row is quantized on a min–max grid of ``2^bits`` levels, per output channel (one scale
+per row) or per group of ``group_size`` consecutive input columns (one scale per row and group):
+
+* asymmetric: ``scale = (max − min) / (2^b − 1)``, ``zero = round(−min / scale)``, with the
+  range widened to include 0 (so zero padding and dead inputs stay exact);
+* symmetric: ``scale = 2·max|w| / (2^b − 1)``, ``zero = 2^(b−1)`` (implicit, not stored).
+
+``code = clamp(round(w / scale) + zero, 0, 2^b − 1)`` and ``ŵ = scale · (code − zero)``.
+Scales are stored as float16 (and rounded to float16 *before* quantizing, so the grid the
+codes were chosen on is the grid they are decoded with); codes and zero points are packed at
+``bits`` bits each into a uint8 bit stream (most significant bit first).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+MIN_BITS, MAX_BITS = 2, 8
+FP16_TINY = 2.0**-24  # the smallest positive float16: a scale must survive the cast
+
+
+@dataclass(frozen=True)
+class QuantGrid:
+    """``bits`` in [2, 8]; ``group_size`` None (per output channel) or a positive number of input
+    columns; ``symmetric`` grid around 0 or asymmetric min–max with a zero point."""
+
+    bits: int = 4
+    group_size: int | None = None
+    symmetric: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.bits, int) or not MIN_BITS <= self.bits <= MAX_BITS:
+            raise ValueError(f"bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {self.bits!r}")
+        if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
+            raise ValueError(f"group_size must be None (per output channel) or a positive integer, got {self.group_size!r}")
+
+    @property
+    def maxq(self) -> int:
+        return 2**self.bits - 1
+
+    def n_groups(self, in_features: int) -> int:
+        """Groups per row for ``in_features`` columns (1 per channel); a group size must divide
+        the number of columns or exceed it."""
+        if self.group_size is None or self.group_size >= in_features:
+            return 1
+        if in_features % self.group_size:
+            raise ValueError(f"group_size {self.group_size} does not divide in_features {in_features}; "
+                             f"use a divisor of {in_features} or None (per output channel)")
+        return in_features // self.group_size
+
+    def describe(self) -> str:
+        g = "per-channel" if self.group_size is None else f"g{self.group_size}"
+        return f"{self.bits}-bit {'sym' if self.symmetric else 'asym'} {g}"
+
+
+def fit_grid(w: torch.Tensor, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of each row of ``w`` (rows × cols): two (rows,) tensors; the scale is
+    already rounded to float16 precision and the zero point is an integer in [0, 2^b − 1]."""
+    w = w.float()
+    xmin = w.min(dim=1).values.clamp(max=0)
+    xmax = w.max(dim=1).values.clamp(min=0)
+    if grid.symmetric:
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmin = -xmax
+    flat = (xmin == 0) & (xmax == 0)
+    xmin, xmax = torch.where(flat, -1.0, xmin), torch.where(flat, 1.0, xmax)
+    scale = ((xmax - xmin) / grid.maxq).clamp(min=FP16_TINY).half().float()
+    if grid.symmetric:
+        zero = torch.full_like(scale, (grid.maxq + 1) // 2)
+    else:
+        zero = torch.round(-xmin / scale).clamp(0, grid.maxq)
+    return scale, zero
+
+
+def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, maxq: int) -> torch.Tensor:
+    """Integer codes of ``w`` on the grid (``scale``/``zero`` broadcast against ``w``), as float."""
+    return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
+
+
+def rtn(weight: torch.Tensor, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest of ``weight`` (out × in) on ``grid``.
+
+    Returns ``codes`` (out × in, uint8), ``scales`` (out × groups, float16) and ``zeros``
+    (out × groups, uint8); group k covers input columns ``[k·g, (k+1)·g)``.
+    """
+    out_f, in_f = weight.shape
+    n_groups = grid.n_groups(in_f)
+    w = weight.detach().float().reshape(out_f, n_groups, in_f // n_groups)
+    scale, zero = fit_grid(w.reshape(out_f * n_groups, -1), grid)
+    scale, zero = scale.reshape(out_f, n_groups, 1), zero.reshape(out_f, n_groups, 1)
+    codes = quantize_codes(w, scale, zero, grid.maxq).reshape(out_f, in_f)
+    return codes.to(torch.uint8), scale[..., 0].half(), zero[..., 0].to(torch.uint8)
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               g_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """``scale · (code − zero)`` as float32 (out × in). ``scales``/``zeros`` are (out × groups);
+    column j uses group ``g_idx[j]``, or contiguous groups of ``in / groups`` columns when
+    ``g_idx`` is None."""
+    out_f, in_f = codes.shape
+    scales, zeros = scales.float(), zeros.float()
+    if g_idx is not None:
+        return (codes.float() - zeros[:, g_idx]) * scales[:, g_idx]
+    n_groups = scales.shape[1]
+    c = codes.float().reshape(out_f, n_groups, in_f // n_groups)
+    return ((c - zeros[..., None]) * scales[..., None]).reshape(out_f, in_f)
+
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integer codes in [0, 2^bits) into a uint8 bit stream of ``ceil(numel·bits/8)`` bytes
+    (row-major order, most significant bit first)."""
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be in [{MIN_BITS}, {MAX_BITS}], got {bits}")
+    flat = codes.reshape(-1).to(torch.int32)
+    if flat.numel() and (flat.min() < 0 or flat.max() >= 2**bits):
+        raise ValueError(f"codes must lie in [0, {2**bits - 1}] for {bits} bits, got [{flat.min()}, {flat.max()}]")
+    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.int32)
+    stream = ((flat[:, None] >> shifts) & 1).reshape(-1)
+    stream = torch.nn.functional.pad(stream, (0, (-stream.numel()) % 8)).reshape(-1, 8)
+    return (stream << torch.arange(7, -1, -1, dtype=torch.int32)).sum(dim=1).to(torch.uint8)
+
+
+def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
+    """Inverse of :func:`pack`: the first ``numel`` codes as a uint8 tensor (numel,)."""
+    data = packed.to(torch.int32)
+    if 8 % bits == 0:  # whole codes per byte: plain shifts, no bit stream
+        shifts = torch.arange(8 - bits, -1, -bits, dtype=torch.int32)
+        return ((data[:, None] >> shifts) & (2**bits - 1)).reshape(-1)[:numel].to(torch.uint8)
+    stream = ((data[:, None] >> torch.arange(7, -1, -1, dtype=torch.int32)) & 1).reshape(-1)[: numel * bits]
+    weights = 2 ** torch.arange(bits - 1, -1, -1, dtype=torch.int32)
+    return (stream.reshape(numel, bits) * weights).sum(dim=1).to(torch.uint8)

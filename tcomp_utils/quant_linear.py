@@ -1,0 +1,103 @@
+"""``QuantLinear``: a linear layer stored as packed integer codes, float16 scales and packed zero
+points, de-quantized on the fly in ``forward``; and torch's dynamic int8 path for real integer
+matmuls on CPU.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+
+from .budget import CompressedLinear, Footprint, dense_bytes
+from .quant_grid import QuantGrid, dequantize, pack, unpack
+
+
+class QuantLinear(CompressedLinear):
+    """``y = x Ŵᵀ + b`` with ``Ŵ = scale · (code − zero)`` (out × in).
+
+    Buffers: ``qweight`` (packed codes, ``ceil(out·in·bits/8)`` bytes), ``scales`` (out × groups,
+    float16), ``qzeros`` (packed zero points; empty for a symmetric grid, whose zero point is
+    2^(b−1)), ``g_idx`` (in, int32; empty unless act-order made the groups non-contiguous);
+    parameter ``bias`` (float32) if the layer had one. The stored bytes reported to the budget
+    counter are exactly the sizes of these tensors.
+    """
+
+    def __init__(self, in_features: int, out_features: int, grid: QuantGrid, bias: bool = True,
+                 g_idx: bool = False):
+        super().__init__()
+        self.in_features, self.out_features, self.grid = in_features, out_features, grid
+        n_groups = grid.n_groups(in_features)
+        self.register_buffer("qweight", torch.zeros(-(-out_features * in_features * grid.bits // 8), dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(out_features, n_groups, dtype=torch.float16))
+        n_zero_bytes = 0 if grid.symmetric else -(-out_features * n_groups * grid.bits // 8)
+        self.register_buffer("qzeros", torch.zeros(n_zero_bytes, dtype=torch.uint8))
+        self.register_buffer("g_idx", torch.zeros(in_features if g_idx else 0, dtype=torch.int32))
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, grid: QuantGrid,
+                   bias: torch.Tensor | None = None, g_idx: torch.Tensor | None = None) -> "QuantLinear":
+        """Build from codes (out × in), scales and zeros (out × groups) and an optional column→group map."""
+        out_f, in_f = codes.shape
+        layer = cls(in_f, out_f, grid, bias=bias is not None, g_idx=g_idx is not None)
+        layer.qweight.copy_(pack(codes, grid.bits))
+        layer.scales.copy_(scales.half())
+        if not grid.symmetric:
+            layer.qzeros.copy_(pack(zeros, grid.bits))
+        if g_idx is not None:
+            layer.g_idx.copy_(g_idx.to(torch.int32))
+        if bias is not None:
+            layer.bias.data.copy_(bias.detach().float())
+        return layer
+
+    def codes(self) -> torch.Tensor:
+        """Unpacked codes (out × in, uint8)."""
+        return unpack(self.qweight, self.grid.bits, self.out_features * self.in_features).reshape(
+            self.out_features, self.in_features)
+
+    def zeros(self) -> torch.Tensor:
+        """Zero points (out × groups)."""
+        if self.grid.symmetric:
+            return torch.full(self.scales.shape, 2 ** (self.grid.bits - 1), dtype=torch.uint8)
+        return unpack(self.qzeros, self.grid.bits, self.scales.numel()).reshape(self.scales.shape)
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The de-quantized weight (out × in, float32)."""
+        g_idx = self.g_idx.long() if self.g_idx.numel() else None
+        return dequantize(self.codes(), self.scales, self.zeros(), g_idx)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight_matrix().to(device=x.device, dtype=x.dtype)
+        return nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+    def tcomp_footprint(self) -> Footprint:
+        """Stored numbers: codes, scales, zero points (if stored), group map, bias; bytes: exact."""
+        tensors = [self.qweight, self.scales, self.qzeros, self.g_idx] + ([self.bias] if self.bias is not None else [])
+        n_zeros = 0 if self.grid.symmetric else self.scales.numel()
+        params = (self.out_features * self.in_features + self.scales.numel() + n_zeros + self.g_idx.numel()
+                  + (self.out_features if self.bias is not None else 0))
+        return Footprint(params, sum(dense_bytes(t) for t in tensors), self.in_features * self.out_features)
+
+    def tcomp_config(self) -> dict:
+        return {"in": self.in_features, "out": self.out_features, "bits": self.grid.bits,
+                "group_size": self.grid.group_size, "symmetric": self.grid.symmetric,
+                "bias": self.bias is not None, "g_idx": bool(self.g_idx.numel())}
+
+    @classmethod
+    def tcomp_empty(cls, config: dict, shared: None = None) -> "QuantLinear":
+        grid = QuantGrid(config["bits"], config["group_size"], config["symmetric"])
+        return cls(config["in"], config["out"], grid, bias=config["bias"], g_idx=config["g_idx"])
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.grid.describe()}, " \
+               f"bias={self.bias is not None}"
+
+
+def int8_dynamic(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose ``nn.Linear`` layers run as int8 × int8 matmuls on CPU (torch's
+    dynamic quantization: per-tensor int8 weights, activations quantized per batch on the fly).
+    This is the real integer path used for speed; it is not a :class:`QuantLinear`."""
+    with warnings.catch_warnings():  # torch.ao's eager quantization is deprecated in favour of torchao
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=False)

@@ -1,0 +1,268 @@
+"""One call to quantize the linear layers of a whole model (encoder, decoder or seq2seq) with
+round-to-nearest or GPTQ, and the report that comes back.
+
+    report = quantize(model, "rtn", bits=8)                                   # no data needed
+    report = quantize(model, "gptq", bits=4, group_size=128, calibration=batches)
+    report = quantize(model, "gptq", bits=3, calibration=batches, act_order=True, lm_head=True)
+
+Every targeted ``nn.Linear`` becomes a :class:`~tcomp_utils.quant_linear.QuantLinear` (packed
+codes, de-quantized on the fly). Everything is checked before the first layer changes: bit width,
+group size (it must divide every targeted layer's input width), roles, and that GPTQ has
+calibration data.
+
+With calibration data the layers are processed **block by block in forward order** (GPTQ's
+sequential protocol): the inputs of the first block are recorded once, then for each block the
+Hessians ``H = 2XᵀX/n`` of its linear layers are accumulated from its current inputs (padding
+positions dropped), its layers are quantized, and the block is run again, now quantized, to give
+the next block's inputs. So every block is calibrated on the outputs of the already-quantized
+blocks before it. RTN with calibration follows the same path only to measure each layer's output
+error ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` (square-rooted) next to GPTQ's. The LM head (``lm_head=True``)
+is quantized last, on the inputs the quantized model gives it; a head tied to the input
+embeddings is untied (the embedding table stays in float32).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import adapters, budget
+from .factorize import expand_roles
+from .gptq import HessianAccumulator, check_options, gptq
+from .quant_grid import QuantGrid, dequantize, rtn
+from .quant_linear import QuantLinear
+
+METHODS = ("rtn", "gptq")
+
+
+@dataclass
+class QuantReport:
+    """What :func:`quantize` did: one row per layer (path, role, layer, shape, relative weight
+    error, relative output error on calibration inputs, bytes before/after, seconds), footprints
+    of the whole model before/after, total seconds."""
+
+    method: str
+    grid: QuantGrid
+    modules: pd.DataFrame
+    before: budget.Footprint
+    after: budget.Footprint
+    seconds: float
+
+    def summary(self) -> dict:
+        return {"method": self.method, "bits": self.grid.bits, "group_size": self.grid.group_size or 0,
+                "symmetric": self.grid.symmetric, "modules": len(self.modules),
+                "mean_rel_error": float(self.modules.rel_error.mean()),
+                "mean_output_error": float(self.modules.output_error.mean()),
+                "bytes_before": self.before.bytes, "bytes_after": self.after.bytes,
+                "params_before": self.before.params, "params_after": self.after.params, "seconds": self.seconds}
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the inputs it needs are recorded."""
+
+
+def _targets(model: nn.Module, roles: Iterable[str], layers: list[int] | None, lm_head: bool,
+             grid: QuantGrid) -> list[adapters.RoleModule]:
+    found = []
+    for role in roles:
+        if role == "embeddings":
+            raise ValueError("quantizing the embedding table is not supported; the LM head is (lm_head=True). "
+                             f"Quantizable roles: {', '.join(r for r in adapters.get_adapter(model).roles() if r != 'embeddings')}")
+        found += adapters.find_modules(model, role, layers)
+    if lm_head:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"lm_head=True but {type(model).__name__} has no linear output head")
+        path = next(p for p, m in model.named_modules() if m is head)
+        found.append(adapters.RoleModule(path, "lm_head", None, None, head))
+    for rm in found:
+        if not isinstance(rm.module, nn.Linear):
+            raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear: "
+                            "it is already compressed or cannot be quantized")
+        grid.n_groups(rm.module.in_features)  # a group size that does not divide raises here
+    if not found:
+        raise ValueError(f"no module to quantize for roles {list(roles)} and layers {layers}")
+    return found
+
+
+def _quantize_layer(linear: nn.Linear, method: str, grid: QuantGrid, H: torch.Tensor | None,
+                    opts: dict) -> tuple[QuantLinear, dict]:
+    t0 = time.perf_counter()
+    W = linear.weight.detach().float()
+    if method == "gptq":
+        res = gptq(W, H, grid, **opts)
+        codes, scales, zeros, g_idx = res.codes, res.scales, res.zeros, res.g_idx
+    else:
+        (codes, scales, zeros), g_idx = rtn(W, grid), None
+    q = QuantLinear.from_codes(codes, scales, zeros, grid, linear.bias, g_idx)
+    W_hat = dequantize(codes, scales, zeros, None if g_idx is None else g_idx.long())
+    dW = (W - W_hat).double()
+    row = dict(rel_error=(dW.norm() / W.double().norm()).item(), output_error=float("nan"))
+    if H is not None:
+        num, den = torch.trace(dW @ H @ dW.T), torch.trace(W.double() @ H @ W.double().T)
+        row["output_error"] = (num / den).sqrt().item() if den > 0 else float("nan")
+    row["seconds"] = time.perf_counter() - t0
+    return q, row
+
+
+def _positions(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` (..., in) at real tokens: ``mask`` (batch × seq) when it matches x's leading shape."""
+    if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
+        return x[mask.bool()]
+    return x.reshape(-1, x.shape[-1])
+
+
+class _HessianHooks:
+    """Forward hooks accumulating each layer's input Hessian; ``mask`` is the current batch's."""
+
+    def __init__(self, modules: dict[str, nn.Linear]):
+        self.acc = {p: HessianAccumulator(m.in_features) for p, m in modules.items()}
+        self.mask: torch.Tensor | None = None
+        self.handles = [m.register_forward_hook(self._hook(p)) for p, m in modules.items()]
+
+    def _hook(self, path: str):
+        def hook(module, inputs, output):
+            self.acc[path].add(_positions(self.mask, inputs[0]))
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _forward(model: nn.Module, batch: dict) -> None:
+    kwargs = dict(batch)
+    if getattr(model.config, "use_cache", None) is not None:
+        kwargs["use_cache"] = False  # no key/value cache object shared between replayed blocks
+    model(**kwargs)
+
+
+def _block_inputs(model: nn.Module, blocks: nn.ModuleList, first: int, last: int,
+                  batches: list[dict]) -> tuple[list[torch.Tensor], dict[int, list]]:
+    """Run the model on each batch; return the hidden states entering block ``first`` (one per
+    batch) and, for blocks ``first..last``, their other inputs (args after the hidden states,
+    kwargs: masks, position embeddings, encoder states...), which quantization does not change."""
+    hidden, other = [], {i: [] for i in range(first, last + 1)}
+
+    def pre_hook(i):
+        def hook(module, args, kwargs):
+            if i == first:
+                hidden.append(args[0] if args else kwargs["hidden_states"])
+            other[i].append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+            if i == last:
+                raise _Stop
+        return hook
+
+    handles = [blocks[i].register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i in range(first, last + 1)]
+    try:
+        for batch in batches:
+            try:
+                _forward(model, batch)
+            except _Stop:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return hidden, other
+
+
+def _run_block(block: nn.Module, hidden: torch.Tensor, other: tuple[tuple, dict]) -> torch.Tensor:
+    args, kwargs = other
+    out = block(hidden, *args, **kwargs)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+@torch.no_grad()
+def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: int | None = None,
+             symmetric: bool = False, roles: list[str] | str | None = None, layers: list[int] | None = None,
+             calibration: list[dict] | None = None, lm_head: bool = False, block_size: int = 128,
+             damp: float = 0.01, act_order: bool = False, static_groups: bool = False,
+             progress: bool = True) -> QuantReport:
+    """Quantize ``model`` in place; return a :class:`QuantReport`.
+
+    ``calibration``: batches for ``model(**batch)`` (an ``attention_mask`` marks real tokens);
+    ``roles``: a role, role group or list (default: every linear role of the architecture, cross
+    attention included). ``calibration`` is required by GPTQ, optional for RTN (then only used to report output errors). ``bits`` in
+    [2, 8]; ``group_size`` None (per output channel) or a divisor of each layer's input width;
+    ``block_size``, ``damp``, ``act_order``, ``static_groups``: GPTQ's options (see
+    :func:`tcomp_utils.gptq.gptq`).
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown quantization method {method!r}; allowed: {', '.join(METHODS)}")
+    grid = QuantGrid(bits, group_size, symmetric)
+    if roles is None:
+        roles = [r for r in adapters.get_adapter(model).roles() if r != "embeddings"]
+    targets = _targets(model, expand_roles(roles), layers, lm_head, grid)
+    if method == "gptq" and not calibration:
+        raise ValueError("GPTQ needs calibration batches (calibration=[{'input_ids': ..., 'attention_mask': ...}, ...])")
+    opts = dict(block_size=block_size, damp=damp, act_order=act_order, static_groups=static_groups) if method == "gptq" else {}
+    if method == "gptq":
+        check_options(block_size, damp)
+
+    was_training = model.training
+    model.eval()
+    t0 = time.perf_counter()
+    before = budget.footprint(model)
+    rows = []
+
+    def replace(rm: adapters.RoleModule, H: torch.Tensor | None) -> None:
+        q, row = _quantize_layer(rm.module, method, grid, H, opts)
+        adapters.set_module(model, rm.path, q)
+        rows.append(dict(path=rm.path, role=rm.role, stack=rm.stack, layer=rm.layer, in_features=rm.module.in_features,
+                         out_features=rm.module.out_features, bytes_before=budget.dense_bytes(rm.module.weight)
+                         + (budget.dense_bytes(rm.module.bias) if rm.module.bias is not None else 0),
+                         bytes_after=q.tcomp_footprint().bytes, **row))
+
+    in_blocks = [rm for rm in targets if rm.stack is not None]
+    if not calibration:
+        for rm in tqdm(targets, desc=f"{method} {grid.describe()}", disable=not progress):
+            replace(rm, None)
+    else:
+        stacks = adapters.layer_stacks(model)
+        with tqdm(total=len(targets), desc=f"{method} {grid.describe()}", disable=not progress) as bar:
+            for stack_name, (_, blocks) in stacks.items():
+                by_layer: dict[int, list[adapters.RoleModule]] = {}
+                for rm in in_blocks:
+                    if rm.stack == stack_name:
+                        by_layer.setdefault(rm.layer, []).append(rm)
+                if not by_layer:
+                    continue
+                first, last = min(by_layer), max(by_layer)
+                hidden, other = _block_inputs(model, blocks, first, last, calibration)
+                masks = [b.get("decoder_attention_mask" if stack_name == "decoder" and "decoder_input_ids" in b
+                               else "attention_mask") for b in calibration]
+                for i in range(first, last + 1):
+                    block, todo = blocks[i], by_layer.get(i, [])
+                    if todo:
+                        hooks = _HessianHooks({rm.path: rm.module for rm in todo})
+                        try:
+                            for b, h in enumerate(hidden):
+                                hooks.mask = masks[b]
+                                _run_block(block, h, other[i][b])
+                        finally:
+                            hooks.remove()
+                        for rm in todo:
+                            replace(rm, hooks.acc[rm.path].H)
+                            bar.update()
+                    if i < last:
+                        hidden = [_run_block(block, h, other[i][b]) for b, h in enumerate(hidden)]
+            for rm in targets:
+                if rm.stack is None:  # the LM head, on the inputs of the quantized model
+                    hooks = _HessianHooks({rm.path: rm.module})
+                    try:
+                        for b in calibration:
+                            hooks.mask = b.get("attention_mask")
+                            _forward(model, b)
+                    finally:
+                        hooks.remove()
+                    replace(rm, hooks.acc[rm.path].H)
+                    bar.update()
+    model.train(was_training)
+    table = pd.DataFrame(rows)
+    table["layer"] = table["layer"].astype("Int64")
+    return QuantReport(method, grid, table, before, budget.footprint(model), time.perf_counter() - t0)

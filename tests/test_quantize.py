@@ -1,0 +1,247 @@
+"""Post-training quantization: grids, packing, GPTQ vs RTN, byte counts, whole models, save/load."""
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from tcomp_utils import budget, serialize
+from tcomp_utils.gptq import HessianAccumulator, gptq
+from tcomp_utils.quant_grid import QuantGrid, dequantize, fit_grid, pack, rtn, unpack
+from tcomp_utils.quant_linear import QuantLinear, int8_dynamic
+from tcomp_utils.quantize import quantize
+from conftest import TINY, tiny_bert, tiny_llama
+
+
+def correlated_inputs(n: int, dim: int, seed: int = 0) -> torch.Tensor:
+    """Tokens × dim inputs whose channels are strongly correlated (a few latent factors plus a
+    little noise) and of very different scales, as activations are."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(dim // 8, dim, generator=g) * torch.logspace(-1, 1, dim)[None, :]
+    return torch.randn(n, dim // 8, generator=g) @ mix + 0.05 * torch.randn(n, dim, generator=g)
+
+
+@pytest.mark.parametrize("bits", range(2, 9))
+def test_pack_unpack_round_trips_exactly(bits):
+    g = torch.Generator().manual_seed(bits)
+    for n in (1, 7, 8, 13, 1000):
+        codes = torch.randint(0, 2**bits, (n,), generator=g, dtype=torch.int64).to(torch.uint8)
+        packed = pack(codes, bits)
+        assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(n * bits / 8)
+        assert torch.equal(unpack(packed, bits, n), codes)
+
+
+def test_pack_rejects_codes_outside_the_bit_width():
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, 7\] for 3 bits"):
+        pack(torch.tensor([0, 8]), 3)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(bits=1), r"bits must be an integer in \[2, 8\], got 1"),
+    (dict(bits=9), r"bits must be an integer in \[2, 8\], got 9"),
+    (dict(bits=4.0), r"bits must be an integer in \[2, 8\], got 4.0"),
+    (dict(bits=4, group_size=0), "group_size must be None .* got 0"),
+    (dict(bits=4, group_size=-8), "group_size must be None .* got -8"),
+])
+def test_invalid_grids_raise(kw, match):
+    with pytest.raises(ValueError, match=match):
+        QuantGrid(**kw)
+
+
+def test_group_size_must_divide_the_input_width():
+    with pytest.raises(ValueError, match="group_size 24 does not divide in_features 64"):
+        QuantGrid(4, 24).n_groups(64)
+    assert QuantGrid(4, 128).n_groups(64) == 1 and QuantGrid(4, 16).n_groups(64) == 4
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("group_size", [None, 8])
+def test_rtn_error_is_at_most_half_a_step(symmetric, group_size):
+    torch.manual_seed(0)
+    w = torch.randn(16, 32)
+    grid = QuantGrid(4, group_size, symmetric)
+    codes, scales, zeros = rtn(w, grid)
+    assert codes.max() <= 15 and scales.shape == zeros.shape == (16, grid.n_groups(32))
+    w_hat = dequantize(codes, scales, zeros)
+    step = scales.float().repeat_interleave(32 // grid.n_groups(32), dim=1)
+    # rounding moves a weight by at most half a step; the float16 scale (relative error 2^-11, times
+    # up to 2^(b-1) steps from the zero point) may push the range ends slightly further
+    assert ((w - w_hat).abs() <= step * (0.5 + 2**-11 * 8) + 1e-6).all()
+    if symmetric:
+        assert (zeros == 8).all()
+
+
+def test_zero_is_exactly_representable():
+    w = torch.tensor([[0.0, 0.3, 1.7, 2.0], [-1.0, 0.0, -0.5, -0.25]])
+    scale, zero = fit_grid(w, QuantGrid(3))
+    codes, scales, zeros = rtn(w, QuantGrid(3))
+    assert (dequantize(codes, scales, zeros)[w == 0] == 0).all()
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+@pytest.mark.parametrize("group_size", [None, 16])
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_output_error_is_below_rtn_on_correlated_inputs(bits, group_size, act_order):
+    torch.manual_seed(0)
+    W = torch.randn(48, 64)
+    X = correlated_inputs(2048, 64)
+    acc = HessianAccumulator(64)
+    for chunk in X.split(500):  # the running mean equals 2XᵀX/n
+        acc.add(chunk)
+    torch.testing.assert_close(acc.H, 2 * X.double().T @ X.double() / len(X))
+    grid = QuantGrid(bits, group_size)
+    res = gptq(W, acc.H, grid, block_size=16, act_order=act_order)
+    W_gptq = dequantize(res.codes, res.scales, res.zeros, None if res.g_idx is None else res.g_idx.long())
+    W_rtn = dequantize(*rtn(W, grid))
+    err = lambda W_hat: ((W - W_hat) @ X.T).norm()  # noqa: E731
+    assert err(W_gptq) < 0.8 * err(W_rtn), (err(W_gptq), err(W_rtn))
+    assert res.codes.max() < 2**bits
+
+
+def test_gptq_static_groups_and_act_order_keep_contiguous_groups():
+    torch.manual_seed(0)
+    W, X = torch.randn(8, 32), correlated_inputs(256, 32)
+    H = 2 * X.double().T @ X.double() / len(X)
+    dynamic = gptq(W, H, QuantGrid(4, 8), act_order=True)
+    static = gptq(W, H, QuantGrid(4, 8), act_order=True, static_groups=True)
+    assert dynamic.g_idx is not None and sorted(dynamic.g_idx.tolist()) == sorted([k for k in range(4) for _ in range(8)])
+    assert static.g_idx is None
+
+
+def test_gptq_rejects_bad_options():
+    with pytest.raises(ValueError, match="damp must be > 0"):
+        gptq(torch.randn(4, 8), torch.eye(8), QuantGrid(4), damp=0)
+    with pytest.raises(ValueError, match="H must be 8 × 8"):
+        gptq(torch.randn(4, 8), torch.eye(6), QuantGrid(4))
+
+
+@pytest.mark.parametrize("bits, group_size, symmetric, bias", [(4, None, False, True), (3, 16, False, False),
+                                                                (8, 32, True, True), (2, 16, True, False)])
+def test_quant_linear_byte_count_is_exact(bits, group_size, symmetric, bias):
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 24, bias=bias)
+    grid = QuantGrid(bits, group_size, symmetric)
+    q = QuantLinear.from_codes(*rtn(lin.weight, grid), grid, lin.bias)
+    groups = grid.n_groups(64)
+    expected = (math.ceil(24 * 64 * bits / 8) + 24 * groups * 2 + (0 if symmetric else math.ceil(24 * groups * bits / 8))
+                + (24 * 4 if bias else 0))
+    fp = q.tcomp_footprint()
+    assert fp.bytes == expected
+    assert fp.bytes == sum(t.numel() * t.element_size() for t in q.state_dict().values())
+    assert fp.macs == 64 * 24
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(q(x), nn.functional.linear(x, q.weight_matrix(), lin.bias))
+    torch.testing.assert_close(q.weight_matrix(), dequantize(*rtn(lin.weight, grid)))
+
+
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_gptq_quantizes_every_linear_of_each_family(family):
+    torch.manual_seed(0)
+    model = TINY[family]()
+    batches = [{"input_ids": torch.randint(0, 100, (4, 10))} for _ in range(2)]
+    if family == "t5":
+        for b in batches:
+            b["decoder_input_ids"] = torch.randint(0, 100, (4, 6))
+    before = copy.deepcopy(model)
+    n_linear = sum(isinstance(m, nn.Linear) for p, m in model.named_modules()
+                   if not p.endswith(("lm_head", "classifier", "pooler.dense")))
+    report = quantize(model, "gptq", bits=8, calibration=batches, progress=False)
+    assert len(report.modules) == n_linear == sum(isinstance(m, QuantLinear) for m in model.modules())
+    assert report.modules.output_error.notna().all() and (report.modules.output_error < 0.05).all()
+    assert report.after.bytes < report.before.bytes
+    with torch.no_grad():
+        ref, out = before(**batches[0]), model(**batches[0])
+    ref, out = (ref.logits, out.logits)
+    assert ((out - ref).norm() / ref.norm()) < 0.05
+
+
+def test_gptq_beats_rtn_on_a_whole_decoder_at_3_bits():
+    torch.manual_seed(0)
+    model = tiny_llama()
+    batches = [{"input_ids": torch.randint(0, 100, (8, 16))} for _ in range(4)]
+    test = torch.randint(0, 100, (8, 16))
+    with torch.no_grad():
+        ref = model(test).logits
+    errs = {}
+    for method in ("rtn", "gptq"):
+        m = copy.deepcopy(model)
+        report = quantize(m, method, bits=3, calibration=batches, progress=False)
+        with torch.no_grad():
+            errs[method] = ((m(test).logits - ref).norm() / ref.norm()).item()
+        errs[method + "_layers"] = report.modules.output_error.mean()
+    assert errs["gptq_layers"] < errs["rtn_layers"] and errs["gptq"] < errs["rtn"], errs
+
+
+def test_rtn_needs_no_data_and_gptq_does():
+    model = tiny_bert()
+    report = quantize(model, "rtn", bits=4, roles="ffn", progress=False)
+    assert sorted(report.modules.role) == ["ffn_in", "ffn_in", "ffn_out", "ffn_out"] and report.modules.output_error.isna().all()
+    with pytest.raises(ValueError, match="GPTQ needs calibration batches"):
+        quantize(tiny_bert(), "gptq", bits=4)
+
+
+@pytest.mark.parametrize("kw, err, match", [
+    (dict(method="awq"), ValueError, "unknown quantization method 'awq'; allowed: rtn, gptq"),
+    (dict(bits=1), ValueError, r"bits must be an integer in \[2, 8\]"),
+    (dict(group_size=24), ValueError, "group_size 24 does not divide in_features 32"),
+    (dict(roles=["embeddings"]), ValueError, "quantizing the embedding table is not supported"),
+    (dict(roles=["gate"]), ValueError, "unknown module role 'gate'"),
+    (dict(lm_head=True), ValueError, "has no linear output head"),
+    (dict(method="gptq", damp=-1.0, calibration=[{"input_ids": torch.zeros(1, 3, dtype=torch.long)}]), ValueError,
+     "damp must be > 0"),
+])
+def test_bad_arguments_raise_before_anything_changes(kw, err, match):
+    model = tiny_bert()
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(err, match=match):
+        quantize(model, **{"method": "rtn", "bits": 4, **kw})
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_lm_head_is_quantized_last_and_untied():
+    torch.manual_seed(0)
+    model = tiny_llama()
+    batches = [{"input_ids": torch.randint(0, 100, (4, 12))}]
+    report = quantize(model, "gptq", bits=4, group_size=16, calibration=batches, lm_head=True, progress=False)
+    assert report.modules.path.iloc[-1] == "lm_head" and isinstance(model.lm_head, QuantLinear)
+    assert isinstance(model.model.embed_tokens, nn.Embedding)  # the table stays float32
+
+
+@pytest.mark.parametrize("method, kw", [("rtn", dict(bits=3, group_size=16)),
+                                        ("gptq", dict(bits=4, group_size=16, act_order=True)),
+                                        ("gptq", dict(bits=4, symmetric=True))])
+def test_save_load_round_trip_gives_identical_outputs(tmp_path, method, kw):
+    torch.manual_seed(0)
+    model = tiny_llama()
+    batches = [{"input_ids": torch.randint(0, 100, (4, 12))}]
+    quantize(model, method, calibration=batches, progress=False, **kw)
+    ids = torch.randint(0, 100, (2, 9))
+    serialize.save_compressed(model, tmp_path / "q")
+    loaded = serialize.load_compressed(tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert budget.footprint(loaded) == budget.footprint(model)
+
+
+def test_budget_counts_quantized_bytes():
+    torch.manual_seed(0)
+    model = tiny_bert()
+    dense = budget.footprint(model)
+    report = quantize(model, "rtn", bits=4, group_size=16, progress=False)
+    saved = int((report.modules.bytes_before - report.modules.bytes_after).sum())
+    assert budget.footprint(model).bytes == dense.bytes - saved
+    assert budget.footprint(model).macs == dense.macs
+
+
+def test_int8_dynamic_path_stays_close_to_fp32():
+    torch.manual_seed(0)
+    model = tiny_bert()
+    q = int8_dynamic(model)
+    ids = torch.randint(0, 100, (2, 10))
+    with torch.no_grad():
+        ref, out = model(ids).logits, q(ids).logits
+    assert not any(type(m) is nn.Linear for m in q.bert.encoder.modules())
+    assert any(type(m) is nn.Linear for m in model.bert.encoder.modules())  # the original is untouched
+    assert (out - ref).norm() / ref.norm() < 0.1
