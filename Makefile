@@ -11,7 +11,7 @@ SPECS  := $(sort $(wildcard papermill_runs/*.yaml))
 SPEC   ?= papermill_runs/budget_axis.yaml
 SWEEP_ARGS ?=
 
-.PHONY: help install assets test test-fast run sweep figures
+.PHONY: help install assets test test-fast run sweep figures bench
 
 help:
 	@echo "make run    - every sweep under papermill_runs/ ($(PROFILE) profile), then make figures"
@@ -19,6 +19,7 @@ help:
 	@echo "make figures - rebuild figures/ from the results tables (no model is loaded)"
 	@echo "make test   - unit tests + nbval over every notebook in the smoke profile"
 	@echo "make assets - fetch and verify the embedded models and data"
+	@echo "make bench  - CPU benchmarks (factorization and GPTQ time, latency vs MACs, int8); tables in benchmarks/results/"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,3 +50,7 @@ sweep: assets
 
 figures: $(STAMP)
 	$(PY) -m tcomp_utils.figures
+
+bench: assets
+	$(PY) benchmarks/bench_factorize.py --out benchmarks/results
+	$(PY) benchmarks/bench_quantize.py --out benchmarks/results

@@ -122,6 +122,31 @@ def _offline_finetune(results: pd.DataFrame):
     return fig, data
 
 
+def _gptq_table(results: pd.DataFrame):
+    """Perplexity (decoder) and test accuracy (task model) against bits, RTN vs GPTQ, by grouping."""
+    ok = results[results.status == "ok"].copy()
+    ok["grid"] = ok.group_size.map(lambda g: "per channel" if g == 0 else f"g{g:g}")
+    ok["metric"] = ok.perplexity.where(ok.model == "smollm2-135m", 100 * ok.test_accuracy)
+    base = ok[ok.method == "fp32"].set_index("model").metric
+    q = ok[ok.method != "fp32"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, model, ylabel in zip(axes, ("smollm2-135m", "minilm-l6-tweets"),
+                                 ("perplexity (held-out prose)", "test accuracy (%)")):
+        d = q[q.model == model]
+        sns.lineplot(data=d, x="bits", y="metric", hue="method", style="grid", markers=True, ax=ax,
+                     hue_order=["rtn", "gptq"], style_order=["per channel", "g128"])
+        ax.axhline(base[model], color="0.3", ls="--", lw=1)
+        ax.text(8, base[model], "fp32", fontsize=8, va="bottom", ha="right", color="0.3")
+        ax.set(xticks=sorted(d.bits.unique()), xlabel="bits per weight (codes)", ylabel=ylabel, title=model)
+        if model == "smollm2-135m":
+            ax.set_yscale("log")
+    axes[1].get_legend().remove()
+    fig.suptitle("Post-training quantization: RTN vs GPTQ (all linear layers; embeddings in fp32)", y=1.02)
+    table = ok.pivot_table(index=["model", "method", "grid"], columns="bits", values="metric").round(3)
+    table.columns = [f"bits_{b:g}" for b in table.columns]
+    return fig, table.reset_index()
+
+
 FIGURES = {f.name: f for f in [
     Figure("budget_axis_macs", "papermill_runs/budget_axis/results.csv", "papermill_runs/budget_axis.yaml", _budget_axis),
     Figure("baselines_by_role", "papermill_runs/baselines/by_role.csv", "papermill_runs/baselines.yaml", _baselines_by_role),
@@ -129,6 +154,7 @@ FIGURES = {f.name: f for f in [
            "papermill_runs/offline_compression.yaml", _offline_accuracy),
     Figure("offline_compression_finetune", "papermill_runs/offline_compression/results.csv",
            "papermill_runs/offline_compression.yaml", _offline_finetune),
+    Figure("gptq_table", "papermill_runs/gptq_table/results.csv", "papermill_runs/gptq_table.yaml", _gptq_table),
 ]}
 
 

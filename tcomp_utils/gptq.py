@@ -15,11 +15,9 @@ weights), or once on the original weights with ``static_groups``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .quant_grid import QuantGrid, fit_grid, quantize_codes
+from .quant_grid import QuantGrid, QuantizedWeight, fit_grid, quantize_codes
 
 
 class HessianAccumulator:
@@ -40,19 +38,6 @@ class HessianAccumulator:
         self.H += (2.0 / self.n) * (x.T @ x)
 
 
-@dataclass
-class GPTQResult:
-    """Codes (out × in, uint8), scales (out × groups, float16), zeros (out × groups, uint8),
-    ``g_idx`` (in,) mapping each column to its group when act-order with dynamic groups makes
-    groups non-contiguous (else None), and the summed squared error weighted by H⁻¹ (GPTQ's loss)."""
-
-    codes: torch.Tensor
-    scales: torch.Tensor
-    zeros: torch.Tensor
-    g_idx: torch.Tensor | None
-    loss: float
-
-
 def check_options(block_size: int, damp: float) -> None:
     """GPTQ's options: a positive column block size, a positive damping fraction."""
     if not isinstance(block_size, int) or block_size < 1:
@@ -62,15 +47,15 @@ def check_options(block_size: int, damp: float) -> None:
 
 
 def gptq(weight: torch.Tensor, H: torch.Tensor, grid: QuantGrid, block_size: int = 128, damp: float = 0.01,
-         act_order: bool = False, static_groups: bool = False) -> GPTQResult:
-    """GPTQ of ``weight`` (out × in) with input Hessian ``H`` (in × in) on ``grid``."""
+         act_order: bool = False, static_groups: bool = False) -> QuantizedWeight:
+    """GPTQ of ``weight`` (out × in) with input Hessian ``H`` (in × in) on ``grid``; ``g_idx`` of the
+    result is set when act-order with dynamic groups makes the groups non-contiguous."""
     check_options(block_size, damp)
     W = weight.detach().float().clone()
     out_f, in_f = W.shape
     if H.shape != (in_f, in_f):
         raise ValueError(f"H must be {in_f} × {in_f} for a weight with {in_f} input columns, got {tuple(H.shape)}")
-    n_groups = grid.n_groups(in_f)
-    g = in_f // n_groups
+    n_groups, g = grid.n_groups(in_f), grid.group_width(in_f)
     H = H.double().clone()
     dead = torch.diag(H) == 0  # inputs never active: their columns cannot matter
     H[dead, dead] = 1
@@ -122,4 +107,4 @@ def gptq(weight: torch.Tensor, H: torch.Tensor, grid: QuantGrid, block_size: int
     g_idx = None
     if n_groups > 1 and act_order and not static_groups:
         g_idx = col_group[inv].to(torch.int32)
-    return GPTQResult(codes.to(torch.uint8), scales.half(), zeros.to(torch.uint8), g_idx, loss)
+    return QuantizedWeight(codes.to(torch.uint8), scales.half(), zeros.to(torch.uint8), grid, g_idx, loss)

@@ -1,7 +1,8 @@
 """Uniform integer grids for weight quantization, and packing of integer codes.
 
 A weight row is quantized on a min–max grid of ``2^bits`` levels, per output channel (one scale
-per row) or per group of ``group_size`` consecutive input columns (one scale per row and group):
+per row) or per group of ``group_size`` consecutive input columns (one scale per row and group;
+the last group is shorter when ``group_size`` does not divide the row, e.g. 576 = 4·128 + 64):
 
 * asymmetric: ``scale = (max − min) / (2^b − 1)``, ``zero = round(−min / scale)``, with the
   range widened to include 0 (so zero padding and dead inputs stay exact);
@@ -42,14 +43,14 @@ class QuantGrid:
         return 2**self.bits - 1
 
     def n_groups(self, in_features: int) -> int:
-        """Groups per row for ``in_features`` columns (1 per channel); a group size must divide
-        the number of columns or exceed it."""
+        """Groups per row for ``in_features`` columns (1 per channel; the last group may be shorter)."""
         if self.group_size is None or self.group_size >= in_features:
             return 1
-        if in_features % self.group_size:
-            raise ValueError(f"group_size {self.group_size} does not divide in_features {in_features}; "
-                             f"use a divisor of {in_features} or None (per output channel)")
-        return in_features // self.group_size
+        return -(-in_features // self.group_size)
+
+    def group_width(self, in_features: int) -> int:
+        """Columns per group (all but possibly the last)."""
+        return in_features if self.group_size is None else min(self.group_size, in_features)
 
     def describe(self) -> str:
         g = "per-channel" if self.group_size is None else f"g{self.group_size}"
@@ -80,33 +81,51 @@ def quantize_codes(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, max
     return torch.clamp(torch.round(w / scale) + zero, 0, maxq)
 
 
-def rtn(weight: torch.Tensor, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Round-to-nearest of ``weight`` (out × in) on ``grid``.
+@dataclass
+class QuantizedWeight:
+    """A weight on a grid: ``codes`` (out × in, uint8), ``scales`` (out × groups, float16), ``zeros``
+    (out × groups, uint8), the ``grid``, ``g_idx`` (in, int32) when act-order made the groups
+    non-contiguous (else None: contiguous groups of ``grid.group_size`` columns), and ``loss``
+    (GPTQ's H⁻¹-weighted squared error; None for RTN)."""
 
-    Returns ``codes`` (out × in, uint8), ``scales`` (out × groups, float16) and ``zeros``
-    (out × groups, uint8); group k covers input columns ``[k·g, (k+1)·g)``.
-    """
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    grid: QuantGrid
+    g_idx: torch.Tensor | None = None
+    loss: float | None = None
+
+    def column_groups(self) -> torch.Tensor:
+        """The group of every input column (in,), as int64."""
+        return self.g_idx.long() if self.g_idx is not None else column_groups(self.grid, self.codes.shape[1])
+
+    def dequantize(self) -> torch.Tensor:
+        """``scale · (code − zero)`` as float32 (out × in)."""
+        return dequantize(self.codes, self.scales, self.zeros, self.column_groups())
+
+
+def column_groups(grid: QuantGrid, in_features: int) -> torch.Tensor:
+    """Contiguous groups: column j is in group ``j // group_size`` (all 0 per channel), int64 (in,)."""
+    return torch.arange(in_features) // grid.group_width(in_features)
+
+
+def rtn(weight: torch.Tensor, grid: QuantGrid) -> QuantizedWeight:
+    """Round-to-nearest of ``weight`` (out × in) on ``grid``; group k covers input columns
+    ``[k·g, min((k+1)·g, in))``."""
     out_f, in_f = weight.shape
-    n_groups = grid.n_groups(in_f)
-    w = weight.detach().float().reshape(out_f, n_groups, in_f // n_groups)
-    scale, zero = fit_grid(w.reshape(out_f * n_groups, -1), grid)
+    n_groups, width = grid.n_groups(in_f), grid.group_width(in_f)
+    # zero padding of a short last group leaves its grid unchanged: the range always includes 0
+    w = torch.nn.functional.pad(weight.detach().float(), (0, n_groups * width - in_f)).reshape(out_f, n_groups, width)
+    scale, zero = fit_grid(w.reshape(out_f * n_groups, width), grid)
     scale, zero = scale.reshape(out_f, n_groups, 1), zero.reshape(out_f, n_groups, 1)
-    codes = quantize_codes(w, scale, zero, grid.maxq).reshape(out_f, in_f)
-    return codes.to(torch.uint8), scale[..., 0].half(), zero[..., 0].to(torch.uint8)
+    codes = quantize_codes(w, scale, zero, grid.maxq).reshape(out_f, -1)[:, :in_f]
+    return QuantizedWeight(codes.to(torch.uint8), scale[..., 0].half(), zero[..., 0].to(torch.uint8), grid)
 
 
-def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-               g_idx: torch.Tensor | None = None) -> torch.Tensor:
-    """``scale · (code − zero)`` as float32 (out × in). ``scales``/``zeros`` are (out × groups);
-    column j uses group ``g_idx[j]``, or contiguous groups of ``in / groups`` columns when
-    ``g_idx`` is None."""
-    out_f, in_f = codes.shape
-    scales, zeros = scales.float(), zeros.float()
-    if g_idx is not None:
-        return (codes.float() - zeros[:, g_idx]) * scales[:, g_idx]
-    n_groups = scales.shape[1]
-    c = codes.float().reshape(out_f, n_groups, in_f // n_groups)
-    return ((c - zeros[..., None]) * scales[..., None]).reshape(out_f, in_f)
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """``scale · (code − zero)`` as float32 (out × in): ``scales``/``zeros`` are (out × groups) and
+    column j uses group ``groups[j]`` (int64, (in,))."""
+    return (codes.float() - zeros.float()[:, groups]) * scales.float()[:, groups]
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from .budget import CompressedLinear, Footprint, dense_bytes
-from .quant_grid import QuantGrid, dequantize, pack, unpack
+from .quant_grid import QuantGrid, QuantizedWeight, column_groups, dequantize, pack, unpack
 
 
 class QuantLinear(CompressedLinear):
@@ -36,17 +36,16 @@ class QuantLinear(CompressedLinear):
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
 
     @classmethod
-    def from_codes(cls, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, grid: QuantGrid,
-                   bias: torch.Tensor | None = None, g_idx: torch.Tensor | None = None) -> "QuantLinear":
-        """Build from codes (out × in), scales and zeros (out × groups) and an optional column→group map."""
-        out_f, in_f = codes.shape
-        layer = cls(in_f, out_f, grid, bias=bias is not None, g_idx=g_idx is not None)
-        layer.qweight.copy_(pack(codes, grid.bits))
-        layer.scales.copy_(scales.half())
-        if not grid.symmetric:
-            layer.qzeros.copy_(pack(zeros, grid.bits))
-        if g_idx is not None:
-            layer.g_idx.copy_(g_idx.to(torch.int32))
+    def from_quantized(cls, qw: QuantizedWeight, bias: torch.Tensor | None = None) -> "QuantLinear":
+        """Pack a :class:`~tcomp_utils.quant_grid.QuantizedWeight` (and the float bias, if any)."""
+        out_f, in_f = qw.codes.shape
+        layer = cls(in_f, out_f, qw.grid, bias=bias is not None, g_idx=qw.g_idx is not None)
+        layer.qweight.copy_(pack(qw.codes, qw.grid.bits))
+        layer.scales.copy_(qw.scales.half())
+        if not qw.grid.symmetric:
+            layer.qzeros.copy_(pack(qw.zeros, qw.grid.bits))
+        if qw.g_idx is not None:
+            layer.g_idx.copy_(qw.g_idx.to(torch.int32))
         if bias is not None:
             layer.bias.data.copy_(bias.detach().float())
         return layer
@@ -64,8 +63,8 @@ class QuantLinear(CompressedLinear):
 
     def weight_matrix(self) -> torch.Tensor:
         """The de-quantized weight (out × in, float32)."""
-        g_idx = self.g_idx.long() if self.g_idx.numel() else None
-        return dequantize(self.codes(), self.scales, self.zeros(), g_idx)
+        groups = self.g_idx.long() if self.g_idx.numel() else column_groups(self.grid, self.in_features)
+        return dequantize(self.codes(), self.scales, self.zeros(), groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight_matrix().to(device=x.device, dtype=x.dtype)

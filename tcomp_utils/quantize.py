@@ -7,7 +7,7 @@ round-to-nearest or GPTQ, and the report that comes back.
 
 Every targeted ``nn.Linear`` becomes a :class:`~tcomp_utils.quant_linear.QuantLinear` (packed
 codes, de-quantized on the fly). Everything is checked before the first layer changes: bit width,
-group size (it must divide every targeted layer's input width), roles, and that GPTQ has
+group size, roles, and that GPTQ has
 calibration data.
 
 With calibration data the layers are processed **block by block in forward order** (GPTQ's
@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from . import adapters, budget
 from .factorize import expand_roles
 from .gptq import HessianAccumulator, check_options, gptq
-from .quant_grid import QuantGrid, dequantize, rtn
+from .quant_grid import QuantGrid, rtn
 from .quant_linear import QuantLinear
 
 METHODS = ("rtn", "gptq")
@@ -66,8 +66,8 @@ class _Stop(Exception):
     """Raised by a hook to end a forward pass once the inputs it needs are recorded."""
 
 
-def _targets(model: nn.Module, roles: Iterable[str], layers: list[int] | None, lm_head: bool,
-             grid: QuantGrid) -> list[adapters.RoleModule]:
+def _targets(model: nn.Module, roles: Iterable[str], layers: list[int] | None,
+             lm_head: bool) -> list[adapters.RoleModule]:
     found = []
     for role in roles:
         if role == "embeddings":
@@ -84,7 +84,6 @@ def _targets(model: nn.Module, roles: Iterable[str], layers: list[int] | None, l
         if not isinstance(rm.module, nn.Linear):
             raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear: "
                             "it is already compressed or cannot be quantized")
-        grid.n_groups(rm.module.in_features)  # a group size that does not divide raises here
     if not found:
         raise ValueError(f"no module to quantize for roles {list(roles)} and layers {layers}")
     return found
@@ -94,14 +93,9 @@ def _quantize_layer(linear: nn.Linear, method: str, grid: QuantGrid, H: torch.Te
                     opts: dict) -> tuple[QuantLinear, dict]:
     t0 = time.perf_counter()
     W = linear.weight.detach().float()
-    if method == "gptq":
-        res = gptq(W, H, grid, **opts)
-        codes, scales, zeros, g_idx = res.codes, res.scales, res.zeros, res.g_idx
-    else:
-        (codes, scales, zeros), g_idx = rtn(W, grid), None
-    q = QuantLinear.from_codes(codes, scales, zeros, grid, linear.bias, g_idx)
-    W_hat = dequantize(codes, scales, zeros, None if g_idx is None else g_idx.long())
-    dW = (W - W_hat).double()
+    qw = gptq(W, H, grid, **opts) if method == "gptq" else rtn(W, grid)
+    q = QuantLinear.from_quantized(qw, linear.bias)
+    dW = (W - qw.dequantize()).double()
     row = dict(rel_error=(dW.norm() / W.double().norm()).item(), output_error=float("nan"))
     if H is not None:
         num, den = torch.trace(dW @ H @ dW.T), torch.trace(W.double() @ H @ W.double().T)
@@ -188,7 +182,7 @@ def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: 
     ``calibration``: batches for ``model(**batch)`` (an ``attention_mask`` marks real tokens);
     ``roles``: a role, role group or list (default: every linear role of the architecture, cross
     attention included). ``calibration`` is required by GPTQ, optional for RTN (then only used to report output errors). ``bits`` in
-    [2, 8]; ``group_size`` None (per output channel) or a divisor of each layer's input width;
+    [2, 8]; ``group_size`` None (per output channel) or a number of input columns per group;
     ``block_size``, ``damp``, ``act_order``, ``static_groups``: GPTQ's options (see
     :func:`tcomp_utils.gptq.gptq`).
     """
@@ -197,7 +191,7 @@ def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: 
     grid = QuantGrid(bits, group_size, symmetric)
     if roles is None:
         roles = [r for r in adapters.get_adapter(model).roles() if r != "embeddings"]
-    targets = _targets(model, expand_roles(roles), layers, lm_head, grid)
+    targets = _targets(model, expand_roles(roles), layers, lm_head)
     if method == "gptq" and not calibration:
         raise ValueError("GPTQ needs calibration batches (calibration=[{'input_ids': ..., 'attention_mask': ...}, ...])")
     opts = dict(block_size=block_size, damp=damp, act_order=act_order, static_groups=static_groups) if method == "gptq" else {}

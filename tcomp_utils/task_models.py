@@ -143,6 +143,21 @@ def calibration_batches(tokenizer, dataset, spec: tasks.TaskSpec, n: int = 256, 
     return out
 
 
+def lm_segments(tokenizer, text: str, n: int = 32, length: int = 512, batch_size: int = 4,
+                seed: int = 0) -> list[dict]:
+    """``n`` segments of ``length`` tokens at seeded random offsets of ``text`` (GPTQ's calibration
+    protocol for language models), as batches ``{"input_ids": (batch, length)}`` for ``model(**batch)``."""
+    if n < 1 or length < 2:
+        raise ValueError(f"need n >= 1 segments of length >= 2 tokens, got n={n}, length={length}")
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    if len(ids) <= length:
+        raise ValueError(f"the text has {len(ids)} tokens, too few for segments of {length}")
+    g = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(ids) - length, (n,), generator=g).tolist()
+    segments = torch.stack([ids[s:s + length] for s in starts])
+    return [{"input_ids": segments[i:i + batch_size]} for i in range(0, n, batch_size)]
+
+
 def train(recipe: Recipe, out_dir: Path, progress: bool = True) -> dict:
     """Fine-tune ``recipe.base`` on ``recipe.task``; save to ``out_dir``; return the metrics."""
     task = tasks.load_task(recipe.task, seed=recipe.split_seed)

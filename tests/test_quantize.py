@@ -8,7 +8,7 @@ from torch import nn
 
 from tcomp_utils import budget, serialize
 from tcomp_utils.gptq import HessianAccumulator, gptq
-from tcomp_utils.quant_grid import QuantGrid, dequantize, fit_grid, pack, rtn, unpack
+from tcomp_utils.quant_grid import QuantGrid, fit_grid, pack, rtn, unpack
 from tcomp_utils.quant_linear import QuantLinear, int8_dynamic
 from tcomp_utils.quantize import quantize
 from conftest import TINY, tiny_bert, tiny_llama
@@ -49,10 +49,24 @@ def test_invalid_grids_raise(kw, match):
         QuantGrid(**kw)
 
 
-def test_group_size_must_divide_the_input_width():
-    with pytest.raises(ValueError, match="group_size 24 does not divide in_features 64"):
-        QuantGrid(4, 24).n_groups(64)
+def test_a_group_size_that_does_not_divide_leaves_a_short_last_group():
     assert QuantGrid(4, 128).n_groups(64) == 1 and QuantGrid(4, 16).n_groups(64) == 4
+    assert QuantGrid(4, 128).n_groups(576) == 5  # smollm2's hidden width: 4 × 128 + 64
+    torch.manual_seed(0)
+    w = torch.randn(6, 40)
+    qw = rtn(w, QuantGrid(8, 16))
+    assert qw.scales.shape == (6, 3)
+    # every group, the short last one included, is quantized as if alone: the same codes and the
+    # same decoded values as RTN of its columns on their own
+    for k, cols in enumerate((slice(0, 16), slice(16, 32), slice(32, 40))):
+        alone = rtn(w[:, cols], QuantGrid(8))
+        assert torch.equal(qw.codes[:, cols], alone.codes) and torch.equal(qw.scales[:, k:k + 1], alone.scales)
+        torch.testing.assert_close(qw.dequantize()[:, cols], alone.dequantize())
+    assert ((qw.dequantize() - w).norm() / w.norm()) < 0.01  # 8 bits: a fine grid everywhere
+    layer = QuantLinear.from_quantized(qw)
+    torch.testing.assert_close(layer.weight_matrix(), qw.dequantize())
+    res = gptq(w, torch.eye(40, dtype=torch.float64), QuantGrid(8, 16))  # identity Hessian: GPTQ is RTN
+    assert torch.equal(res.codes, qw.codes)
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
@@ -61,22 +75,22 @@ def test_rtn_error_is_at_most_half_a_step(symmetric, group_size):
     torch.manual_seed(0)
     w = torch.randn(16, 32)
     grid = QuantGrid(4, group_size, symmetric)
-    codes, scales, zeros = rtn(w, grid)
-    assert codes.max() <= 15 and scales.shape == zeros.shape == (16, grid.n_groups(32))
-    w_hat = dequantize(codes, scales, zeros)
-    step = scales.float().repeat_interleave(32 // grid.n_groups(32), dim=1)
+    qw = rtn(w, grid)
+    assert qw.codes.max() <= 15 and qw.scales.shape == qw.zeros.shape == (16, grid.n_groups(32))
+    w_hat = qw.dequantize()
+    step = qw.scales.float().repeat_interleave(32 // grid.n_groups(32), dim=1)
     # rounding moves a weight by at most half a step; the float16 scale (relative error 2^-11, times
     # up to 2^(b-1) steps from the zero point) may push the range ends slightly further
     assert ((w - w_hat).abs() <= step * (0.5 + 2**-11 * 8) + 1e-6).all()
     if symmetric:
-        assert (zeros == 8).all()
+        assert (qw.zeros == 8).all()
 
 
 def test_zero_is_exactly_representable():
     w = torch.tensor([[0.0, 0.3, 1.7, 2.0], [-1.0, 0.0, -0.5, -0.25]])
+    assert (rtn(w, QuantGrid(3)).dequantize()[w == 0] == 0).all()
     scale, zero = fit_grid(w, QuantGrid(3))
-    codes, scales, zeros = rtn(w, QuantGrid(3))
-    assert (dequantize(codes, scales, zeros)[w == 0] == 0).all()
+    assert torch.equal(zero, torch.round(zero)) and (scale > 0).all()
 
 
 @pytest.mark.parametrize("bits", [3, 4])
@@ -92,8 +106,7 @@ def test_gptq_output_error_is_below_rtn_on_correlated_inputs(bits, group_size, a
     torch.testing.assert_close(acc.H, 2 * X.double().T @ X.double() / len(X))
     grid = QuantGrid(bits, group_size)
     res = gptq(W, acc.H, grid, block_size=16, act_order=act_order)
-    W_gptq = dequantize(res.codes, res.scales, res.zeros, None if res.g_idx is None else res.g_idx.long())
-    W_rtn = dequantize(*rtn(W, grid))
+    W_gptq, W_rtn = res.dequantize(), rtn(W, grid).dequantize()
     err = lambda W_hat: ((W - W_hat) @ X.T).norm()  # noqa: E731
     assert err(W_gptq) < 0.8 * err(W_rtn), (err(W_gptq), err(W_rtn))
     assert res.codes.max() < 2**bits
@@ -116,13 +129,13 @@ def test_gptq_rejects_bad_options():
         gptq(torch.randn(4, 8), torch.eye(6), QuantGrid(4))
 
 
-@pytest.mark.parametrize("bits, group_size, symmetric, bias", [(4, None, False, True), (3, 16, False, False),
+@pytest.mark.parametrize("bits, group_size, symmetric, bias", [(4, None, False, True), (3, 24, False, False),
                                                                 (8, 32, True, True), (2, 16, True, False)])
 def test_quant_linear_byte_count_is_exact(bits, group_size, symmetric, bias):
     torch.manual_seed(0)
     lin = nn.Linear(64, 24, bias=bias)
     grid = QuantGrid(bits, group_size, symmetric)
-    q = QuantLinear.from_codes(*rtn(lin.weight, grid), grid, lin.bias)
+    q = QuantLinear.from_quantized(rtn(lin.weight, grid), lin.bias)
     groups = grid.n_groups(64)
     expected = (math.ceil(24 * 64 * bits / 8) + 24 * groups * 2 + (0 if symmetric else math.ceil(24 * groups * bits / 8))
                 + (24 * 4 if bias else 0))
@@ -132,11 +145,12 @@ def test_quant_linear_byte_count_is_exact(bits, group_size, symmetric, bias):
     assert fp.macs == 64 * 24
     x = torch.randn(3, 64)
     torch.testing.assert_close(q(x), nn.functional.linear(x, q.weight_matrix(), lin.bias))
-    torch.testing.assert_close(q.weight_matrix(), dequantize(*rtn(lin.weight, grid)))
+    torch.testing.assert_close(q.weight_matrix(), rtn(lin.weight, grid).dequantize())
 
 
+@pytest.mark.parametrize("group_size", [None, 20])  # 20 divides none of the widths: short last groups
 @pytest.mark.parametrize("family", sorted(TINY))
-def test_gptq_quantizes_every_linear_of_each_family(family):
+def test_gptq_quantizes_every_linear_of_each_family(family, group_size):
     torch.manual_seed(0)
     model = TINY[family]()
     batches = [{"input_ids": torch.randint(0, 100, (4, 10))} for _ in range(2)]
@@ -146,7 +160,7 @@ def test_gptq_quantizes_every_linear_of_each_family(family):
     before = copy.deepcopy(model)
     n_linear = sum(isinstance(m, nn.Linear) for p, m in model.named_modules()
                    if not p.endswith(("lm_head", "classifier", "pooler.dense")))
-    report = quantize(model, "gptq", bits=8, calibration=batches, progress=False)
+    report = quantize(model, "gptq", bits=8, group_size=group_size, calibration=batches, progress=False)
     assert len(report.modules) == n_linear == sum(isinstance(m, QuantLinear) for m in model.modules())
     assert report.modules.output_error.notna().all() and (report.modules.output_error < 0.05).all()
     assert report.after.bytes < report.before.bytes
@@ -184,7 +198,7 @@ def test_rtn_needs_no_data_and_gptq_does():
 @pytest.mark.parametrize("kw, err, match", [
     (dict(method="awq"), ValueError, "unknown quantization method 'awq'; allowed: rtn, gptq"),
     (dict(bits=1), ValueError, r"bits must be an integer in \[2, 8\]"),
-    (dict(group_size=24), ValueError, "group_size 24 does not divide in_features 32"),
+    (dict(group_size=0), ValueError, "group_size must be None"),
     (dict(roles=["embeddings"]), ValueError, "quantizing the embedding table is not supported"),
     (dict(roles=["gate"]), ValueError, "unknown module role 'gate'"),
     (dict(lm_head=True), ValueError, "has no linear output head"),

@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from tcomp_utils import task_models
 
@@ -62,3 +63,23 @@ def test_fine_tune_runs_the_given_number_of_steps_across_epochs_and_changes_weig
     assert [len(b["labels"]) for b in batches] == [4, 4, 2] and "input_ids" in batches[0]
     with pytest.raises(ValueError, match="at least one step"):
         task_models.fine_tune(model, CharTokenizer(), data, spec, steps=0, progress=False)
+
+
+def test_lm_segments_are_seeded_windows_of_the_text():
+    from tcomp_utils.task_models import lm_segments
+
+    class Tok:  # one token per character
+        def __call__(self, text, return_tensors=None):
+            import types
+            return types.SimpleNamespace(input_ids=torch.tensor([[ord(c) for c in text]]))
+
+    text = "".join(chr(97 + i % 26) for i in range(500))
+    batches = lm_segments(Tok(), text, n=6, length=20, batch_size=4, seed=1)
+    assert [b["input_ids"].shape for b in batches] == [(4, 20), (2, 20)]
+    ids = torch.tensor([ord(c) for c in text])
+    for seg in torch.cat([b["input_ids"] for b in batches]):
+        start = (seg[0] - 97).item()
+        assert any(torch.equal(ids[s:s + 20], seg) for s in range(start, 480, 26))
+    assert torch.equal(lm_segments(Tok(), text, n=6, length=20, seed=1)[0]["input_ids"], batches[0]["input_ids"])
+    with pytest.raises(ValueError, match="too few for segments of 600"):
+        lm_segments(Tok(), text, length=600)
