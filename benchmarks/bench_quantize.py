@@ -21,7 +21,7 @@ import torch
 
 from tcomp_utils import metrics, models, task_models, tasks
 from tcomp_utils.metrics import latency
-from tcomp_utils.quant_linear import int8_dynamic
+from tcomp_utils.quantized import int8_dynamic
 from tcomp_utils.quantize import quantize
 
 from bench_common import setup, show

@@ -125,7 +125,7 @@ def _offline_finetune(results: pd.DataFrame):
 def _gptq_table(results: pd.DataFrame):
     """Perplexity (decoder) and test accuracy (task model) against bits, RTN vs GPTQ, by grouping."""
     ok = results[results.status == "ok"].copy()
-    ok["grid"] = ok.group_size.map(lambda g: "per channel" if g == 0 else f"g{g:g}")
+    ok["grid"] = ok.group_size.map(lambda g: "per channel" if g == 0 else f"g{g:g}").where(ok.method != "fp32", "-")
     ok["metric"] = ok.perplexity.where(ok.model == "smollm2-135m", 100 * ok.test_accuracy)
     base = ok[ok.method == "fp32"].set_index("model").metric
     q = ok[ok.method != "fp32"]

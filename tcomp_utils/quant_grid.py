@@ -131,23 +131,34 @@ def dequantize(codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, g
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes in [0, 2^bits) into a uint8 bit stream of ``ceil(numel·bits/8)`` bytes
     (row-major order, most significant bit first)."""
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be in [{MIN_BITS}, {MAX_BITS}], got {bits}")
-    flat = codes.reshape(-1).to(torch.int32)
-    if flat.numel() and (flat.min() < 0 or flat.max() >= 2**bits):
-        raise ValueError(f"codes must lie in [0, {2**bits - 1}] for {bits} bits, got [{flat.min()}, {flat.max()}]")
-    shifts = torch.arange(bits - 1, -1, -1, dtype=torch.int32)
-    stream = ((flat[:, None] >> shifts) & 1).reshape(-1)
-    stream = torch.nn.functional.pad(stream, (0, (-stream.numel()) % 8)).reshape(-1, 8)
-    return (stream << torch.arange(7, -1, -1, dtype=torch.int32)).sum(dim=1).to(torch.uint8)
+    return pack_rows(codes.reshape(1, -1), bits)[0]
 
 
 def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
     """Inverse of :func:`pack`: the first ``numel`` codes as a uint8 tensor (numel,)."""
-    data = packed.to(torch.int32)
+    return unpack_rows(packed.reshape(1, -1), bits, numel)[0]
+
+
+def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack each row of ``codes`` (rows × n) on its own: (rows × ceil(n·bits/8)) uint8, so that any
+    row can be unpacked without the others."""
+    if not MIN_BITS <= bits <= MAX_BITS:
+        raise ValueError(f"bits must be in [{MIN_BITS}, {MAX_BITS}], got {bits}")
+    c = codes.to(torch.int32)
+    if c.numel() and (c.min() < 0 or c.max() >= 2**bits):
+        raise ValueError(f"codes must lie in [0, {2**bits - 1}] for {bits} bits, got [{c.min()}, {c.max()}]")
+    rows = c.shape[0]
+    stream = ((c[..., None] >> torch.arange(bits - 1, -1, -1, dtype=torch.int32)) & 1).reshape(rows, -1)
+    stream = torch.nn.functional.pad(stream, (0, (-stream.shape[1]) % 8)).reshape(rows, -1, 8)
+    return (stream << torch.arange(7, -1, -1, dtype=torch.int32)).sum(dim=2).to(torch.uint8)
+
+
+def unpack_rows(packed: torch.Tensor, bits: int, width: int) -> torch.Tensor:
+    """Inverse of :func:`pack_rows`: the first ``width`` codes of each row, (rows × width) uint8."""
+    data, rows = packed.to(torch.int32), packed.shape[0]
     if 8 % bits == 0:  # whole codes per byte: plain shifts, no bit stream
         shifts = torch.arange(8 - bits, -1, -bits, dtype=torch.int32)
-        return ((data[:, None] >> shifts) & (2**bits - 1)).reshape(-1)[:numel].to(torch.uint8)
-    stream = ((data[:, None] >> torch.arange(7, -1, -1, dtype=torch.int32)) & 1).reshape(-1)[: numel * bits]
+        return ((data[..., None] >> shifts) & (2**bits - 1)).reshape(rows, -1)[:, :width].to(torch.uint8)
+    stream = ((data[..., None] >> torch.arange(7, -1, -1, dtype=torch.int32)) & 1).reshape(rows, -1)[:, : width * bits]
     weights = 2 ** torch.arange(bits - 1, -1, -1, dtype=torch.int32)
-    return (stream.reshape(numel, bits) * weights).sum(dim=1).to(torch.uint8)
+    return (stream.reshape(rows, width, bits) * weights).sum(dim=2).to(torch.uint8)

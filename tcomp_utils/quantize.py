@@ -5,7 +5,7 @@ round-to-nearest or GPTQ, and the report that comes back.
     report = quantize(model, "gptq", bits=4, group_size=128, calibration=batches)
     report = quantize(model, "gptq", bits=3, calibration=batches, act_order=True, lm_head=True)
 
-Every targeted ``nn.Linear`` becomes a :class:`~tcomp_utils.quant_linear.QuantLinear` (packed
+Every targeted ``nn.Linear`` becomes a :class:`~tcomp_utils.quantized.QuantLinear` (packed
 codes, de-quantized on the fly). Everything is checked before the first layer changes: bit width,
 group size, roles, and that GPTQ has
 calibration data.
@@ -18,7 +18,9 @@ the next block's inputs. So every block is calibrated on the outputs of the alre
 blocks before it. RTN with calibration follows the same path only to measure each layer's output
 error ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` (square-rooted) next to GPTQ's. The LM head (``lm_head=True``)
 is quantized last, on the inputs the quantized model gives it; a head tied to the input
-embeddings is untied (the embedding table stays in float32).
+embeddings is untied. The embedding table is quantized only when the roles name
+``"embeddings"``, always by round-to-nearest (a look-up has no input Hessian), row by row, and
+first, so that the blocks are calibrated on what the quantized table gives them.
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ from . import adapters, budget
 from .factorize import expand_roles
 from .gptq import HessianAccumulator, check_options, gptq
 from .quant_grid import QuantGrid, rtn
-from .quant_linear import QuantLinear
+from .quantized import QuantEmbedding, QuantLinear
 
 METHODS = ("rtn", "gptq")
 
@@ -70,10 +72,7 @@ def _targets(model: nn.Module, roles: Iterable[str], layers: list[int] | None,
              lm_head: bool) -> list[adapters.RoleModule]:
     found = []
     for role in roles:
-        if role == "embeddings":
-            raise ValueError("quantizing the embedding table is not supported; the LM head is (lm_head=True). "
-                             f"Quantizable roles: {', '.join(r for r in adapters.get_adapter(model).roles() if r != 'embeddings')}")
-        found += adapters.find_modules(model, role, layers)
+        found += adapters.find_modules(model, role, None if role == "embeddings" else layers)
     if lm_head:
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         if not isinstance(head, nn.Linear):
@@ -81,7 +80,10 @@ def _targets(model: nn.Module, roles: Iterable[str], layers: list[int] | None,
         path = next(p for p, m in model.named_modules() if m is head)
         found.append(adapters.RoleModule(path, "lm_head", None, None, head))
     for rm in found:
-        if not isinstance(rm.module, nn.Linear):
+        if rm.role == "embeddings":
+            if not isinstance(rm.module, nn.Embedding):
+                raise TypeError(f"{rm.path} (embeddings) is a {type(rm.module).__name__}, not an nn.Embedding")
+        elif not isinstance(rm.module, nn.Linear):
             raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear: "
                             "it is already compressed or cannot be quantized")
     if not found:
@@ -102,6 +104,15 @@ def _quantize_layer(linear: nn.Linear, method: str, grid: QuantGrid, H: torch.Te
         row["output_error"] = (num / den).sqrt().item() if den > 0 else float("nan")
     row["seconds"] = time.perf_counter() - t0
     return q, row
+
+
+def _quantize_embedding(table: nn.Embedding, grid: QuantGrid) -> tuple[QuantEmbedding, dict]:
+    t0 = time.perf_counter()
+    W = table.weight.detach().float()
+    qw = rtn(W, grid)
+    dW = W - qw.dequantize()
+    row = dict(rel_error=(dW.norm() / W.norm()).item(), output_error=float("nan"))
+    return QuantEmbedding.from_quantized(qw, table.padding_idx), row | {"seconds": time.perf_counter() - t0}
 
 
 def _positions(mask: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
@@ -205,20 +216,36 @@ def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: 
     rows = []
 
     def replace(rm: adapters.RoleModule, H: torch.Tensor | None) -> None:
-        q, row = _quantize_layer(rm.module, method, grid, H, opts)
-        adapters.set_module(model, rm.path, q)
-        rows.append(dict(path=rm.path, role=rm.role, stack=rm.stack, layer=rm.layer, in_features=rm.module.in_features,
-                         out_features=rm.module.out_features, bytes_before=budget.dense_bytes(rm.module.weight)
-                         + (budget.dense_bytes(rm.module.bias) if rm.module.bias is not None else 0),
+        m = rm.module
+        if rm.role == "embeddings":
+            q, row = _quantize_embedding(m, grid)
+            shape = dict(in_features=m.embedding_dim, out_features=m.num_embeddings)
+        else:
+            q, row = _quantize_layer(m, method, grid, H, opts)
+            shape = dict(in_features=m.in_features, out_features=m.out_features)
+        # every path to the module, and for a table every embedding tied to its weight (T5's
+        # encoder/decoder embed_tokens share the `shared` table): they all use the one quantized table
+        same = [p for p, sub in model.named_modules(remove_duplicate=False)
+                if sub is m or (rm.role == "embeddings" and isinstance(sub, nn.Embedding) and sub.weight is m.weight)]
+        for path in same:
+            adapters.set_module(model, path, q)
+        dense = budget.dense_bytes(m.weight) + (budget.dense_bytes(m.bias) if getattr(m, "bias", None) is not None else 0)
+        rows.append(dict(path=rm.path, role=rm.role, stack=rm.stack, layer=rm.layer, **shape, bytes_before=dense,
                          bytes_after=q.tcomp_footprint().bytes, **row))
 
+    # embeddings first (a look-up table has no input Hessian: always round-to-nearest), so the
+    # blocks are calibrated on what the quantized table gives them
+    for rm in targets:
+        if rm.role == "embeddings":
+            replace(rm, None)
     in_blocks = [rm for rm in targets if rm.stack is not None]
     if not calibration:
-        for rm in tqdm(targets, desc=f"{method} {grid.describe()}", disable=not progress):
+        for rm in tqdm([rm for rm in targets if rm.role != "embeddings"], desc=f"{method} {grid.describe()}",
+                       disable=not progress):
             replace(rm, None)
     else:
         stacks = adapters.layer_stacks(model)
-        with tqdm(total=len(targets), desc=f"{method} {grid.describe()}", disable=not progress) as bar:
+        with tqdm(total=sum(rm.role != "embeddings" for rm in targets), desc=f"{method} {grid.describe()}", disable=not progress) as bar:
             for stack_name, (_, blocks) in stacks.items():
                 by_layer: dict[int, list[adapters.RoleModule]] = {}
                 for rm in in_blocks:
@@ -246,7 +273,7 @@ def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: 
                     if i < last:
                         hidden = [_run_block(block, h, other[i][b]) for b, h in enumerate(hidden)]
             for rm in targets:
-                if rm.stack is None:  # the LM head, on the inputs of the quantized model
+                if rm.role == "lm_head":  # on the inputs of the quantized model
                     hooks = _HessianHooks({rm.path: rm.module})
                     try:
                         for b in calibration:

@@ -20,11 +20,11 @@ from torch import nn
 from .adapters import set_module
 from .budget import CompressedModule
 from .lowrank import LowRankLinear, SharedFactor
-from .quant_linear import QuantLinear
+from .quantized import QuantEmbedding, QuantLinear
 from .tensor_factors import FalconLinear, KroneckerLinear, TuckerCore, TuckerLinear
 
 MODULE_CLASSES = {c.__name__: c for c in (LowRankLinear, SharedFactor, TuckerLinear, TuckerCore,
-                                          KroneckerLinear, FalconLinear, QuantLinear)}
+                                          KroneckerLinear, FalconLinear, QuantLinear, QuantEmbedding)}
 DESCRIPTION = "tcomp.json"
 
 
@@ -49,6 +49,9 @@ def describe(model: nn.Module) -> dict:
             if entry["shared"] == f"{path}.shared":
                 entry["shared_class"] = type(shared).__name__
                 entry["shared_config"] = shared.tcomp_config()
+        aliases = [p for p, m in model.named_modules(remove_duplicate=False) if m is module and p != path]
+        if aliases:  # the same module under several names (T5's embed_tokens are its `shared` table)
+            entry["aliases"] = aliases
         modules[path] = entry
     return modules
 
@@ -88,6 +91,8 @@ def load_compressed(folder: str | os.PathLike, device: str = "cpu") -> nn.Module
             if name not in shared_modules:
                 shared_modules[name] = MODULE_CLASSES[entry["shared_class"]].tcomp_empty(entry["shared_config"])
             shared = shared_modules[name]
-        set_module(model, path, MODULE_CLASSES[entry["class"]].tcomp_empty(entry["config"], shared))
+        module = MODULE_CLASSES[entry["class"]].tcomp_empty(entry["config"], shared)
+        for p in [path, *entry.get("aliases", [])]:
+            set_module(model, p, module)
     safetensors.torch.load_model(model, str(folder / "model.safetensors"), strict=True)
     return model.to(device).eval()

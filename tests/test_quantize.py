@@ -9,9 +9,9 @@ from torch import nn
 from tcomp_utils import budget, serialize
 from tcomp_utils.gptq import HessianAccumulator, gptq
 from tcomp_utils.quant_grid import QuantGrid, fit_grid, pack, rtn, unpack
-from tcomp_utils.quant_linear import QuantLinear, int8_dynamic
+from tcomp_utils.quantized import QuantEmbedding, QuantLinear, int8_dynamic
 from tcomp_utils.quantize import quantize
-from conftest import TINY, tiny_bert, tiny_llama
+from conftest import TINY, tiny_bert, tiny_llama, tiny_t5
 
 
 def correlated_inputs(n: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -199,7 +199,6 @@ def test_rtn_needs_no_data_and_gptq_does():
     (dict(method="awq"), ValueError, "unknown quantization method 'awq'; allowed: rtn, gptq"),
     (dict(bits=1), ValueError, r"bits must be an integer in \[2, 8\]"),
     (dict(group_size=0), ValueError, "group_size must be None"),
-    (dict(roles=["embeddings"]), ValueError, "quantizing the embedding table is not supported"),
     (dict(roles=["gate"]), ValueError, "unknown module role 'gate'"),
     (dict(lm_head=True), ValueError, "has no linear output head"),
     (dict(method="gptq", damp=-1.0, calibration=[{"input_ids": torch.zeros(1, 3, dtype=torch.long)}]), ValueError,
@@ -259,3 +258,48 @@ def test_int8_dynamic_path_stays_close_to_fp32():
     assert not any(type(m) is nn.Linear for m in q.bert.encoder.modules())
     assert any(type(m) is nn.Linear for m in model.bert.encoder.modules())  # the original is untouched
     assert (out - ref).norm() / ref.norm() < 0.1
+
+
+@pytest.mark.parametrize("bits, group_size, symmetric", [(3, None, False), (4, 16, False), (8, 20, True)])
+def test_quant_embedding_looks_up_its_dequantized_rows(bits, group_size, symmetric):
+    torch.manual_seed(0)
+    table = nn.Embedding(50, 48)
+    grid = QuantGrid(bits, group_size, symmetric)
+    q = QuantEmbedding.from_quantized(rtn(table.weight, grid))
+    torch.testing.assert_close(q.weight_matrix(), rtn(table.weight, grid).dequantize())
+    ids = torch.tensor([[3, 7, 3, 49], [0, 0, 12, 7]])
+    torch.testing.assert_close(q(ids), nn.functional.embedding(ids, q.weight_matrix()))
+    groups = grid.n_groups(48)
+    expected = 50 * (math.ceil(48 * bits / 8) + groups * 2 + (0 if symmetric else math.ceil(groups * bits / 8)))
+    assert q.tcomp_footprint().bytes == expected == sum(t.numel() * t.element_size() for t in q.state_dict().values())
+
+
+def test_embeddings_are_quantized_only_when_asked_and_first():
+    torch.manual_seed(0)
+    model = tiny_llama()
+    batches = [{"input_ids": torch.randint(0, 100, (4, 12))}]
+    ids = torch.randint(0, 100, (2, 9))
+    with torch.no_grad():
+        ref = model(ids).logits
+    report = quantize(model, "gptq", bits=8, calibration=batches, roles=["embeddings", "ffn"], progress=False)
+    assert report.modules.role.iloc[0] == "embeddings" and isinstance(model.model.embed_tokens, QuantEmbedding)
+    assert report.modules.role.iloc[1:].isin(["ffn_in", "ffn_out"]).all()
+    assert isinstance(model.lm_head.weight, nn.Parameter)  # the tied head keeps its float32 weight
+    with torch.no_grad():
+        assert ((model(ids).logits - ref).norm() / ref.norm()) < 0.05
+
+
+def test_t5_shared_embedding_is_quantized_under_every_name_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_t5()
+    quantize(model, "rtn", bits=4, group_size=16, roles=["embeddings", "linear", "cross_query"], progress=False)
+    assert model.encoder.embed_tokens is model.shared and model.decoder.embed_tokens is model.shared
+    assert isinstance(model.shared, QuantEmbedding)
+    ids = torch.randint(0, 100, (2, 7))
+    serialize.save_compressed(model, tmp_path / "t5")
+    loaded = serialize.load_compressed(tmp_path / "t5")
+    assert loaded.encoder.embed_tokens is loaded.shared
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids, decoder_input_ids=ids).logits,
+                           model(input_ids=ids, decoder_input_ids=ids).logits)
+    assert budget.footprint(loaded) == budget.footprint(model)

@@ -1,6 +1,7 @@
-"""``QuantLinear``: a linear layer stored as packed integer codes, float16 scales and packed zero
-points, de-quantized on the fly in ``forward``; and torch's dynamic int8 path for real integer
-matmuls on CPU.
+"""Quantized modules: ``QuantLinear`` (a linear layer stored as packed integer codes, float16
+scales and packed zero points, de-quantized on the fly in ``forward``), ``QuantEmbedding`` (an
+embedding table stored the same way, row by row, de-quantizing only the rows looked up), and
+torch's dynamic int8 path for real integer matmuls on CPU.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from .budget import CompressedLinear, Footprint, dense_bytes
-from .quant_grid import QuantGrid, QuantizedWeight, column_groups, dequantize, pack, unpack
+from .quant_grid import QuantGrid, QuantizedWeight, column_groups, dequantize, pack, pack_rows, unpack, unpack_rows
 
 
 class QuantLinear(CompressedLinear):
@@ -91,6 +92,75 @@ class QuantLinear(CompressedLinear):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.grid.describe()}, " \
                f"bias={self.bias is not None}"
+
+
+class QuantEmbedding(CompressedLinear):
+    """An embedding table (vocab × dim) quantized row by row: each token's vector is a row of the
+    grid (one scale per row, or per group of ``group_size`` dimensions).
+
+    Buffers: ``qweight`` (vocab × ceil(dim·bits/8) uint8: each row packed on its own, so a look-up
+    unpacks only the rows it needs), ``scales`` (vocab × groups, float16), ``qzeros`` (vocab ×
+    ceil(groups·bits/8) uint8; empty columns for a symmetric grid). No MACs: a look-up.
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, grid: QuantGrid, padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.grid, self.padding_idx = num_embeddings, embedding_dim, grid, padding_idx
+        n_groups = grid.n_groups(embedding_dim)
+        self.register_buffer("qweight", torch.zeros(num_embeddings, -(-embedding_dim * grid.bits // 8), dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(num_embeddings, n_groups, dtype=torch.float16))
+        zero_bytes = 0 if grid.symmetric else -(-n_groups * grid.bits // 8)
+        self.register_buffer("qzeros", torch.zeros(num_embeddings, zero_bytes, dtype=torch.uint8))
+
+    @classmethod
+    def from_quantized(cls, qw: QuantizedWeight, padding_idx: int | None = None) -> "QuantEmbedding":
+        """Pack a row-wise quantized table (contiguous groups only)."""
+        if qw.g_idx is not None:
+            raise ValueError("an embedding table is quantized with contiguous groups (no act-order)")
+        vocab, dim = qw.codes.shape
+        layer = cls(vocab, dim, qw.grid, padding_idx)
+        layer.qweight.copy_(pack_rows(qw.codes, qw.grid.bits))
+        layer.scales.copy_(qw.scales.half())
+        if not qw.grid.symmetric:
+            layer.qzeros.copy_(pack_rows(qw.zeros, qw.grid.bits))
+        return layer
+
+    def _rows(self, idx: torch.Tensor) -> torch.Tensor:
+        """De-quantized rows ``idx`` (n,) -> (n × dim) float32."""
+        bits, n = self.grid.bits, idx.numel()
+        codes = unpack_rows(self.qweight[idx], bits, self.embedding_dim)
+        scales = self.scales[idx]
+        if self.grid.symmetric:
+            zeros = torch.full(scales.shape, 2 ** (bits - 1), dtype=torch.uint8)
+        else:
+            zeros = unpack_rows(self.qzeros[idx], bits, scales.shape[1])
+        return dequantize(codes, scales, zeros, column_groups(self.grid, self.embedding_dim)).reshape(n, -1)
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The de-quantized table (vocab × dim, float32)."""
+        return self._rows(torch.arange(self.num_embeddings))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        flat = input_ids.reshape(-1)
+        unique, inverse = torch.unique(flat, return_inverse=True)  # unpack each distinct row once
+        return self._rows(unique)[inverse].reshape(*input_ids.shape, self.embedding_dim)
+
+    def tcomp_footprint(self) -> Footprint:
+        n_zeros = 0 if self.grid.symmetric else self.scales.numel()
+        params = self.num_embeddings * self.embedding_dim + self.scales.numel() + n_zeros
+        return Footprint(params, sum(dense_bytes(t) for t in (self.qweight, self.scales, self.qzeros)), 0)
+
+    def tcomp_config(self) -> dict:
+        return {"vocab": self.num_embeddings, "dim": self.embedding_dim, "bits": self.grid.bits,
+                "group_size": self.grid.group_size, "symmetric": self.grid.symmetric, "padding_idx": self.padding_idx}
+
+    @classmethod
+    def tcomp_empty(cls, config: dict, shared: None = None) -> "QuantEmbedding":
+        grid = QuantGrid(config["bits"], config["group_size"], config["symmetric"])
+        return cls(config["vocab"], config["dim"], grid, config["padding_idx"])
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.grid.describe()}"
 
 
 def int8_dynamic(model: nn.Module) -> nn.Module:
