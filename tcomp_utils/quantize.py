@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import pandas as pd
 import torch
@@ -182,6 +182,49 @@ def _run_block(block: nn.Module, hidden: torch.Tensor, other: tuple[tuple, dict]
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
+def _calibrated_pass(model: nn.Module, targets: list[adapters.RoleModule], calibration: list[dict],
+                     replace: Callable[[adapters.RoleModule, torch.Tensor], None], bar: tqdm) -> None:
+    """Quantize ``targets`` block by block in forward order, each on the inputs the already
+    quantized blocks give it, then the LM head (if targeted) on the quantized model's outputs."""
+    for stack_name, (_, blocks) in adapters.layer_stacks(model).items():
+        by_layer: dict[int, list[adapters.RoleModule]] = {}
+        for rm in targets:
+            if rm.stack == stack_name:
+                by_layer.setdefault(rm.layer, []).append(rm)
+        if not by_layer:
+            continue
+        first, last = min(by_layer), max(by_layer)
+        hidden, other = _block_inputs(model, blocks, first, last, calibration)
+        mask_key = "decoder_attention_mask" if stack_name == "decoder" else "attention_mask"
+        masks = [b.get(mask_key if "decoder_input_ids" in b else "attention_mask") for b in calibration]
+        for i in range(first, last + 1):
+            block, todo = blocks[i], by_layer.get(i, [])
+            if todo:
+                hooks = _HessianHooks({rm.path: rm.module for rm in todo})
+                try:
+                    for b, h in enumerate(hidden):
+                        hooks.mask = masks[b]
+                        _run_block(block, h, other[i][b])
+                finally:
+                    hooks.remove()
+                for rm in todo:
+                    replace(rm, hooks.acc[rm.path].H)
+                    bar.update()
+            if i < last:
+                hidden = [_run_block(block, h, other[i][b]) for b, h in enumerate(hidden)]
+    for rm in targets:
+        if rm.role == "lm_head":
+            hooks = _HessianHooks({rm.path: rm.module})
+            try:
+                for b in calibration:
+                    hooks.mask = b.get("attention_mask")
+                    _forward(model, b)
+            finally:
+                hooks.remove()
+            replace(rm, hooks.acc[rm.path].H)
+            bar.update()
+
+
 @torch.no_grad()
 def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: int | None = None,
              symmetric: bool = False, roles: list[str] | str | None = None, layers: list[int] | None = None,
@@ -190,10 +233,11 @@ def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: 
              progress: bool = True) -> QuantReport:
     """Quantize ``model`` in place; return a :class:`QuantReport`.
 
-    ``calibration``: batches for ``model(**batch)`` (an ``attention_mask`` marks real tokens);
     ``roles``: a role, role group or list (default: every linear role of the architecture, cross
-    attention included). ``calibration`` is required by GPTQ, optional for RTN (then only used to report output errors). ``bits`` in
-    [2, 8]; ``group_size`` None (per output channel) or a number of input columns per group;
+    attention included; ``"embeddings"`` adds the embedding table). ``calibration``: batches for
+    ``model(**batch)`` (an ``attention_mask`` marks real tokens), required by GPTQ, optional for RTN
+    (then only used to report output errors). ``bits`` in [2, 8]; ``group_size`` None (per output
+    channel) or a number of input columns per group;
     ``block_size``, ``damp``, ``act_order``, ``static_groups``: GPTQ's options (see
     :func:`tcomp_utils.gptq.gptq`).
     """
@@ -238,51 +282,14 @@ def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: 
     for rm in targets:
         if rm.role == "embeddings":
             replace(rm, None)
-    in_blocks = [rm for rm in targets if rm.stack is not None]
-    if not calibration:
-        for rm in tqdm([rm for rm in targets if rm.role != "embeddings"], desc=f"{method} {grid.describe()}",
-                       disable=not progress):
-            replace(rm, None)
-    else:
-        stacks = adapters.layer_stacks(model)
-        with tqdm(total=sum(rm.role != "embeddings" for rm in targets), desc=f"{method} {grid.describe()}", disable=not progress) as bar:
-            for stack_name, (_, blocks) in stacks.items():
-                by_layer: dict[int, list[adapters.RoleModule]] = {}
-                for rm in in_blocks:
-                    if rm.stack == stack_name:
-                        by_layer.setdefault(rm.layer, []).append(rm)
-                if not by_layer:
-                    continue
-                first, last = min(by_layer), max(by_layer)
-                hidden, other = _block_inputs(model, blocks, first, last, calibration)
-                masks = [b.get("decoder_attention_mask" if stack_name == "decoder" and "decoder_input_ids" in b
-                               else "attention_mask") for b in calibration]
-                for i in range(first, last + 1):
-                    block, todo = blocks[i], by_layer.get(i, [])
-                    if todo:
-                        hooks = _HessianHooks({rm.path: rm.module for rm in todo})
-                        try:
-                            for b, h in enumerate(hidden):
-                                hooks.mask = masks[b]
-                                _run_block(block, h, other[i][b])
-                        finally:
-                            hooks.remove()
-                        for rm in todo:
-                            replace(rm, hooks.acc[rm.path].H)
-                            bar.update()
-                    if i < last:
-                        hidden = [_run_block(block, h, other[i][b]) for b, h in enumerate(hidden)]
-            for rm in targets:
-                if rm.role == "lm_head":  # on the inputs of the quantized model
-                    hooks = _HessianHooks({rm.path: rm.module})
-                    try:
-                        for b in calibration:
-                            hooks.mask = b.get("attention_mask")
-                            _forward(model, b)
-                    finally:
-                        hooks.remove()
-                    replace(rm, hooks.acc[rm.path].H)
-                    bar.update()
+    layers_todo = [rm for rm in targets if rm.role != "embeddings"]
+    with tqdm(total=len(layers_todo), desc=f"{method} {grid.describe()}", disable=not progress) as bar:
+        if not calibration:
+            for rm in layers_todo:
+                replace(rm, None)
+                bar.update()
+        else:
+            _calibrated_pass(model, layers_todo, calibration, replace, bar)
     model.train(was_training)
     table = pd.DataFrame(rows)
     table["layer"] = table["layer"].astype("Int64")
