@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 
 import pandas as pd
-import torch
 
 from tcomp_utils import metrics, models, task_models, tasks
 from tcomp_utils.metrics import latency

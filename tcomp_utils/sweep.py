@@ -37,7 +37,6 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from . import records
 from .runner import REPO_ROOT, check_profile, execute_point, notebook_label, write_result
 
 SPEC_KEYS = {"name", "notebook", "profile", "parameters", "grid", "points", "output"}
