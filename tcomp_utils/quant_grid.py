@@ -52,6 +52,10 @@ class QuantGrid:
         """Columns per group (all but possibly the last)."""
         return in_features if self.group_size is None else min(self.group_size, in_features)
 
+    def implicit_zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The zero points of a symmetric grid (2^(b−1) everywhere; never stored), uint8."""
+        return torch.full(shape, 2 ** (self.bits - 1), dtype=torch.uint8)
+
     def describe(self) -> str:
         g = "per-channel" if self.group_size is None else f"g{self.group_size}"
         return f"{self.bits}-bit {'sym' if self.symmetric else 'asym'} {g}"

@@ -249,6 +249,9 @@ def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: 
     targets = _targets(model, expand_roles(roles), layers, lm_head)
     if method == "gptq" and not calibration:
         raise ValueError("GPTQ needs calibration batches (calibration=[{'input_ids': ..., 'attention_mask': ...}, ...])")
+    bad = [i for i, b in enumerate(calibration or []) if not (isinstance(b, dict) and "input_ids" in b)]
+    if bad:
+        raise ValueError(f"calibration batch {bad[0]} is not a dict with 'input_ids' (batches are model(**batch) inputs)")
     opts = dict(block_size=block_size, damp=damp, act_order=act_order, static_groups=static_groups) if method == "gptq" else {}
     if method == "gptq":
         check_options(block_size, damp)

@@ -59,7 +59,7 @@ class QuantLinear(CompressedLinear):
     def zeros(self) -> torch.Tensor:
         """Zero points (out × groups)."""
         if self.grid.symmetric:
-            return torch.full(self.scales.shape, 2 ** (self.grid.bits - 1), dtype=torch.uint8)
+            return self.grid.implicit_zeros(tuple(self.scales.shape))
         return unpack(self.qzeros, self.grid.bits, self.scales.numel()).reshape(self.scales.shape)
 
     def weight_matrix(self) -> torch.Tensor:
@@ -131,7 +131,7 @@ class QuantEmbedding(CompressedLinear):
         codes = unpack_rows(self.qweight[idx], bits, self.embedding_dim)
         scales = self.scales[idx]
         if self.grid.symmetric:
-            zeros = torch.full(scales.shape, 2 ** (bits - 1), dtype=torch.uint8)
+            zeros = self.grid.implicit_zeros(tuple(scales.shape))
         else:
             zeros = unpack_rows(self.qzeros[idx], bits, scales.shape[1])
         return dequantize(codes, scales, zeros, column_groups(self.grid, self.embedding_dim)).reshape(n, -1)

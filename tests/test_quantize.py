@@ -201,6 +201,8 @@ def test_rtn_needs_no_data_and_gptq_does():
     (dict(group_size=0), ValueError, "group_size must be None"),
     (dict(roles=["gate"]), ValueError, "unknown module role 'gate'"),
     (dict(lm_head=True), ValueError, "has no linear output head"),
+    (dict(roles=["embeddings", "ffn"], calibration=[torch.zeros(2, 3)]), ValueError,
+     "calibration batch 0 is not a dict with 'input_ids'"),
     (dict(method="gptq", damp=-1.0, calibration=[{"input_ids": torch.zeros(1, 3, dtype=torch.long)}]), ValueError,
      "damp must be > 0"),
 ])
