@@ -16,17 +16,34 @@ cross_*     query/key/value/attn_out of a seq2seq decoder's cross-attention
 ========== =====================================================
 
 An adapter lists, for one family, where the layer stacks are (relative to the HF *base model*)
-and, inside one layer, where each role's modules are. Adding an architecture is one
-``register_adapter(Adapter(...))`` call.
+and, inside one layer, where each role's modules are. Two ways to get one:
+
+* **inferred** from the module tree of any HF model that follows the common layouts (Llama-,
+  Gemma-, Qwen-, Mistral-, Phi-3-like decoders, BERT-like encoders, T5/BART-like seq2seq, GPT-2):
+  the layer stacks are the ``nn.ModuleList`` of identical blocks, and the roles are read from the
+  linear layers' names and whether they sit inside an attention block or an FFN;
+* the **explicit table** :data:`ADAPTERS` (by ``model_type``), which overrides inference; add to
+  it with ``register_adapter(Adapter(...))``.
+
+Fused projections (GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``) and GPT-2's
+``Conv1D`` layers are made ordinary per-role ``nn.Linear`` layers by :func:`prepare` (exact:
+the same numbers, split by rows), so every method sees one module per role.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 ROLES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out", "embeddings")
 CROSS_ROLES = ("cross_query", "cross_key", "cross_value", "cross_attn_out")
+ROLE_GROUPS = {
+    "qkv": ("query", "key", "value"),
+    "attention": ("query", "key", "value", "attn_out"),
+    "ffn": ("ffn_in", "ffn_out"),
+    "linear": ("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
+}
 
 
 class UnknownRoleError(ValueError):
@@ -35,6 +52,22 @@ class UnknownRoleError(ValueError):
 
 class UnsupportedArchitectureError(ValueError):
     pass
+
+
+def expand_roles(roles: list[str] | tuple[str, ...] | str) -> list[str]:
+    """A role, a list of roles, or a group name of :data:`ROLE_GROUPS` (``"qkv"``, ``"ffn"``, ...),
+    as a list of roles; an unknown name raises :class:`UnknownRoleError` naming what is allowed."""
+    names = [roles] if isinstance(roles, str) else list(roles)
+    out = []
+    for name in names:
+        if name in ROLE_GROUPS:
+            out += ROLE_GROUPS[name]
+        elif name in ROLES + CROSS_ROLES:
+            out.append(name)
+        else:
+            raise UnknownRoleError(f"unknown module role {name!r}; allowed roles: {', '.join(ROLES + CROSS_ROLES)}; "
+                                   f"groups: {', '.join(ROLE_GROUPS)}")
+    return list(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -52,16 +85,40 @@ class HeadStructure:
         return self.n_heads // self.n_kv_heads
 
 
+def config_heads(config) -> HeadStructure:
+    """The head structure a HF config declares (names differ by family: ``num_attention_heads``,
+    ``n_head``, ``num_heads``; ``head_dim``, T5's ``d_kv``, else hidden size / heads)."""
+    n_heads = _first_attr(config, "num_attention_heads", "n_head", "num_heads", "n_heads")
+    hidden = _first_attr(config, "hidden_size", "n_embd", "d_model", "dim")
+    if n_heads is None or hidden is None:
+        raise UnsupportedArchitectureError(f"cannot read the number of attention heads and the hidden size from "
+                                           f"{type(config).__name__}")
+    head_dim = _first_attr(config, "head_dim", "d_kv") or hidden // n_heads
+    return HeadStructure(n_heads, head_dim, _first_attr(config, "num_key_value_heads") or n_heads)
+
+
+def _first_attr(obj, *names):
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
 @dataclass(frozen=True)
 class Stack:
     """One stack of identical layers: ``path`` to its ``nn.ModuleList`` (relative to the base
     model), each role's module paths inside a layer (alternatives that are absent are skipped,
-    e.g. a T5 gated FFN's ``wi_0``/``wi_1`` instead of ``wi``), and the query roles of its
-    attention blocks (used to count attention's s² MACs)."""
+    e.g. a T5 gated FFN's ``wi_0``/``wi_1`` instead of ``wi``), the query roles of its
+    attention blocks (used to count attention's s² MACs), and what :func:`prepare` converts:
+    ``fused`` (path in a layer → ``((part, role, rows), ...)``) and ``conv1d`` (paths of HF
+    ``Conv1D`` layers, made ``nn.Linear``)."""
 
     path: str
     roles: dict[str, tuple[str, ...]]
     attention_queries: tuple[str, ...] = ("query",)
+    fused: dict[str, tuple[tuple[str, str, int], ...]] = field(default_factory=dict)
+    conv1d: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -70,20 +127,25 @@ class Adapter:
 
     ``heads`` reads the head structure from a HF config. ``per_sequence`` names modules applied
     once per sequence rather than per token (a pooler, a classification head): their MACs are
-    spread over the sequence length.
+    spread over the sequence length. ``inferred``: made by :func:`infer_adapter`, not the table.
     """
 
     family: str  # "encoder", "decoder" or "seq2seq"
     model_types: tuple[str, ...]
     stacks: dict[str, Stack]
     embeddings: tuple[str, ...]
-    heads: object  # Callable[[config], HeadStructure]
+    heads: object = config_heads  # Callable[[config], HeadStructure]
     per_sequence: tuple[str, ...] = field(default=())
+    inferred: bool = False
 
     def roles(self) -> tuple[str, ...]:
         """Every role this architecture has."""
         names = {r for s in self.stacks.values() for r in s.roles} | {"embeddings"}
         return tuple(r for r in ROLES + CROSS_ROLES if r in names)
+
+    def needs_prepare(self) -> bool:
+        """Whether fused projections or ``Conv1D`` layers must first be split by :func:`prepare`."""
+        return any(s.fused or s.conv1d for s in self.stacks.values())
 
 
 @dataclass(frozen=True)
@@ -95,24 +157,6 @@ class RoleModule:
     stack: str | None
     layer: int | None
     module: nn.Module
-
-
-def _bert_heads(c) -> HeadStructure:
-    d = c.hidden_size // c.num_attention_heads
-    return HeadStructure(c.num_attention_heads, d, c.num_attention_heads)
-
-
-def _llama_heads(c) -> HeadStructure:
-    d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return HeadStructure(c.num_attention_heads, d, getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
-
-
-def _t5_heads(c) -> HeadStructure:
-    return HeadStructure(c.num_heads, c.d_kv, c.num_heads)
-
-
-def _distilbert_heads(c) -> HeadStructure:
-    return HeadStructure(c.n_heads, c.dim // c.n_heads, c.n_heads)
 
 
 def _attn(prefix: str, q: str, k: str, v: str, o: str, roles=("query", "key", "value", "attn_out")) -> dict:
@@ -134,7 +178,6 @@ ADAPTERS: list[Adapter] = [
             **_attn("attention", "self.query", "self.key", "self.value", "output.dense"),
             "ffn_in": ("intermediate.dense",), "ffn_out": ("output.dense",)})},
         embeddings=("embeddings.word_embeddings",),
-        heads=_bert_heads,
         per_sequence=("pooler", "classifier"),
     ),
     Adapter(
@@ -144,7 +187,6 @@ ADAPTERS: list[Adapter] = [
             **_attn("attention", "q_lin", "k_lin", "v_lin", "out_lin"),
             "ffn_in": ("ffn.lin1",), "ffn_out": ("ffn.lin2",)})},
         embeddings=("embeddings.word_embeddings",),
-        heads=_distilbert_heads,
         per_sequence=("pre_classifier", "classifier"),
     ),
     Adapter(
@@ -154,7 +196,6 @@ ADAPTERS: list[Adapter] = [
             **_attn("self_attn", "q_proj", "k_proj", "v_proj", "o_proj"),
             "ffn_in": ("mlp.gate_proj", "mlp.up_proj"), "ffn_out": ("mlp.down_proj",)})},
         embeddings=("embed_tokens",),
-        heads=_llama_heads,
     ),
     Adapter(
         family="decoder",
@@ -163,7 +204,6 @@ ADAPTERS: list[Adapter] = [
             **_attn("self_attn", "q_proj", "k_proj", "v_proj", "out_proj"),
             "ffn_in": ("fc1",), "ffn_out": ("fc2",)})},
         embeddings=("decoder.embed_tokens",),
-        heads=_bert_heads,
     ),
     Adapter(
         family="seq2seq",
@@ -177,13 +217,12 @@ ADAPTERS: list[Adapter] = [
                 **_t5_ffn("layer.2")}, attention_queries=("query", "cross_query")),
         },
         embeddings=("shared",),
-        heads=_t5_heads,
     ),
 ]
 
 
 def register_adapter(adapter: Adapter) -> None:
-    """Add (or replace, for the same model types) an adapter."""
+    """Add (or replace, for the same model types) an adapter of the explicit table."""
     ADAPTERS[:] = [a for a in ADAPTERS if not set(a.model_types) & set(adapter.model_types)]
     ADAPTERS.append(adapter)
 
@@ -194,18 +233,21 @@ def _model_type(model_or_config) -> str:
 
 
 def get_adapter(model_or_config) -> Adapter:
-    """The adapter for a HF model or config; an unknown architecture raises with how to add one."""
+    """The adapter for a HF model or config: the explicit table's entry for its ``model_type``, else
+    one inferred from the module tree (a config alone is built on the ``meta`` device first)."""
     model_type = _model_type(model_or_config)
     for adapter in ADAPTERS:
         if model_type in adapter.model_types:
             return adapter
-    known = sorted(t for a in ADAPTERS for t in a.model_types)
-    raise UnsupportedArchitectureError(
-        f"no architecture adapter for model_type {model_type!r}; supported: {', '.join(known)}. "
-        "Add one with tcomp_utils.adapters.register_adapter(Adapter(family=..., model_types=(...), "
-        "stacks={...}, embeddings=(...), heads=...)) mapping the roles "
-        f"{', '.join(ROLES)} to module paths (see the existing adapters in tcomp_utils/adapters.py)."
-    )
+    model = model_or_config
+    if not isinstance(model, nn.Module):
+        if not hasattr(model, "to_dict"):
+            raise UnsupportedArchitectureError(f"expected a HF model or config, got {type(model).__name__}")
+        import transformers
+
+        with torch.device("meta"):
+            model = transformers.AutoModel.from_config(model_or_config)
+    return infer_adapter(model)
 
 
 def head_structure(model) -> HeadStructure:
@@ -233,6 +275,12 @@ def find_modules(model: nn.Module, role: str, layers: list[int] | None = None) -
             f"unknown module role {role!r} for {adapter.family} model_type {_model_type(model)!r}; "
             f"allowed roles: {', '.join(adapter.roles())}"
         )
+    if adapter.needs_prepare():
+        fused = sorted({p for s in adapter.stacks.values() for p in (*s.fused, *s.conv1d)})
+        raise UnsupportedArchitectureError(
+            f"model_type {_model_type(model)!r} keeps fused projections or Conv1D layers ({', '.join(fused)}): call "
+            "tcomp_utils.adapters.prepare(model) first (it splits them into one nn.Linear per role, exactly; "
+            "compress() and load_model() do it for you)")
     prefix = base_prefix(model)
     if role == "embeddings":
         return [RoleModule(prefix + p, role, None, None, model.get_submodule(prefix + p)) for p in adapter.embeddings]
@@ -268,3 +316,213 @@ def _get(module: nn.Module, path: str) -> nn.Module | None:
         return module.get_submodule(path)
     except AttributeError:
         return None
+
+
+# ------------------------------------------------------------------------------ layout inference
+# A linear layer's role from its own name; attention roles only inside an attention block, FFN
+# roles only outside one. Names that mean different things in different places are resolved by
+# where they sit (BERT's attention.output.dense / intermediate.dense / output.dense; T5's wo).
+_ATTENTION_NAMES = {
+    "query": ("q_proj", "query", "q_lin", "q", "wq", "query_proj"),
+    "key": ("k_proj", "key", "k_lin", "k", "wk", "key_proj"),
+    "value": ("v_proj", "value", "v_lin", "v", "wv", "value_proj"),
+    "attn_out": ("o_proj", "out_proj", "o", "out_lin", "wo", "dense", "c_proj"),
+}
+_FFN_NAMES = {
+    "ffn_in": ("gate_proj", "up_proj", "fc1", "wi", "wi_0", "wi_1", "lin1", "c_fc", "w1", "w3", "dense_h_to_4h",
+               "gate", "up"),  # gate/up: the parts of a split gate_up_proj
+    "ffn_out": ("down_proj", "fc2", "wo", "lin2", "c_proj", "w2", "dense_4h_to_h"),
+}
+# fused projections: name -> the parts it is split into, in row order
+_FUSED_ATTENTION = ("qkv_proj", "c_attn")
+_FUSED_FFN = ("gate_up_proj",)
+_CROSS_MARKERS = ("cross", "encdec", "encoder_attn")
+_PER_SEQUENCE = ("pooler", "pre_classifier", "classifier")
+
+
+def _is_linear_like(module: nn.Module) -> bool:
+    from .budget import CompressedModule, linear_shape
+
+    return linear_shape(module) is not None or (isinstance(module, CompressedModule) and hasattr(module, "in_features"))
+
+
+def _linear_leaves(module: nn.Module, prefix: str = ""):
+    """(path, module) of every linear-like module under ``module``, not descending into them."""
+    for name, child in module.named_children():
+        path = f"{prefix}{name}"
+        if _is_linear_like(child):
+            yield path, child
+        else:
+            yield from _linear_leaves(child, path + ".")
+
+
+def _in_attention(parents: list[str]) -> bool:
+    return any("attn" in p or "attention" in p for p in parents)
+
+
+def _leaf_role(path: str) -> str | None:
+    *parents, name = path.split(".")
+    parents = [p.lower() for p in parents]
+    if _in_attention(parents):
+        role = next((r for r, names in _ATTENTION_NAMES.items() if name in names), None)
+        if role and any(m in p for p in parents for m in _CROSS_MARKERS):
+            role = f"cross_{role}"
+        return role
+    if name == "dense":  # BERT-like: intermediate.dense is the FFN input, output.dense its output
+        return "ffn_in" if "intermediate" in parents else "ffn_out" if "output" in parents else None
+    return next((r for r, names in _FFN_NAMES.items() if name in names), None)
+
+
+def _infer_family(model: nn.Module) -> str:
+    config = model.config
+    if getattr(config, "is_encoder_decoder", False):
+        return "seq2seq"
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    return "encoder" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "decoder"
+
+
+def _layer_lists(base: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """The outermost ``nn.ModuleList`` of identical blocks that hold an attention query projection."""
+    found: list[tuple[str, nn.ModuleList]] = []
+    for path, module in base.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0 or any(path.startswith(p + ".") for p, _ in found):
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        names = [p for p, _ in _linear_leaves(module[0])]
+        if any(_leaf_role(p) in ("query",) or p.rsplit(".", 1)[-1] in _FUSED_ATTENTION for p in names):
+            found.append((path, module))
+    return found
+
+
+def infer_adapter(model: nn.Module) -> Adapter:
+    """An adapter read off ``model``'s module tree (see the module docstring); raises
+    :class:`UnsupportedArchitectureError` saying what was missing when the layout is not a common one."""
+    model_type = _model_type(model)
+    config = getattr(model, "config", None)
+    if config is None:
+        raise UnsupportedArchitectureError(f"{type(model).__name__} has no HF config: cannot infer an adapter")
+    prefix = base_prefix(model)
+    base = model.get_submodule(prefix[:-1]) if prefix else model
+    family = _infer_family(model)
+    lists = _layer_lists(base)
+    how_to = ("register one with tcomp_utils.adapters.register_adapter(Adapter(family=..., model_types=(...), "
+              "stacks={...}, embeddings=(...))) mapping the roles to module paths (see tcomp_utils/adapters.py)")
+    if not lists:
+        raise UnsupportedArchitectureError(
+            f"no architecture adapter for model_type {model_type!r}: found no list of transformer layers with an "
+            f"attention query projection (q_proj, query, q, qkv_proj, c_attn, ...) in {type(model).__name__}; {how_to}")
+    heads = config_heads(config)
+    stacks = {}
+    for path, blocks in lists:
+        name = ("decoder" if "decoder" in path else "encoder") if family == "seq2seq" else family
+        if name in stacks:
+            raise UnsupportedArchitectureError(f"model_type {model_type!r}: two layer stacks ({stacks[name].path}, "
+                                               f"{path}) would both be the {name}; {how_to}")
+        stacks[name] = _infer_stack(path, blocks[0], heads, model_type, how_to)
+    embeddings = model.get_input_embeddings()
+    emb_path = next((p for p, m in base.named_modules() if m is embeddings), None)
+    if emb_path is None:
+        raise UnsupportedArchitectureError(f"model_type {model_type!r}: its input embeddings are not in the base model")
+    per_sequence = tuple(n for n in _PER_SEQUENCE if any(p.split(".")[-1] == n for p, _ in model.named_modules()))
+    return Adapter(family=family, model_types=(model_type,), stacks=stacks, embeddings=(emb_path,),
+                   per_sequence=per_sequence, inferred=True)
+
+
+def _infer_stack(path: str, block: nn.Module, heads: HeadStructure, model_type: str, how_to: str) -> Stack:
+    roles: dict[str, list[str]] = {}
+    fused: dict[str, tuple[tuple[str, str, int], ...]] = {}
+    conv1d = []
+    q, kv = heads.n_heads * heads.head_dim, heads.n_kv_heads * heads.head_dim
+    for leaf, module in _linear_leaves(block):
+        *parents, name = leaf.split(".")
+        if type(module).__name__ == "Conv1D":
+            conv1d.append(leaf)
+        if name in _FUSED_ATTENTION and _in_attention([p.lower() for p in parents]):
+            out = module.weight.shape[1] if type(module).__name__ == "Conv1D" else module.out_features
+            if out != q + 2 * kv:
+                raise UnsupportedArchitectureError(
+                    f"model_type {model_type!r}: fused projection {leaf} has {out} outputs, not query + key + value "
+                    f"= {q} + {kv} + {kv} (cross-attention or another layout); {how_to}")
+            fused[leaf] = (("query", "query", q), ("key", "key", kv), ("value", "value", kv))
+            for part in ("query", "key", "value"):
+                roles.setdefault(part, []).append(f"{leaf}.{part}")
+            continue
+        if name in _FUSED_FFN:
+            half = module.out_features // 2
+            fused[leaf] = (("gate", "ffn_in", half), ("up", "ffn_in", half))
+            roles.setdefault("ffn_in", []).extend([f"{leaf}.gate", f"{leaf}.up"])
+            continue
+        role = _leaf_role(leaf)
+        if role is not None:
+            roles.setdefault(role, []).append(leaf)
+    missing = [r for r in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out") if r not in roles]
+    if missing:
+        raise UnsupportedArchitectureError(
+            f"model_type {model_type!r}: a layer of {path} has no linear layer for role(s) {', '.join(missing)} "
+            f"(its linear layers: {', '.join(p for p, _ in _linear_leaves(block))}); {how_to}")
+    queries = ("query", "cross_query") if "cross_query" in roles else ("query",)
+    return Stack(path, {r: tuple(p) for r, p in roles.items()}, queries, fused, tuple(c for c in conv1d
+                                                                                        if c not in fused))
+
+
+# ------------------------------------------------------------------------- fused projections
+class FusedProjection(nn.Module):
+    """Several linear layers applied to the same input, their outputs concatenated: what a fused
+    projection (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``) computes, with one child per role."""
+
+    def __init__(self, parts: dict[str, nn.Module]):
+        super().__init__()
+        for name, module in parts.items():
+            self.add_module(name, module)
+        first = next(iter(parts.values()))
+        self.in_features = first.in_features
+        self.out_features = sum(m.out_features for m in parts.values())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([m(x) for m in self.children()], dim=-1)
+
+
+def _as_linear(module: nn.Module) -> nn.Linear:
+    """An ``nn.Linear`` computing what a ``Conv1D`` (weight in × out) or ``nn.Linear`` computes."""
+    if isinstance(module, nn.Linear):
+        return module
+    weight = module.weight.detach().T
+    linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None,
+                       device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if module.bias is not None:
+            linear.bias.copy_(module.bias)
+    return linear
+
+
+def _split(module: nn.Module, parts: tuple[tuple[str, str, int], ...]) -> FusedProjection:
+    linear = _as_linear(module)
+    children, start = {}, 0
+    for name, _, rows in parts:
+        part = nn.Linear(linear.in_features, rows, bias=linear.bias is not None,
+                         device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            part.weight.copy_(linear.weight[start:start + rows])
+            if linear.bias is not None:
+                part.bias.copy_(linear.bias[start:start + rows])
+        children[name], start = part, start + rows
+    return FusedProjection(children)
+
+
+def prepare(model: nn.Module) -> nn.Module:
+    """Split fused projections into one ``nn.Linear`` per role and turn ``Conv1D`` layers into
+    ``nn.Linear`` (in place; the same outputs up to float rounding; a no-op for most models)."""
+    adapter = get_adapter(model)
+    if not adapter.needs_prepare():
+        return model
+    prefix = base_prefix(model)
+    for stack in adapter.stacks.values():
+        for block in model.get_submodule(prefix + stack.path):
+            for path in stack.conv1d:
+                set_module(block, path, _as_linear(block.get_submodule(path)))
+            for path, parts in stack.fused.items():
+                set_module(block, path, _split(block.get_submodule(path), parts))
+    return model

@@ -58,12 +58,37 @@ class CompressedModule(Protocol):
     def tcomp_footprint(self) -> Footprint: ...
 
 
+class BudgetError(ValueError):
+    """A budget that cannot be met (rank < 1, rank at or above full rank, ratio <= 1)."""
+
+
+def check_ratio(ratio: float) -> float:
+    """A compression ratio of stored numbers (before / after) must be a finite number > 1."""
+    if isinstance(ratio, bool) or not (isinstance(ratio, (int, float)) and ratio > 1 and math.isfinite(ratio)):
+        raise BudgetError(f"compression ratio must be a number > 1 (stored numbers before / after), got {ratio!r}")
+    return float(ratio)
+
+
+def as_parameter(t: torch.Tensor) -> nn.Parameter:
+    """A contiguous copy as a parameter (so a saved and reloaded module computes bit-identically)."""
+    return nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format))
+
+
 class CompressedLinear(nn.Module):
     """Base of the drop-in replacements for ``nn.Linear``. They hold no dense ``weight``;
     ``weight = None`` says so to library code that reads ``layer.weight`` (HF T5 checks
     ``wo.weight.dtype`` in every forward) instead of failing on a missing attribute."""
 
     weight = None
+
+
+def linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """``(in, out)`` of a dense linear map: ``nn.Linear``, or HF's ``Conv1D`` (GPT-2; weight in × out)."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
+        return tuple(module.weight.shape)
+    return None
 
 
 def tensor_bytes(numel: int, bits: int) -> int:
@@ -99,7 +124,7 @@ def module_table(model: nn.Module, seq_len: int = 128) -> pd.DataFrame:
         raise ValueError(f"seq_len must be a positive number of tokens, got {seq_len}")
     try:
         adapter = adapters.get_adapter(model)
-        roles = adapters.role_index(model)
+        roles = {} if adapter.needs_prepare() else adapters.role_index(model)  # fused: no per-role rows
     except adapters.UnsupportedArchitectureError:
         adapter, roles = None, {}
     per_sequence = adapter.per_sequence if adapter else ()
@@ -135,8 +160,9 @@ def module_table(model: nn.Module, seq_len: int = 128) -> pd.DataFrame:
                     visit(child, f"{path}.{name}")
             return
         params, nbytes = _own_tensors(module, seen)
-        if isinstance(module, nn.Linear):
-            macs = module.in_features * module.out_features
+        shape = linear_shape(module)
+        if shape is not None:
+            macs = shape[0] * shape[1]
             add(path, "Linear", params, nbytes, macs / seq_len if once else macs)
         elif params:
             add(path, type(module).__name__, params, nbytes, 0)
@@ -145,15 +171,21 @@ def module_table(model: nn.Module, seq_len: int = 128) -> pd.DataFrame:
 
     visit(model, "")
     if adapter is not None:
-        head_dim = adapter.heads(model.config).head_dim
+        heads = adapter.heads(model.config)
+        stacks = adapters.layer_stacks(model)
         for stack_name, stack in adapter.stacks.items():
             for q_role in stack.attention_queries:
-                for rm in (r for r in adapters.find_modules(model, q_role) if r.stack == stack_name):
-                    n_heads = rm.module.out_features // head_dim
-                    rows.append(dict(path=rm.path.rsplit(".", 1)[0] + ":core", kind="attention core",
+                if roles:  # the query projections say how many heads are left (after pruning)
+                    found = [(rm.path.rsplit(".", 1)[0], rm.layer, rm.module.out_features // heads.head_dim)
+                             for rm in adapters.find_modules(model, q_role) if rm.stack == stack_name]
+                else:  # fused projections not split yet: the heads the config declares
+                    stack_path, blocks = stacks[stack_name]
+                    found = [(f"{stack_path}.{i}", i, heads.n_heads) for i in range(len(blocks))]
+                for path, layer, n_heads in found:
+                    rows.append(dict(path=path + ":core", kind="attention core",
                                      role="attention" if q_role == "query" else "cross_attention",
-                                     stack=stack_name, layer=rm.layer, params=0, bytes=0,
-                                     macs_per_token=2 * seq_len * n_heads * head_dim))
+                                     stack=stack_name, layer=layer, params=0, bytes=0,
+                                     macs_per_token=2 * seq_len * n_heads * heads.head_dim))
     table = pd.DataFrame(rows, columns=["path", "kind", "role", "stack", "layer", "params", "bytes", "macs_per_token"])
     table["layer"] = table["layer"].astype("Int64")
     return table

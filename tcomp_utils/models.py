@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import assets
+from . import adapters, assets
 
 TASK_CLASSES = {
     "base": "AutoModel",
@@ -50,14 +50,27 @@ EMBEDDED_MODELS = {
 
 
 def resolve(name: str) -> tuple[str, str | None]:
-    """``(folder or hub id, gguf file or None)`` for an embedded name, a local folder or a hub id."""
+    """``(folder or hub id, gguf file or None)`` for an embedded name, a local folder (a HF folder,
+    or a folder holding one ``.gguf`` file), a ``.gguf`` file path, or a hub id."""
     if name in EMBEDDED_MODELS:
         em = EMBEDDED_MODELS[name]
         return str(assets.asset_path(em.asset) / em.subdir), em.gguf_file
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser()), None
-    if os.sep in name and Path(name).expanduser().exists():
-        raise UnknownModelError(f"model path {name!r} is not a folder")
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UnknownModelError(f"model path {name!r} is a file but not a .gguf file; give a model folder "
+                                    "or a .gguf file")
+        return str(path.parent), path.name
+    if path.is_dir():
+        ggufs = sorted(p.name for p in path.glob("*.gguf"))
+        if (path / "config.json").is_file() or not ggufs:
+            return str(path), None
+        if len(ggufs) > 1:
+            raise UnknownModelError(f"folder {name!r} holds {len(ggufs)} GGUF files ({', '.join(ggufs)}): give the "
+                                    "path of the one to load")
+        return str(path), ggufs[0]
+    if os.sep in name and path.exists():
+        raise UnknownModelError(f"model path {name!r} is not a folder or a .gguf file")
     return name, None
 
 
@@ -70,10 +83,12 @@ def load_model(
 ) -> tuple[nn.Module, object]:
     """Load ``(model, tokenizer)``.
 
-    ``name``: an embedded name (:data:`EMBEDDED_MODELS`), a local HF folder or a hub id.
+    ``name``: an embedded name (:data:`EMBEDDED_MODELS`), a local HF folder, a folder or file path
+    with a GGUF model, or a hub id.
     ``task``: one of :data:`TASK_CLASSES`. ``num_labels`` sets a (fresh, if absent) classification
     head. The model is returned in eval mode on ``device``. A decoder tokenizer without a pad
-    token gets its EOS token as pad token (batched evaluation needs one).
+    token gets its EOS token as pad token (batched evaluation needs one). Fused projections are
+    split into one linear layer per role (:func:`tcomp_utils.adapters.prepare`; exact).
     """
     import transformers
 
@@ -96,6 +111,10 @@ def load_model(
         ) from err
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
+    try:
+        adapters.prepare(model)
+    except adapters.UnsupportedArchitectureError:
+        pass  # no adapter: it loads and evaluates, the compression methods will say what is missing
     return model.to(device).eval(), tokenizer
 
 

@@ -1,10 +1,15 @@
-"""Save and load compressed models: safetensors weights + a JSON description of what was replaced.
+"""Save and load compressed models: safetensors weights + a JSON description of what was changed.
 
 ``save_compressed(model, folder)`` writes ``model.safetensors`` (shared tensors stored once) and
-``tcomp.json``: the HF config, the model class, and for every compressed module its path, class
-and shape configuration (and the path of the shared factor it uses, if any).
-``load_compressed(folder)`` rebuilds the architecture from the config, puts empty compressed
-modules in place and loads the weights strictly, so the outputs are identical.
+``tcomp.json``: the HF config, the model class, whether fused projections were split
+(:func:`tcomp_utils.adapters.prepare`), every compressed module (path, registered class name,
+shape configuration, the shared factor it uses) and every attribute that differs from the model
+the config builds (``in_features`` of a narrowed layer, the head count of a pruned attention).
+``load_compressed(folder)`` rebuilds the architecture from the config with no hub, puts empty
+compressed modules in place, restores the changed attributes, gives every tensor the shape it has
+in the file (so physically smaller layers load back) and loads the weights strictly: the outputs
+are identical. Module classes come from :mod:`tcomp_utils.registry` and the model class from
+transformers' auto mappings for the config's ``model_type``, never from an arbitrary name.
 """
 from __future__ import annotations
 
@@ -14,34 +19,36 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import safetensors
 import safetensors.torch
+import torch
 from torch import nn
 
-from .adapters import set_module
+from . import adapters, registry
 from .budget import CompressedModule
-from .lowrank import LowRankLinear, SharedFactor
-from .quantized import QuantEmbedding, QuantLinear
-from .tensor_factors import FalconLinear, KroneckerLinear, TuckerCore, TuckerLinear
 
-MODULE_CLASSES = {c.__name__: c for c in (LowRankLinear, SharedFactor, TuckerLinear, TuckerCore,
-                                          KroneckerLinear, FalconLinear, QuantLinear, QuantEmbedding)}
 DESCRIPTION = "tcomp.json"
+WEIGHTS = "model.safetensors"
+FORMAT = 2
+_SCALARS = (bool, int, float, str)
 
 
-def register_module_class(cls: type) -> None:
-    """Make a compressed module class (with ``tcomp_config``/``tcomp_empty``) loadable."""
-    MODULE_CLASSES[cls.__name__] = cls
+def _compressed_paths(model: nn.Module) -> dict[str, nn.Module]:
+    """The outermost compressed modules of ``model`` by path."""
+    found: dict[str, nn.Module] = {}
+    for path, module in model.named_modules():
+        if isinstance(module, CompressedModule) and not any(path.startswith(p + ".") for p in found):
+            found[path] = module
+    return found
 
 
-def describe(model: nn.Module) -> dict:
+def describe_modules(model: nn.Module) -> dict:
     """The JSON description of every compressed module of ``model`` (outermost ones only)."""
     modules, shared_paths = {}, {}
-    for path, module in model.named_modules():
-        if not isinstance(module, CompressedModule) or any(path.startswith(p + ".") for p in modules):
-            continue
-        if type(module).__name__ not in MODULE_CLASSES:
+    for path, module in _compressed_paths(model).items():
+        if not registry.is_registered_module(module):
             raise TypeError(f"compressed module class {type(module).__name__} at {path} is not registered; "
-                            "call tcomp_utils.serialize.register_module_class first")
+                            "decorate it with tcomp_utils.registry.register_module")
         entry = {"class": type(module).__name__, "config": module.tcomp_config()}
         shared = getattr(module, "shared", None)
         if isinstance(shared, nn.Module):
@@ -56,43 +63,154 @@ def describe(model: nn.Module) -> dict:
     return modules
 
 
-def save_compressed(model: nn.Module, folder: str | os.PathLike) -> Path:
-    """Save a (possibly) compressed HF model to ``folder`` (written to a temporary folder first,
-    then renamed into place)."""
-    folder = Path(folder)
-    description = {"model_class": type(model).__name__, "config": model.config.to_dict(), "modules": describe(model)}
+def model_class(name: str, model_type: str) -> type:
+    """The transformers class ``name``, if it is one of the classes transformers' auto mappings list
+    for ``model_type`` (so a description cannot make us call an arbitrary attribute)."""
+    import transformers
+    from transformers.models.auto import modeling_auto
+
+    allowed = set()
+    for attr in dir(modeling_auto):
+        mapping = getattr(modeling_auto, attr)
+        if attr.endswith("_MAPPING_NAMES") and isinstance(mapping, dict) and model_type in mapping:
+            value = mapping[model_type]
+            allowed |= set(value) if isinstance(value, (tuple, list)) else {value}
+    if name not in allowed:
+        raise ValueError(f"model class {name!r} is not a transformers model class for model_type {model_type!r}; "
+                         f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+    return getattr(transformers, name)
+
+
+def _build(description: dict, device: str | torch.device = "cpu") -> nn.Module:
+    import transformers
+
+    config = transformers.AutoConfig.for_model(**description["config"])
+    cls = model_class(description["model_class"], config.model_type)
+    with torch.device(device):
+        model = cls(config)
+    if description.get("prepared"):
+        adapters.prepare(model)
+    return model
+
+
+def _attribute_changes(model: nn.Module, reference: nn.Module, skip: list[str]) -> dict[str, dict]:
+    """Scalar attributes (ints, floats, flags, strings, tuples of ints) of plain modules that
+    differ from the freshly built ``reference``: what pruning changes besides tensor shapes."""
+    changes = {}
+    ref_modules = dict(reference.named_modules())
+    for path, module in model.named_modules():
+        ref = ref_modules.get(path)
+        if ref is None or type(ref) is not type(module) or any(path == p or path.startswith(p + ".") for p in skip):
+            continue
+        diff = {}
+        for name, value in vars(module).items():
+            if name.startswith("_") or name == "training" or name not in vars(ref):
+                continue
+            plain = isinstance(value, _SCALARS) or (isinstance(value, tuple) and all(isinstance(v, int) for v in value))
+            if plain and value != vars(ref)[name]:
+                diff[name] = list(value) if isinstance(value, tuple) else value
+        if diff:
+            changes[path] = diff
+    return changes
+
+
+def describe(model: nn.Module) -> dict:
+    """The whole description written to ``tcomp.json``."""
+    description = {"format": FORMAT, "model_class": type(model).__name__, "config": model.config.to_dict(),
+                   "modules": describe_modules(model)}
+    reference = _build({**description, "prepared": False}, device="meta")
+    try:  # fused projections the config builds but this model has split
+        description["prepared"] = (adapters.get_adapter(reference).needs_prepare()
+                                   and not adapters.get_adapter(model).needs_prepare())
+    except adapters.UnsupportedArchitectureError:
+        description["prepared"] = False
+    if description["prepared"]:
+        adapters.prepare(reference)
+    description["attributes"] = _attribute_changes(model, reference, list(description["modules"]))
+    return description
+
+
+def _check_target(folder: Path, overwrite: bool) -> None:
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    contents = {p.name for p in folder.iterdir()}
+    if not contents:
+        return
+    if DESCRIPTION not in contents or not contents <= {DESCRIPTION, WEIGHTS}:
+        raise FileExistsError(f"{folder} is not empty and is not a previous save ({', '.join(sorted(contents)[:5])}"
+                              f"{'...' if len(contents) > 5 else ''}); choose an empty or new folder")
+    if not overwrite:
+        raise FileExistsError(f"{folder} holds a previous save; pass overwrite=True to replace it")
+
+
+def save_compressed(model: nn.Module, folder: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Save a (possibly) compressed HF model to ``folder``: written into a temporary sibling and
+    renamed into place, so nothing is half-written. A non-empty ``folder`` that is not a previous
+    save is refused; a previous save is replaced only with ``overwrite=True``."""
+    folder = Path(folder).resolve()
+    _check_target(folder, overwrite)
+    description = describe(model)  # everything that can fail is checked before anything is written
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}-") as tmp:
-        tmp = Path(tmp)
-        safetensors.torch.save_model(model, str(tmp / "model.safetensors"))
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        safetensors.torch.save_model(model, str(tmp / WEIGHTS))
         (tmp / DESCRIPTION).write_text(json.dumps(description, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-        tmp.mkdir()
+        if folder.exists():  # empty, or a previous save (only our two files): swap it out
+            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-old-"))
+            folder.replace(old / "save")
+            tmp.replace(folder)
+            shutil.rmtree(old)
+        else:
+            tmp.replace(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return folder
+
+
+def _fit_shapes(model: nn.Module, weights: Path) -> None:
+    """Give every tensor of ``model`` that the file stores with another shape an empty tensor of
+    the stored shape (a layer made physically smaller)."""
+    with safetensors.safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            shape = tuple(f.get_slice(key).get_shape())
+            owner, _, name = key.rpartition(".")
+            module = model.get_submodule(owner) if owner else model
+            if name in module._parameters and module._parameters[name] is not None:
+                old = module._parameters[name]
+                if tuple(old.shape) != shape:
+                    module._parameters[name] = nn.Parameter(torch.empty(shape, dtype=old.dtype),
+                                                            requires_grad=old.requires_grad)
+            elif name in module._buffers and module._buffers[name] is not None:
+                old = module._buffers[name]
+                if tuple(old.shape) != shape:
+                    module._buffers[name] = torch.empty(shape, dtype=old.dtype)
 
 
 def load_compressed(folder: str | os.PathLike, device: str = "cpu") -> nn.Module:
     """Load a model saved by :func:`save_compressed` (in eval mode)."""
-    import transformers
-
     folder = Path(folder)
     if not (folder / DESCRIPTION).is_file():
         raise FileNotFoundError(f"{folder} holds no {DESCRIPTION}: not saved by tcomp_utils.serialize.save_compressed")
     description = json.loads((folder / DESCRIPTION).read_text())
-    config = transformers.AutoConfig.for_model(**description["config"])
-    model = getattr(transformers, description["model_class"])(config)
+    model = _build(description)
+    for path, attrs in description.get("attributes", {}).items():
+        module = model.get_submodule(path)
+        for name, value in attrs.items():
+            setattr(module, name, tuple(value) if isinstance(value, list) else value)
     shared_modules: dict[str, nn.Module] = {}
     for path, entry in description["modules"].items():
         shared = None
         if "shared" in entry:
             name = entry["shared"]
             if name not in shared_modules:
-                shared_modules[name] = MODULE_CLASSES[entry["shared_class"]].tcomp_empty(entry["shared_config"])
+                shared_modules[name] = registry.module_class(entry["shared_class"]).tcomp_empty(entry["shared_config"])
             shared = shared_modules[name]
-        module = MODULE_CLASSES[entry["class"]].tcomp_empty(entry["config"], shared)
+        module = registry.module_class(entry["class"]).tcomp_empty(entry["config"], shared)
         for p in [path, *entry.get("aliases", [])]:
-            set_module(model, p, module)
-    safetensors.torch.load_model(model, str(folder / "model.safetensors"), strict=True)
+            adapters.set_module(model, p, module)
+    _fit_shapes(model, folder / WEIGHTS)
+    safetensors.torch.load_model(model, str(folder / WEIGHTS), strict=True)
     return model.to(device).eval()

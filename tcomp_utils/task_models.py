@@ -13,14 +13,12 @@ import hashlib
 import json
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from . import assets, metrics, models, tasks
+from . import assets, metrics, models, tasks, trainer
 
 TRAINING_CODE_VERSION = 1  # bump when the training loop changes what it produces
 
@@ -79,50 +77,33 @@ def _subset(ds, n: int | None):
     return ds if n is None or n >= len(ds) else ds.select(range(n))
 
 
+def classification_batches(tokenizer, dataset, spec: tasks.TaskSpec, batch_size: int = 32, max_length: int = 64,
+                           seed: int = 0) -> trainer.DatasetBatches:
+    """Training batches of a classification task: ``dataset`` reshuffled each epoch (seed + epoch),
+    tokenized with padding to the longest in the batch, with ``labels``."""
+    def collate(rows: dict) -> dict:
+        enc = dict(tokenizer(*[rows[f] for f in spec.text_fields], padding=True, truncation=True,
+                             max_length=max_length, return_tensors="pt"))
+        return enc | {"labels": torch.tensor(rows[spec.label_field])}
+    return trainer.DatasetBatches(dataset, batch_size, collate, seed=seed)
+
+
 def fine_tune(model: torch.nn.Module, tokenizer, train_set, spec: tasks.TaskSpec, *, epochs: int = 1,
               steps: int | None = None, batch_size: int = 32, lr: float = 1e-4, warmup_ratio: float = 0.06,
               weight_decay: float = 0.01, max_length: int = 64, seed: int = 0, progress: bool = True,
               desc: str = "fine-tune") -> dict:
-    """Train every parameter of a sequence classifier with AdamW (no decay on biases and
-    LayerNorms), linear warm-up then linear decay, gradient norm clipped at 1. ``steps`` stops
-    after that many batches (the data reshuffled each epoch); else ``epochs`` full passes.
-    Returns ``{"train_time_s", "train_examples", "steps"}``; the model is left in eval mode."""
-    steps_per_epoch = -(-len(train_set) // batch_size)
-    total = steps if steps is not None else steps_per_epoch * epochs
-    if total < 1:
+    """Train every parameter of a sequence classifier with :func:`tcomp_utils.trainer.train`: AdamW
+    (no decay on biases and norms), linear warm-up then linear decay, gradient norm clipped at 1.
+    ``steps`` stops after that many batches (the data reshuffled each epoch); else ``epochs``
+    full passes. Returns ``{"train_time_s", "train_examples", "steps"}``; the model is left in
+    eval mode."""
+    if steps is not None and steps < 1 or steps is None and epochs < 1:
         raise ValueError(f"fine-tuning needs at least one step, got steps={steps}, epochs={epochs}")
-    no_decay = [p for n, p in model.named_parameters() if n.endswith("bias") or "LayerNorm" in n]
-    decay = [p for n, p in model.named_parameters() if not (n.endswith("bias") or "LayerNorm" in n)]
-    optim = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=lr)
-    from transformers import get_linear_schedule_with_warmup
-
-    sched = get_linear_schedule_with_warmup(optim, int(warmup_ratio * total), total)
-    model.train()
-    start = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, disable=not progress)
-    done, epoch = 0, 0
-    while done < total:
-        order = train_set.shuffle(seed=seed + epoch)
-        for i in range(0, len(order), batch_size):
-            if done == total:
-                break
-            batch = order[i : i + batch_size]
-            enc = tokenizer(*[batch[f] for f in spec.text_fields], padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt").to(next(model.parameters()).device)
-            loss = model(**enc, labels=torch.tensor(batch[spec.label_field], device=enc["input_ids"].device)).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optim.step()
-            sched.step()
-            optim.zero_grad()
-            done += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-        epoch += 1
-    bar.close()
-    model.eval()
-    return {"train_time_s": round(time.perf_counter() - start, 1), "train_examples": len(train_set), "steps": total}
+    data = classification_batches(tokenizer, train_set, spec, batch_size, max_length, seed)
+    config = trainer.TrainConfig(steps=steps, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                                 warmup_ratio=warmup_ratio, max_grad_norm=1.0, progress=progress, desc=desc)
+    result = trainer.train(model, data, config)
+    return {"train_time_s": result.seconds, "train_examples": len(train_set), "steps": result.steps}
 
 
 def calibration_batches(tokenizer, dataset, spec: tasks.TaskSpec, n: int = 256, batch_size: int = 32,

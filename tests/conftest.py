@@ -51,3 +51,40 @@ def minilm():
     """The embedded minilm-l6 encoder (needs the fetched assets: `make assets`)."""
     from tcomp_utils import models
     return models.load_model("minilm-l6", "base")[0]
+
+
+def _tiny_decoder(config_cls, model_cls, **kw):
+    base = dict(vocab_size=100, hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+                intermediate_size=96, max_position_embeddings=64)
+    return model_cls(config_cls(**{**base, **kw})).eval()
+
+
+def tiny_gemma3(**kw):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    return _tiny_decoder(Gemma3TextConfig, Gemma3ForCausalLM, head_dim=16, sliding_window=8, **kw)
+
+
+def tiny_qwen2(**kw):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    return _tiny_decoder(Qwen2Config, Qwen2ForCausalLM, **kw)
+
+
+def tiny_mistral(**kw):
+    from transformers import MistralConfig, MistralForCausalLM
+    return _tiny_decoder(MistralConfig, MistralForCausalLM, **kw)
+
+
+def tiny_phi3(**kw):
+    from transformers import Phi3Config, Phi3ForCausalLM
+    return _tiny_decoder(Phi3Config, Phi3ForCausalLM, pad_token_id=0, **kw)
+
+
+def tiny_gpt2(**kw):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=48, n_layer=2, n_head=6, n_positions=64, **kw)).eval()
+
+
+# architectures whose adapter is inferred from the module tree (no entry in the explicit table)
+INFERRED = {"gemma3_text": tiny_gemma3, "phi3": tiny_phi3, "gpt2": tiny_gpt2}
+# every architecture the tests cover
+ARCHITECTURES = {**TINY, "qwen2": tiny_qwen2, "mistral": tiny_mistral, **INFERRED}

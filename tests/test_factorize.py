@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 from tcomp_utils import budget, serialize
-from tcomp_utils.factorize import factorize
-from tcomp_utils.lowrank import BudgetError, LowRankLinear, rank_for_ratio, stacked_svd, svd_linear, truncated_svd
-from tcomp_utils.tensor_factors import (falcon_linear, kronecker_linear, kronecker_shape, nearest_kronecker,
+from tcomp_utils.budget import BudgetError
+from tcomp_utils.methods.factorization import factorize
+from tcomp_utils.methods.lowrank import LowRankLinear, rank_for_ratio, stacked_svd, truncated_svd
+from tcomp_utils.methods.tensor_factors import (FalconLinear, KroneckerLinear, kronecker_shape, nearest_kronecker,
                                         tucker_linears)
 from conftest import tiny_bert, tiny_llama
 
@@ -34,7 +35,7 @@ def test_truncated_svd_at_full_rank_is_exact():
 
 def test_svd_of_a_rank_k_matrix_is_exact_and_computes_in_factored_form():
     lin = linear_from(low_rank(20, 30, 4).float())
-    lr = svd_linear(lin, 4)
+    lr = LowRankLinear.from_linear(lin, 4)
     x = torch.randn(5, 30)
     torch.testing.assert_close(lr(x), lin(x), atol=1e-4, rtol=1e-4)
     assert lr.tcomp_footprint() == budget.Footprint(4 * 50 + 20, 4 * (4 * 50 + 20), 4 * 50)
@@ -48,7 +49,7 @@ def test_rank_formula_and_impossible_budgets():
     with pytest.raises(BudgetError, match="below 1"):
         rank_for_ratio(4, 4, 100)
     with pytest.raises(BudgetError, match="at or above full rank 8"):
-        svd_linear(nn.Linear(8, 16), 8)
+        LowRankLinear.from_linear(nn.Linear(8, 16), 8)
 
 
 def test_stacked_svd_shares_one_right_factor_and_counts_it_once():
@@ -70,7 +71,7 @@ def test_kronecker_recovers_an_exact_kronecker_product():
     fa, fb = nearest_kronecker(w, 4, 6, 1)
     torch.testing.assert_close(torch.kron(fa[0], fb[0]), w)
     lin = linear_from(w.float())
-    mod = kronecker_linear(lin, rank=1, shape=(4, 6))
+    mod = KroneckerLinear.from_linear(lin, rank=1, shape=(4, 6))
     x = torch.randn(3, 30)
     torch.testing.assert_close(mod(x), lin(x), atol=1e-4, rtol=1e-4)
     assert mod.tcomp_footprint().params == 24 + 40 + 32
@@ -80,8 +81,8 @@ def test_kronecker_refinement_lowers_the_output_error():
     torch.manual_seed(0)
     lin = nn.Linear(16, 16)
     x = torch.randn(256, 16) @ torch.randn(16, 16)  # correlated inputs
-    plain = kronecker_linear(lin, rank=2, shape=(4, 4))
-    refined = kronecker_linear(lin, rank=2, shape=(4, 4), calibration=x, refine_steps=200, lr=1e-2)
+    plain = KroneckerLinear.from_linear(lin, rank=2, shape=(4, 4))
+    refined = KroneckerLinear.from_linear(lin, rank=2, shape=(4, 4), calibration=x, refine_steps=200, lr=1e-2)
     err = lambda m: (m(x) - lin(x)).pow(2).mean().item()  # noqa: E731
     assert err(refined) < err(plain)
     m1, n1 = kronecker_shape(384, 1536)  # the per-term count m1·n1 + m2·n2 is smallest at m1·n1 = √(384·1536)
@@ -109,12 +110,12 @@ def test_falcon_exact_on_block_rank_one_weights():
     p, d = torch.randn(8, 3), torch.randn(3, 1, 4)
     w = torch.einsum("og,gts->ogs", p, d).reshape(8, 12)
     lin = linear_from(w)
-    mod = falcon_linear(lin, groups=3, depth=1)
+    mod = FalconLinear.from_linear(lin, groups=3, depth=1)
     x = torch.randn(2, 12)
     torch.testing.assert_close(mod(x), lin(x), atol=1e-5, rtol=1e-5)
     assert mod.tcomp_footprint().params == 12 + 24 + 8
-    with pytest.raises(BudgetError, match="groups=5 must divide"):
-        falcon_linear(lin, groups=5, depth=1)
+    with pytest.raises(BudgetError, match="groups=5 must be a positive divisor of the input size 12"):
+        FalconLinear.from_linear(lin, groups=5, depth=1)
 
 
 @pytest.mark.parametrize("method, mode, roles, budget_kw", [
@@ -181,8 +182,10 @@ def test_bad_budgets_and_arguments_leave_the_model_untouched():
         (dict(method="svd", roles=["query"], ratio=1000), BudgetError, "below 1"),
         (dict(method="svd", roles=["query"], ratio=2, rank=3), BudgetError, "exactly one budget"),
         (dict(method="svd", roles=["queries"], ratio=2), ValueError, "unknown module role 'queries'"),
-        (dict(method="pca", roles=["query"], ratio=2), ValueError, "unknown factorization method 'pca'"),
-        (dict(method="asvd", roles=["query"], ratio=2, mode="concatenated"), ValueError, "has no mode 'concatenated'"),
+        (dict(method="pca", roles=["query"], ratio=2), ValueError, "unknown method 'pca'"),
+        (dict(method="svd", roles=["query"], ratio=2, mode="seperated"), ValueError, "did you mean 'separated'"),
+        (dict(method="svd", roles=["query"], ratioo=2), ValueError, "unknown option 'ratioo'.*did you mean 'ratio'"),
+        (dict(method="asvd", roles=["query"], ratio=2, mode="concatenated"), ValueError, "mode='concatenated' is not allowed"),
         (dict(method="asvd", roles=["query"], ratio=2), ValueError, "needs calibration"),
         (dict(method="tucker", roles=["query", "key"], rank=(2, 4, 4), mode="qkv"), ValueError, "stacks Q/K/V"),
         (dict(method="tucker", roles=["query"], rank=(3, 40, 4), mode="concatenated"), BudgetError, "must lie in"),
@@ -209,7 +212,7 @@ def test_llama_gated_ffn_factorized_and_reloaded(tmp_path):
 def test_kronecker_forward_matches_its_matrix_in_either_contraction_order(out, n_in, shape):
     torch.manual_seed(0)
     lin = nn.Linear(n_in, out)
-    mod = kronecker_linear(lin, rank=2, shape=shape)
+    mod = KroneckerLinear.from_linear(lin, rank=2, shape=shape)
     x = torch.randn(2, 3, n_in)
     torch.testing.assert_close(mod(x), x @ mod.weight_matrix().T + lin.bias, atol=1e-5, rtol=1e-5)
     r, (m1, n1), (m2, n2) = 2, shape, (out // shape[0], n_in // shape[1])
@@ -217,7 +220,7 @@ def test_kronecker_forward_matches_its_matrix_in_either_contraction_order(out, n
 
 
 def test_role_groups_expand_to_roles():
-    from tcomp_utils.factorize import expand_roles
+    from tcomp_utils.adapters import expand_roles
     assert expand_roles("qkv") == ["query", "key", "value"]
     assert expand_roles(["ffn", "attn_out"]) == ["ffn_in", "ffn_out", "attn_out"]
     assert expand_roles("query") == ["query"]

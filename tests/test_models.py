@@ -38,3 +38,33 @@ def test_unknown_task_type():
 
 def test_smollm_caveat_is_declared():
     assert "Q4_1" in models.model_note("smollm2-135m")
+
+
+def _gguf_file():
+    from tcomp_utils import assets
+    em = models.EMBEDDED_MODELS["smollm2-135m"]
+    return assets.asset_path(em.asset) / em.subdir / em.gguf_file
+
+
+def test_a_folder_or_file_with_a_gguf_resolves_to_it(tmp_path):
+    gguf = _gguf_file()
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "model.gguf").symlink_to(gguf)
+    assert models.resolve(str(tmp_path / "one")) == (str(tmp_path / "one"), "model.gguf")
+    assert models.resolve(str(tmp_path / "one" / "model.gguf")) == (str(tmp_path / "one"), "model.gguf")
+    (tmp_path / "one" / "other.gguf").symlink_to(gguf)
+    with pytest.raises(models.UnknownModelError, match=r"holds 2 GGUF files \(model.gguf, other.gguf\)"):
+        models.resolve(str(tmp_path / "one"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(models.UnknownModelError, match="not a .gguf file"):
+        models.resolve(str(tmp_path / "notes.txt"))
+
+
+def test_a_gguf_by_path_loads_like_the_embedded_name(tmp_path):
+    (tmp_path / "SmolLM2.gguf").symlink_to(_gguf_file())
+    model, tok = models.load_model(str(tmp_path), "causal-lm")
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
+    ids = tok("It is a truth universally acknowledged", return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert logits.shape == (1, ids.shape[1], 49152) and torch.isfinite(logits).all()

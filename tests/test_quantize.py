@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from tcomp_utils import budget, serialize
-from tcomp_utils.gptq import HessianAccumulator, gptq
-from tcomp_utils.quant_grid import QuantGrid, fit_grid, pack, rtn, unpack
-from tcomp_utils.quantized import QuantEmbedding, QuantLinear, int8_dynamic
-from tcomp_utils.quantize import quantize
+from tcomp_utils.methods.gptq import HessianAccumulator, gptq
+from tcomp_utils.methods.quant_grid import QuantGrid, fit_grid, pack, rtn, unpack
+from tcomp_utils.methods.quantized import QuantEmbedding, QuantLinear, int8_dynamic
+from tcomp_utils.methods.quantization import quantize
 from conftest import TINY, tiny_bert, tiny_llama, tiny_t5
 
 
@@ -191,7 +191,7 @@ def test_rtn_needs_no_data_and_gptq_does():
     model = tiny_bert()
     report = quantize(model, "rtn", bits=4, roles="ffn", progress=False)
     assert sorted(report.modules.role) == ["ffn_in", "ffn_in", "ffn_out", "ffn_out"] and report.modules.output_error.isna().all()
-    with pytest.raises(ValueError, match="GPTQ needs calibration batches"):
+    with pytest.raises(ValueError, match="method 'gptq' needs calibration batches"):
         quantize(tiny_bert(), "gptq", bits=4)
 
 

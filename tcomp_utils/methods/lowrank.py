@@ -16,22 +16,8 @@ import math
 import torch
 from torch import nn
 
-from .budget import CompressedLinear, Footprint, dense_bytes
-
-
-def as_parameter(t: torch.Tensor) -> nn.Parameter:
-    """A contiguous copy as a parameter (so a saved and reloaded module computes bit-identically)."""
-    return nn.Parameter(t.detach().clone(memory_format=torch.contiguous_format))
-
-
-class BudgetError(ValueError):
-    """A budget that cannot be met (rank < 1, rank at or above full rank, ratio <= 1)."""
-
-
-def check_ratio(ratio: float) -> float:
-    if not (isinstance(ratio, (int, float)) and ratio > 1 and math.isfinite(ratio)):
-        raise BudgetError(f"compression ratio must be a number > 1 (stored numbers before / after), got {ratio!r}")
-    return float(ratio)
+from ..budget import BudgetError, CompressedLinear, Footprint, as_parameter, check_ratio, dense_bytes
+from ..registry import register_module
 
 
 def rank_for_ratio(n_in: int, n_out: int, ratio: float, n_stacked: int = 1) -> int:
@@ -45,7 +31,7 @@ def rank_for_ratio(n_in: int, n_out: int, ratio: float, n_stacked: int = 1) -> i
 def check_rank(rank: int, n_in: int, n_out: int, what: str = "") -> int:
     """A rank must lie in [1, min(in, out)); at or above ``min`` factorizing saves nothing."""
     full = min(n_in, n_out)
-    if not isinstance(rank, int) or rank < 1:
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
         raise BudgetError(f"rank {rank!r}{' from ' + what if what else ''} is below 1 for a {n_out} × {n_in} matrix: "
                           f"the budget is too small")
     if rank >= full:
@@ -54,6 +40,7 @@ def check_rank(rank: int, n_in: int, n_out: int, what: str = "") -> int:
     return rank
 
 
+@register_module
 class SharedFactor(nn.Module):
     """A factor stored once and used by several compressed layers (counted once by the budget)."""
 
@@ -72,6 +59,7 @@ class SharedFactor(nn.Module):
         return cls(torch.empty(config["shape"]))
 
 
+@register_module
 class LowRankLinear(CompressedLinear):
     """``y = U (Vᵀ x) + b``: U (out × r), Vᵀ (r × in), optional bias (out).
 
@@ -91,6 +79,19 @@ class LowRankLinear(CompressedLinear):
         self.bias = as_parameter(bias) if bias is not None else None
         self.out_features, self.rank = self.left.shape
         self.in_features = self._right().shape[1]
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int, in_scale: torch.Tensor | None = None,
+                    out_scale: torch.Tensor | None = None) -> "LowRankLinear":
+        """Rank-``rank`` truncated SVD of an ``nn.Linear`` (optionally weighted, see
+        :func:`truncated_svd`), bias kept as is."""
+        check_rank(rank, linear.in_features, linear.out_features)
+        left, right = truncated_svd(linear.weight, rank, in_scale, out_scale)
+        return cls(left, right, linear.bias)
+
+    @property
+    def rank_label(self) -> str:
+        return str(self.rank)
 
     def _right(self) -> torch.Tensor:
         return self.shared.weight if self.shared is not None else self.right
@@ -144,14 +145,6 @@ def truncated_svd(weight: torch.Tensor, rank: int, in_scale: torch.Tensor | None
     if out_scale is not None:
         left = left / out_scale.double()[:, None]
     return left.to(weight.dtype), right.to(weight.dtype)
-
-
-def svd_linear(linear: nn.Linear, rank: int, in_scale: torch.Tensor | None = None,
-               out_scale: torch.Tensor | None = None) -> LowRankLinear:
-    """A :class:`LowRankLinear` of rank ``rank`` from an ``nn.Linear`` (bias kept as is)."""
-    check_rank(rank, linear.in_features, linear.out_features)
-    left, right = truncated_svd(linear.weight, rank, in_scale, out_scale)
-    return LowRankLinear(left, right, linear.bias)
 
 
 def stacked_svd(linears: list[nn.Linear], rank: int) -> tuple[SharedFactor, list[LowRankLinear]]:

@@ -10,10 +10,13 @@ import warnings
 import torch
 from torch import nn
 
-from .budget import CompressedLinear, Footprint, dense_bytes
-from .quant_grid import QuantGrid, QuantizedWeight, column_groups, dequantize, pack, pack_rows, unpack, unpack_rows
+from ..budget import CompressedLinear, Footprint, dense_bytes
+from ..registry import register_module
+from .quant_grid import (QuantGrid, QuantizedWeight, column_groups, dequantize, pack, pack_rows, rtn, unpack,
+                         unpack_rows)
 
 
+@register_module
 class QuantLinear(CompressedLinear):
     """``y = x Ŵᵀ + b`` with ``Ŵ = scale · (code − zero)`` (out × in).
 
@@ -50,6 +53,12 @@ class QuantLinear(CompressedLinear):
         if bias is not None:
             layer.bias.data.copy_(bias.detach().float())
         return layer
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, grid: QuantGrid) -> "QuantLinear":
+        """Round-to-nearest quantization of an ``nn.Linear`` on ``grid`` (GPTQ: :mod:`.gptq`, then
+        :meth:`from_quantized`)."""
+        return cls.from_quantized(rtn(linear.weight.detach().float(), grid), linear.bias)
 
     def codes(self) -> torch.Tensor:
         """Unpacked codes (out × in, uint8)."""
@@ -94,6 +103,7 @@ class QuantLinear(CompressedLinear):
                f"bias={self.bias is not None}"
 
 
+@register_module
 class QuantEmbedding(CompressedLinear):
     """An embedding table (vocab × dim) quantized row by row: each token's vector is a row of the
     grid (one scale per row, or per group of ``group_size`` dimensions).
@@ -124,6 +134,11 @@ class QuantEmbedding(CompressedLinear):
         if not qw.grid.symmetric:
             layer.qzeros.copy_(pack_rows(qw.zeros, qw.grid.bits))
         return layer
+
+    @classmethod
+    def from_embedding(cls, table: nn.Embedding, grid: QuantGrid) -> "QuantEmbedding":
+        """Round-to-nearest quantization of an embedding table, row by row."""
+        return cls.from_quantized(rtn(table.weight.detach().float(), grid), table.padding_idx)
 
     def _rows(self, idx: torch.Tensor) -> torch.Tensor:
         """De-quantized rows ``idx`` (n,) -> (n × dim) float32."""

@@ -26,11 +26,13 @@ import torch
 from tensorly.decomposition import tucker
 from torch import nn
 
-from .budget import CompressedLinear, Footprint, dense_bytes
-from .lowrank import BudgetError, as_parameter, check_ratio, truncated_svd
+from ..budget import BudgetError, CompressedLinear, Footprint, as_parameter, check_ratio, dense_bytes
+from ..registry import register_module
+from .lowrank import truncated_svd
 
 
 # ---------------------------------------------------------------------------------------- Tucker
+@register_module
 class TuckerCore(nn.Module):
     """The shared part of a Tucker-factorized stack: core G (r₁, …, r_k, r_out, r_in), output
     factor B (out × r_out) and input factor C (in × r_in)."""
@@ -53,6 +55,7 @@ class TuckerCore(nn.Module):
         return cls(torch.empty(config["core"]), torch.empty(config["out"]), torch.empty(config["in"]))
 
 
+@register_module
 class TuckerLinear(CompressedLinear):
     """One matrix of a Tucker-factorized stack: ``y = B (M (Cᵀ x)) + b`` with ``M`` the shared core
     contracted with this matrix's rows of the leading factors (``coeffs``)."""
@@ -63,6 +66,10 @@ class TuckerLinear(CompressedLinear):
         self.shared = shared
         self.bias = as_parameter(bias) if bias is not None else None
         self.out_features, self.in_features = shared.out_factor.shape[0], shared.in_factor.shape[0]
+
+    @property
+    def rank_label(self) -> str:
+        return "x".join(str(d) for d in self.shared.core.shape)
 
     def middle(self) -> torch.Tensor:
         m = self.shared.core
@@ -119,6 +126,21 @@ def tucker_ranks_for_ratio(lead: tuple[int, ...], n_out: int, n_in: int, ratio: 
     return lead_ranks + best
 
 
+def check_tucker_ranks(lead: tuple[int, ...], n_out: int, n_in: int, ranks: tuple[int, ...]) -> None:
+    """Ranks of a Tucker stack ``lead + (out, in)``: one per mode, each in [1, size], storing fewer
+    numbers than the dense matrices. Raises :class:`BudgetError` naming the bad rank."""
+    sizes = list(lead) + [n_out, n_in]
+    if len(ranks) != len(sizes):
+        raise BudgetError(f"Tucker of a {sizes} stack needs {len(sizes)} ranks, got {list(ranks)}")
+    for r, d in zip(ranks, sizes):
+        if not 1 <= r <= d:
+            raise BudgetError(f"Tucker rank {r} must lie in [1, {d}] for ranks {list(ranks)} of a {sizes} stack")
+    if ranks[-2] >= n_out and ranks[-1] >= n_in:
+        raise BudgetError(f"Tucker ranks {list(ranks)} keep the full matrix size {n_out} × {n_in}: nothing is compressed")
+    if tucker_params(lead, ranks[:-2], n_out, n_in, *ranks[-2:]) >= math.prod(lead) * n_out * n_in:
+        raise BudgetError(f"Tucker ranks {list(ranks)} store more numbers than the {math.prod(lead)} dense matrices")
+
+
 def tucker_linears(grid: np.ndarray, ranks: tuple[int, ...]) -> tuple[TuckerCore, np.ndarray]:
     """Tucker-factorize a grid of ``nn.Linear`` of equal shape (``grid``: object array of shape
     ``lead``) with ``ranks`` (one per leading mode, then r_out, r_in). Returns the shared core and a
@@ -126,16 +148,9 @@ def tucker_linears(grid: np.ndarray, ranks: tuple[int, ...]) -> tuple[TuckerCore
     lead = grid.shape
     first = grid.flat[0]
     n_out, n_in = first.out_features, first.in_features
-    if len(ranks) != len(lead) + 2:
-        raise BudgetError(f"Tucker of a {list(lead) + [n_out, n_in]} stack needs {len(lead) + 2} ranks, got {list(ranks)}")
-    for r, d in zip(ranks, list(lead) + [n_out, n_in]):
-        if not 1 <= r <= d:
-            raise BudgetError(f"Tucker rank {r} must lie in [1, {d}] for ranks {list(ranks)} of a "
-                              f"{list(lead) + [n_out, n_in]} stack")
-    if ranks[-2] >= n_out and ranks[-1] >= n_in:
-        raise BudgetError(f"Tucker ranks {list(ranks)} keep the full matrix size {n_out} × {n_in}: nothing is compressed")
     if any(lin.weight.shape != (n_out, n_in) for lin in grid.flat):
         raise BudgetError("Tucker stacks need matrices of one shape")
+    check_tucker_ranks(lead, n_out, n_in, ranks)
     tensor = np.stack([lin.weight.detach().double().numpy() for lin in grid.flat]).reshape(*lead, n_out, n_in)
     tl.set_backend("numpy")
     core, factors = tucker(tensor, rank=list(ranks), init="svd", n_iter_max=20, tol=1e-6, random_state=0)
@@ -150,6 +165,7 @@ def tucker_linears(grid: np.ndarray, ranks: tuple[int, ...]) -> tuple[TuckerCore
 
 
 # ------------------------------------------------------------------------------------- Kronecker
+@register_module
 class KroneckerLinear(CompressedLinear):
     """``y = (Σᵢ Aᵢ ⊗ Bᵢ) x + b`` computed without forming the matrix: with x reshaped to
     (n₁ × n₂), ``Y = Σᵢ Aᵢ X Bᵢᵀ`` (m₁ × m₂), contracting A or B first, whichever is cheaper.
@@ -164,6 +180,50 @@ class KroneckerLinear(CompressedLinear):
         _, m2, n2 = self.b.shape
         self.rank, self.in_features, self.out_features = r, n1 * n2, m1 * m2
         self._a_first = m1 * n2 * (n1 + m2) <= m2 * n1 * (n2 + m1)
+
+    @staticmethod
+    def plan(n_out: int, n_in: int, ratio: float | None = None, rank: int | None = None,
+             shape: tuple[int, int] | None = None) -> tuple[int, int, int]:
+        """``(m₁, n₁, r)`` for an out × in matrix: factor sizes (``shape`` or :func:`kronecker_shape`)
+        and ``rank`` terms, or the most terms within ``ratio``:
+        ``r = floor(out·in / (ratio·(m₁n₁ + m₂n₂)))``. Raises :class:`BudgetError` when impossible."""
+        if (rank is None) == (ratio is None):
+            raise BudgetError("give exactly one of ratio= or rank=")
+        m1, n1 = shape or kronecker_shape(n_out, n_in)
+        if n_out % m1 or n_in % n1:
+            raise BudgetError(f"Kronecker factor {m1} × {n1} does not divide the {n_out} × {n_in} matrix")
+        m2, n2 = n_out // m1, n_in // n1
+        r = rank if rank is not None else math.floor(n_out * n_in / (check_ratio(ratio) * (m1 * n1 + m2 * n2)))
+        if not 1 <= r < min(m1 * n1, m2 * n2):
+            raise BudgetError(f"Kronecker rank {r} (from {'rank' if rank is not None else f'ratio {ratio}'}) must lie "
+                              f"in [1, {min(m1 * n1, m2 * n2)}) for factors {m1}×{n1} and {m2}×{n2}")
+        return m1, n1, r
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, ratio: float | None = None, rank: int | None = None,
+                    shape: tuple[int, int] | None = None, calibration: torch.Tensor | None = None,
+                    refine_steps: int = 0, lr: float = 1e-3) -> "KroneckerLinear":
+        """The nearest sum of Kronecker products to an ``nn.Linear`` within the budget (see
+        :meth:`plan`). With ``refine_steps`` and ``calibration`` inputs (tokens × in), Adam then
+        minimises the output error ‖(W − Ŵ)Xᵀ‖², which the Frobenius-optimal fit does not."""
+        m1, n1, rank = cls.plan(linear.out_features, linear.in_features, ratio, rank, shape)
+        a, b = nearest_kronecker(linear.weight, m1, n1, rank)
+        module = cls(a, b, linear.bias)
+        if refine_steps and calibration is not None:
+            target = (calibration @ linear.weight.detach().T).detach()
+            opt = torch.optim.Adam([module.a, module.b], lr=lr)
+            for _ in range(refine_steps):
+                with torch.enable_grad():
+                    loss = (module(calibration) - (module.bias if module.bias is not None else 0)
+                            - target).pow(2).mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+        return module
+
+    @property
+    def rank_label(self) -> str:
+        return str(self.rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r, m1, n1 = self.a.shape
@@ -229,36 +289,8 @@ def nearest_kronecker(weight: torch.Tensor, m1: int, n1: int, rank: int) -> tupl
     return (left.T.reshape(rank, m1, n1).to(weight.dtype), right.reshape(rank, m2, n2).to(weight.dtype))
 
 
-def kronecker_linear(linear: nn.Linear, ratio: float | None = None, rank: int | None = None,
-                     shape: tuple[int, int] | None = None, calibration: torch.Tensor | None = None,
-                     refine_steps: int = 0, lr: float = 1e-3) -> KroneckerLinear:
-    """A :class:`KroneckerLinear` from an ``nn.Linear``: ``rank`` terms, or the most terms within
-    ``ratio`` (``r = floor(out·in / (ratio·(m₁n₁ + m₂n₂)))``). With ``refine_steps`` and
-    ``calibration`` inputs (tokens × in), Adam then minimises the output error ‖(W − Ŵ)Xᵀ‖²,
-    which the Frobenius-optimal initialisation does not."""
-    n_out, n_in = linear.out_features, linear.in_features
-    m1, n1 = shape or kronecker_shape(n_out, n_in)
-    per_term = m1 * n1 + (n_out // m1) * (n_in // n1)
-    if (rank is None) == (ratio is None):
-        raise BudgetError("give exactly one of ratio= or rank=")
-    if rank is None:
-        rank = math.floor(n_out * n_in / (check_ratio(ratio) * per_term))
-    a, b = nearest_kronecker(linear.weight, m1, n1, rank)
-    module = KroneckerLinear(a, b, linear.bias)
-    if refine_steps and calibration is not None:
-        target = (calibration @ linear.weight.detach().T).detach()
-        opt = torch.optim.Adam([module.a, module.b], lr=lr)
-        for _ in range(refine_steps):
-            with torch.enable_grad():
-                loss = (module(calibration) - (module.bias if module.bias is not None else 0)
-                        - target).pow(2).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    return module
-
-
 # ---------------------------------------------------------------------------------------- FALCON
+@register_module
 class FalconLinear(CompressedLinear):
     """Depthwise × pointwise: input split into ``groups`` blocks of ``in/groups``; depthwise
     factor D (groups, t, in/groups) maps each block to t channels, pointwise P (out, groups·t)
@@ -271,6 +303,39 @@ class FalconLinear(CompressedLinear):
         self.bias = as_parameter(bias) if bias is not None else None
         self.groups, self.depth, block = self.depthwise.shape
         self.in_features, self.out_features = self.groups * block, self.pointwise.shape[0]
+
+    @staticmethod
+    def plan(n_out: int, n_in: int, groups: int, ratio: float | None = None, depth: int | None = None) -> int:
+        """The depth t for ``groups`` input blocks: ``depth``, or the largest with
+        ``t·(in + out·g) ≤ out·in / ratio``. Raises :class:`BudgetError` when impossible."""
+        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or n_in % groups:
+            raise BudgetError(f"groups={groups!r} must be a positive divisor of the input size {n_in}")
+        if (depth is None) == (ratio is None):
+            raise BudgetError("give exactly one of depth= (rank=) or ratio=")
+        block = n_in // groups
+        t = depth if depth is not None else math.floor(n_out * n_in / (check_ratio(ratio) * (n_in + n_out * groups)))
+        if not 1 <= t < min(block, n_out):
+            raise BudgetError(f"FALCON depth {t} must lie in [1, {min(block, n_out)}) for {groups} blocks of "
+                              f"{block} inputs and {n_out} outputs (the budget is too small or too large)")
+        return t
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, groups: int, depth: int | None = None,
+                    ratio: float | None = None) -> "FalconLinear":
+        """Fitted block by block: the rank-t SVD of each input block's columns (see :meth:`plan`)."""
+        depth = cls.plan(linear.out_features, linear.in_features, groups, ratio, depth)
+        block = linear.in_features // groups
+        w = linear.weight.detach()
+        ps, ds = [], []
+        for g in range(groups):
+            left, right = truncated_svd(w[:, g * block:(g + 1) * block], depth)
+            ps.append(left)
+            ds.append(right)
+        return cls(torch.stack(ds), torch.cat(ps, dim=1), linear.bias)
+
+    @property
+    def rank_label(self) -> str:
+        return str(self.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xs = x.reshape(*x.shape[:-1], self.groups, -1)
@@ -294,26 +359,3 @@ class FalconLinear(CompressedLinear):
     def tcomp_empty(cls, config: dict, shared: None = None) -> "FalconLinear":
         bias = torch.empty(config["pointwise"][0]) if config["bias"] else None
         return cls(torch.empty(config["depthwise"]), torch.empty(config["pointwise"]), bias)
-
-
-def falcon_linear(linear: nn.Linear, groups: int, depth: int | None = None, ratio: float | None = None) -> FalconLinear:
-    """A :class:`FalconLinear` fitted block by block (rank-``depth`` SVD of each input block's
-    columns). ``ratio`` chooses the largest depth with ``t·(in + out·g) ≤ out·in / ratio``."""
-    n_out, n_in = linear.out_features, linear.in_features
-    if groups < 1 or n_in % groups:
-        raise BudgetError(f"groups={groups} must divide the input size {n_in}")
-    block = n_in // groups
-    if (depth is None) == (ratio is None):
-        raise BudgetError("give exactly one of depth= or ratio=")
-    if depth is None:
-        depth = math.floor(n_out * n_in / (check_ratio(ratio) * (n_in + n_out * groups)))
-    if not 1 <= depth < min(block, n_out):
-        raise BudgetError(f"FALCON depth {depth} must lie in [1, {min(block, n_out)}) for {groups} blocks of "
-                          f"{block} inputs and {n_out} outputs (the budget is too small or too large)")
-    w = linear.weight.detach()
-    ps, ds = [], []
-    for g in range(groups):
-        left, right = truncated_svd(w[:, g * block:(g + 1) * block], depth)
-        ps.append(left)
-        ds.append(right)
-    return FalconLinear(torch.stack(ds), torch.cat(ps, dim=1), linear.bias)

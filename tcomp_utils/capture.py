@@ -1,0 +1,217 @@
+"""One calibration capture for every method: what chosen modules see on calibration batches,
+real tokens only, in one pass of the whole model or block by block.
+
+**Padding.** A module inside a layer stack sees hidden states shaped (batch, seq, features); only
+the rows of real tokens are kept, by the mask of the batch for that place: ``attention_mask`` in
+encoders, decoder-only models and a seq2seq encoder, and for the cross-attention key/value
+projections (which read the encoder's states); ``decoder_attention_mask`` in a seq2seq decoder and
+its LM head (every position when the batch has none). Inputs whose leading shape is not
+(batch, seq), such as a pooler or a classifier head (one row per sequence), are kept whole.
+
+**Two ways to run.**
+
+* :func:`stream` / :func:`capture_inputs`: one forward pass of the model per batch, forward hooks
+  on the targets; ``stream`` hands each batch's rows to a callback (a Hessian or a running mean
+  need not keep them), ``capture_inputs`` concatenates them.
+* :func:`sequential`: block by block in forward order (GPTQ's protocol; also what ID pruning and
+  module-level fine-tuning need). The inputs of the first block holding a target are recorded
+  once; each block holding a target is then handed to the caller with the inputs it receives
+  *now*, and after the caller is done (it may have compressed the block) the block is run again
+  to give the next block its inputs. So each block is calibrated on the outputs of the blocks
+  already compressed before it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+from torch import nn
+
+from . import adapters
+
+Sink = Callable[[str, torch.Tensor], None]
+
+
+def token_mask(batch: dict, stack: str | None = None, role: str | None = None,
+               seq2seq: bool = False) -> torch.Tensor | None:
+    """The (batch × seq) mask of real tokens for the inputs of a module of ``role`` in ``stack``
+    (None: every position is real)."""
+    if seq2seq and role not in ("cross_key", "cross_value") and (stack == "decoder" or role == "lm_head"):
+        return batch.get("decoder_attention_mask")
+    return batch.get("attention_mask")
+
+
+def real_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Rows of ``x`` (..., features) at real tokens: ``mask`` (batch × seq) applies when it matches
+    x's leading shape; otherwise every row is kept. Returns (rows × features)."""
+    if mask is not None and tuple(x.shape[:-1]) == tuple(mask.shape):
+        return x[mask.to(device=x.device, dtype=torch.bool)]
+    return x.reshape(-1, x.shape[-1])
+
+
+def is_seq2seq(model: nn.Module) -> bool:
+    return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+def forward(model: nn.Module, batch: dict):
+    """``model(**batch)`` with no key/value cache (so replayed blocks share no cache object)."""
+    kwargs = dict(batch)
+    if getattr(getattr(model, "config", None), "use_cache", None) is not None:
+        kwargs["use_cache"] = False
+    return model(**kwargs)
+
+
+def _first(args: tuple, kwargs: dict) -> torch.Tensor:
+    return args[0] if args else kwargs.get("hidden_states", kwargs.get("input"))
+
+
+def _main_output(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _hooks(targets: list[adapters.RoleModule], sink: Sink, mask_of: Callable[[adapters.RoleModule], torch.Tensor | None],
+           outputs: bool) -> list:
+    def make(rm):
+        def hook(module, args, kwargs, output):
+            x = _main_output(output) if outputs else _first(args, kwargs)
+            sink(rm.path, real_rows(x.detach(), mask_of(rm)))
+        return hook
+    return [rm.module.register_forward_hook(make(rm), with_kwargs=True) for rm in targets]
+
+
+@torch.no_grad()
+def stream(model: nn.Module, targets: list[adapters.RoleModule], batches: Iterable[dict], sink: Sink,
+           outputs: bool = False) -> None:
+    """Run ``model`` on each batch and call ``sink(path, rows)`` with the real-token inputs (or
+    outputs) of every target module, rows × features, batch after batch."""
+    seq2seq, current = is_seq2seq(model), {}
+    handles = _hooks(targets, sink, lambda rm: token_mask(current["batch"], rm.stack, rm.role, seq2seq), outputs)
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            current["batch"] = batch
+            forward(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
+def capture_inputs(model: nn.Module, targets: list[adapters.RoleModule], batches: Iterable[dict],
+                   outputs: bool = False) -> dict[str, torch.Tensor]:
+    """``{path: rows × features}``: the real-token inputs (or outputs) of each target over all batches."""
+    seen: dict[str, list[torch.Tensor]] = {rm.path: [] for rm in targets}
+    stream(model, targets, batches, lambda path, x: seen[path].append(x), outputs)
+    empty = [p for p, xs in seen.items() if not xs]
+    if empty:
+        raise ValueError(f"the calibration batches never reached {', '.join(empty)}")
+    return {p: torch.cat(xs) for p, xs in seen.items()}
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the inputs it needs are recorded."""
+
+
+def _run_block(block: nn.Module, hidden: torch.Tensor, other: tuple[tuple, dict]) -> torch.Tensor:
+    args, kwargs = other
+    return _main_output(block(hidden, *args, **kwargs))
+
+
+def block_inputs(model: nn.Module, blocks: nn.ModuleList, first: int, last: int,
+                 batches: list[dict]) -> tuple[list[torch.Tensor], dict[int, list[tuple[tuple, dict]]]]:
+    """Run the model on each batch; return the hidden states entering block ``first`` (one per
+    batch) and, for blocks ``first..last``, their other inputs (args after the hidden states and
+    kwargs: masks, position embeddings, encoder states...), which compressing blocks does not change."""
+    hidden, other = [], {i: [] for i in range(first, last + 1)}
+
+    def pre_hook(i):
+        def hook(module, args, kwargs):
+            if i == first:
+                hidden.append(_first(args, kwargs))
+            other[i].append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
+            if i == last:
+                raise _Stop
+        return hook
+
+    handles = [blocks[i].register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i in range(first, last + 1)]
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    forward(model, batch)
+                except _Stop:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+    return hidden, other
+
+
+@dataclass
+class BlockStep:
+    """One block of :func:`sequential`: where it is, and the inputs it receives on each batch."""
+
+    stack: str
+    layer: int
+    path: str
+    block: nn.Module
+    hidden: list[torch.Tensor]                 # hidden states entering the block, one per batch
+    other: list[tuple[tuple, dict]]            # its other inputs, one per batch
+    batches: list[dict]
+    seq2seq: bool
+
+    @torch.no_grad()
+    def run(self, targets: Iterable[adapters.RoleModule] = (), sink: Sink | None = None,
+            outputs: bool = False) -> list[torch.Tensor]:
+        """Run the block on every batch's inputs, feeding the real-token inputs (or outputs) of
+        ``targets`` (modules inside the block) to ``sink``; return the block's outputs per batch."""
+        targets, current = list(targets), {}
+        mask_of = lambda rm: token_mask(self.batches[current["b"]], self.stack, rm.role, self.seq2seq)  # noqa: E731
+        handles = _hooks(targets, sink, mask_of, outputs) if targets else []
+        try:
+            out = []
+            for b, h in enumerate(self.hidden):
+                current["b"] = b
+                out.append(_run_block(self.block, h, self.other[b]))
+            return out
+        finally:
+            for h in handles:
+                h.remove()
+
+    def inputs(self, targets: Iterable[adapters.RoleModule], outputs: bool = False) -> dict[str, torch.Tensor]:
+        """``{path: rows × features}`` of ``targets`` in this block on its current inputs."""
+        targets = list(targets)
+        seen: dict[str, list[torch.Tensor]] = {rm.path: [] for rm in targets}
+        self.run(targets, lambda path, x: seen[path].append(x), outputs)
+        return {p: torch.cat(xs) for p, xs in seen.items()}
+
+    def token_rows(self, x: list[torch.Tensor], role: str | None = None) -> torch.Tensor:
+        """Real-token rows of per-batch block tensors ``x`` (e.g. the outputs of :meth:`run`)."""
+        return torch.cat([real_rows(t, token_mask(self.batches[b], self.stack, role, self.seq2seq))
+                          for b, t in enumerate(x)])
+
+
+def sequential(model: nn.Module, batches: list[dict], targets: list[adapters.RoleModule]) -> Iterator[BlockStep]:
+    """Yield, stack by stack in forward order, each block holding one of ``targets`` (modules with
+    a stack and a layer), with the inputs it receives from the blocks before it as they are when
+    it is reached: blocks changed by the caller while they were yielded pass on their new outputs."""
+    seq2seq = is_seq2seq(model)
+    was_training = model.training
+    model.eval()
+    try:
+        for stack_name, (stack_path, blocks) in adapters.layer_stacks(model).items():
+            layers = sorted({rm.layer for rm in targets if rm.stack == stack_name and rm.layer is not None})
+            if not layers:
+                continue
+            first, last = layers[0], layers[-1]
+            hidden, other = block_inputs(model, blocks, first, last, batches)
+            for i in range(first, last + 1):
+                step = BlockStep(stack_name, i, f"{stack_path}.{i}", blocks[i], hidden, other[i], batches, seq2seq)
+                if i in layers:
+                    yield step
+                if i < last:
+                    hidden = step.run()
+    finally:
+        model.train(was_training)

@@ -1,0 +1,202 @@
+"""Post-training quantization methods: round-to-nearest and GPTQ of the linear layers of a whole
+model (encoder, decoder or seq2seq), as configs with one handler.
+
+    compress(model, RTNConfig(bits=8))                                             # no data needed
+    compress(model, GPTQConfig(bits=4, group_size=128), calibration=batches)
+    compress(model, GPTQConfig(bits=3, act_order=True, lm_head=True), calibration=batches)
+    quantize(model, "gptq", bits=4, group_size=128, calibration=batches)           # the same by name
+
+Every targeted ``nn.Linear`` becomes a :class:`~tcomp_utils.methods.quantized.QuantLinear` (packed
+codes, de-quantized on the fly). Everything is checked before the first layer changes.
+
+With calibration data the layers are processed **block by block in forward order** (GPTQ's
+sequential protocol, :func:`tcomp_utils.capture.sequential`): for each block the Hessians
+``H = 2XᵀX/n`` of its linear layers are accumulated from its current inputs (real tokens only),
+its layers are quantized, and the block is run again, now quantized, to give the next block its
+inputs. RTN with calibration follows the same path only to measure each layer's output error
+``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` (square-rooted) next to GPTQ's. The LM head (``lm_head=True``) is
+quantized last, on the inputs the quantized model gives it. The embedding table is quantized only
+when the roles name ``"embeddings"``, always by round-to-nearest (a look-up has no input
+Hessian), row by row, and first, so that the blocks are calibrated on what it gives them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import adapters, capture
+from ..registry import CompressionReport, ConfigError, MethodConfig, compress, method_config, module_row, register_method
+from .gptq import HessianAccumulator, check_options, gptq
+from .quant_grid import QuantGrid, rtn
+from .quantized import QuantEmbedding, QuantLinear
+
+
+@dataclass
+class QuantConfig(MethodConfig):
+    """Roles (default: every linear role; ``"embeddings"`` adds the table) and layers, the grid
+    (``bits`` in [2, 8]; ``group_size`` None for one scale per output channel, else input columns
+    per group; ``symmetric``), and ``lm_head`` (quantize the output head too)."""
+
+    bits: int = 4
+    group_size: int | None = None
+    symmetric: bool = False
+    lm_head: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        self.grid()
+
+    def grid(self) -> QuantGrid:
+        try:
+            return QuantGrid(self.bits, self.group_size, self.symmetric)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+@dataclass
+class RTNConfig(QuantConfig):
+    """Round-to-nearest on the grid (calibration, if given, only measures output errors)."""
+
+
+@dataclass
+class GPTQConfig(QuantConfig):
+    """GPTQ (see :func:`tcomp_utils.methods.gptq.gptq`): ``block_size`` columns per lazy update,
+    ``damp`` fraction of mean diag(H) added, ``act_order``, ``static_groups``."""
+
+    block_size: int = 128
+    damp: float = 0.01
+    act_order: bool = False
+    static_groups: bool = False
+
+    needs_calibration: ClassVar[bool] = True
+
+    def validate(self) -> None:
+        super().validate()
+        try:
+            check_options(self.block_size, self.damp)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+
+def _targets(model: nn.Module, roles: list[str], layers: list[int] | None, lm_head: bool) -> list[adapters.RoleModule]:
+    found = []
+    for role in roles:
+        found += adapters.find_modules(model, role, None if role == "embeddings" else layers)
+    if lm_head:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        if not isinstance(head, nn.Linear):
+            raise ValueError(f"lm_head=True but {type(model).__name__} has no linear output head")
+        path = next(p for p, m in model.named_modules() if m is head)
+        found.append(adapters.RoleModule(path, "lm_head", None, None, head))
+    for rm in found:
+        if rm.role == "embeddings":
+            if not isinstance(rm.module, nn.Embedding):
+                raise TypeError(f"{rm.path} (embeddings) is a {type(rm.module).__name__}, not an nn.Embedding")
+        elif not isinstance(rm.module, nn.Linear):
+            raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear: "
+                            "it is already compressed or cannot be quantized")
+    if not found:
+        raise ValueError(f"no module to quantize for roles {roles} and layers {layers}")
+    return found
+
+
+def _quantize_layer(linear: nn.Linear, config: QuantConfig, grid: QuantGrid, H: torch.Tensor | None) -> tuple[QuantLinear, dict]:
+    t0 = time.perf_counter()
+    W = linear.weight.detach().float()
+    if isinstance(config, GPTQConfig):
+        qw = gptq(W, H, grid, block_size=config.block_size, damp=config.damp, act_order=config.act_order,
+                  static_groups=config.static_groups)
+    else:
+        qw = rtn(W, grid)
+    q = QuantLinear.from_quantized(qw, linear.bias)
+    dW = (W - qw.dequantize()).double()
+    row = dict(rel_error=(dW.norm() / W.double().norm()).item(), output_error=float("nan"))
+    if H is not None:
+        num, den = torch.trace(dW @ H @ dW.T), torch.trace(W.double() @ H @ W.double().T)
+        row["output_error"] = (num / den).sqrt().item() if den > 0 else float("nan")
+    row["seconds"] = time.perf_counter() - t0
+    return q, row
+
+
+def _quantize_embedding(table: nn.Embedding, grid: QuantGrid) -> tuple[QuantEmbedding, dict]:
+    t0 = time.perf_counter()
+    W = table.weight.detach().float()
+    qw = rtn(W, grid)
+    dW = W - qw.dequantize()
+    row = dict(rel_error=(dW.norm() / W.norm()).item(), output_error=float("nan"))
+    return QuantEmbedding.from_quantized(qw, table.padding_idx), row | {"seconds": time.perf_counter() - t0}
+
+
+def _calibrated_pass(model: nn.Module, targets: list[adapters.RoleModule], calibration: list[dict],
+                     replace: Callable[[adapters.RoleModule, torch.Tensor], None], bar: tqdm) -> None:
+    """Quantize ``targets`` block by block in forward order, each on the inputs the already
+    quantized blocks give it, then the LM head (if targeted) on the quantized model's outputs."""
+    in_blocks = [rm for rm in targets if rm.stack is not None]
+    for step in capture.sequential(model, calibration, in_blocks):
+        todo = [rm for rm in in_blocks if rm.stack == step.stack and rm.layer == step.layer]
+        acc = {rm.path: HessianAccumulator(rm.module.in_features) for rm in todo}
+        step.run(todo, lambda path, x: acc[path].add(x))
+        for rm in todo:
+            replace(rm, acc[rm.path].H)
+            bar.update()
+    for rm in targets:
+        if rm.role == "lm_head":
+            acc = HessianAccumulator(rm.module.in_features)
+            capture.stream(model, [rm], calibration, lambda path, x: acc.add(x))
+            replace(rm, acc.H)
+            bar.update()
+
+
+def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | None, progress: bool) -> list[dict]:
+    grid = config.grid()
+    targets = _targets(model, config.target_roles(model), config.layers, config.lm_head)
+    rows = []
+
+    def replace(rm: adapters.RoleModule, H: torch.Tensor | None) -> None:
+        m = rm.module
+        q, row = _quantize_embedding(m, grid) if rm.role == "embeddings" else _quantize_layer(m, config, grid, H)
+        # every path to the module, and for a table every embedding tied to its weight (T5's
+        # encoder/decoder embed_tokens share the `shared` table): they all use the one quantized table
+        same = [p for p, sub in model.named_modules(remove_duplicate=False)
+                if sub is m or (rm.role == "embeddings" and isinstance(sub, nn.Embedding) and sub.weight is m.weight)]
+        for path in same:
+            adapters.set_module(model, path, q)
+        rows.append(module_row(rm, m, q, **row))
+
+    # embeddings first (a look-up table has no input Hessian: always round-to-nearest), so the
+    # blocks are calibrated on what the quantized table gives them
+    for rm in targets:
+        if rm.role == "embeddings":
+            replace(rm, None)
+    layers_todo = [rm for rm in targets if rm.role != "embeddings"]
+    with tqdm(total=len(layers_todo), desc=f"{config.method} {grid.describe()}", disable=not progress) as bar:
+        if not calibration:
+            for rm in layers_todo:
+                replace(rm, None)
+                bar.update()
+        else:
+            _calibrated_pass(model, layers_todo, calibration, replace, bar)
+    return rows
+
+
+register_method("rtn", RTNConfig, family="quantization",
+                description="Round-to-nearest on a min-max grid per channel or group")(_quantize)
+register_method("gptq", GPTQConfig, family="quantization",
+                description="GPTQ: columns quantized in turn, the error spread along the inverse Hessian")(_quantize)
+
+
+def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: int | None = None,
+             calibration: list[dict] | None = None, progress: bool = True, **options) -> CompressionReport:
+    """``compress(model, method_config(method, bits=..., group_size=..., ...), calibration)`` for
+    ``method`` ``"rtn"`` or ``"gptq"``; ``options`` are the config's other fields (``roles``,
+    ``layers``, ``symmetric``, ``lm_head``, ``block_size``, ``damp``, ``act_order``, ``static_groups``)."""
+    if method not in ("rtn", "gptq"):
+        raise ConfigError(f"unknown quantization method {method!r}; allowed: rtn, gptq")
+    config = method_config(method, bits=bits, group_size=group_size, **options)
+    return compress(model, config, calibration, progress=progress)
+

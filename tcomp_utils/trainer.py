@@ -1,0 +1,302 @@
+"""One trainer for all training: fine-tuning a classifier, seq2seq training, quantization-aware
+training, distillation, module-level fine-tuning. What changes between them is the loss:
+
+    result = train(model, data, TrainConfig(steps=500, lr=5e-5), loss=model_loss)
+    result = train(student, data, cfg, loss=lambda m, b: kd_loss(m(**b), teacher(**b)))
+    result = train(block, pairs, cfg, loss=lambda m, b: F.mse_loss(m(b["x"]), b["y"]))
+
+* ``data`` gives the batches of each epoch (:class:`Batches`: ``len`` = batches per epoch,
+  ``epoch(e)`` = that epoch's batches, the same every time it is asked, so a resumed run sees the
+  same order); :class:`DatasetBatches` shuffles a ``datasets.Dataset`` by seed and epoch and turns
+  rows into a batch with a collate function, :class:`ListBatches` cycles a list of batches.
+* ``loss(model, batch)`` returns the loss, or ``(loss, {name: value})`` to log its components.
+* AdamW with no weight decay on biases and norm weights of any architecture (every parameter of
+  fewer than two dimensions, and every parameter of a module whose class is a norm: LayerNorm,
+  T5LayerNorm, LlamaRMSNorm...), a warm-up schedule, gradient-norm clipping.
+* A progress bar with the loss; a log row per step (step, epoch, loss, components, learning rate,
+  gradient norm) and one per evaluation, returned as a table for loss plots.
+* Early stopping on ``evaluate(model) -> {metric: value}`` every ``eval_every`` steps, keeping the
+  best weights; checkpoints every ``checkpoint_every`` steps (model, optimizer, schedule, RNG,
+  step, logs, best so far) written atomically, from which a stopped run resumes and ends with the
+  same weights as an unbroken one.
+
+Why not ``transformers.Trainer``: it is built around HF models, datasets and its own checkpoint
+layout, while module-level fine-tuning trains bare modules, distillation runs a teacher inside the
+loss, and compressed modules carry packed buffers; a small loop is easier to make exactly
+resumable and to test on all of them.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Protocol, Sequence
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+SCHEDULES = ("linear", "constant", "cosine", "inverse_sqrt")
+LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+
+
+class Batches(Protocol):
+    """Batches of one epoch after another; ``epoch(e)`` must give the same batches every time."""
+
+    def __len__(self) -> int: ...
+
+    def epoch(self, epoch: int) -> Iterable[Any]: ...
+
+
+class DatasetBatches:
+    """Batches of ``batch_size`` rows of a ``datasets.Dataset``, reshuffled each epoch with
+    ``seed + epoch``; ``collate(rows) -> batch`` turns a dict of columns into model inputs."""
+
+    def __init__(self, dataset, batch_size: int, collate: Callable[[dict], Any], seed: int = 0, shuffle: bool = True):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset, self.batch_size, self.collate, self.seed, self.shuffle = dataset, batch_size, collate, seed, shuffle
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterable[Any]:
+        order = self.dataset.shuffle(seed=self.seed + epoch) if self.shuffle else self.dataset
+        for i in range(0, len(order), self.batch_size):
+            yield self.collate(order[i:i + self.batch_size])
+
+
+class ListBatches:
+    """A fixed list of batches, in a seeded random order each epoch (or as given)."""
+
+    def __init__(self, batches: Sequence[Any], seed: int = 0, shuffle: bool = True):
+        if not batches:
+            raise ValueError("ListBatches needs at least one batch")
+        self.batches, self.seed, self.shuffle = list(batches), seed, shuffle
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def epoch(self, epoch: int) -> Iterable[Any]:
+        if not self.shuffle:
+            return iter(self.batches)
+        order = torch.randperm(len(self.batches), generator=torch.Generator().manual_seed(self.seed + epoch))
+        return (self.batches[i] for i in order.tolist())
+
+
+@dataclass
+class TrainConfig:
+    """How to train. ``steps`` (optimizer steps) or ``epochs``; AdamW (``lr``, ``weight_decay``,
+    ``betas``); ``schedule`` one of :data:`SCHEDULES` with ``warmup_steps`` (or ``warmup_ratio``
+    of the steps); ``max_grad_norm`` (None: no clipping). Early stopping: ``evaluate`` every
+    ``eval_every`` steps, stop after ``patience`` evaluations without improving ``metric``
+    (``greater_is_better``), then restore the best weights (``restore_best``). ``checkpoint_dir``
+    with ``checkpoint_every``: resumable checkpoints."""
+
+    steps: int | None = None
+    epochs: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "linear"
+    warmup_ratio: float = 0.06
+    warmup_steps: int | None = None
+    max_grad_norm: float | None = 1.0
+    eval_every: int | None = None
+    metric: str | None = None
+    greater_is_better: bool = True
+    patience: int | None = None
+    restore_best: bool = True
+    checkpoint_dir: str | os.PathLike | None = None
+    checkpoint_every: int | None = None
+    progress: bool = True
+    desc: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
+            raise ValueError(f"steps must be a positive integer or None, got {self.steps!r}")
+        if self.steps is None and (not isinstance(self.epochs, int) or self.epochs < 1):
+            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}; allowed: {', '.join(SCHEDULES)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        if (self.patience is not None or self.metric is not None) and not self.eval_every:
+            raise ValueError("early stopping (patience/metric) needs eval_every (steps between evaluations)")
+        if self.checkpoint_every is not None and self.checkpoint_dir is None:
+            raise ValueError("checkpoint_every needs a checkpoint_dir")
+
+
+@dataclass
+class TrainResult:
+    """``steps`` done, ``seconds`` of training in this call, the per-step ``log`` (and evaluation
+    rows, ``kind == "eval"``), the best evaluation (``best_metric`` at ``best_step``),
+    whether training ``stopped_early`` and whether it ``resumed`` from a checkpoint."""
+
+    steps: int
+    seconds: float
+    log: pd.DataFrame
+    best_metric: float | None = None
+    best_step: int | None = None
+    stopped_early: bool = False
+    resumed: bool = False
+    evaluations: list[dict] = field(default_factory=list)
+
+
+def is_norm(module: nn.Module) -> bool:
+    """A normalisation layer of any architecture (torch's, or a class whose name ends in ``Norm``)."""
+    return isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm)) \
+        or type(module).__name__.endswith("Norm")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices, none on biases and norm weights (any parameter of
+    fewer than two dimensions, and every parameter of a norm module). Shared tensors appear once."""
+    no_decay_ids = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
+    decay, no_decay, seen = [], [], set()
+    for _, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if p.ndim < 2 or id(p) in no_decay_ids else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_schedule(optim: torch.optim.Optimizer, config: TrainConfig, total: int):
+    """The learning-rate schedule of ``config`` over ``total`` steps (transformers' implementations)."""
+    import transformers
+
+    warmup = config.warmup_steps if config.warmup_steps is not None else int(config.warmup_ratio * total)
+    if config.schedule == "linear":
+        return transformers.get_linear_schedule_with_warmup(optim, warmup, total)
+    if config.schedule == "cosine":
+        return transformers.get_cosine_schedule_with_warmup(optim, warmup, total)
+    if config.schedule == "inverse_sqrt":
+        return transformers.get_inverse_sqrt_schedule(optim, num_warmup_steps=max(warmup, 1))
+    return transformers.get_constant_schedule_with_warmup(optim, warmup)
+
+
+def model_loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """The loss a HF model computes itself (``model(**batch).loss``; the batch holds labels)."""
+    return model(**batch).loss
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor (in dicts, lists, tuples) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def _save_checkpoint(folder: Path, state: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".state.pt.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    tmp.replace(folder / "state.pt")
+
+
+def train(model: nn.Module, data: Batches | Sequence[Any], config: TrainConfig, loss: LossFn = model_loss,
+          evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+          parameters: Iterable[nn.Parameter] | None = None) -> TrainResult:
+    """Train ``model`` on ``data`` with ``loss`` (see the module docstring); returns a
+    :class:`TrainResult` and leaves the model in eval mode. ``parameters``: train only these
+    (default: every parameter that requires a gradient). With ``config.checkpoint_dir`` holding
+    a checkpoint, training resumes from it."""
+    if not isinstance(data, (DatasetBatches, ListBatches)) and not hasattr(data, "epoch"):
+        data = ListBatches(list(data), shuffle=False)
+    per_epoch = len(data)
+    if per_epoch < 1:
+        raise ValueError("the training data has no batches")
+    total = config.steps if config.steps is not None else per_epoch * config.epochs
+    if config.eval_every and evaluate is None:
+        raise ValueError("eval_every is set but no evaluate(model) function was given")
+    if parameters is not None:
+        chosen = {id(p) for p in parameters}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in chosen)
+    trained = [p for p in model.parameters() if p.requires_grad]  # in model order: the clipping norm's sum order
+    optim = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
+    sched = make_schedule(optim, config, total)
+    device = next(model.parameters()).device
+    step, log, evaluations = 0, [], []
+    best, best_step, best_state, bad_evals, stopped = None, None, None, 0, False
+    ckpt = Path(config.checkpoint_dir) / "state.pt" if config.checkpoint_dir else None
+    resumed = bool(ckpt and ckpt.is_file())
+    if resumed:
+        state = torch.load(ckpt, weights_only=False)
+        if state["total"] != total:
+            raise ValueError(f"checkpoint {ckpt} is for {state['total']} steps, this run has {total}")
+        model.load_state_dict(state["model"])
+        optim.load_state_dict(state["optim"])
+        sched.load_state_dict(state["sched"])
+        torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        step, log, evaluations = state["step"], state["log"], state["evaluations"]
+        best, best_step, best_state, bad_evals = state["best"], state["best_step"], state["best_state"], state["bad_evals"]
+        stopped = state["stopped"]
+
+    def checkpoint() -> None:
+        _save_checkpoint(Path(config.checkpoint_dir), {
+            "total": total, "model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
+            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "step": step, "log": log, "evaluations": evaluations, "best": best,
+            "best_step": best_step, "best_state": best_state, "bad_evals": bad_evals, "stopped": stopped})
+
+    start = time.perf_counter()
+    bar = tqdm(total=total, initial=step, desc=config.desc, disable=not config.progress)
+    model.train()
+    while step < total and not stopped:
+        epoch, offset = divmod(step, per_epoch)
+        for i, batch in enumerate(data.epoch(epoch)):
+            if i < offset:  # a resumed run skips the batches this epoch already gave
+                continue
+            out = loss(model, to_device(batch, device))
+            value, parts = out if isinstance(out, tuple) else (out, {})
+            value.backward()
+            norm = (torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm) if config.max_grad_norm else None)
+            lr = sched.get_last_lr()[0]
+            optim.step()
+            sched.step()
+            optim.zero_grad()
+            step += 1
+            log.append({"kind": "train", "step": step, "epoch": epoch, "loss": value.item(), "lr": lr,
+                        "grad_norm": float(norm) if norm is not None else None,
+                        **{k: float(v) for k, v in parts.items()}})
+            bar.update(1)
+            bar.set_postfix(loss=f"{value.item():.3f}")
+            if config.eval_every and (step % config.eval_every == 0 or step == total):
+                scores = evaluate(model)
+                model.train()
+                evaluations.append({"step": step, **scores})
+                log.append({"kind": "eval", "step": step, "epoch": epoch, **scores})
+                if config.metric is not None:
+                    if config.metric not in scores:
+                        raise KeyError(f"evaluate() returned {sorted(scores)}, not the early-stopping metric "
+                                       f"{config.metric!r}")
+                    value_m = scores[config.metric]
+                    better = best is None or (value_m > best if config.greater_is_better else value_m < best)
+                    if better:
+                        best, best_step, bad_evals = value_m, step, 0
+                        best_state = copy.deepcopy(model.state_dict()) if config.restore_best else None
+                    else:
+                        bad_evals += 1
+                        stopped = config.patience is not None and bad_evals >= config.patience
+            if config.checkpoint_every and (step % config.checkpoint_every == 0 or step == total or stopped):
+                checkpoint()
+            if step == total or stopped:
+                break
+    bar.close()
+    if best_state is not None and config.restore_best:
+        model.load_state_dict(best_state)
+    model.eval()
+    frame = pd.DataFrame(log)
+    return TrainResult(step, round(time.perf_counter() - start, 1), frame, best, best_step, stopped, resumed, evaluations)

@@ -1,0 +1,117 @@
+"""The one trainer: exact resume from a checkpoint, early stopping with the best weights restored,
+no weight decay on norms and biases of any architecture, per-step logs, bare modules."""
+import pytest
+import torch
+from torch import nn
+
+from tcomp_utils import trainer
+from tcomp_utils.trainer import ListBatches, TrainConfig, train
+from conftest import tiny_bert, tiny_llama, tiny_t5
+
+
+def _batches(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"input_ids": torch.randint(1, 100, (4, 6), generator=g), "attention_mask": torch.ones(4, 6, dtype=torch.long),
+             "labels": torch.randint(0, 2, (4,), generator=g)} for _ in range(n)]
+
+
+def _fresh():
+    torch.manual_seed(0)
+    model = tiny_bert()  # dropout 0.1: the RNG state matters for an exact resume
+    torch.manual_seed(1)
+    return model
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_run_stopped_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_path):
+    config = dict(steps=14, lr=1e-3, warmup_steps=2, progress=False)
+    unbroken = _fresh()
+    train(unbroken, ListBatches(_batches(), seed=3), TrainConfig(**config))
+
+    def dies_at_step_8(model, batch, calls=[0]):
+        calls[0] += 1
+        if calls[0] == 8:
+            raise Killed
+        return model(**batch).loss
+
+    broken = _fresh()
+    ckpt = dict(checkpoint_dir=tmp_path / "ckpt", checkpoint_every=5)
+    with pytest.raises(Killed):  # killed after step 7; the last checkpoint is step 5
+        train(broken, ListBatches(_batches(), seed=3), TrainConfig(**config, **ckpt), loss=dies_at_step_8)
+    resumed_model = _fresh()  # a new process: fresh model, the checkpoint on disk
+    torch.manual_seed(123)  # whatever the RNG now holds, the checkpoint's state is restored
+    result = train(resumed_model, ListBatches(_batches(), seed=3), TrainConfig(**config, **ckpt))
+    assert result.resumed and result.steps == 14
+    assert list(result.log.step) == list(range(1, 15))  # the log of steps 1-5 came from the checkpoint
+    for (name, a), b in zip(unbroken.state_dict().items(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_early_stopping_restores_the_best_weights():
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])
+    snapshots = {}
+
+    def evaluate(model):
+        snapshots[len(snapshots) + 1] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"accuracy": next(scores)}
+
+    model = _fresh()
+    config = TrainConfig(steps=20, lr=1e-3, eval_every=2, metric="accuracy", patience=2, progress=False)
+    result = train(model, ListBatches(_batches()), config, evaluate=evaluate)
+    assert result.stopped_early and result.steps == 8 and result.best_step == 4 and result.best_metric == 0.7
+    assert [e["accuracy"] for e in result.evaluations] == [0.5, 0.7, 0.6, 0.65]
+    assert all(torch.equal(v, snapshots[2][k]) for k, v in model.state_dict().items())
+    assert not model.training
+
+
+def test_logs_have_one_row_per_step_and_per_evaluation():
+    parts = lambda m, b: (lambda out: (out.loss, {"logit_mean": out.logits.mean().item()}))(m(**b))  # noqa: E731
+    result = train(_fresh(), ListBatches(_batches(3)), TrainConfig(epochs=2, lr=1e-3, eval_every=3, progress=False),
+                   loss=parts, evaluate=lambda m: {"accuracy": 0.5})
+    steps = result.log[result.log.kind == "train"]
+    assert list(steps.step) == [1, 2, 3, 4, 5, 6] and list(steps.epoch) == [0, 0, 0, 1, 1, 1]
+    assert steps[["loss", "lr", "grad_norm", "logit_mean"]].notna().all().all()
+    assert list(result.log[result.log.kind == "eval"].step) == [3, 6]
+    lr = list(steps.lr)  # linear schedule: warm-up (0 steps at 6 % of 6) then linear decay to 0
+    assert lr[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(lr, lr[1:]))
+
+
+@pytest.mark.parametrize("make, norm_names", [(tiny_t5, "layer_norm"), (tiny_llama, "norm"), (tiny_bert, "LayerNorm")])
+def test_no_decay_on_norms_and_biases_of_any_architecture(make, norm_names):
+    model = make()
+    decay, no_decay = (set(map(id, g["params"])) for g in trainer.parameter_groups(model, 0.01))
+    names = {id(p): n for n, p in model.named_parameters()}
+    norms = [n for n, p in model.named_parameters() if norm_names in n]
+    assert norms and all(id(p) in no_decay for n, p in model.named_parameters() if norm_names in n)
+    assert all(id(p) in no_decay for n, p in model.named_parameters() if n.endswith("bias"))
+    assert all(p.ndim >= 2 for p in model.parameters() if id(p) in decay)
+    emb = model.get_input_embeddings().weight
+    assert id(emb) in decay and not decay & no_decay
+    assert len(decay) + len(no_decay) == len({id(p) for p in model.parameters()}), [names[i] for i in decay & no_decay]
+
+
+def test_a_bare_module_trains_to_match_a_target_with_a_custom_loss():
+    torch.manual_seed(0)
+    target, student = nn.Linear(8, 4), nn.Linear(8, 4)
+    xs = [torch.randn(16, 8) for _ in range(4)]
+    data = ListBatches([(x, target(x).detach()) for x in xs])
+    mse = lambda m, b: nn.functional.mse_loss(m(b[0]), b[1])  # noqa: E731
+    before = sum(mse(student, b).item() for b in data.batches)
+    result = train(student, data, TrainConfig(steps=300, lr=3e-2, weight_decay=0.0, schedule="constant",
+                                              warmup_ratio=0.0, progress=False), loss=mse)
+    after = sum(mse(student, b).item() for b in data.batches)
+    assert after < 1e-3 * before and result.log.loss.iloc[-1] < result.log.loss.iloc[0]
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="schedule='cosin'"):
+        TrainConfig(schedule="cosin")
+    with pytest.raises(ValueError, match="needs eval_every"):
+        TrainConfig(patience=2)
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="no evaluate"):
+        train(_fresh(), _batches(1), TrainConfig(steps=1, eval_every=1, progress=False))
