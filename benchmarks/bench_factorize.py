@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tcomp_utils import adapters, budget, factorize, models, task_models, tasks
+from tcomp_utils import adapters, budget, models, task_models, tasks
+from tcomp_utils.methods.factorization import factorize
 from tcomp_utils.metrics import latency
 
 from bench_common import setup, show
@@ -69,7 +70,7 @@ def main() -> None:
 
     rows = []
     for method, mode, roles in TIME_METHODS:
-        report = factorize.factorize(copy.deepcopy(model), method, roles, ratio=3, mode=mode,
+        report = factorize(copy.deepcopy(model), method, roles, ratio=3, mode=mode,
                                      calibration=calibration if method in ("asvd", "fwsvd") else None)
         rows.append(dict(method=method, mode=mode, roles=roles, ratio=3, modules=len(report.modules),
                          seconds=report.seconds, mean_rel_error=round(report.modules.rel_error.mean(), 4)))
@@ -84,7 +85,7 @@ def main() -> None:
     for ratio in RATIOS:
         for method, mode in FFN_METHODS:
             net = copy.deepcopy(model)
-            factorize.factorize(net, method, "ffn", ratio=ratio, mode=mode)
+            factorize(net, method, "ffn", ratio=ratio, mode=mode)
             ffn = layer_ffn(net)
             params, macs = ffn_counts(ffn)
             ms = latency(lambda: ffn(x), runs=args.runs, threads=args.threads).median_ms
@@ -99,7 +100,7 @@ def main() -> None:
     for ratio in (None, *RATIOS):
         net = copy.deepcopy(model)
         if ratio:
-            factorize.factorize(net, "svd", "ffn", ratio=ratio)
+            factorize(net, "svd", "ffn", ratio=ratio)
         fp = budget.footprint(net, seq_len=128)
         ms = latency(lambda: net(**batch), runs=args.runs, threads=args.threads).median_ms
         rows.append(dict(ffn="dense" if ratio is None else f"svd ratio {ratio}", params=fp.params,

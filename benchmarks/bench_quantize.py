@@ -20,8 +20,8 @@ import pandas as pd
 
 from tcomp_utils import metrics, models, task_models, tasks
 from tcomp_utils.metrics import latency
-from tcomp_utils.quantized import int8_dynamic
-from tcomp_utils.quantize import quantize
+from tcomp_utils.methods.quantization import quantize
+from tcomp_utils.methods.quantized import int8_dynamic
 
 from bench_common import setup, show
 
@@ -40,7 +40,7 @@ def main() -> None:
         m = copy.deepcopy(model)
         report = quantize(m, method, bits=4, group_size=group_size,
                           calibration=batches if method == "gptq" else None)
-        rows.append(dict(method=method, grid=report.grid.describe(), seconds=round(report.seconds, 1),
+        rows.append(dict(method=method, grid=report.config.grid().describe(), seconds=round(report.seconds, 1),
                          solve_seconds=round(report.modules.seconds.sum(), 1), bytes=report.after.bytes,
                          perplexity=ppl(m)))
         rows[0]["bytes"] = report.before.bytes
