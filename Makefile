@@ -39,7 +39,7 @@ test: assets
 	TCOMP_PROFILE=smoke $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 test-fast: $(STAMP)
-	$(PY) -m pytest tests -x -q
+	$(PY) -m pytest tests -x -q -m "not slow"
 
 run: assets
 	for spec in $(SPECS); do $(PY) -m tcomp_utils.sweep $$spec --profile $(PROFILE) || exit 1; done

@@ -284,8 +284,16 @@ def find_modules(model: nn.Module, role: str, layers: list[int] | None = None) -
     prefix = base_prefix(model)
     if role == "embeddings":
         return [RoleModule(prefix + p, role, None, None, model.get_submodule(prefix + p)) for p in adapter.embeddings]
+    stacks = layer_stacks(model)
+    if layers is not None:
+        depth = max(len(blocks) for _, blocks in stacks.values())
+        bad = [i for i in layers if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < depth]
+        if bad or not list(layers):
+            sizes = ", ".join(f"{name}: {len(blocks)}" for name, (_, blocks) in stacks.items())
+            raise ValueError(f"layers={list(layers)!r}: {'no layer given' if not bad else f'no layer {bad[0]!r}'}; "
+                             f"layer indices run from 0 ({sizes} layers)")
     found = []
-    for stack_name, (stack_path, blocks) in layer_stacks(model).items():
+    for stack_name, (stack_path, blocks) in stacks.items():
         paths = adapter.stacks[stack_name].roles.get(role, ())
         for i, block in enumerate(blocks):
             if not paths or (layers is not None and i not in layers):

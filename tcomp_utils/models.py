@@ -9,6 +9,8 @@ a folder (plus a GGUF file name where the weights are GGUF) or left as a hub id,
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +76,37 @@ def resolve(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+def converted_dir(name: str) -> Path:
+    """Where an embedded GGUF model is kept once converted to safetensors (by the asset's SHA-256)."""
+    em = EMBEDDED_MODELS[name]
+    return assets.cache_dir() / "converted" / f"{name}-{assets.get_asset(em.asset).sha256[:12]}"
+
+
+def _converted(name: str) -> str:
+    """The embedded GGUF model ``name`` as a HF safetensors folder, converted once (de-quantizing
+    GGUF takes tens of seconds; the folder loads in a few) and written atomically."""
+    import transformers
+
+    folder = converted_dir(name)
+    if not (folder / "config.json").is_file():
+        where, gguf = resolve(name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, dtype=torch.float32)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(where, gguf_file=gguf)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            if folder.exists():  # a concurrent conversion finished first: keep it
+                shutil.rmtree(tmp)
+            else:
+                tmp.rename(folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+    return str(folder)
+
+
 def load_model(
     name: str,
     task: str = "base",
@@ -95,6 +128,8 @@ def load_model(
     if task not in TASK_CLASSES:
         raise ValueError(f"unknown task type {task!r}; allowed: {', '.join(TASK_CLASSES)}")
     where, gguf = resolve(name)
+    if gguf and name in EMBEDDED_MODELS:  # convert once, then load the safetensors copy
+        where, gguf = _converted(name), None
     kwargs = {"gguf_file": gguf} if gguf else {}
     auto = getattr(transformers, TASK_CLASSES[task])
     extra = {"num_labels": num_labels} if num_labels is not None else {}

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 MIME = "application/vnd.tcomp.record+json"
+# columns a sweep's results table already has: a record may not take these names
+RESERVED = ("key", "status", "error", "code_hash", "stale", "profile", "elapsed_s")
 
 
 def to_json(value: Any) -> Any:
@@ -25,6 +27,8 @@ def to_json(value: Any) -> Any:
         return {str(k): to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_json(v) for v in value]
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) > 0:  # numpy array / torch tensor
+        return to_json(value.tolist())
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalar
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
@@ -36,9 +40,13 @@ def to_json(value: Any) -> Any:
 
 
 def record(name: str, value: Any) -> None:
-    """Record ``value`` under ``name`` in the running notebook (shown as ``name = value``)."""
+    """Record ``value`` under ``name`` in the running notebook (shown as ``name = value``).
+    Names of results columns (:data:`RESERVED`) are refused; so, by the sweep, are parameter names."""
     from IPython.display import display
 
+    if not isinstance(name, str) or not name or name in RESERVED:
+        raise ValueError(f"record name {name!r} is not allowed: give a non-empty string other than "
+                         f"{', '.join(RESERVED)} (and other than the notebook's parameters)")
     payload = {"name": name, "value": to_json(value)}
     text = f"{name} = {value!r}" if not isinstance(payload["value"], list) else f"{name}: {len(value)} rows"
     display({MIME: payload, "text/plain": text}, raw=True)

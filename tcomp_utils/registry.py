@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
 import pandas as pd
+import torch
 from torch import nn
 
 from . import adapters, budget
@@ -90,11 +91,15 @@ class MethodConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` (or a subclass' own error) naming any bad value."""
         if self.roles is not None:
+            if not isinstance(self.roles, str) and not list(self.roles):
+                raise ConfigError("roles=[] names no module: give a role, a group (qkv, attention, ffn, linear), a list, "
+                                  "or None for every linear role")
             adapters.expand_roles(self.roles)
         if self.layers is not None:
-            if isinstance(self.layers, int) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
-                                                        for i in self.layers):
-                raise ConfigError(f"layers must be a list of layer indices >= 0 or None, got {self.layers!r}")
+            if (isinstance(self.layers, (int, str)) or not list(self.layers)
+                    or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers)):
+                raise ConfigError(f"layers must be a non-empty list of layer indices >= 0 (or None: every layer), "
+                                  f"got {self.layers!r}")
 
     def calibration_needed(self) -> bool:
         """Whether :func:`compress` must be given calibration batches for this config."""
@@ -266,15 +271,59 @@ def module_row(rm: adapters.RoleModule, old: nn.Module, new: nn.Module, sharing:
                 bytes_after=bytes_after, **extra)
 
 
-def check_calibration(calibration: Any) -> list[dict] | None:
-    """Calibration must be a list (or iterable) of ``model(**batch)`` dicts holding ``input_ids``."""
+def check_calibration(calibration: Any, model: nn.Module | None = None) -> list[dict] | None:
+    """Calibration must be a list (or iterable) of ``model(**batch)`` dicts holding ``input_ids``:
+    2-D integer tensors (batch × tokens) within the vocabulary, each mask shaped like its ids."""
     if calibration is None:
         return None
+    if isinstance(calibration, dict) or not hasattr(calibration, "__iter__"):
+        raise ValueError(f"calibration must be a list of batches (dicts for model(**batch)), got a "
+                         f"{type(calibration).__name__}")
     batches = list(calibration)
-    bad = [i for i, b in enumerate(batches) if not (isinstance(b, dict) and "input_ids" in b)]
-    if bad:
-        raise ValueError(f"calibration batch {bad[0]} is not a dict with 'input_ids' (batches are model(**batch) inputs)")
+    embeddings = model.get_input_embeddings() if model is not None and hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    for i, b in enumerate(batches):
+        if not (isinstance(b, dict) and "input_ids" in b):
+            raise ValueError(f"calibration batch {i} is a {type(b).__name__}, not a dict with 'input_ids' "
+                             "(batches are model(**batch) inputs)")
+        for ids_key, mask_key in (("input_ids", "attention_mask"), ("decoder_input_ids", "decoder_attention_mask")):
+            ids, mask = b.get(ids_key), b.get(mask_key)
+            if ids is None:
+                continue
+            if not (isinstance(ids, torch.Tensor) and ids.ndim == 2 and not ids.is_floating_point()
+                    and not ids.is_complex()):
+                raise ValueError(f"calibration batch {i}: {ids_key} must be a 2-D integer tensor (batch × tokens), "
+                                 f"got {type(ids).__name__} {getattr(ids, 'dtype', '')} of shape "
+                                 f"{tuple(getattr(ids, 'shape', ()))}")
+            if vocab is not None and ids.numel() and (ids.min() < 0 or ids.max() >= vocab):
+                raise ValueError(f"calibration batch {i}: {ids_key} holds ids in [{int(ids.min())}, {int(ids.max())}], "
+                                 f"outside the model's vocabulary [0, {vocab})")
+            if mask is not None and tuple(getattr(mask, "shape", ())) != tuple(ids.shape):
+                raise ValueError(f"calibration batch {i}: {mask_key} has shape {tuple(getattr(mask, 'shape', ()))}, "
+                                 f"but {ids_key} has {tuple(ids.shape)}: the mask must mark each token")
     return batches
+
+
+def check_finite(targets: list[adapters.RoleModule]) -> None:
+    """Every targeted module's weights must be finite (NaN or inf would poison the result)."""
+    for rm in targets:
+        for name, p in rm.module.named_parameters():
+            if not torch.isfinite(p).all():
+                raise ValueError(f"{rm.path}.{name} holds NaN or inf values: nothing was changed")
+
+
+def _restore(model: nn.Module, original: list[tuple[str, nn.Module]]) -> list[str]:
+    """Put back every module that a failed handler replaced; returns their paths."""
+    changed = []
+    for path, module in original:  # parents first (named_modules order)
+        try:
+            current = model.get_submodule(path)
+        except AttributeError:
+            current = None
+        if current is not module:
+            adapters.set_module(model, path, module)
+            changed.append(path)
+    return changed
 
 
 def compress(model: nn.Module, config: MethodConfig, calibration: list[dict] | None = None, *,
@@ -286,7 +335,7 @@ def compress(model: nn.Module, config: MethodConfig, calibration: list[dict] | N
     if not isinstance(config, MethodConfig) or entry is None or entry.config is not type(config):
         raise UnknownMethodError(f"{type(config).__name__} is not a registered method config; registered: "
                                  f"{', '.join(sorted(e.config.__name__ for e in _METHODS.values()))}")
-    calibration = check_calibration(calibration)
+    calibration = check_calibration(calibration, model)
     if config.calibration_needed() and not calibration:
         raise ValueError(f"method {entry.name!r} needs calibration batches "
                          "(calibration=[{'input_ids': ..., 'attention_mask': ...}, ...])")
@@ -295,8 +344,16 @@ def compress(model: nn.Module, config: MethodConfig, calibration: list[dict] | N
     was_training = model.training
     model.eval()
     start = time.perf_counter()
+    original = [(p, m) for p, m in model.named_modules(remove_duplicate=False) if p]
     try:
         rows = entry.handler(model, config, calibration, progress)
+    except Exception as err:
+        restored = _restore(model, original)
+        if restored:  # the model is as it was; say so in the error
+            note = f"{entry.name} failed after replacing {len(restored)} module(s); the model was restored to its original modules"
+            if hasattr(err, "add_note"):
+                err.add_note(note)
+        raise
     finally:
         model.train(was_training)
     seconds = round(time.perf_counter() - start, 3)

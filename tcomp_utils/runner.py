@@ -9,7 +9,9 @@ and renamed into place, so an interrupted run leaves no half-written result.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime as dt
+import hashlib
 import json
 import os
 import sys
@@ -22,6 +24,44 @@ from . import records
 
 PROFILES = ("smoke", "default", "paper")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_ROOT = Path(__file__).resolve().parent
+
+
+def package_digest() -> str:
+    """SHA-256 (first 16 hex digits) of the package's Python sources: what a result depends on
+    besides the notebook and its parameters."""
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        h.update(str(path.relative_to(PACKAGE_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+class NotebookError(ValueError):
+    """A notebook or spec that cannot be run as given (the message says what is wrong)."""
+
+
+def notebook_parameters(nb: dict, path: Path | str = "notebook") -> dict[str, Any]:
+    """The names the notebook's ``parameters`` cell assigns, with their default values (``...``
+    where the default is not a literal)."""
+    cells = [c for c in nb["cells"] if c.get("cell_type") == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise NotebookError(f"{path} has no cell tagged 'parameters' (papermill injects parameters after it)")
+    found: dict[str, Any] = {}
+    for cell in cells:
+        source = "".join(cell["source"])
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as err:
+            raise NotebookError(f"{path}: the parameters cell does not parse: {err}") from None
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    try:
+                        found[target.id] = ast.literal_eval(node.value)
+                    except (ValueError, TypeError, SyntaxError):
+                        found[target.id] = ...
+    return found
 
 
 class NotebookFailed(RuntimeError):
@@ -44,8 +84,10 @@ def execute_point(notebook: dict, parameters: dict[str, Any], cwd: str | None = 
 
     Self-contained so that it can run on a Dask worker on another machine: it needs the
     notebook's content, not its path, and returns everything instead of writing files.
-    Returns ``{"status": "ok"|"failed", "error", "records", "elapsed_s", "executed"}`` where
-    ``executed`` is the executed (or partially executed) notebook as a dict.
+    Returns ``{"status": "ok"|"failed", "error", "records", "elapsed_s", "code_hash", "executed"}``
+    where ``executed`` is the executed (or partially executed) notebook as a dict and
+    ``code_hash`` the :func:`package_digest` of the package that ran it. A record named like a
+    parameter or a results column fails the point (it would overwrite that column).
     """
     import nbformat
     import papermill as pm
@@ -63,9 +105,17 @@ def execute_point(notebook: dict, parameters: dict[str, Any], cwd: str | None = 
         except Exception as err:  # kernel died, bad parameters, ...: recorded, not raised
             error = f"{type(err).__name__}: {err}"
         executed = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else notebook
-    return {"status": "failed" if error else "ok", "error": error,
-            "records": records.records_from_notebook(executed),
-            "elapsed_s": round(time.perf_counter() - start, 2), "executed": executed}
+    found = records.records_from_notebook(executed)
+    try:
+        names = set(notebook_parameters(notebook)) | set(parameters)
+    except NotebookError:
+        names = set(parameters)
+    clash = sorted(set(found) & (names | set(records.RESERVED)))
+    if clash and not error:
+        error = (f"record name(s) {clash} are parameters or results columns ({', '.join(records.RESERVED)}): "
+                 "rename the records")
+    return {"status": "failed" if error else "ok", "error": error, "records": found,
+            "elapsed_s": round(time.perf_counter() - start, 2), "code_hash": package_digest(), "executed": executed}
 
 
 def write_result(result: dict[str, Any], notebook_out: Path, record_out: Path, meta: dict[str, Any]) -> None:
@@ -73,7 +123,7 @@ def write_result(result: dict[str, Any], notebook_out: Path, record_out: Path, m
     records.write_json_atomic(notebook_out, result["executed"])
     records.write_json_atomic(record_out, {
         **meta, "status": result["status"], "error": result["error"], "records": result["records"],
-        "elapsed_s": result["elapsed_s"], "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": result["elapsed_s"], "code_hash": result.get("code_hash"), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
 
 

@@ -13,6 +13,7 @@ transformers' auto mappings for the config's ``model_type``, never from an arbit
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -156,6 +157,7 @@ def save_compressed(model: nn.Module, folder: str | os.PathLike, overwrite: bool
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
         safetensors.torch.save_model(model, str(tmp / WEIGHTS))
+        description["sha256"] = {WEIGHTS: _sha256(tmp / WEIGHTS)}
         (tmp / DESCRIPTION).write_text(json.dumps(description, indent=1))
         if folder.exists():  # empty, or a previous save (only our two files): swap it out
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-old-"))
@@ -168,6 +170,14 @@ def save_compressed(model: nn.Module, folder: str | os.PathLike, overwrite: bool
         if tmp.exists():
             shutil.rmtree(tmp)
     return folder
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _fit_shapes(model: nn.Module, weights: Path) -> None:
@@ -194,7 +204,17 @@ def load_compressed(folder: str | os.PathLike, device: str = "cpu") -> nn.Module
     folder = Path(folder)
     if not (folder / DESCRIPTION).is_file():
         raise FileNotFoundError(f"{folder} holds no {DESCRIPTION}: not saved by tcomp_utils.serialize.save_compressed")
-    description = json.loads((folder / DESCRIPTION).read_text())
+    try:
+        description = json.loads((folder / DESCRIPTION).read_text())
+        config, modules = description["config"], description["modules"]
+        if not isinstance(config, dict) or not isinstance(modules, dict):
+            raise TypeError("config and modules must be mappings")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{folder / DESCRIPTION} is not a valid description ({type(err).__name__}: {err})") from None
+    expected = description.get("sha256", {}).get(WEIGHTS)
+    if expected is not None and _sha256(folder / WEIGHTS) != expected:
+        raise ValueError(f"{folder / WEIGHTS} does not match the SHA-256 recorded in {DESCRIPTION}: the file is damaged "
+                         "or was changed after saving")
     model = _build(description)
     for path, attrs in description.get("attributes", {}).items():
         module = model.get_submodule(path)

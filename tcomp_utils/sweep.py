@@ -14,20 +14,28 @@ A sweep spec is a YAML file under ``papermill_runs/``::
 
 Each point is identified by a stable hash of (the notebook's code, profile, parameters): its executed
 notebook and its record are ``<output>/points/<hash>.ipynb`` and ``<hash>.json``, written
-atomically, the record last, so a killed sweep leaves only complete points. A rerun skips
-points whose record says ``ok``; a point whose parameters changed has a new hash and runs again;
-a failed point is recorded with its error and retried on the next run. At the end all points
-of the spec are gathered into ``<output>/results.csv`` (one row per point: parameters, status,
-error, scalar records) and each table-valued record ``R`` into ``<output>/R.csv``.
+atomically, the record last, so a killed sweep leaves only complete points. Every record keeps
+the hash of the package source it ran with (``code_hash``). A rerun skips points whose record
+says ``ok`` *and* whose code hash is the current one; a point computed with other package code is
+*stale* and runs again (``--keep-stale`` reuses it, marked ``stale`` in the table); a point whose
+parameters changed has a new hash and runs again; a failed point is recorded with its error and
+retried on the next run. At the end all points of the spec are gathered into
+``<output>/results.csv`` (one row per point: parameters, status, error, code hash, scalar records)
+and each table-valued record ``R`` into ``<output>/R.csv``.
 
-    python -m tcomp_utils.sweep SPEC [--profile P] [--workers N | --scheduler ADDRESS]
+The spec is checked before anything runs: every parameter must be one the notebook's
+``parameters`` cell defines, of the type of its default; a point listed twice is run once.
+
+    python -m tcomp_utils.sweep SPEC [--profile P] [--workers N | --scheduler ADDRESS] [--keep-stale]
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import itertools
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +45,44 @@ import pandas as pd
 import yaml
 from tqdm.auto import tqdm
 
-from .runner import REPO_ROOT, check_profile, execute_point, notebook_label, write_result
+from .runner import (PROFILES, REPO_ROOT, NotebookError, execute_point, notebook_label, notebook_parameters,
+                     package_digest, write_result)
 
 SPEC_KEYS = {"name", "notebook", "profile", "parameters", "grid", "points", "output"}
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class SweepSpecError(ValueError):
+class SweepSpecError(NotebookError):
     pass
+
+
+def read_notebook(path: Path) -> dict:
+    """A notebook's JSON; a file that is not a notebook raises :class:`SweepSpecError` saying so."""
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SweepSpecError(f"notebook {path} is not a readable notebook (JSON): {err}") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise SweepSpecError(f"notebook {path} has no list of cells: not a Jupyter notebook")
+    return nb
+
+
+def _check_type(name: str, value: Any, default: Any, where: str) -> None:
+    """A parameter's value must have the type of the notebook's default (numbers: int for int,
+    int or float for float; None and non-literal defaults accept anything)."""
+    if default is None or default is ...:
+        return
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise SweepSpecError(f"{where}: parameter {name}={value!r} is a {type(value).__name__}, but the notebook's "
+                             f"default {default!r} is a {type(default).__name__}")
 
 
 @dataclass
@@ -56,6 +95,8 @@ class SweepSpec:
     output: Path
     parameters: dict[str, Any] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: int = 0  # points listed more than once (run once)
+    parameter_names: tuple[str, ...] = ()  # what the notebook's parameters cell defines
 
     @classmethod
     def load(cls, path: str | Path, profile: str | None = None, output: str | Path | None = None) -> "SweepSpec":
@@ -63,32 +104,63 @@ class SweepSpec:
         path = Path(path)
         if not path.is_file():
             raise SweepSpecError(f"sweep spec {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise SweepSpecError(f"{path} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise SweepSpecError(f"{path}: a sweep spec is a mapping of {sorted(SPEC_KEYS)}, got a {type(raw).__name__}")
         unknown = set(raw) - SPEC_KEYS
         if unknown:
             raise SweepSpecError(f"{path}: unknown key(s) {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}")
         for key in ("name", "notebook"):
             if key not in raw:
                 raise SweepSpecError(f"{path}: missing required key {key!r}")
+        name = raw["name"]
+        if not isinstance(name, str) or not NAME.match(name) or ".." in name:
+            raise SweepSpecError(f"{path}: name {name!r} must be letters, digits, '_', '-' or '.' (it names a folder "
+                                 "under papermill_runs/; no '/' or '..')")
+        profile = profile or raw.get("profile", "default")
+        if profile not in PROFILES:
+            raise SweepSpecError(f"{path}: unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
         notebook = (REPO_ROOT / raw["notebook"]).resolve()
         if not notebook.is_file():
             raise SweepSpecError(f"{path}: notebook {raw['notebook']} does not exist")
+        try:
+            allowed = notebook_parameters(read_notebook(notebook), raw["notebook"])
+        except NotebookError as err:
+            raise SweepSpecError(str(err)) from None
         grid = raw.get("grid") or []
         grids = grid if isinstance(grid, list) else [grid]
         if not all(isinstance(g, dict) and g and all(isinstance(v, list) and v for v in g.values()) for g in grids):
             raise SweepSpecError(f"{path}: 'grid' must map each parameter to a non-empty list of values "
                                  "(or be a list of such maps)")
-        points = [dict(zip(g, combo)) for g in grids for combo in itertools.product(*g.values())]
-        points += list(raw.get("points") or [])
+        listed = raw.get("points") or []
+        if not isinstance(listed, list) or not all(isinstance(p, dict) for p in listed):
+            raise SweepSpecError(f"{path}: 'points' must be a list of mappings (parameter: value), got {listed!r:.80}")
+        points = [dict(zip(g, combo)) for g in grids for combo in itertools.product(*g.values())] + listed
         if not points:
             raise SweepSpecError(f"{path}: no points: give a 'grid' or a list of 'points'")
-        fixed = dict(raw.get("parameters") or {})
+        fixed = raw.get("parameters") or {}
+        if not isinstance(fixed, dict):
+            raise SweepSpecError(f"{path}: 'parameters' must be a mapping, got {fixed!r:.80}")
         if "profile" in fixed or any("profile" in p for p in points):
             raise SweepSpecError(f"{path}: set the profile with the top-level 'profile' key, not as a parameter")
-        out = Path(output or raw.get("output") or f"papermill_runs/{raw['name']}")
-        return cls(name=raw["name"], notebook=notebook, profile=check_profile(profile or raw.get("profile", "default")),
-                   output=out if out.is_absolute() else REPO_ROOT / out, parameters=fixed,
-                   points=[{**fixed, **p} for p in points])
+        points = [{**fixed, **p} for p in points]
+        for point in points:
+            for key, value in point.items():
+                if key not in allowed:
+                    close = difflib.get_close_matches(key, list(allowed), n=1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise SweepSpecError(f"{path}: unknown parameter {key!r}{hint}; {raw['notebook']} has parameters "
+                                         f"{', '.join(k for k in allowed if k != 'profile')}")
+                _check_type(key, value, allowed[key], str(path))
+        unique = list({json.dumps(p, sort_keys=True, default=str): p for p in points}.values())
+        out = Path(output or raw.get("output") or f"papermill_runs/{name}")
+        spec = cls(name=name, notebook=notebook, profile=profile, output=out if out.is_absolute() else REPO_ROOT / out,
+                   parameters=fixed, points=unique)
+        spec.duplicates, spec.parameter_names = len(points) - len(unique), tuple(allowed)
+        return spec
 
     def point_parameters(self, point: dict[str, Any]) -> dict[str, Any]:
         return {"profile": self.profile, **point}
@@ -105,15 +177,24 @@ class SweepSpec:
         return hashlib.sha256(json.dumps(code).encode()).hexdigest()
 
 
-def _done(record_path: Path) -> bool:
+def _read_record(path: Path) -> dict | None:
+    """A point's record, or None when it is missing or unreadable (then the point runs again)."""
     try:
-        return json.loads(record_path.read_text())["status"] == "ok"
-    except (OSError, ValueError, KeyError):
-        return False
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "status" in record else None
 
 
-def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, progress: bool = True) -> pd.DataFrame:
-    """Run every pending point of ``spec`` and return the gathered results table.
+def _done(record_path: Path, code_hash: str, keep_stale: bool = False) -> bool:
+    record = _read_record(record_path)
+    return bool(record) and record["status"] == "ok" and (keep_stale or record.get("code_hash") == code_hash)
+
+
+def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, progress: bool = True,
+              keep_stale: bool = False) -> pd.DataFrame:
+    """Run every pending point of ``spec`` (missing, failed, or computed with other package code
+    unless ``keep_stale``) and return the gathered results table.
 
     ``workers=0`` and no ``scheduler``: points run one after another in this process.
     ``workers=N``: a local Dask cluster of N single-threaded worker processes.
@@ -123,7 +204,8 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
     points_dir = spec.output / "points"
     points_dir.mkdir(parents=True, exist_ok=True)
     keys = [spec.point_key(p) for p in spec.points]
-    pending = [(k, p) for k, p in zip(keys, spec.points) if not _done(points_dir / f"{k}.json")]
+    code_hash = package_digest()
+    pending = [(k, p) for k, p in zip(keys, spec.points) if not _done(points_dir / f"{k}.json", code_hash, keep_stale)]
     source = json.loads(spec.notebook.read_text(encoding="utf-8"))
     cwd = str(spec.notebook.parent)
     bar = tqdm(total=len(keys), initial=len(keys) - len(pending), desc=f"sweep {spec.name}", disable=not progress)
@@ -152,18 +234,26 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
         for key, point in pending:
             save(key, point, execute_point(source, spec.point_parameters(point), cwd))
     bar.close()
-    return gather(spec)
+    return gather(spec, code_hash)
 
 
-def gather(spec: SweepSpec) -> pd.DataFrame:
-    """Collect the spec's point records into ``results.csv`` (+ one CSV per table record)."""
+def gather(spec: SweepSpec, code_hash: str | None = None) -> pd.DataFrame:
+    """Collect the spec's point records into ``results.csv`` (+ one CSV per table record); a
+    point's ``stale`` column says its code hash is not ``code_hash`` (default: the current one)."""
+    code_hash = code_hash or package_digest()
     rows, tables = [], {}
     for point in spec.points:
         key = spec.point_key(point)
         path = spec.output / "points" / f"{key}.json"
-        rec = json.loads(path.read_text()) if path.is_file() else {"status": "missing", "error": None, "records": {}}
-        row = {"key": key, **point, "status": rec["status"], "error": rec["error"]}
-        for name, value in rec["records"].items():
+        rec = _read_record(path)
+        if rec is None:
+            rec = ({"status": "unreadable", "error": f"{path} is damaged (not a complete record); rerun the sweep"}
+                   if path.exists() else {"status": "missing"})
+        row = {"key": key, **point, "status": rec["status"], "error": rec.get("error"),
+               "code_hash": rec.get("code_hash"), "stale": rec.get("code_hash") != code_hash}
+        for name, value in (rec.get("records") or {}).items():
+            if name in row or name in spec.parameter_names:
+                continue  # refused when recorded; an old record cannot take a column's name
             if isinstance(value, list) and value and isinstance(value[0], dict):
                 tables.setdefault(name, []).extend({"key": key, **point, **r} for r in value)
             elif not isinstance(value, (list, dict)):
@@ -190,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster of N workers")
     where.add_argument("--scheduler", default=None, help="run on the Dask scheduler at ADDRESS (tcp://host:8786)")
+    parser.add_argument("--keep-stale", action="store_true",
+                        help="reuse points computed with other package code (marked stale) instead of rerunning them")
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
@@ -198,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     except SweepSpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    results = run_sweep(spec, workers=args.workers, scheduler=args.scheduler)
+    if spec.duplicates:
+        print(f"note: {spec.duplicates} point(s) listed more than once; each runs once", file=sys.stderr)
+    results = run_sweep(spec, workers=args.workers, scheduler=args.scheduler, keep_stale=args.keep_stale)
     failed = results[results.status != "ok"]
     print(f"{len(results) - len(failed)}/{len(results)} points ok; results: {spec.output / 'results.csv'}")
     for _, row in failed.iterrows():

@@ -55,7 +55,8 @@ class Recipe:
 
 RECIPES = {
     "minilm-l6-tweets": Recipe(),
-    "minilm-l6-tweets-smoke": Recipe(train_examples=256, eval_examples=256),
+    # small enough for CI, trained enough to beat the majority class clearly (91 % vs 77 % on its 256 test tweets)
+    "minilm-l6-tweets-smoke": Recipe(train_examples=512, eval_examples=256, epochs=2, lr=3e-4),
 }
 
 

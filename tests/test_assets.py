@@ -8,6 +8,7 @@ import pytest
 from tcomp_utils import assets
 
 
+@pytest.mark.slow
 def test_every_fetched_asset_matches_its_pinned_hashes():
     for name in assets.ASSETS:
         path = assets.asset_path(name)  # verifies every file's SHA-256

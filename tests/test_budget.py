@@ -35,6 +35,7 @@ def test_bert_base_macs_match_hand_formula(bert_base, s):
     assert table.macs_per_token.sum() * s == pytest.approx(12 * hand_layer_macs(s, 768, 12, 3072) + 768 * 768)
 
 
+@pytest.mark.slow
 def test_minilm_l6_counts(minilm):
     table = budget.module_table(minilm, 128)
     assert table.params.sum() == 22_713_216

@@ -164,11 +164,25 @@ def test_data_aware_svd_beats_plain_svd_on_the_output_error():
         assert (hidden(aware) - target).norm() < (hidden(plain) - target).norm()
 
 
-def test_fisher_weighted_svd_runs_on_labelled_batches():
+def test_fisher_weighted_svd_weights_rows_by_the_gradients_of_the_task_loss():
+    torch.manual_seed(0)
     model = tiny_bert()
-    batches = [{"input_ids": torch.randint(0, 100, (4, 6)), "labels": torch.tensor([0, 1, 0, 1])}]
-    report = factorize(model, "fwsvd", ["ffn_out"], ratio=2, calibration=batches)
-    assert len(report.modules) == 2 and all(isinstance(model.get_submodule(p), LowRankLinear) for p in report.modules.path)
+    batches = [{"input_ids": torch.randint(0, 100, (4, 6)), "labels": torch.tensor([0, 1, 0, 1])} for _ in range(2)]
+    path = "bert.encoder.layer.0.output.dense"
+    grad2 = torch.zeros(32, dtype=torch.float64)  # Fisher of each output row: Σ over batches of its squared gradient
+    for b in batches:
+        model.zero_grad()
+        model(**b).loss.backward()
+        grad2 += model.get_submodule(path).weight.grad.double().pow(2).sum(1)
+    model.zero_grad()
+    lin = copy.deepcopy(model.get_submodule(path))
+    report = factorize(model, "fwsvd", ["ffn_out"], rank=4, layers=[0], calibration=batches)
+    left, right = truncated_svd(lin.weight, 4, out_scale=grad2.sqrt().float())
+    fitted = model.get_submodule(path)
+    torch.testing.assert_close(fitted.weight_matrix(), left @ right, atol=1e-5, rtol=1e-4)
+    plain = LowRankLinear.from_linear(lin, 4).weight_matrix()
+    assert (fitted.weight_matrix() - plain).norm() > 0.05 * plain.norm()  # the weighting changes the fit
+    assert report.modules.rel_error[0] > ((lin.weight - plain).norm() / lin.weight.norm()).item()  # not Eckart-Young
     with pytest.raises(ValueError, match="needs calibration batches with 'labels'"):
         factorize(tiny_bert(), "fwsvd", ["ffn_out"], ratio=2, calibration=[{"input_ids": torch.randint(0, 100, (2, 3))}])
 
@@ -190,6 +204,13 @@ def test_bad_budgets_and_arguments_leave_the_model_untouched():
         (dict(method="tucker", roles=["query", "key"], rank=(2, 4, 4), mode="qkv"), ValueError, "stacks Q/K/V"),
         (dict(method="tucker", roles=["query"], rank=(3, 40, 4), mode="concatenated"), BudgetError, "must lie in"),
         (dict(method="kronecker", roles=["ffn_in"], ratio=10_000), BudgetError, "Kronecker rank 0"),
+        (dict(method="svd", roles=["query"], ratio=2, layers=[99]), ValueError, "no layer 99"),
+        (dict(method="svd", roles=["query"], ratio=2, layers=[-1]), ValueError, "layers must be a non-empty list"),
+        (dict(method="svd", roles=["query"], ratio=2, layers=[]), ValueError, "layers must be a non-empty list"),
+        (dict(method="svd", roles=[], ratio=2), ValueError, "roles=\\[\\] names no module"),
+        (dict(method="asvd", roles=["query"], ratio=2, alpah=0.3), ValueError, "unknown option 'alpah'.*'alpha'"),
+        (dict(method="falcon", roles=["query"], ratio=2, groups=0), ValueError, "groups must be an integer >= 1"),
+        (dict(method="svd", roles=["query"], rank=2.5), BudgetError, "rank must be an integer >= 1, got 2.5"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):

@@ -5,6 +5,7 @@ from tcomp_utils import models
 from conftest import tiny_t5
 
 
+@pytest.mark.slow
 def test_embedded_encoder_loads_as_classifier():
     model, tok = models.load_model("minilm-l6", "sequence-classification", num_labels=2)
     enc = tok(["a good day", "a bad day"], padding=True, return_tensors="pt")
@@ -13,6 +14,7 @@ def test_embedded_encoder_loads_as_classifier():
     assert not model.training
 
 
+@pytest.mark.slow
 def test_local_folder_goes_through_the_same_path(tmp_path):
     model = tiny_t5()
     model.save_pretrained(tmp_path)
@@ -46,6 +48,7 @@ def _gguf_file():
     return assets.asset_path(em.asset) / em.subdir / em.gguf_file
 
 
+@pytest.mark.slow
 def test_a_folder_or_file_with_a_gguf_resolves_to_it(tmp_path):
     gguf = _gguf_file()
     (tmp_path / "one").mkdir()
@@ -60,6 +63,7 @@ def test_a_folder_or_file_with_a_gguf_resolves_to_it(tmp_path):
         models.resolve(str(tmp_path / "notes.txt"))
 
 
+@pytest.mark.slow
 def test_a_gguf_by_path_loads_like_the_embedded_name(tmp_path):
     (tmp_path / "SmolLM2.gguf").symlink_to(_gguf_file())
     model, tok = models.load_model(str(tmp_path), "causal-lm")

@@ -202,7 +202,15 @@ def test_rtn_needs_no_data_and_gptq_does():
     (dict(roles=["gate"]), ValueError, "unknown module role 'gate'"),
     (dict(lm_head=True), ValueError, "has no linear output head"),
     (dict(roles=["embeddings", "ffn"], calibration=[torch.zeros(2, 3)]), ValueError,
-     "calibration batch 0 is not a dict with 'input_ids'"),
+     "calibration batch 0 is a Tensor, not a dict with 'input_ids'"),
+    (dict(calibration=[{"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 3)}]),
+     ValueError, r"attention_mask has shape \(2, 3\), but input_ids has \(2, 4\)"),
+    (dict(calibration=[{"input_ids": torch.ones(2, 4)}]), ValueError, "input_ids must be a 2-D integer tensor"),
+    (dict(calibration=[{"input_ids": torch.ones(4, dtype=torch.long)}]), ValueError, "must be a 2-D integer tensor"),
+    (dict(calibration=[{"input_ids": torch.full((1, 3), 100)}]), ValueError, r"outside the model's vocabulary \[0, 100\)"),
+    (dict(layers=[99]), ValueError, r"no layer 99; layer indices run from 0 \(encoder: 2 layers\)"),
+    (dict(layers=[]), ValueError, "layers must be a non-empty list"),
+    (dict(roles=[]), ValueError, r"roles=\[\] names no module"),
     (dict(method="gptq", damp=-1.0, calibration=[{"input_ids": torch.zeros(1, 3, dtype=torch.long)}]), ValueError,
      "damp must be > 0"),
 ])
@@ -305,3 +313,47 @@ def test_t5_shared_embedding_is_quantized_under_every_name_and_round_trips(tmp_p
         assert torch.equal(loaded(input_ids=ids, decoder_input_ids=ids).logits,
                            model(input_ids=ids, decoder_input_ids=ids).logits)
     assert budget.footprint(loaded) == budget.footprint(model)
+
+
+def test_nan_weights_are_refused_before_anything_changes():
+    model = tiny_bert()
+    with torch.no_grad():
+        model.bert.encoder.layer[1].output.dense.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"bert.encoder.layer.1.output.dense.weight holds NaN or inf values"):
+        quantize(model, "rtn", bits=4, progress=False)
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())
+
+
+def test_a_failure_midway_restores_the_model_and_names_the_layer():
+    torch.manual_seed(0)
+    model = tiny_llama()
+    with torch.no_grad():  # NaN activations from block 1 on: its Hessians cannot be factorized
+        model.model.layers[1].input_layernorm.weight.fill_(float("nan"))
+    batches = [{"input_ids": torch.randint(0, 100, (2, 8))}]
+    before = {p: m for p, m in model.named_modules()}
+    with pytest.raises(ValueError, match=r"gptq of model.layers.1.self_attn.q_proj: its input Hessian is not positive "
+                                         r"definite") as info:
+        quantize(model, "gptq", bits=4, calibration=batches, progress=False)
+    assert any("the model was restored" in note for note in getattr(info.value, "__notes__", []))
+    assert all(model.get_submodule(p) is m for p, m in before.items())  # block 0's layers are back
+    assert not any(isinstance(m, QuantLinear) for m in model.modules())
+
+
+def test_gptq_hessians_see_real_tokens_only():
+    """Padding must not enter the Hessians: GPTQ on padded batches gives the codes it gives on
+    the same sequences one at a time."""
+    torch.manual_seed(0)
+    model = tiny_bert()
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(1, 100, (n,), generator=g) for n in (12, 3, 5, 2)]
+    width = max(len(x) for x in seqs)
+    padded = {"input_ids": torch.zeros(len(seqs), width, dtype=torch.long),
+              "attention_mask": torch.zeros(len(seqs), width, dtype=torch.long)}
+    for i, x in enumerate(seqs):
+        padded["input_ids"][i, :len(x)], padded["attention_mask"][i, :len(x)] = x, 1
+    alone = [{"input_ids": x[None], "attention_mask": torch.ones(1, len(x), dtype=torch.long)} for x in seqs]
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    quantize(a, "gptq", bits=3, calibration=[padded], progress=False)
+    quantize(b, "gptq", bits=3, calibration=alone, progress=False)
+    codes = lambda m: torch.cat([q.codes().flatten() for q in m.modules() if isinstance(q, QuantLinear)])  # noqa: E731
+    assert (codes(a) != codes(b)).float().mean() < 0.002  # equal up to float rounding of the sums

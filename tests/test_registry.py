@@ -114,7 +114,7 @@ def test_registering_another_config_under_a_taken_name_is_refused():
     (lambda: SVDConfig(rank=0), BudgetError, "rank must be an integer >= 1, got 0"),
     (lambda: SVDConfig(ratio=2, mode="stacked"), ConfigError, r"mode='stacked' is not allowed; allowed: separated, concatenated"),
     (lambda: SVDConfig(ratio=2, roles="queries"), adapters.UnknownRoleError, "unknown module role 'queries'"),
-    (lambda: SVDConfig(ratio=2, layers=0), ConfigError, "layers must be a list"),
+    (lambda: SVDConfig(ratio=2, layers=0), ConfigError, "layers must be a non-empty list"),
     (lambda: TuckerConfig(rank=4), BudgetError, "rank must be a list"),
     (lambda: GPTQConfig(bits=9), ConfigError, r"bits must be an integer in \[2, 8\], got 9"),
     (lambda: GPTQConfig(group_size=0), ConfigError, "group_size must be None"),
@@ -133,7 +133,7 @@ def test_compress_checks_before_it_changes_anything():
     state = copy.deepcopy(model.state_dict())
     with pytest.raises(ValueError, match="method 'gptq' needs calibration batches"):
         compress(model, GPTQConfig(bits=4))
-    with pytest.raises(ValueError, match="calibration batch 0 is not a dict with 'input_ids'"):
+    with pytest.raises(ValueError, match="calibration batch 0 is a Tensor, not a dict with 'input_ids'"):
         compress(model, RTNConfig(bits=4), calibration=[torch.zeros(2, 3)])
     with pytest.raises(UnknownMethodError, match="not a registered method config"):
         compress(model, MethodConfig())

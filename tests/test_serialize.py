@@ -115,3 +115,16 @@ def test_a_description_cannot_name_an_arbitrary_class(tmp_path):
     (folder / serialize.DESCRIPTION).write_text(json.dumps(fake))
     with pytest.raises(KeyError, match="compressed module class 'Evil' is not registered"):
         serialize.load_compressed(folder)
+
+
+def test_a_damaged_save_is_refused_on_load(tmp_path):
+    folder = serialize.save_compressed(tiny_bert(), tmp_path / "m")
+    weights = folder / serialize.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="does not match the SHA-256 recorded in tcomp.json"):
+        serialize.load_compressed(folder)
+    (folder / serialize.DESCRIPTION).write_text('{"config": ')
+    with pytest.raises(ValueError, match=r"m/tcomp.json is not a valid description \(JSONDecodeError"):
+        serialize.load_compressed(folder)

@@ -80,15 +80,20 @@ def test_killed_sweep_resumes_without_recomputing_or_corruption(tmp_path):
         assert runs(tmp_path, x) == 1, f"point x={x} finished before the kill but ran again"
 
 
-def test_committed_spec_gives_the_same_table_locally_and_on_dask(tmp_path):
-    spec_path = ROOT / "papermill_runs" / "budget_axis.yaml"
-    assert len(sweep.SweepSpec.load(spec_path).points) >= 4
-    local = sweep.run_sweep(sweep.SweepSpec.load(spec_path, "smoke", tmp_path / "local"), progress=False)
-    on_dask = sweep.run_sweep(sweep.SweepSpec.load(spec_path, "smoke", tmp_path / "dask"), workers=2, progress=False)
+def test_the_same_table_locally_and_on_dask(tmp_path):
+    spec_path = write_spec(tmp_path, [{"x": 2}, {"x": 3}])
+    local = sweep.run_sweep(sweep.SweepSpec.load(spec_path, output=tmp_path / "local"), progress=False)
+    on_dask = sweep.run_sweep(sweep.SweepSpec.load(spec_path, output=tmp_path / "dask"), workers=2, progress=False)
     assert (local.status == "ok").all(), local.error.tolist()
     pd.testing.assert_frame_equal(local, on_dask)
-    by_role = [pd.read_csv(tmp_path / where / "by_role.csv") for where in ("local", "dask")]
-    pd.testing.assert_frame_equal(*by_role)
+    rows = [pd.read_csv(tmp_path / where / "rows.csv") for where in ("local", "dask")]
+    pd.testing.assert_frame_equal(*rows)
+
+
+def test_committed_specs_name_only_their_notebooks_parameters():
+    for path in sorted((ROOT / "papermill_runs").glob("*.yaml")):
+        spec = sweep.SweepSpec.load(path)  # raises on an unknown or mistyped parameter
+        assert spec.points and spec.duplicates == 0, path.name
 
 
 @pytest.mark.parametrize("change, message", [
@@ -98,8 +103,16 @@ def test_committed_spec_gives_the_same_table_locally_and_on_dask(tmp_path):
     ({"points": None}, "no points"),
     ({"profile": "huge"}, "unknown profile 'huge'"),
     ({"parameters": {"profile": "smoke"}}, "top-level 'profile' key"),
+    ({"points": [{"xx": 1}]}, r"unknown parameter 'xx' \(did you mean 'x'\?\); tests/notebooks/sweep_probe.ipynb has "
+                              r"parameters x, delay, fail_on, marker_dir, y, extra_record"),
+    ({"points": [{"x": "abc"}]}, r"parameter x='abc' is a str, but the notebook's default 1 is a int"),
+    ({"points": {"x": 1}}, "'points' must be a list of mappings"),
+    ({"points": ["x=1"]}, "'points' must be a list of mappings"),
+    ({"name": "../../escape"}, r"name '../../escape' must be letters"),
+    ({"parameters": [1]}, "'parameters' must be a mapping"),
 ])
 def test_bad_specs_are_clear_errors(tmp_path, change, message):
+    """Each bad spec fails before anything runs, naming what is wrong and what is allowed."""
     spec = {"name": "bad", "notebook": PROBE, "points": [{"x": 1}], **change}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -144,3 +157,69 @@ def test_records_round_trip_plain_json():
     assert records.to_json({"x": (1, 2)}) == {"x": [1, 2]}
     with pytest.raises(TypeError, match="cannot record a value of type object"):
         records.to_json(object())
+
+
+def test_unreadable_specs_and_notebooks_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(sweep.SweepSpecError, match="is not valid YAML"):
+        sweep.SweepSpec.load(bad)
+    bad.write_text("- just\n- a list\n")
+    with pytest.raises(sweep.SweepSpecError, match="a sweep spec is a mapping"):
+        sweep.SweepSpec.load(bad)
+    (tmp_path / "nb.ipynb").write_text("not json")
+    bad.write_text(yaml.safe_dump({"name": "b", "notebook": str(tmp_path / "nb.ipynb"), "points": [{"x": 1}]}))
+    with pytest.raises(sweep.SweepSpecError, match="is not a readable notebook"):
+        sweep.SweepSpec.load(bad)
+    (tmp_path / "nb.ipynb").write_text(json.dumps({"cells": [], "metadata": {}}))
+    with pytest.raises(sweep.SweepSpecError, match="has no cell tagged 'parameters'"):
+        sweep.SweepSpec.load(bad)
+    bad.write_text(yaml.safe_dump({"name": "b", "notebook": PROBE, "profile": "huge", "points": [{"x": 1}]}))
+    assert sweep.main([str(bad)]) == 2  # a clear message on stderr, no traceback
+
+
+def test_a_point_listed_twice_runs_once(tmp_path):
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1}, {"x": 2}, {"x": 1}]))
+    assert spec.duplicates == 1 and [p["x"] for p in spec.points] == [1, 2]
+    results = sweep.run_sweep(spec, progress=False)
+    assert list(results.x) == [1, 2] and runs(tmp_path, 1) == 1
+
+
+def test_records_may_not_take_the_name_of_a_parameter_or_a_column(tmp_path):
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1, "extra_record": "delay"}, {"x": 2, "extra_record": "status"},
+                                                       {"x": 3}]))
+    results = sweep.run_sweep(spec, progress=False)
+    assert list(results.status) == ["failed", "failed", "ok"]
+    assert "record name(s) ['delay'] are parameters" in results.error[0]
+    assert "record name 'status' is not allowed" in results.error[1]
+    assert "delay" not in results and list(results.x) == [1, 2, 3]  # no record took a parameter's column
+
+
+def test_points_computed_with_other_package_code_are_stale_and_rerun(tmp_path, monkeypatch):
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1}, {"x": 2}]))
+    first = sweep.run_sweep(spec, progress=False)
+    assert first.code_hash.nunique() == 1 and not first.stale.any()
+    monkeypatch.setattr(sweep, "package_digest", lambda: "0" * 16)  # the package changed since
+    kept = sweep.run_sweep(spec, progress=False, keep_stale=True)
+    assert [runs(tmp_path, x) for x in (1, 2)] == [1, 1] and kept.stale.all()
+    monkeypatch.setattr(runner, "package_digest", lambda: "0" * 16)
+    rerun = sweep.run_sweep(spec, progress=False)
+    assert [runs(tmp_path, x) for x in (1, 2)] == [2, 2] and not rerun.stale.any()
+
+
+def test_a_damaged_point_file_is_named_and_rerun(tmp_path):
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1}, {"x": 2}]))
+    results = sweep.run_sweep(spec, progress=False)
+    damaged = tmp_path / "out" / "points" / f"{results.key[0]}.json"
+    damaged.write_text(damaged.read_text()[:20])
+    gathered = sweep.gather(spec)
+    assert gathered.status[0] == "unreadable" and str(damaged) in gathered.error[0]
+    assert (sweep.run_sweep(spec, progress=False).status == "ok").all() and runs(tmp_path, 1) == 2
+
+
+def test_arrays_are_recorded_as_lists():
+    import numpy as np
+    import torch
+    assert records.to_json(np.arange(3)) == [0, 1, 2]
+    assert records.to_json(torch.tensor([[1.5], [2.0]])) == [[1.5], [2.0]]
+    assert records.to_json(np.float32(0.5)) == 0.5

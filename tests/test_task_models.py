@@ -13,13 +13,18 @@ def test_recipe_key_changes_with_the_recipe():
     assert dataclasses.replace(r, train_examples=100).key() != r.key()
 
 
+@pytest.mark.slow
 def test_cached_model_is_reused_and_changed_recipe_retrains(tmp_path, monkeypatch):
     monkeypatch.setattr(task_models, "task_model_dir", lambda: tmp_path / "task_models")
     tiny = task_models.Recipe(train_examples=32, eval_examples=32, batch_size=16)
     model, tok, info = task_models.get_task_model("tiny", tiny, progress=False)
     assert info.metrics["steps"] == 2 and info.metrics["test_examples"] == 32
     assert (info.path / "model.safetensors").is_file() and info.recipe["train_examples"] == 32
-    assert 0.0 <= info.metrics["test_accuracy"] <= 1.0
+    from tcomp_utils import metrics, tasks
+    task = tasks.load_task("tweets", seed=tiny.split_seed)  # the recorded metric is the saved model's own
+    again = metrics.evaluate_classifier(model, tok, task["test"].select(range(32)), task.spec.metrics,
+                                        task.spec.text_fields, task.spec.label_field, max_length=tiny.max_length)
+    assert again["accuracy"] == info.metrics["test_accuracy"] and again["f1"] == info.metrics["test_f1"]
 
     def no_training(*a, **k):
         raise AssertionError("a cached recipe must not retrain")
@@ -83,3 +88,14 @@ def test_lm_segments_are_seeded_windows_of_the_text():
     assert torch.equal(lm_segments(Tok(), text, n=6, length=20, seed=1)[0]["input_ids"], batches[0]["input_ids"])
     with pytest.raises(ValueError, match="too few for segments of 600"):
         lm_segments(Tok(), text, length=600)
+
+
+@pytest.mark.slow
+def test_the_smoke_task_model_beats_the_majority_class():
+    """Smoke runs compare compressed models with this one: it must have learnt something to lose."""
+    from tcomp_utils import tasks
+    _, _, info = task_models.get_task_model("minilm-l6-tweets-smoke", progress=False)
+    task = tasks.load_task("tweets", seed=info.recipe["split_seed"])
+    labels = task["test"].select(range(info.metrics["test_examples"]))["label"]
+    majority = max(labels.count(0), labels.count(1)) / len(labels)
+    assert info.metrics["test_accuracy"] > majority + 0.08 and info.metrics["test_f1"] > 0.6

@@ -8,6 +8,7 @@ def tweets():
     return tasks.load_task("tweets")
 
 
+@pytest.mark.slow
 def test_tweet_splits_are_fixed_disjoint_and_binary(tweets):
     sizes = {k: len(v) for k, v in tweets.splits.items()}
     assert sizes == {"train": 19_812, "validation": 1_000, "test": 2_000}
@@ -20,6 +21,7 @@ def test_tweet_splits_are_fixed_disjoint_and_binary(tweets):
     assert other["test"]["text"][:50] != tweets["test"]["text"][:50]
 
 
+@pytest.mark.slow
 def test_austen_holds_out_whole_novels():
     t = tasks.load_task("austen")
     assert t["test"]["book"] == ["prideprejudice"] and t["validation"]["book"] == ["persuasion"]
@@ -27,6 +29,7 @@ def test_austen_holds_out_whole_novels():
     assert "It is a truth universally acknowledged" in t.text("test")[:2000]
 
 
+@pytest.mark.slow
 def test_de_en_pairs():
     t = tasks.load_task("de-en")
     assert {k: len(v) for k, v in t.splits.items()} == {"train": 11_303, "validation": 500, "test": 1_000}

@@ -40,8 +40,8 @@ from tqdm.auto import tqdm
 
 from .. import adapters, capture
 from ..budget import BudgetError, check_ratio
-from ..registry import (CompressionReport, ConfigError, MethodConfig, check_choice, check_int, compress,
-                        method_config, module_row, register_method)
+from ..registry import (CompressionReport, ConfigError, MethodConfig, check_choice, check_finite, check_int,
+                        compress, method_config, module_row, register_method)
 from .lowrank import LowRankLinear, check_rank, rank_for_ratio, stacked_svd
 from .tensor_factors import FalconLinear, KroneckerLinear, check_tucker_ranks, tucker_linears, tucker_ranks_for_ratio
 
@@ -169,6 +169,7 @@ def _targets(model: nn.Module, config: FactorizationConfig) -> dict[str, list[ad
                                 "it is already compressed or cannot be factorized")
     if not any(targets.values()):
         raise ValueError(f"no module to factorize for roles {roles} and layers {config.layers}")
+    check_finite(_flat(targets))
     return targets
 
 

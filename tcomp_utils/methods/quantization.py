@@ -30,7 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import adapters, capture
-from ..registry import CompressionReport, ConfigError, MethodConfig, compress, method_config, module_row, register_method
+from ..registry import (CompressionReport, ConfigError, MethodConfig, check_finite, compress, method_config,
+                        module_row, register_method)
 from .gptq import HessianAccumulator, check_options, gptq
 from .quant_grid import QuantGrid, rtn
 from .quantized import QuantEmbedding, QuantLinear
@@ -102,6 +103,7 @@ def _targets(model: nn.Module, roles: list[str], layers: list[int] | None, lm_he
                             "it is already compressed or cannot be quantized")
     if not found:
         raise ValueError(f"no module to quantize for roles {roles} and layers {layers}")
+    check_finite(found)
     return found
 
 
@@ -159,7 +161,12 @@ def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | N
 
     def replace(rm: adapters.RoleModule, H: torch.Tensor | None) -> None:
         m = rm.module
-        q, row = _quantize_embedding(m, grid) if rm.role == "embeddings" else _quantize_layer(m, config, grid, H)
+        try:
+            q, row = _quantize_embedding(m, grid) if rm.role == "embeddings" else _quantize_layer(m, config, grid, H)
+        except torch.linalg.LinAlgError as err:
+            raise ValueError(f"{config.method} of {rm.path}: its input Hessian is not positive definite even with "
+                             f"damping {getattr(config, 'damp', None)} (inputs NaN, or too few distinct tokens); "
+                             f"raise damp or give more calibration data ({err})") from None
         # every path to the module, and for a table every embedding tied to its weight (T5's
         # encoder/decoder embed_tokens share the `shared` table): they all use the one quantized table
         same = [p for p, sub in model.named_modules(remove_duplicate=False)
