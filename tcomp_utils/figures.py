@@ -80,9 +80,14 @@ def _label(results: pd.DataFrame) -> pd.Series:
     return results.method + " (" + results["mode"] + ")"
 
 
+def _finetune_steps(results: pd.DataFrame) -> pd.Series:
+    """The fine-tuning steps parameter of each cell (absent: 0, offline only)."""
+    return results["finetune_steps"].fillna(0) if "finetune_steps" in results else pd.Series(0, index=results.index)
+
+
 def _offline_accuracy(results: pd.DataFrame):
     """Seed 000's table: test accuracy with no fine-tuning, rows method × roles × mode, columns ratio."""
-    ok = results[(results.status == "ok") & (results.finetune_steps == 0)].copy()
+    ok = results[(results.status == "ok") & (_finetune_steps(results) == 0)].copy()
     ok["variant"] = _label(ok)
     ok["test accuracy (%)"] = 100 * ok.test_accuracy
     baseline = 100 * ok.baseline_test_accuracy.iloc[0]
@@ -105,7 +110,7 @@ def _offline_accuracy(results: pd.DataFrame):
 
 def _offline_finetune(results: pd.DataFrame):
     """The seed's downstream protocol on the smaller grid: offline vs after a short fine-tuning."""
-    tuned = results[(results.status == "ok") & (results.finetune_steps > 0)].copy()
+    tuned = results[(results.status == "ok") & (_finetune_steps(results) > 0)].copy()
     tuned["variant"] = _label(tuned) + " " + tuned.roles + " ×" + tuned.ratio.map("{:g}".format)
     data = tuned[["variant", "method", "mode", "roles", "ratio", "finetune_steps", "test_accuracy",
                   "finetuned_test_accuracy"]].sort_values("finetuned_test_accuracy").reset_index(drop=True)

@@ -90,8 +90,13 @@ def _converted(name: str) -> str:
     folder = converted_dir(name)
     if not (folder / "config.json").is_file():
         where, gguf = resolve(name)
-        model = transformers.AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, dtype=torch.float32)
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, dtype=torch.float32)
         tokenizer = transformers.AutoTokenizer.from_pretrained(where, gguf_file=gguf)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):  # the weights are de-quantized: a plain fp32 model now
+            del config.quantization_config
+        model = type(loaded)(config).to(torch.float32)
+        model.load_state_dict(loaded.state_dict())
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
         try:

@@ -10,6 +10,8 @@ A sweep spec is a YAML file under ``papermill_runs/``::
       model: [minilm-l6, smollm2-135m]
       seq_len: [128, 512]
     # points: [{model: minilm-l6, seq_len: 128}, ...]   # ... or an explicit list (or both)
+    reduced:                             # optional: the subset `make run` (--reduced) computes
+      points: [{model: minilm-l6, seq_len: 128}]
     output: papermill_runs/budget_axis   # default: papermill_runs/<name>
 
 Each point is identified by a stable hash of (the notebook's code, profile, parameters): its executed
@@ -23,10 +25,13 @@ retried on the next run. At the end all points of the spec are gathered into
 ``<output>/results.csv`` (one row per point: parameters, status, error, code hash, scalar records)
 and each table-valued record ``R`` into ``<output>/R.csv``.
 
+With ``--reduced`` only the ``reduced`` points run; every other point keeps its row of the existing
+``results.csv`` (the committed table), marked ``stale`` when its code hash is not the current one.
+
 The spec is checked before anything runs: every parameter must be one the notebook's
 ``parameters`` cell defines, of the type of its default; a point listed twice is run once.
 
-    python -m tcomp_utils.sweep SPEC [--profile P] [--workers N | --scheduler ADDRESS] [--keep-stale]
+    python -m tcomp_utils.sweep SPEC [--profile P] [--workers N | --scheduler ADDRESS] [--reduced] [--keep-stale]
 """
 from __future__ import annotations
 
@@ -48,7 +53,7 @@ from tqdm.auto import tqdm
 from .runner import (PROFILES, REPO_ROOT, NotebookError, execute_point, notebook_label, notebook_parameters,
                      package_digest, write_result)
 
-SPEC_KEYS = {"name", "notebook", "profile", "parameters", "grid", "points", "output"}
+SPEC_KEYS = {"name", "notebook", "profile", "parameters", "grid", "points", "reduced", "output"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -65,6 +70,19 @@ def read_notebook(path: Path) -> dict:
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise SweepSpecError(f"notebook {path} has no list of cells: not a Jupyter notebook")
     return nb
+
+
+def _expand(raw: dict, path: Path, where: str = "") -> list[dict[str, Any]]:
+    """The points of a spec section: the product of each ``grid`` (a map or a list of maps), then ``points``."""
+    grid = raw.get("grid") or []
+    grids = grid if isinstance(grid, list) else [grid]
+    if not all(isinstance(g, dict) and g and all(isinstance(v, list) and v for v in g.values()) for g in grids):
+        raise SweepSpecError(f"{path}: {where}'grid' must map each parameter to a non-empty list of values "
+                             "(or be a list of such maps)")
+    listed = raw.get("points") or []
+    if not isinstance(listed, list) or not all(isinstance(p, dict) for p in listed):
+        raise SweepSpecError(f"{path}: {where}'points' must be a list of mappings (parameter: value), got {listed!r:.80}")
+    return [dict(zip(g, combo)) for g in grids for combo in itertools.product(*g.values())] + listed
 
 
 def _check_type(name: str, value: Any, default: Any, where: str) -> None:
@@ -95,6 +113,7 @@ class SweepSpec:
     output: Path
     parameters: dict[str, Any] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)
+    reduced: list[dict[str, Any]] | None = None  # the subset `make run` computes (None: every point)
     duplicates: int = 0  # points listed more than once (run once)
     parameter_names: tuple[str, ...] = ()  # what the notebook's parameters cell defines
 
@@ -130,24 +149,23 @@ class SweepSpec:
             allowed = notebook_parameters(read_notebook(notebook), raw["notebook"])
         except NotebookError as err:
             raise SweepSpecError(str(err)) from None
-        grid = raw.get("grid") or []
-        grids = grid if isinstance(grid, list) else [grid]
-        if not all(isinstance(g, dict) and g and all(isinstance(v, list) and v for v in g.values()) for g in grids):
-            raise SweepSpecError(f"{path}: 'grid' must map each parameter to a non-empty list of values "
-                                 "(or be a list of such maps)")
-        listed = raw.get("points") or []
-        if not isinstance(listed, list) or not all(isinstance(p, dict) for p in listed):
-            raise SweepSpecError(f"{path}: 'points' must be a list of mappings (parameter: value), got {listed!r:.80}")
-        points = [dict(zip(g, combo)) for g in grids for combo in itertools.product(*g.values())] + listed
+        points = _expand(raw, path)
         if not points:
             raise SweepSpecError(f"{path}: no points: give a 'grid' or a list of 'points'")
+        reduced = raw.get("reduced")
+        if reduced is not None:
+            if not isinstance(reduced, dict) or not set(reduced) <= {"grid", "points"} or not reduced:
+                raise SweepSpecError(f"{path}: 'reduced' must be a mapping with a 'grid' and/or 'points' (the subset "
+                                     "that `make run` computes)")
+            reduced = _expand(reduced, path, "reduced: ")
         fixed = raw.get("parameters") or {}
         if not isinstance(fixed, dict):
             raise SweepSpecError(f"{path}: 'parameters' must be a mapping, got {fixed!r:.80}")
         if "profile" in fixed or any("profile" in p for p in points):
             raise SweepSpecError(f"{path}: set the profile with the top-level 'profile' key, not as a parameter")
         points = [{**fixed, **p} for p in points]
-        for point in points:
+        reduced = [{**fixed, **p} for p in reduced] if reduced is not None else None
+        for point in points + (reduced or []):
             for key, value in point.items():
                 if key not in allowed:
                     close = difflib.get_close_matches(key, list(allowed), n=1)
@@ -155,10 +173,16 @@ class SweepSpec:
                     raise SweepSpecError(f"{path}: unknown parameter {key!r}{hint}; {raw['notebook']} has parameters "
                                          f"{', '.join(k for k in allowed if k != 'profile')}")
                 _check_type(key, value, allowed[key], str(path))
-        unique = list({json.dumps(p, sort_keys=True, default=str): p for p in points}.values())
+        ident = lambda p: json.dumps(p, sort_keys=True, default=str)  # noqa: E731
+        unique = list({ident(p): p for p in points}.values())
+        if reduced is not None:
+            outside = [p for p in reduced if ident(p) not in {ident(q) for q in unique}]
+            if outside:
+                raise SweepSpecError(f"{path}: reduced point {outside[0]} is not a point of the complete grid")
+            reduced = list({ident(p): p for p in reduced}.values())
         out = Path(output or raw.get("output") or f"papermill_runs/{name}")
         spec = cls(name=name, notebook=notebook, profile=profile, output=out if out.is_absolute() else REPO_ROOT / out,
-                   parameters=fixed, points=unique)
+                   parameters=fixed, points=unique, reduced=reduced)
         spec.duplicates, spec.parameter_names = len(points) - len(unique), tuple(allowed)
         return spec
 
@@ -192,9 +216,10 @@ def _done(record_path: Path, code_hash: str, keep_stale: bool = False) -> bool:
 
 
 def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, progress: bool = True,
-              keep_stale: bool = False) -> pd.DataFrame:
+              keep_stale: bool = False, reduced: bool = False) -> pd.DataFrame:
     """Run every pending point of ``spec`` (missing, failed, or computed with other package code
-    unless ``keep_stale``) and return the gathered results table.
+    unless ``keep_stale``); only the spec's ``reduced`` subset with ``reduced``. Returns the
+    gathered results table of every point (see :func:`gather`).
 
     ``workers=0`` and no ``scheduler``: points run one after another in this process.
     ``workers=N``: a local Dask cluster of N single-threaded worker processes.
@@ -203,9 +228,10 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
     """
     points_dir = spec.output / "points"
     points_dir.mkdir(parents=True, exist_ok=True)
-    keys = [spec.point_key(p) for p in spec.points]
+    todo = spec.reduced if reduced and spec.reduced is not None else spec.points
+    keys = [spec.point_key(p) for p in todo]
     code_hash = package_digest()
-    pending = [(k, p) for k, p in zip(keys, spec.points) if not _done(points_dir / f"{k}.json", code_hash, keep_stale)]
+    pending = [(k, p) for k, p in zip(keys, todo) if not _done(points_dir / f"{k}.json", code_hash, keep_stale)]
     source = json.loads(spec.notebook.read_text(encoding="utf-8"))
     cwd = str(spec.notebook.parent)
     bar = tqdm(total=len(keys), initial=len(keys) - len(pending), desc=f"sweep {spec.name}", disable=not progress)
@@ -237,15 +263,36 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
     return gather(spec, code_hash)
 
 
+def _previous(path: Path) -> pd.DataFrame | None:
+    try:
+        return pd.read_csv(path) if path.is_file() else None
+    except (OSError, ValueError, pd.errors.ParserError):
+        return None
+
+
 def gather(spec: SweepSpec, code_hash: str | None = None) -> pd.DataFrame:
-    """Collect the spec's point records into ``results.csv`` (+ one CSV per table record); a
-    point's ``stale`` column says its code hash is not ``code_hash`` (default: the current one)."""
+    """Collect the spec's point records into ``results.csv`` (+ one CSV per table record).
+
+    A point with no record here but an ``ok`` row in the existing ``results.csv`` (the committed
+    table: point files are not committed) keeps that row and its table rows, so computing a subset
+    (``make run``) refreshes those cells and keeps the others. ``stale`` says a row's ``code_hash``
+    is not ``code_hash`` (default: the current package's)."""
     code_hash = code_hash or package_digest()
-    rows, tables = [], {}
+    before = _previous(spec.output / "results.csv")
+    kept = {}
+    if before is not None and {"key", "status"} <= set(before.columns):
+        kept = {r["key"]: r for r in before[before.status == "ok"].to_dict("records")}
+    rows, tables, kept_keys = [], {}, set()
     for point in spec.points:
         key = spec.point_key(point)
         path = spec.output / "points" / f"{key}.json"
         rec = _read_record(path)
+        if rec is None and not path.exists() and key in kept:
+            row = {**kept[key], "key": key, **point}
+            row["stale"] = row.get("code_hash") != code_hash
+            rows.append(row)
+            kept_keys.add(key)
+            continue
         if rec is None:
             rec = ({"status": "unreadable", "error": f"{path} is damaged (not a complete record); rerun the sweep"}
                    if path.exists() else {"status": "missing"})
@@ -261,8 +308,14 @@ def gather(spec: SweepSpec, code_hash: str | None = None) -> pd.DataFrame:
         rows.append(row)
     results = pd.DataFrame(rows)
     _write_csv(results, spec.output / "results.csv")
-    for name, table in tables.items():
-        _write_csv(pd.DataFrame(table), spec.output / f"{name}.csv")
+    names = set(tables) | ({p.stem for p in spec.output.glob("*.csv") if p.name != "results.csv"} if kept_keys else set())
+    for name in names:
+        frame = pd.DataFrame(tables.get(name, []))
+        old = _previous(spec.output / f"{name}.csv") if kept_keys else None
+        if old is not None and "key" in old:
+            frame = pd.concat([old[old.key.isin(kept_keys)], frame], ignore_index=True)
+        if len(frame):
+            _write_csv(frame, spec.output / f"{name}.csv")
     return results
 
 
@@ -280,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--workers", type=int, default=0, help="run on a local Dask cluster of N workers")
     where.add_argument("--scheduler", default=None, help="run on the Dask scheduler at ADDRESS (tcp://host:8786)")
+    parser.add_argument("--reduced", action="store_true",
+                        help="run only the spec's reduced grid (what `make run` computes); other cells keep their rows")
     parser.add_argument("--keep-stale", action="store_true",
                         help="reuse points computed with other package code (marked stale) instead of rerunning them")
     args = parser.parse_args(argv)
@@ -292,12 +347,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if spec.duplicates:
         print(f"note: {spec.duplicates} point(s) listed more than once; each runs once", file=sys.stderr)
-    results = run_sweep(spec, workers=args.workers, scheduler=args.scheduler, keep_stale=args.keep_stale)
-    failed = results[results.status != "ok"]
-    print(f"{len(results) - len(failed)}/{len(results)} points ok; results: {spec.output / 'results.csv'}")
+    results = run_sweep(spec, workers=args.workers, scheduler=args.scheduler, keep_stale=args.keep_stale,
+                        reduced=args.reduced)
+    failed = results[results.status.isin(["failed", "unreadable"])]
+    missing = int((results.status == "missing").sum())
+    stale = int((results.stale & (results.status == "ok")).sum())
+    print(f"{int((results.status == 'ok').sum())}/{len(results)} points ok ({stale} of them computed with other "
+          f"package code: stale), {missing} not computed; results: {spec.output / 'results.csv'}")
     for _, row in failed.iterrows():
         print(f"  failed {row.key}: {row.error}", file=sys.stderr)
-    return 1 if len(failed) else 0
+    return 1 if len(failed) or (missing and not args.reduced) else 0
 
 
 if __name__ == "__main__":

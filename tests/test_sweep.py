@@ -223,3 +223,21 @@ def test_arrays_are_recorded_as_lists():
     assert records.to_json(np.arange(3)) == [0, 1, 2]
     assert records.to_json(torch.tensor([[1.5], [2.0]])) == [[1.5], [2.0]]
     assert records.to_json(np.float32(0.5)) == 0.5
+
+
+def test_a_reduced_run_refreshes_its_cells_and_keeps_the_committed_others(tmp_path):
+    path = write_spec(tmp_path, [{"x": x} for x in (1, 2, 3)])
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "reduced": {"points": [{"x": 2}]}}))
+    spec = sweep.SweepSpec.load(path)
+    assert [p["x"] for p in spec.reduced] == [2]
+    full = sweep.run_sweep(spec, progress=False)
+    import shutil
+    shutil.rmtree(tmp_path / "out" / "points")  # a fresh clone: the committed tables, no point files
+    again = sweep.run_sweep(spec, progress=False, reduced=True)
+    assert [runs(tmp_path, x) for x in (1, 2, 3)] == [1, 2, 1]  # only the reduced point ran again
+    assert (again.status == "ok").all() and list(again.square) == [1, 4, 9] and list(again.key) == list(full.key)
+    assert len(pd.read_csv(tmp_path / "out" / "rows.csv")) == 6  # table records of the kept points too
+    path.write_text(yaml.safe_dump({**raw, "reduced": {"points": [{"x": 7}]}}))
+    with pytest.raises(sweep.SweepSpecError, match="reduced point .* is not a point of the complete grid"):
+        sweep.SweepSpec.load(path)
