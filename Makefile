@@ -11,10 +11,12 @@ SPECS  := $(sort $(wildcard papermill_runs/*.yaml))
 SPEC   ?= papermill_runs/budget_axis.yaml
 SWEEP_ARGS ?=
 
-.PHONY: help install assets test test-fast run sweep figures bench
+.PHONY: help install assets test test-fast run reproduce sweep figures lab bench
 
 help:
-	@echo "make run    - every sweep under papermill_runs/ ($(PROFILE) profile), then make figures"
+	@echo "make run    - every table and figure on the reduced default grids (about 30 minutes on 2 cores)"
+	@echo "make reproduce [SWEEP_ARGS='--workers 4'] - the complete grids of every table, then make figures"
+	@echo "make lab    - JupyterLab on notebooks/ with the project's environment"
 	@echo "make sweep SPEC=papermill_runs/x.yaml [SWEEP_ARGS='--workers 2'] - one sweep"
 	@echo "make figures - rebuild figures/ from the results tables (no model is loaded)"
 	@echo "make test   - unit tests + nbval over every notebook in the smoke profile"
@@ -41,9 +43,17 @@ test: assets
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -x -q -m "not slow"
 
+# the reduced grid of each spec (its `reduced:` key); the other cells keep their committed rows
 run: assets
-	for spec in $(SPECS); do $(PY) -m tcomp_utils.sweep $$spec --profile $(PROFILE) || exit 1; done
+	for spec in $(SPECS); do $(PY) -m tcomp_utils.sweep $$spec --profile $(PROFILE) --reduced $(SWEEP_ARGS) || exit 1; done
 	$(MAKE) figures
+
+reproduce: assets
+	for spec in $(SPECS); do $(PY) -m tcomp_utils.sweep $$spec --profile $(PROFILE) $(SWEEP_ARGS) || exit 1; done
+	$(MAKE) figures
+
+lab: assets
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 sweep: assets
 	$(PY) -m tcomp_utils.sweep $(SPEC) $(SWEEP_ARGS)

@@ -1,14 +1,18 @@
-"""Figures from results tables only: no model is loaded, so ``make figures`` takes seconds.
+"""Figures and README tables from results tables only: no model is loaded, so ``make figures``
+takes seconds.
 
 Each figure reads a results CSV that a sweep wrote under ``papermill_runs/``, draws it in the
 project's one style and writes ``figures/<name>.png`` with ``figures/<name>.csv`` (the exact
-data plotted) beside it.
+data plotted) beside it. Each README table is rendered from its results CSV into ``README.md``
+between ``<!-- table: NAME -->`` and ``<!-- /table -->`` with a line naming its source, profile,
+cells and package code, so the README cannot drift from the results (a test checks it is in step).
 
-    python -m tcomp_utils.figures [--out figures] [NAME ...]
+    python -m tcomp_utils.figures [--out figures] [--readme README.md] [NAME ...]
 """
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,13 +191,149 @@ def build(names: list[str] | None = None, out: Path | None = None, root: Path = 
     return written
 
 
+# ---- README tables ---------------------------------------------------------------------------
+
+def _markdown(frame: pd.DataFrame, numeric: int = 0) -> str:
+    """A GitHub table; the last ``numeric`` columns right-aligned."""
+    align = ["left"] * (frame.shape[1] - numeric) + ["right"] * numeric
+    return frame.to_markdown(index=False, colalign=align, disable_numparse=True)
+
+
+def _bold_best(values: pd.DataFrame, lower: bool, fmt: str) -> pd.DataFrame:
+    """Format every number with ``fmt``; bold the unique best of each column (``lower``: smallest)."""
+    out = values.map(lambda v: "" if pd.isna(v) else fmt.format(v))
+    for col in values:
+        shown = values[col].round(int(fmt.split(".")[1][0]) if "." in fmt else 0)
+        best = shown.min() if lower else shown.max()
+        if (shown == best).sum() == 1:
+            out.loc[shown == best, col] = "**" + out.loc[shown == best, col] + "**"
+    return out
+
+
+def _baselines_table(results: pd.DataFrame) -> str:
+    r = results[results.status == "ok"].iloc[0]
+    rows = [
+        ("`minilm-l6` fine-tuned on tweet sentiment, test accuracy (2,000 tweets)",
+         f"**{100 * r.task_model_test_accuracy:.2f} %** (F1 {r.task_model_test_f1:.3f}, MCC {r.task_model_test_mcc:.3f}; "
+         f"validation {100 * r.task_model_validation_accuracy:.1f} %)", "`task_model_test_accuracy`"),
+        ("logistic regression on frozen mean-pooled `minilm-l6` embeddings (4,000 training tweets)",
+         f"{100 * r.frozen_probe_test_accuracy:.1f} %", "`frozen_probe_test_accuracy`"),
+        ("majority class", f"{100 * r.majority_test_accuracy:.1f} %", "`majority_test_accuracy`"),
+        ("`smollm2-135m` perplexity, Pride and Prejudice (held-out test novel), first 16,384 tokens in 512-token windows",
+         f"**{r.decoder_test_perplexity:.2f}** ({int(r.decoder_test_tokens):,} tokens scored)", "`decoder_test_perplexity`"),
+    ]
+    return _markdown(pd.DataFrame(rows, columns=["what", "value", "column"]))
+
+
+def _footprints_table(footprints: pd.DataFrame) -> str:
+    names = {"minilm-l6 (base)": "`minilm-l6` (encoder, no head)", "minilm-l6 task model": "`minilm-l6` tweet task model",
+             "smollm2-135m": "`smollm2-135m` (tied embeddings counted once)"}
+    frame = pd.DataFrame({"model": footprints.model.map(lambda m: names.get(m, f"`{m}`")),
+                          "parameters": footprints.params.map("{:,}".format),
+                          "MB (fp32)": footprints.MB.map("{:.2f}".format),
+                          "MMACs / token": footprints.MMACs_per_token.map("{:.2f}".format)})
+    return _markdown(frame, numeric=3)
+
+
+METHOD_ORDER = ["svd", "asvd", "fwsvd", "tucker", "kronecker", "falcon"]
+MODE_ORDER = ["separated", "concatenated", "qkv", "qkv-concatenated"]
+
+
+def _offline_table(results: pd.DataFrame) -> str:
+    _, table = _offline_accuracy(results)
+    table = table.assign(r=table.roles.map({"ffn": 0, "qkv": 1}), m=table.method.map(METHOD_ORDER.index),
+                         o=table["mode"].map(MODE_ORDER.index)).sort_values(["r", "m", "o"])
+    ratios = [c for c in table if c.startswith("ratio_")]
+    parts = []
+    for _, group in table.groupby("r", sort=True):
+        cells = _bold_best(100 * group[ratios], lower=False, fmt="{:.1f}")
+        parts.append(pd.concat([group[["roles", "method", "mode"]], cells], axis=1))
+    frame = pd.concat(parts).rename(columns={c: "×" + c.removeprefix("ratio_") for c in ratios})
+    return _markdown(frame, numeric=len(ratios))
+
+
+def _gptq_readme(results: pd.DataFrame) -> str:
+    """Rows model × method × grid, columns bits; in each grid and bit width the better of RTN and GPTQ in bold."""
+    ok = results[(results.status == "ok") & (results.method != "fp32")].copy()
+    ok["grid"] = ok.group_size.map(lambda g: "per channel" if g == 0 else f"g{g:g}")
+    ok["metric"] = ok.perplexity.where(ok.model == "smollm2-135m", 100 * ok.test_accuracy)
+    parts = []
+    for model, label, lower in (("smollm2-135m", "`smollm2-135m`", True), ("minilm-l6-tweets", "tweet task model", False)):
+        for grid in ("per channel", "g128"):
+            t = ok[(ok.model == model) & (ok.grid == grid)].pivot_table(index="method", columns="bits", values="metric")
+            t = t.reindex(["rtn", "gptq"])[[b for b in (8, 4, 3) if b in t]]
+            cells = _bold_best(t, lower=lower, fmt="{:.2f}")
+            cells.columns = [f"{b} bits" for b in t.columns]
+            parts.append(pd.concat([pd.DataFrame({"model": label, "method": ["RTN", "GPTQ"], "grid": grid}),
+                                    cells.reset_index(drop=True)], axis=1))
+    return _markdown(pd.concat(parts), numeric=3)
+
+
+@dataclass(frozen=True)
+class ReadmeTable:
+    """A README table rendered from one results CSV (relative to the repo)."""
+
+    name: str
+    source: str
+    render: Callable[[pd.DataFrame], str]
+
+
+README_TABLES = {t.name: t for t in [
+    ReadmeTable("baselines", "papermill_runs/baselines/results.csv", _baselines_table),
+    ReadmeTable("footprints", "papermill_runs/baselines/footprints.csv", _footprints_table),
+    ReadmeTable("offline_compression", "papermill_runs/offline_compression/results.csv", _offline_table),
+    ReadmeTable("gptq_table", "papermill_runs/gptq_table/results.csv", _gptq_readme),
+]}
+_BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+
+
+def _provenance(table: ReadmeTable, root: Path) -> str:
+    """Where a table's numbers come from: its results CSV's profile, cells and package code."""
+    results_csv = root / table.source.rsplit("/", 1)[0] / "results.csv"
+    results = pd.read_csv(results_csv)
+    ok = results[results.status == "ok"]
+    profiles = ", ".join(sorted(ok.profile.dropna().unique())) if "profile" in ok else "unrecorded"
+    hashes = sorted(ok.code_hash.dropna().unique()) if "code_hash" in ok else []
+    return (f"<sub>Generated by `make figures` from [`{table.source}`]({table.source}): profile {profiles}, "
+            f"{len(ok)} of {len(results)} cells ok, package code {', '.join(f'`{h}`' for h in hashes) or 'unrecorded'}.</sub>")
+
+
+def readme_tables(root: Path = REPO_ROOT) -> dict[str, str]:
+    """Every README table as the markdown ``make figures`` writes between its markers."""
+    return {name: f"{t.render(pd.read_csv(root / t.source))}\n\n{_provenance(t, root)}\n"
+            for name, t in README_TABLES.items()}
+
+
+def update_readme(readme: Path, root: Path = REPO_ROOT, check: bool = False) -> list[str]:
+    """Write each table between its markers in ``readme`` (``check``: write nothing). Returns the
+    names of the tables that were out of step. Raises if a table's markers are missing."""
+    text = readme.read_text(encoding="utf-8")
+    tables = readme_tables(root)
+    missing = sorted(set(tables) - {m["name"] for m in _BLOCK.finditer(text)})
+    if missing:
+        raise ValueError(f"{readme} has no markers for table(s) {missing}: add "
+                         "'<!-- table: NAME -->' and '<!-- /table -->' lines where each belongs")
+    changed = [m["name"] for m in _BLOCK.finditer(text) if m["name"] in tables and m["body"] != tables[m["name"]]]
+    if changed and not check:
+        new = _BLOCK.sub(lambda m: m[1] + tables.get(m["name"], m["body"]) + m[4], text)
+        tmp = readme.with_name(f".{readme.name}.tmp")
+        tmp.write_text(new, encoding="utf-8")
+        tmp.replace(readme)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tcomp_utils.figures", description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help=f"figures to build (default all: {', '.join(FIGURES)})")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default figures/)")
+    parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md",
+                        help="README whose marked tables are rewritten from the results (default README.md)")
     args = parser.parse_args(argv)
     for path in build(args.names or None, args.out):
         print(path)
+    if not args.names:
+        for name in update_readme(args.readme):
+            print(f"{args.readme}: table {name} updated")
     return 0
 
 

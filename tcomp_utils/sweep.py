@@ -288,7 +288,7 @@ def gather(spec: SweepSpec, code_hash: str | None = None) -> pd.DataFrame:
         path = spec.output / "points" / f"{key}.json"
         rec = _read_record(path)
         if rec is None and not path.exists() and key in kept:
-            row = {**kept[key], "key": key, **point}
+            row = {**kept[key], "key": key, **point, "profile": spec.profile}  # the key holds the profile
             row["stale"] = row.get("code_hash") != code_hash
             rows.append(row)
             kept_keys.add(key)
@@ -296,8 +296,9 @@ def gather(spec: SweepSpec, code_hash: str | None = None) -> pd.DataFrame:
         if rec is None:
             rec = ({"status": "unreadable", "error": f"{path} is damaged (not a complete record); rerun the sweep"}
                    if path.exists() else {"status": "missing"})
-        row = {"key": key, **point, "status": rec["status"], "error": rec.get("error"),
-               "code_hash": rec.get("code_hash"), "stale": rec.get("code_hash") != code_hash}
+        row = {"key": key, **point, "profile": spec.profile, "status": rec["status"], "error": rec.get("error"),
+               "code_hash": rec.get("code_hash"), "stale": rec.get("code_hash") != code_hash,
+               "elapsed_s": rec.get("elapsed_s")}
         for name, value in (rec.get("records") or {}).items():
             if name in row or name in spec.parameter_names:
                 continue  # refused when recorded; an old record cannot take a column's name
