@@ -16,7 +16,7 @@ from typing import Any
 
 MIME = "application/vnd.tcomp.record+json"
 # columns a sweep's results table already has: a record may not take these names
-RESERVED = ("key", "status", "error", "code_hash", "stale", "profile", "elapsed_s")
+RESERVED = ("key", "status", "error", "code_hash", "code_modules", "stale", "profile", "elapsed_s")
 
 
 def to_json(value: Any) -> Any:

@@ -23,17 +23,22 @@ checked on construction) and a *handler* registered for it::
 **A compressed module** is registered with :func:`register_module` so that a saved model can name
 its class (``tcomp_config()`` describes its shapes, ``tcomp_empty(config, shared)`` rebuilds it
 empty, ``tcomp_footprint()`` counts it). Nothing central lists the methods: a module under
-``tcomp_utils/methods/`` registers itself when imported, and :func:`discover` imports them all
+``tcomp_utils/methods/`` registers itself when imported. A method or module class asked for by
+name imports only the module whose source registers it (read without importing, so a result
+depends only on the code it ran: see ``runner.package_digest``); :func:`discover` imports them all
 (what a user registers in their own code is found the same way).
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
 import importlib
 import pkgutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import pandas as pd
@@ -181,6 +186,38 @@ def discover() -> None:
         importlib.import_module(f"{package.__name__}.{info.name}")
 
 
+def _called(node: ast.expr) -> str | None:
+    node = node.func if isinstance(node, ast.Call) else node
+    return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+
+
+@functools.cache
+def source_index() -> tuple[dict[str, str], dict[str, str]]:
+    """``({method name: module}, {compressed module class: module})`` for ``tcomp_utils.methods``,
+    read from the sources without importing them: ``@register_method("name", ...)`` calls with a
+    literal name and classes decorated with ``@register_module``."""
+    methods_found, classes = {}, {}
+    for path in sorted((Path(__file__).parent / "methods").glob("*.py")):
+        module = f"{__package__}.methods.{path.stem}"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and _called(node) == "register_method" and node.args
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+                methods_found[node.args[0].value] = module
+            elif isinstance(node, ast.ClassDef) and any(_called(d) == "register_module" for d in node.decorator_list):
+                classes[node.name] = module
+    return methods_found, classes
+
+
+def _import_for(name: str, registered: dict, index: dict[str, str]) -> None:
+    """Import the module that registers ``name`` (only that one); all of them when the sources do not say."""
+    if name in registered:
+        return
+    if name in index:
+        importlib.import_module(index[name])
+    if name not in registered:
+        discover()
+
+
 def methods() -> pd.DataFrame:
     """Every registered method: name, family, config class, description."""
     discover()
@@ -190,7 +227,7 @@ def methods() -> pd.DataFrame:
 
 def method_config(name: str, **fields: Any) -> MethodConfig:
     """The config of method ``name`` with ``fields`` (e.g. from a sweep spec's parameters)."""
-    discover()
+    _import_for(name, _METHODS, source_index()[0])
     if name not in _METHODS:
         close = difflib.get_close_matches(name, list(_METHODS), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -200,8 +237,7 @@ def method_config(name: str, **fields: Any) -> MethodConfig:
 
 def module_class(name: str) -> type:
     """The registered compressed module class called ``name``."""
-    if name not in _MODULES:
-        discover()
+    _import_for(name, _MODULES, source_index()[1])
     if name not in _MODULES:
         raise KeyError(f"compressed module class {name!r} is not registered; registered: {', '.join(sorted(_MODULES))}. "
                        "Import the module that defines it (decorated with tcomp_utils.registry.register_module)")

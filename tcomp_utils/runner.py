@@ -27,18 +27,33 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
-# Modules that cannot change a recorded number: the sweep driver (it only chooses which points run;
-# their parameters are in each row) and the figures/README tables drawn from the results afterwards.
-OUTSIDE_RESULTS = ("figures.py", "sweep.py")
+def _module_file(name: str) -> Path:
+    """The source of a module of this package (``tcomp_utils.methods.gptq`` -> methods/gptq.py)."""
+    parts = name.split(".")[1:]
+    folder = PACKAGE_ROOT.joinpath(*parts)
+    return folder / "__init__.py" if folder.is_dir() else PACKAGE_ROOT.joinpath(*parts[:-1], f"{parts[-1]}.py") if parts else PACKAGE_ROOT / "__init__.py"
 
 
-def package_digest() -> str:
-    """SHA-256 (first 16 hex digits) of the package's Python sources (less ``OUTSIDE_RESULTS``):
-    what a result depends on besides the notebook and its parameters."""
+def package_digest(modules: list[str] | None = None) -> str:
+    """SHA-256 (first 16 hex digits) of the sources of ``modules`` (names like
+    ``tcomp_utils.budget``; default: every module of the package): what a result depends on
+    besides the notebook and its parameters. A point records the modules its kernel had loaded,
+    so a change to a method it never imported does not make it stale."""
+    files = ([_module_file(m) for m in sorted(set(modules))] if modules is not None
+             else sorted(PACKAGE_ROOT.rglob("*.py")))
     h = hashlib.sha256()
-    for path in sorted(p for p in PACKAGE_ROOT.rglob("*.py") if str(p.relative_to(PACKAGE_ROOT)) not in OUTSIDE_RESULTS):
-        h.update(str(path.relative_to(PACKAGE_ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in files:
+        h.update(str(path.relative_to(PACKAGE_ROOT)).encode() + b"\0")
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+        h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+# appended to a notebook before it runs (and removed from the executed copy): the package modules
+# its kernel loaded, whose sources the point's code hash covers
+_MODULES_TAG = "tcomp-loaded-modules"
+_MODULES_CELL = ("import json as _json, sys as _sys\n"
+                 "print(_json.dumps(sorted(m for m in _sys.modules if m.split('.')[0] == 'tcomp_utils')))")
 
 
 class NotebookError(ValueError):
@@ -89,20 +104,23 @@ def execute_point(notebook: dict, parameters: dict[str, Any], cwd: str | None = 
 
     Self-contained so that it can run on a Dask worker on another machine: it needs the
     notebook's content, not its path, and returns everything instead of writing files.
-    Returns ``{"status": "ok"|"failed", "error", "records", "elapsed_s", "code_hash", "executed"}``
-    where ``executed`` is the executed (or partially executed) notebook as a dict and
-    ``code_hash`` the :func:`package_digest` of the package that ran it. A record named like a
+    Returns ``{"status": "ok"|"failed", "error", "records", "elapsed_s", "code_hash", "code_modules",
+    "executed"}`` where ``executed`` is the executed (or partially executed) notebook as a dict,
+    ``code_modules`` the package modules the kernel had loaded at the end (None when it did not
+    get there) and ``code_hash`` their :func:`package_digest` (of the whole package when None). A record named like a
     parameter or a results column fails the point (it would overwrite that column).
     """
     import nbformat
     import papermill as pm
 
     start = time.perf_counter()
+    probe = {"cell_type": "code", "execution_count": None, "id": _MODULES_TAG, "outputs": [],
+             "metadata": {"tags": [_MODULES_TAG]}, "source": _MODULES_CELL}
     with tempfile.TemporaryDirectory(prefix="tcomp-run-") as tmp:
         out = Path(tmp) / "executed.ipynb"
         error = None
         try:
-            pm.execute_notebook(nbformat.from_dict(notebook), str(out), parameters=parameters,
+            pm.execute_notebook(nbformat.from_dict({**notebook, "cells": notebook["cells"] + [probe]}), str(out), parameters=parameters,
                                 cwd=cwd if cwd and Path(cwd).is_dir() else None,
                                 progress_bar=progress, kernel_name="python3")
         except pm.PapermillExecutionError as err:
@@ -110,6 +128,11 @@ def execute_point(notebook: dict, parameters: dict[str, Any], cwd: str | None = 
         except Exception as err:  # kernel died, bad parameters, ...: recorded, not raised
             error = f"{type(err).__name__}: {err}"
         executed = json.loads(out.read_text(encoding="utf-8")) if out.is_file() else notebook
+    modules = None
+    for cell in [c for c in executed["cells"] if _MODULES_TAG in c.get("metadata", {}).get("tags", [])]:
+        executed["cells"].remove(cell)
+        text = "".join("".join(o.get("text", "")) for o in cell.get("outputs", []) if o.get("name") == "stdout")
+        modules = json.loads(text) if text.strip() else None
     found = records.records_from_notebook(executed)
     try:
         names = set(notebook_parameters(notebook)) | set(parameters)
@@ -120,7 +143,8 @@ def execute_point(notebook: dict, parameters: dict[str, Any], cwd: str | None = 
         error = (f"record name(s) {clash} are parameters or results columns ({', '.join(records.RESERVED)}): "
                  "rename the records")
     return {"status": "failed" if error else "ok", "error": error, "records": found,
-            "elapsed_s": round(time.perf_counter() - start, 2), "code_hash": package_digest(), "executed": executed}
+            "elapsed_s": round(time.perf_counter() - start, 2), "code_hash": package_digest(modules),
+            "code_modules": modules, "executed": executed}
 
 
 def write_result(result: dict[str, Any], notebook_out: Path, record_out: Path, meta: dict[str, Any]) -> None:
@@ -128,7 +152,8 @@ def write_result(result: dict[str, Any], notebook_out: Path, record_out: Path, m
     records.write_json_atomic(notebook_out, result["executed"])
     records.write_json_atomic(record_out, {
         **meta, "status": result["status"], "error": result["error"], "records": result["records"],
-        "elapsed_s": result["elapsed_s"], "code_hash": result.get("code_hash"), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "elapsed_s": result["elapsed_s"], "code_hash": result.get("code_hash"),
+        "code_modules": result.get("code_modules"), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     })
 
 

@@ -17,8 +17,9 @@ A sweep spec is a YAML file under ``papermill_runs/``::
 Each point is identified by a stable hash of (the notebook's code, profile, parameters): its executed
 notebook and its record are ``<output>/points/<hash>.ipynb`` and ``<hash>.json``, written
 atomically, the record last, so a killed sweep leaves only complete points. Every record keeps
-the hash of the package source it ran with (``code_hash``). A rerun skips points whose record
-says ``ok`` *and* whose code hash is the current one; a point computed with other package code is
+the package modules its kernel loaded (``code_modules``) and the hash of their sources
+(``code_hash``). A rerun skips points whose record says ``ok`` *and* whose code hash is that of
+those modules' current sources; a point computed with other package code is
 *stale* and runs again (``--keep-stale`` reuses it, marked ``stale`` in the table); a point whose
 parameters changed has a new hash and runs again; a failed point is recorded with its error and
 retried on the next run. At the end all points of the spec are gathered into
@@ -210,9 +211,21 @@ def _read_record(path: Path) -> dict | None:
     return record if isinstance(record, dict) and "status" in record else None
 
 
-def _done(record_path: Path, code_hash: str, keep_stale: bool = False) -> bool:
+def _modules(rec: dict) -> list[str] | None:
+    """The package modules a point's kernel had loaded (a list in a record, ';'-joined in a table)."""
+    found = rec.get("code_modules")
+    return found.split(";") if isinstance(found, str) else found if isinstance(found, list) else None
+
+
+def is_stale(rec: dict) -> bool:
+    """Whether a point's record (or row) was computed with other code than the current sources of
+    the modules it loaded."""
+    return rec.get("code_hash") != package_digest(_modules(rec))
+
+
+def _done(record_path: Path, keep_stale: bool = False) -> bool:
     record = _read_record(record_path)
-    return bool(record) and record["status"] == "ok" and (keep_stale or record.get("code_hash") == code_hash)
+    return bool(record) and record["status"] == "ok" and (keep_stale or not is_stale(record))
 
 
 def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, progress: bool = True,
@@ -230,8 +243,7 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
     points_dir.mkdir(parents=True, exist_ok=True)
     todo = spec.reduced if reduced and spec.reduced is not None else spec.points
     keys = [spec.point_key(p) for p in todo]
-    code_hash = package_digest()
-    pending = [(k, p) for k, p in zip(keys, todo) if not _done(points_dir / f"{k}.json", code_hash, keep_stale)]
+    pending = [(k, p) for k, p in zip(keys, todo) if not _done(points_dir / f"{k}.json", keep_stale)]
     source = json.loads(spec.notebook.read_text(encoding="utf-8"))
     cwd = str(spec.notebook.parent)
     bar = tqdm(total=len(keys), initial=len(keys) - len(pending), desc=f"sweep {spec.name}", disable=not progress)
@@ -260,7 +272,7 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
         for key, point in pending:
             save(key, point, execute_point(source, spec.point_parameters(point), cwd))
     bar.close()
-    return gather(spec, code_hash)
+    return gather(spec)
 
 
 def _previous(path: Path) -> pd.DataFrame | None:
@@ -270,14 +282,13 @@ def _previous(path: Path) -> pd.DataFrame | None:
         return None
 
 
-def gather(spec: SweepSpec, code_hash: str | None = None) -> pd.DataFrame:
+def gather(spec: SweepSpec) -> pd.DataFrame:
     """Collect the spec's point records into ``results.csv`` (+ one CSV per table record).
 
     A point with no record here but an ``ok`` row in the existing ``results.csv`` (the committed
     table: point files are not committed) keeps that row and its table rows, so computing a subset
     (``make run``) refreshes those cells and keeps the others. ``stale`` says a row's ``code_hash``
-    is not ``code_hash`` (default: the current package's)."""
-    code_hash = code_hash or package_digest()
+    is not that of the current sources of the modules it loaded (``code_modules``)."""
     before = _previous(spec.output / "results.csv")
     kept = {}
     if before is not None and {"key", "status"} <= set(before.columns):
@@ -289,7 +300,7 @@ def gather(spec: SweepSpec, code_hash: str | None = None) -> pd.DataFrame:
         rec = _read_record(path)
         if rec is None and not path.exists() and key in kept:
             row = {**kept[key], "key": key, **point, "profile": spec.profile}  # the key holds the profile
-            row["stale"] = row.get("code_hash") != code_hash
+            row["stale"] = is_stale(row)
             rows.append(row)
             kept_keys.add(key)
             continue
@@ -297,7 +308,8 @@ def gather(spec: SweepSpec, code_hash: str | None = None) -> pd.DataFrame:
             rec = ({"status": "unreadable", "error": f"{path} is damaged (not a complete record); rerun the sweep"}
                    if path.exists() else {"status": "missing"})
         row = {"key": key, **point, "profile": spec.profile, "status": rec["status"], "error": rec.get("error"),
-               "code_hash": rec.get("code_hash"), "stale": rec.get("code_hash") != code_hash,
+               "code_hash": rec.get("code_hash"), "stale": is_stale(rec),
+               "code_modules": ";".join(_modules(rec) or []) or None,
                "elapsed_s": rec.get("elapsed_s")}
         for name, value in (rec.get("records") or {}).items():
             if name in row or name in spec.parameter_names:

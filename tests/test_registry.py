@@ -176,3 +176,23 @@ def test_the_core_imports_no_method_module():
     method_files = list((PACKAGE / "methods").glob("*.py"))
     imported = {m for p in method_files for m in _imports(p) if m.startswith("tcomp_utils.")}
     assert "tcomp_utils.registry" in imported and "tcomp_utils.budget" in imported  # methods build on the core
+
+
+def test_the_source_index_names_every_built_in_method_and_module_class():
+    from tcomp_utils import registry
+    registry.discover()
+    index_methods, index_classes = registry.source_index()
+    built_in = {n: e for n, e in registry._METHODS.items() if e.handler.__module__.startswith("tcomp_utils.methods.")}
+    assert built_in and {n: e.handler.__module__ for n, e in built_in.items()} == {n: index_methods[n] for n in built_in}
+    classes = {n: c.__module__ for n, c in registry._MODULES.items() if c.__module__.startswith("tcomp_utils.methods.")}
+    assert classes and classes == {n: index_classes[n] for n in classes}
+
+
+def test_a_method_asked_for_by_name_imports_only_its_module():
+    import subprocess
+    import sys
+    code = ("import sys; from tcomp_utils import registry; registry.method_config('svd', roles='ffn', ratio=2); "
+            "registry.module_class('LowRankLinear'); "
+            "loaded = sorted(m for m in sys.modules if m.startswith('tcomp_utils.methods.')); print(loaded); "
+            "assert 'tcomp_utils.methods.gptq' not in loaded and 'tcomp_utils.methods.factorization' in loaded")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

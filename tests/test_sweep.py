@@ -199,10 +199,10 @@ def test_points_computed_with_other_package_code_are_stale_and_rerun(tmp_path, m
     spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1}, {"x": 2}]))
     first = sweep.run_sweep(spec, progress=False)
     assert first.code_hash.nunique() == 1 and not first.stale.any()
-    monkeypatch.setattr(sweep, "package_digest", lambda: "0" * 16)  # the package changed since
+    monkeypatch.setattr(sweep, "package_digest", lambda modules=None: "0" * 16)  # the package changed since
     kept = sweep.run_sweep(spec, progress=False, keep_stale=True)
     assert [runs(tmp_path, x) for x in (1, 2)] == [1, 1] and kept.stale.all()
-    monkeypatch.setattr(runner, "package_digest", lambda: "0" * 16)
+    monkeypatch.setattr(runner, "package_digest", lambda modules=None: "0" * 16)
     rerun = sweep.run_sweep(spec, progress=False)
     assert [runs(tmp_path, x) for x in (1, 2)] == [2, 2] and not rerun.stale.any()
 
@@ -243,17 +243,26 @@ def test_a_reduced_run_refreshes_its_cells_and_keeps_the_committed_others(tmp_pa
         sweep.SweepSpec.load(path)
 
 
-def test_the_code_hash_covers_what_computes_and_not_the_drivers(tmp_path, monkeypatch):
+def test_the_code_hash_covers_the_modules_a_point_loaded(tmp_path, monkeypatch):
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1}]))
+    sweep.run_sweep(spec, progress=False)
+    record = json.loads(next((tmp_path / "out" / "points").glob("*.json")).read_text())
+    assert "tcomp_utils.records" in record["code_modules"]  # the probe notebook imports it ...
+    assert "tcomp_utils.methods.gptq" not in record["code_modules"]  # ... and no method
+    assert record["code_hash"] == runner.package_digest(record["code_modules"])
+    executed = json.loads(next((tmp_path / "out" / "points").glob("*.ipynb")).read_text())
+    assert not any("tcomp-loaded-modules" in c["metadata"].get("tags", []) for c in executed["cells"])
+
     package = tmp_path / "pkg"
     (package / "methods").mkdir(parents=True)
-    for name in ("figures.py", "sweep.py", "budget.py", "methods/gptq.py"):
+    for name in ("__init__.py", "records.py", "budget.py", "methods/__init__.py", "methods/gptq.py"):
         (package / name).write_text("x = 1\n")
     monkeypatch.setattr(runner, "PACKAGE_ROOT", package)
-    digest = runner.package_digest()
-    for name in ("figures.py", "sweep.py"):  # drawing tables or choosing points changes no number
-        (package / name).write_text("x = 2\n")
-    assert runner.package_digest() == digest
-    for name in ("budget.py", "methods/gptq.py"):
-        (package / name).write_text("x = 3\n")
-        assert runner.package_digest() != digest
-        digest = runner.package_digest()
+    loaded = ["tcomp_utils", "tcomp_utils.records", "tcomp_utils.methods", "tcomp_utils.methods.gptq"]
+    digest, whole = runner.package_digest(loaded), runner.package_digest()
+    (package / "budget.py").write_text("x = 2\n")  # not loaded: the point is not stale
+    assert runner.package_digest(loaded) == digest and runner.package_digest() != whole
+    (package / "methods" / "gptq.py").write_text("x = 3\n")
+    assert runner.package_digest(loaded) != digest
+    (package / "methods" / "gptq.py").unlink()  # a loaded module that is gone: stale too
+    assert runner.package_digest(loaded) not in (digest, runner.package_digest(loaded[:-1]))
