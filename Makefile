@@ -1,4 +1,4 @@
-# tcomp: two commands from nothing: `make run` (the reproduction) and `make test` (the tests).
+# tcomp: from nothing, `make run` (the reproduction), `make test` (the tests), `make lab` (the notebooks).
 # Both create .venv when it is missing, install the package with its dev extras and fetch the
 # embedded assets first.
 PYTHON ?= python3
@@ -14,7 +14,7 @@ SWEEP_ARGS ?=
 .PHONY: help install assets test test-fast run reproduce sweep figures lab bench
 
 help:
-	@echo "make run    - every table and figure on the reduced default grids (about 30 minutes on 2 cores)"
+	@echo "make run    - every README table and figure on reduced default grids (about 24 minutes on 2 cores)"
 	@echo "make reproduce [SWEEP_ARGS='--workers 4'] - the complete grids of every table, then make figures"
 	@echo "make lab    - JupyterLab on notebooks/ with the project's environment"
 	@echo "make sweep SPEC=papermill_runs/x.yaml [SWEEP_ARGS='--workers 2'] - one sweep"
@@ -43,7 +43,7 @@ test: assets
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -x -q -m "not slow"
 
-# the reduced grid of each spec (its `reduced:` key); the other cells keep their committed rows
+# the reduced grid of each spec (its `reduced:` key; none for the notebooks 02, 03, 05); the other cells keep their committed rows
 run: assets
 	for spec in $(SPECS); do $(PY) -m tcomp_utils.sweep $$spec --profile $(PROFILE) --reduced $(SWEEP_ARGS) || exit 1; done
 	$(MAKE) figures

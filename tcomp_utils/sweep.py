@@ -11,7 +11,7 @@ A sweep spec is a YAML file under ``papermill_runs/``::
       seq_len: [128, 512]
     # points: [{model: minilm-l6, seq_len: 128}, ...]   # ... or an explicit list (or both)
     reduced:                             # optional: the subset `make run` (--reduced) computes
-      points: [{model: minilm-l6, seq_len: 128}]
+      points: [{model: minilm-l6, seq_len: 128}]   # (an empty list: none; no key: every point)
     output: papermill_runs/budget_axis   # default: papermill_runs/<name>
 
 Each point is identified by a stable hash of (the notebook's code, profile, parameters): its executed

@@ -238,6 +238,9 @@ def test_a_reduced_run_refreshes_its_cells_and_keeps_the_committed_others(tmp_pa
     assert [runs(tmp_path, x) for x in (1, 2, 3)] == [1, 2, 1]  # only the reduced point ran again
     assert (again.status == "ok").all() and list(again.square) == [1, 4, 9] and list(again.key) == list(full.key)
     assert len(pd.read_csv(tmp_path / "out" / "rows.csv")) == 6  # table records of the kept points too
+    path.write_text(yaml.safe_dump({**raw, "reduced": {"points": []}}))  # none of it in make run
+    none = sweep.run_sweep(sweep.SweepSpec.load(path), progress=False, reduced=True)
+    assert [runs(tmp_path, x) for x in (1, 2, 3)] == [1, 2, 1] and list(none.square) == [1, 4, 9]
     path.write_text(yaml.safe_dump({**raw, "reduced": {"points": [{"x": 7}]}}))
     with pytest.raises(sweep.SweepSpecError, match="reduced point .* is not a point of the complete grid"):
         sweep.SweepSpec.load(path)
