@@ -131,9 +131,15 @@ def _offline_finetune(results: pd.DataFrame):
     return fig, data
 
 
+def _bits(ok: pd.DataFrame) -> pd.Series:
+    """Bits per stored weight: the recorded ``weight_bits`` (32 for fp32 rows, whose ``bits`` parameter is unset)."""
+    return (ok.weight_bits if "weight_bits" in ok else ok.bits).astype(int)
+
+
 def _gptq_table(results: pd.DataFrame):
     """Perplexity (decoder) and test accuracy (task model) against bits, RTN vs GPTQ, by grouping."""
     ok = results[results.status == "ok"].copy()
+    ok["bits"] = _bits(ok)
     ok["grid"] = ok.group_size.map(lambda g: "per channel" if g == 0 else f"g{g:g}").where(ok.method != "fp32", "-")
     ok["metric"] = ok.perplexity.where(ok.model == "smollm2-135m", 100 * ok.test_accuracy)
     base = ok[ok.method == "fp32"].set_index("model").metric
@@ -255,6 +261,7 @@ def _offline_table(results: pd.DataFrame) -> str:
 def _gptq_readme(results: pd.DataFrame) -> str:
     """Rows model × method × grid, columns bits; in each grid and bit width the better of RTN and GPTQ in bold."""
     ok = results[(results.status == "ok") & (results.method != "fp32")].copy()
+    ok["bits"] = _bits(ok)
     ok["grid"] = ok.group_size.map(lambda g: "per channel" if g == 0 else f"g{g:g}")
     ok["metric"] = ok.perplexity.where(ok.model == "smollm2-135m", 100 * ok.test_accuracy)
     parts = []
