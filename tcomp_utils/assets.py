@@ -117,6 +117,16 @@ ASSETS: dict[str, Asset] = {
             licence="public domain (package MIT)",
         ),
         Asset(
+            name="jargon",
+            kind="data",
+            description="the Jargon File 4.4.7, the hacker slang lexicon (2,307 entries, 205,494 words), "
+            "from Debian dict-jargon",
+            source="repo",
+            filename="data/jargon.json.gz",
+            sha256="fc039170bb9939e9b2bb9fda3002fa6f8ee40c52c0cb30fd17f3dcf6fcd1d1f4",
+            licence="public domain",
+        ),
+        Asset(
             name="de-en",
             kind="data",
             description="12,803 German-English sentence pairs from the Ding dictionary (Debian dict-de-en)",

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
-from . import adapters
+from . import adapters, timing
 
 Sink = Callable[[str, torch.Tensor], None]
 
@@ -119,33 +119,61 @@ def _run_block(block: nn.Module, hidden: torch.Tensor, other: tuple[tuple, dict]
     return _main_output(block(hidden, *args, **kwargs))
 
 
+def _same(a, b) -> bool:
+    """Whether two call arguments are the same value (tensors equal in shape, dtype and content;
+    other objects identical): decides whether the blocks of a stack share their call arguments."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape
+                and a.dtype == b.dtype and a.device == b.device and (a is b or torch.equal(a, b)))
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if a is None or isinstance(a, (bool, int, float, str)):
+        return type(a) is type(b) and a == b
+    return a is b
+
+
 def block_inputs(model: nn.Module, blocks: nn.ModuleList, first: int, last: int,
                  batches: list[dict]) -> tuple[list[torch.Tensor], dict[int, list[tuple[tuple, dict]]]]:
     """Run the model on each batch; return the hidden states entering block ``first`` (one per
     batch) and, for blocks ``first..last``, their other inputs (args after the hidden states and
-    kwargs: masks, position embeddings, encoder states...), which compressing blocks does not change."""
+    kwargs: masks, position embeddings, encoder states...), which compressing blocks does not change.
+
+    The first batch runs up to block ``last``. When every block got the same other inputs on it
+    (Llama, BERT: masks and rotary tables computed once per forward), the blocks of this stack
+    share their call arguments, and the other batches stop at block ``first`` (one block's work per
+    batch instead of ``last − first + 1``); otherwise (T5's position bias, computed by block 0 and
+    passed on; alternating local/global masks) every batch runs up to block ``last``."""
     hidden, other = [], {i: [] for i in range(first, last + 1)}
+    stop_at = [last]
 
     def pre_hook(i):
         def hook(module, args, kwargs):
             if i == first:
                 hidden.append(_first(args, kwargs))
             other[i].append((args[1:], {k: v for k, v in kwargs.items() if k != "hidden_states"}))
-            if i == last:
+            if i == stop_at[0]:
                 raise _Stop
         return hook
 
     handles = [blocks[i].register_forward_pre_hook(pre_hook(i), with_kwargs=True) for i in range(first, last + 1)]
+    shared = False
     try:
         with torch.no_grad():
-            for batch in batches:
+            for b, batch in enumerate(batches):
                 try:
                     forward(model, batch)
                 except _Stop:
                     pass
+                if b == 0 and last > first:
+                    shared = all(_same(other[i][0], other[first][0]) for i in range(first + 1, last + 1))
+                    stop_at[0] = first if shared else last
     finally:
         for h in handles:
             h.remove()
+    if shared:
+        other = {i: other[first] for i in range(first, last + 1)}
     return hidden, other
 
 
@@ -164,21 +192,62 @@ class BlockStep:
 
     @torch.no_grad()
     def run(self, targets: Iterable[adapters.RoleModule] = (), sink: Sink | None = None,
-            outputs: bool = False) -> list[torch.Tensor]:
+            outputs: bool = False, stop: bool = False) -> list[torch.Tensor]:
         """Run the block on every batch's inputs, feeding the real-token inputs (or outputs) of
-        ``targets`` (modules inside the block) to ``sink``; return the block's outputs per batch."""
+        ``targets`` (modules inside the block) to ``sink``; return the block's outputs per batch.
+        ``stop``: end each batch's pass once every target has run (the rest of the block is not
+        needed; nothing is returned)."""
         targets, current = list(targets), {}
         mask_of = lambda rm: token_mask(self.batches[current["b"]], self.stack, rm.role, self.seq2seq)  # noqa: E731
         handles = _hooks(targets, sink, mask_of, outputs) if targets else []
+        if stop and targets:
+            def done(module, args, output):
+                current["left"].discard(module)
+                if not current["left"]:
+                    raise _Stop
+            handles += [rm.module.register_forward_hook(done) for rm in targets]
         try:
             out = []
             for b, h in enumerate(self.hidden):
-                current["b"] = b
-                out.append(_run_block(self.block, h, self.other[b]))
-            return out
+                current["b"], current["left"] = b, {rm.module for rm in targets}
+                try:
+                    out.append(_run_block(self.block, h, self.other[b]))
+                except _Stop:
+                    pass
+            return [] if stop else out
         finally:
             for h in handles:
                 h.remove()
+
+    @torch.no_grad()
+    def input_groups(self, targets: Iterable[adapters.RoleModule]) -> list[list[adapters.RoleModule]]:
+        """``targets`` grouped by the input they read, groups in the order the block first calls
+        them (one pass on the first batch): in a Llama block q/k/v, then o, then gate/up, then down.
+        Quantizing group by group, each on the inputs the groups before it give (GPTQ's "true
+        sequential"), needs this order; targets the block never calls come last, one group each."""
+        targets, seen = list(targets), []
+
+        def make(rm):
+            def hook(module, args, kwargs):
+                if all(r is not rm for r, _ in seen):
+                    seen.append((rm, _first(args, kwargs)))
+            return hook
+
+        handles = [rm.module.register_forward_pre_hook(make(rm), with_kwargs=True) for rm in targets]
+        try:
+            _run_block(self.block, self.hidden[0], self.other[0])
+        finally:
+            for h in handles:
+                h.remove()
+        groups: list[tuple[list[adapters.RoleModule], torch.Tensor]] = []
+        for rm, x in seen:
+            same = next((grp for grp, y in groups if y is x or (y.shape == x.shape and torch.equal(y, x))), None)
+            if same is None:
+                groups.append(([rm], x))
+            else:
+                same.append(rm)
+        called = {id(rm) for rm, _ in seen}
+        return [grp for grp, _ in groups] + [[rm] for rm in targets if id(rm) not in called]
 
     def inputs(self, targets: Iterable[adapters.RoleModule], outputs: bool = False) -> dict[str, torch.Tensor]:
         """``{path: rows × features}`` of ``targets`` in this block on its current inputs."""
@@ -206,12 +275,14 @@ def sequential(model: nn.Module, batches: list[dict], targets: list[adapters.Rol
             if not layers:
                 continue
             first, last = layers[0], layers[-1]
-            hidden, other = block_inputs(model, blocks, first, last, batches)
+            with timing.phase("capture"):
+                hidden, other = block_inputs(model, blocks, first, last, batches)
             for i in range(first, last + 1):
                 step = BlockStep(stack_name, i, f"{stack_path}.{i}", blocks[i], hidden, other[i], batches, seq2seq)
                 if i in layers:
                     yield step
                 if i < last:
-                    hidden = step.run()
+                    with timing.phase("rerun"):
+                        hidden = step.run()
     finally:
         model.train(was_training)

@@ -37,7 +37,7 @@ import functools
 import importlib
 import pkgutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
@@ -45,7 +45,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import adapters, budget
+from . import adapters, budget, timing
 
 Handler = Callable[[nn.Module, "MethodConfig", "list[dict] | None", bool], list[dict]]
 
@@ -254,13 +254,15 @@ class CompressionReport:
     """What :func:`compress` did: the config, one row per replaced module (``path``, ``role``,
     ``stack``, ``layer``, ``in``, ``out``, ``params_before/after``, ``bytes_before/after``,
     ``rel_error`` and the method's own columns), footprints of the whole model before/after (at
-    ``seq_len`` tokens) and the seconds taken."""
+    ``seq_len`` tokens), the seconds taken and, where the method times them, the seconds of each of
+    its phases (``phases``, e.g. GPTQ's capture, hessians, solves, packing, rerun)."""
 
     config: MethodConfig
     modules: pd.DataFrame
     before: budget.Footprint
     after: budget.Footprint
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -382,7 +384,8 @@ def compress(model: nn.Module, config: MethodConfig, calibration: list[dict] | N
     start = time.perf_counter()
     original = [(p, m) for p, m in model.named_modules(remove_duplicate=False) if p]
     try:
-        rows = entry.handler(model, config, calibration, progress)
+        with timing.recording() as phases:
+            rows = entry.handler(model, config, calibration, progress)
     except Exception as err:
         restored = _restore(model, original)
         if restored:  # the model is as it was; say so in the error
@@ -396,4 +399,5 @@ def compress(model: nn.Module, config: MethodConfig, calibration: list[dict] | N
     table = pd.DataFrame(rows)
     if "layer" in table:
         table["layer"] = table["layer"].astype("Int64")
-    return CompressionReport(config, table, before, budget.footprint(model, seq_len), seconds)
+    return CompressionReport(config, table, before, budget.footprint(model, seq_len), seconds,
+                             {k: round(v, 3) for k, v in phases.items()})

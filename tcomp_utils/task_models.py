@@ -125,18 +125,55 @@ def calibration_batches(tokenizer, dataset, spec: tasks.TaskSpec, n: int = 256, 
     return out
 
 
-def lm_segments(tokenizer, text: str, n: int = 32, length: int = 512, batch_size: int = 4,
-                seed: int = 0) -> list[dict]:
-    """``n`` segments of ``length`` tokens at seeded random offsets of ``text`` (GPTQ's calibration
-    protocol for language models), as batches ``{"input_ids": (batch, length)}`` for ``model(**batch)``."""
-    if n < 1 or length < 2:
-        raise ValueError(f"need n >= 1 segments of length >= 2 tokens, got n={n}, length={length}")
-    ids = tokenizer(text, return_tensors="pt").input_ids[0]
-    if len(ids) <= length:
-        raise ValueError(f"the text has {len(ids)} tokens, too few for segments of {length}")
+def _windows(ids: torch.Tensor, n: int, length: int, seed: int) -> torch.Tensor:
+    """``n`` windows of ``length`` tokens of ``ids`` at offsets drawn by ``seed``: ``(n, length)``."""
     g = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, len(ids) - length, (n,), generator=g).tolist()
-    segments = torch.stack([ids[s:s + length] for s in starts])
+    return torch.stack([ids[s:s + length] for s in starts])
+
+
+def _sub_seed(seed: int, key: str) -> int:
+    """A seed for one part of a draw, independent of the others (a hash of ``seed`` and ``key``)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode()).digest()[:8], "big") >> 1
+
+
+def lm_segments(tokenizer, text: str | dict[str, str] | list[str], n: int = 32, length: int = 512,
+                batch_size: int = 4, seed: int = 0) -> list[dict]:
+    """``n`` segments of ``length`` tokens at seeded random offsets of ``text`` (GPTQ's calibration
+    protocol for language models), as batches ``{"input_ids": (batch, length)}`` for ``model(**batch)``:
+    ``ceil(n / batch_size)`` batches of ``batch_size`` rows (the last one may be shorter).
+
+    ``text`` may also hold several sources, ``{name: text}`` or a list of texts: the ``n``
+    segments are then drawn in equal shares from the sources (the first ``n % k`` of the ``k``
+    sources get one more), each source with its own seeded offsets (the first source with ``seed``
+    itself, so a one-source dict draws what its plain string does), and the batches mix the
+    sources in an order fixed by ``seed``. Every source must have more than ``length`` tokens.
+    """
+    if n < 1 or length < 2:
+        raise ValueError(f"need n >= 1 segments of length >= 2 tokens, got n={n}, length={length}")
+    if isinstance(text, str):
+        ids = tokenizer(text, return_tensors="pt").input_ids[0]
+        if len(ids) <= length:
+            raise ValueError(f"the text has {len(ids)} tokens, too few for segments of {length}")
+        segments = _windows(ids, n, length, seed)
+    else:
+        sources = dict(text) if isinstance(text, dict) else {f"text {i}": t for i, t in enumerate(text)}
+        if not sources:
+            raise ValueError(f"no source to draw segments from: got an empty {type(text).__name__}")
+        parts = []
+        for i, (name, source) in enumerate(sources.items()):
+            if not isinstance(source, str):
+                raise TypeError(f"source {name!r} is a {type(source).__name__}, not a text")
+            ids = tokenizer(source, return_tensors="pt").input_ids[0]
+            if len(ids) <= length:
+                raise ValueError(f"source {name!r} has {len(ids)} tokens, too few for segments of {length}")
+            share = n // len(sources) + (i < n % len(sources))
+            if share:
+                parts.append(_windows(ids, share, length, seed if i == 0 else _sub_seed(seed, f"source {i}")))
+        segments = torch.cat(parts)
+        if len(sources) > 1:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(_sub_seed(seed, "order")))
+            segments = segments[order]
     return [{"input_ids": segments[i:i + batch_size]} for i in range(0, n, batch_size)]
 
 

@@ -6,6 +6,10 @@ Embedded tasks (no hub needed):
 * ``austen``: English prose for language modelling; splits ``calibration`` (Emma, Mansfield
   Park, Northanger Abbey, Sense and Sensibility), ``validation`` (Persuasion) and ``test``
   (Pride and Prejudice); one row per novel, columns ``book``, ``text``.
+* ``jargon``: English of another domain (the Jargon File 4.4.7, a hacker slang lexicon) for
+  language modelling; one row per entry, columns ``entry``, ``text``; splits are contiguous
+  alphabetical blocks of the entries: ``calibration`` the first 70 %, ``validation`` the next
+  10 %, ``test`` the last 20 %.
 * ``de-en``: German→English sentence pairs; columns ``de``, ``en``.
 
 Hub tasks (the seeds' own data, declared for users with a hub; loaded with ``datasets``):
@@ -82,6 +86,9 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("austen", "language-modeling", ("perplexity",),
                  "Jane Austen's novels: calibration = four novels, validation = Persuasion, "
                  "test = Pride and Prejudice"),
+        TaskSpec("jargon", "language-modeling", ("perplexity",),
+                 "the Jargon File 4.4.7 (hacker slang lexicon), one row per entry; contiguous blocks of "
+                 "the alphabetical entries: calibration = first 70 %, validation = next 10 %, test = last 20 %"),
         TaskSpec("de-en", "translation", ("bleu",),
                  "German→English sentence pairs (Ding); test 1,000 / validation 500 / train the rest, by seed",
                  text_fields=("de",), label_field="en"),
@@ -106,6 +113,8 @@ AUSTEN_SPLITS = {
     "validation": ("persuasion",),
     "test": ("prideprejudice",),
 }
+
+JARGON_SPLITS = {"calibration": (0, 70), "validation": (70, 80), "test": (80, 100)}  # percent of the entries
 
 
 def _split(ds: datasets.Dataset, seed: int, test: int, validation: int) -> datasets.DatasetDict:
@@ -139,6 +148,16 @@ def _austen(seed: int) -> datasets.DatasetDict:
     })
 
 
+def _jargon(seed: int) -> datasets.DatasetDict:
+    with gzip.open(assets.asset_path("jargon"), "rt", encoding="utf-8") as fh:
+        entries = list(json.load(fh).items())  # alphabetical, as built
+    out = {}
+    for split, (lo, hi) in JARGON_SPLITS.items():
+        rows = entries[len(entries) * lo // 100 : len(entries) * hi // 100]
+        out[split] = datasets.Dataset.from_dict({"entry": [e for e, _ in rows], "text": [t for _, t in rows]})
+    return datasets.DatasetDict(out)
+
+
 def _de_en(seed: int) -> datasets.DatasetDict:
     with gzip.open(assets.asset_path("de-en"), "rt", encoding="utf-8") as fh:
         pairs = [line.rstrip("\n").split("\t") for line in fh]
@@ -164,7 +183,7 @@ def _hub(spec: TaskSpec, seed: int) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
-LOADERS = {"tweets": _tweets, "austen": _austen, "de-en": _de_en}
+LOADERS = {"tweets": _tweets, "austen": _austen, "jargon": _jargon, "de-en": _de_en}
 
 
 def get_task_spec(name: str) -> TaskSpec:

@@ -108,3 +108,41 @@ def test_activation_statistics_ignore_padding():
     padded, alone = activation_scales(model, targets, [_padded(seqs)]), activation_scales(model, targets, _alone(seqs))
     for path in padded:
         torch.testing.assert_close(padded[path], alone[path], atol=1e-5, rtol=1e-5)
+
+
+def _calls_per_block(model, batches, first, last):
+    """How many times each block of the stack runs while :func:`capture.block_inputs` records."""
+    _, blocks = next(iter(adapters.layer_stacks(model).values()))
+    calls = {i: 0 for i in range(len(blocks))}
+    handles = [blocks[i].register_forward_pre_hook(lambda m, a, i=i: calls.__setitem__(i, calls[i] + 1))
+               for i in range(len(blocks))]
+    try:
+        hidden, other = capture.block_inputs(model, blocks, first, last, batches)
+    finally:
+        for h in handles:
+            h.remove()
+    return calls, hidden, other
+
+
+def test_blocks_that_share_their_call_arguments_are_captured_up_to_the_first_block_only():
+    """Llama's blocks get the same masks and rotary tables: after the first batch shows it, the
+    other batches stop at the first block, and every block is handed the first block's arguments."""
+    torch.manual_seed(0)
+    model = tiny_llama()
+    batches = [_padded(_sequences(s)) for s in range(3)]
+    calls, hidden, other = _calls_per_block(model, batches, 0, 1)
+    assert calls == {0: 3, 1: 1}  # block 1 ran for the first batch only
+    assert len(hidden) == 3 and all(len(other[i]) == 3 for i in (0, 1))
+    for b in range(3):
+        assert capture._same(other[1][b], other[0][b])
+
+
+def test_blocks_with_their_own_call_arguments_are_captured_on_every_batch():
+    """T5's first block computes the position bias and passes it on: block 1's arguments differ
+    from block 0's, so every batch runs up to the last block and each block keeps its own."""
+    torch.manual_seed(0)
+    model = tiny_t5()
+    batches = [{**_padded(_sequences(s)), "decoder_input_ids": torch.ones(3, 4, dtype=torch.long)} for s in range(3)]
+    calls, hidden, other = _calls_per_block(model, batches, 0, 1)
+    assert calls[1] == 3
+    assert not capture._same(other[1][0], other[0][0])

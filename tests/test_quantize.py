@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tcomp_utils import budget, serialize
+from tcomp_utils import adapters, budget, serialize
 from tcomp_utils.methods.gptq import HessianAccumulator, gptq
 from tcomp_utils.methods.quant_grid import QuantGrid, fit_grid, pack, rtn, unpack
 from tcomp_utils.methods.quantized import QuantEmbedding, QuantLinear, int8_dynamic
@@ -101,9 +101,14 @@ def test_gptq_output_error_is_below_rtn_on_correlated_inputs(bits, group_size, a
     W = torch.randn(48, 64)
     X = correlated_inputs(2048, 64)
     acc = HessianAccumulator(64)
+    acc64 = HessianAccumulator(64, dtype=torch.float64)
     for chunk in X.split(500):  # the running mean equals 2XᵀX/n
         acc.add(chunk)
-    torch.testing.assert_close(acc.H, 2 * X.double().T @ X.double() / len(X))
+        acc64.add(chunk)
+    exact = 2 * X.double().T @ X.double() / len(X)
+    torch.testing.assert_close(acc64.H, exact)
+    assert acc.H.dtype == torch.float32  # float32 by default: relative error at float32's rounding
+    assert ((acc.H.double() - exact).norm() / exact.norm()) < 1e-6
     grid = QuantGrid(bits, group_size)
     res = gptq(W, acc.H, grid, block_size=16, act_order=act_order)
     W_gptq, W_rtn = res.dequantize(), rtn(W, grid).dequantize()
@@ -357,3 +362,126 @@ def test_gptq_hessians_see_real_tokens_only():
     quantize(b, "gptq", bits=3, calibration=alone, progress=False)
     codes = lambda m: torch.cat([q.codes().flatten() for q in m.modules() if isinstance(q, QuantLinear)])  # noqa: E731
     assert (codes(a) != codes(b)).float().mean() < 0.002  # equal up to float rounding of the sums
+
+
+def _obs_reference(W, H, grid, static):
+    """GPTQ written out column by column (no lazy blocks, no permutation), with the group grids
+    fitted either on the original weights (static) or on the updated ones when a group starts."""
+    W = W.double().clone()
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(
+        H.double() + 0.01 * H.double().diagonal().mean() * torch.eye(len(H), dtype=torch.float64))), upper=True)
+    g = grid.group_size
+    original = W.clone()
+    codes, grids = torch.zeros_like(W), []
+    for j in range(W.shape[1]):
+        if j % g == 0:
+            scale, zero = fit_grid((original if static else W)[:, j:j + g].float(), grid)
+            grids.append((scale.double(), zero.double()))
+        scale, zero = grids[-1]
+        c = torch.clamp(torch.round(W[:, j] / scale) + zero, 0, grid.maxq)
+        codes[:, j] = c
+        err = (W[:, j] - scale * (c - zero)) / Hinv[j, j]
+        W[:, j:] -= err[:, None] * Hinv[j, j:][None, :]
+    return codes.to(torch.uint8), torch.stack([s for s, _ in grids], dim=1)
+
+
+@pytest.mark.parametrize("block_size", [3, 4, 128])
+def test_dynamic_groups_are_fitted_on_the_updated_weights_and_static_on_the_original(block_size):
+    """The grouping rule, pinned: without ``static_groups`` a group's grid is fitted when its first
+    column is reached, on its columns as updated by every column quantized before (so it does not
+    depend on the lazy block size, 3 or 4 here against groups of 4); with ``static_groups``, on the
+    original weights. On this matrix the two rules give different grids and different codes."""
+    torch.manual_seed(0)
+    W, X = torch.randn(8, 16), correlated_inputs(512, 16)
+    H = 2 * X.T @ X / len(X)
+    grid = QuantGrid(3, 4)
+    for static in (False, True):
+        ours = gptq(W, H, grid, block_size=block_size, static_groups=static)
+        codes, scales = _obs_reference(W, H, grid, static)
+        assert (ours.codes != codes).float().mean() < 0.02  # equal up to float32 vs float64 rounding
+        torch.testing.assert_close(ours.scales.float(), scales.float(), rtol=2e-3, atol=1e-6)
+    dynamic, static = gptq(W, H, grid, block_size=block_size), gptq(W, H, grid, block_size=block_size, static_groups=True)
+    assert not torch.equal(dynamic.scales, static.scales)  # groups 1 and 2 moved before they were fitted
+    torch.testing.assert_close(dynamic.scales[:, 0], static.scales[:, 0])  # group 0 had not moved yet
+    assert (dynamic.codes != static.codes).any()
+
+
+def test_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_damped_inverse():
+    from tcomp_utils.methods.gptq import inverse_hessian_factor
+    X = correlated_inputs(256, 32)
+    H = 2 * X.T @ X / len(X)
+    R = inverse_hessian_factor(H, 0.01)
+    damped = H.double() + 0.01 * H.double().diagonal().mean() * torch.eye(32, dtype=torch.float64)
+    assert torch.equal(R, torch.triu(R)) and (R.diagonal() > 0).all()
+    torch.testing.assert_close((R.double().T @ R.double()) @ damped, torch.eye(32, dtype=torch.float64), atol=1e-4, rtol=0)
+
+
+def test_layers_reading_the_same_inputs_share_one_gram_product_and_get_equal_hessians():
+    from tcomp_utils.methods.quantization import _shared_gram_sink
+    x, y = torch.randn(50, 8), torch.randn(50, 8)
+    acc = {p: HessianAccumulator(8) for p in "abc"}
+    sink = _shared_gram_sink(acc)
+    sink("a", x), sink("b", x.reshape(50, 8)), sink("c", y)  # b: a view of the very same rows
+    sink("a", y), sink("b", y), sink("c", x.clone())          # an equal copy is computed afresh
+    for p in "ab":
+        torch.testing.assert_close(acc[p].H, 2 * (x.T @ x + y.T @ y) / 100)
+    torch.testing.assert_close(acc["c"].H, acc["a"].H)
+    assert acc["a"].n == acc["b"].n == acc["c"].n == 100
+
+
+def test_gptq_report_times_its_phases():
+    torch.manual_seed(0)
+    model = tiny_llama()
+    batches = [{"input_ids": torch.randint(1, 100, (2, 16))} for _ in range(3)]
+    report = quantize(model, "gptq", bits=4, calibration=batches, progress=False)
+    assert set(report.phases) == {"capture", "hessians", "solves", "packing", "rerun"}
+    assert all(v >= 0 for v in report.phases.values())
+    assert sum(report.phases.values()) <= report.seconds + 1e-3
+
+
+def test_true_sequential_quantizes_a_llama_block_in_four_groups_in_forward_order():
+    from tcomp_utils import capture
+    torch.manual_seed(0)
+    model = tiny_llama()
+    batches = [{"input_ids": torch.randint(1, 100, (2, 16))} for _ in range(3)]
+    linears = [rm for role in ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+               for rm in adapters.find_modules(model, role, [0])]
+    step = next(capture.sequential(model, batches, linears))
+    groups = [sorted(p.path.rsplit(".", 1)[-1] for p in grp) for grp in step.input_groups(linears)]
+    assert groups == [["k_proj", "q_proj", "v_proj"], ["o_proj"], ["gate_proj", "up_proj"], ["down_proj"]]
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    ra = quantize(a, "gptq", bits=3, calibration=batches, true_sequential=True, progress=False)
+    rb = quantize(b, "gptq", bits=3, calibration=batches, true_sequential=False, progress=False)
+    # q/k/v of block 0 see the same inputs either way; o_proj sees the quantized attention's output
+    first = lambda r, name: r.modules.set_index("path").output_error[f"model.layers.0.{name}"]  # noqa: E731
+    assert first(ra, "self_attn.q_proj") == pytest.approx(first(rb, "self_attn.q_proj"), rel=1e-5)
+    assert first(ra, "self_attn.o_proj") != pytest.approx(first(rb, "self_attn.o_proj"), rel=1e-5)
+
+
+def test_the_dequantized_weight_cache_is_bounded_exact_and_follows_the_codes():
+    from tcomp_utils.methods import quantized
+    torch.manual_seed(0)
+    layers = [QuantLinear.from_linear(nn.Linear(32, 16), QuantGrid(4)) for _ in range(3)]
+    x = torch.randn(5, 32)
+    expected = [x @ q.weight_matrix().T + q.bias for q in layers]
+    one = 16 * 32 * 4  # bytes of one de-quantized float32 weight
+    try:
+        quantized.set_dequant_cache_limit(0)  # empty it (other tests' layers may be cached)
+        quantized.set_dequant_cache_limit(2.5 * one / 2**20)  # room for two of the three
+        for q, y in zip(layers, expected):
+            torch.testing.assert_close(q(x), y)
+        assert quantized.dequant_cache_bytes() == 2 * one
+        assert layers[0].dequantized(x) is layers[0].dequantized(x)  # pinned: served from the cache
+        assert layers[2].dequantized(x) is not layers[2].dequantized(x)  # beyond the limit: every call
+        # new codes loaded in place are seen at once (the cache is keyed by the buffers' versions)
+        other = QuantLinear.from_linear(nn.Linear(32, 16), QuantGrid(4))
+        layers[0].load_state_dict(other.state_dict())
+        torch.testing.assert_close(layers[0](x), x @ other.weight_matrix().T + other.bias)
+        assert "_CACHE" not in str(layers[0].state_dict().keys())
+        quantized.set_dequant_cache_limit(0)
+        assert quantized.dequant_cache_bytes() == 0
+        torch.testing.assert_close(layers[1](x), expected[1])
+        with pytest.raises(ValueError, match="must be >= 0 MiB, got -1"):
+            quantized.set_dequant_cache_limit(-1)
+    finally:
+        quantized.set_dequant_cache_limit(1024)

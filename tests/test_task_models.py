@@ -90,6 +90,73 @@ def test_lm_segments_are_seeded_windows_of_the_text():
         lm_segments(Tok(), text, length=600)
 
 
+
+class _CodeTok:  # one token per character, its code point minus 0x100
+    def __call__(self, text, return_tensors=None):
+        import types
+        return types.SimpleNamespace(input_ids=torch.tensor([[ord(c) - 0x100 for c in text]]))
+
+
+def _source_text(alphabet: str, n: int, seed: int) -> str:
+    import random
+    rng = random.Random(seed)
+    return "".join(rng.choice(alphabet) for _ in range(n))
+
+
+def test_lm_segments_of_a_plain_string_are_unchanged():
+    """Notebooks calibrate on a plain string: its draw must stay what it was before sources."""
+    from tcomp_utils.task_models import lm_segments
+    text = "".join(chr(0x100 + i) for i in range(1000))  # token i at offset i: a segment names its start
+    starts = [s[0].item() for b in lm_segments(_CodeTok(), text, n=6, length=20, batch_size=4, seed=1)
+              for s in b["input_ids"]]
+    assert starts == [805, 759, 284, 248, 283, 713]  # recorded with the code before this change
+    g = torch.Generator().manual_seed(0)  # the old draw, re-implemented
+    old = torch.randint(0, 1000 - 50, (5,), generator=g).tolist()
+    assert [s[0].item() for b in lm_segments(_CodeTok(), text, n=5, length=50, seed=0) for s in b["input_ids"]] == old
+
+
+def test_lm_segments_draw_equal_shares_from_several_sources():
+    from tcomp_utils.task_models import lm_segments
+    texts = {"latin": _source_text("abcdefghijklmnopqrstuvwxyz", 400, 1),  # disjoint token sets
+             "greek": _source_text("αβγδεζηθικλμνξοπρστυφχψω", 300, 2),
+             "cyrillic": _source_text("абвгдежзийклмнопрстуфхцчшщ", 500, 3)}
+    batches = lm_segments(_CodeTok(), texts, n=8, length=16, batch_size=3, seed=4)
+    assert [tuple(b["input_ids"].shape) for b in batches] == [(3, 16), (3, 16), (2, 16)]
+
+    def source_of(seg):
+        window = "".join(chr(0x100 + t) for t in seg.tolist())
+        found = [name for name, t in texts.items() if window in t]
+        assert len(found) == 1, f"segment {window!r} found in {found}"
+        return found[0]
+
+    order = [source_of(seg) for b in batches for seg in b["input_ids"]]
+    assert sorted(order) == sorted(["latin"] * 3 + ["greek"] * 3 + ["cyrillic"] * 2)  # 8 = 3 + 3 + 2
+    assert order != sorted(order, key=list(texts).index)  # the batches mix the sources
+    again = lm_segments(_CodeTok(), texts, n=8, length=16, batch_size=3, seed=4)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(again, batches))
+    other = lm_segments(_CodeTok(), texts, n=8, length=16, batch_size=3, seed=5)
+    assert not torch.equal(other[0]["input_ids"], batches[0]["input_ids"])
+    as_list = lm_segments(_CodeTok(), list(texts.values()), n=8, length=16, batch_size=3, seed=4)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(as_list, batches))
+    one = lm_segments(_CodeTok(), {"latin": texts["latin"]}, n=5, length=16, seed=4)
+    plain = lm_segments(_CodeTok(), texts["latin"], n=5, length=16, seed=4)
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(one, plain))
+
+
+def test_lm_segments_sources_errors():
+    from tcomp_utils.task_models import lm_segments
+    with pytest.raises(ValueError, match=r"no source to draw segments from: got an empty dict"):
+        lm_segments(_CodeTok(), {}, n=4, length=16)
+    with pytest.raises(ValueError, match=r"empty list"):
+        lm_segments(_CodeTok(), [], n=4, length=16)
+    long = _source_text("abc", 100, 0)
+    with pytest.raises(ValueError, match=r"source 'short' has 10 tokens, too few for segments of 16"):
+        lm_segments(_CodeTok(), {"long": long, "short": long[:10]}, n=4, length=16)
+    with pytest.raises(ValueError, match=r"source 'text 1' has 16 tokens, too few for segments of 16"):
+        lm_segments(_CodeTok(), [long, long[:16]], n=4, length=16)
+    with pytest.raises(TypeError, match=r"source 'ids' is a list, not a text"):
+        lm_segments(_CodeTok(), {"long": long, "ids": [1, 2, 3]}, n=4, length=16)
+
 @pytest.mark.slow
 def test_the_smoke_task_model_beats_the_majority_class():
     """Smoke runs compare compressed models with this one: it must have learnt something to lose."""

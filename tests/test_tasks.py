@@ -29,6 +29,27 @@ def test_austen_holds_out_whole_novels():
     assert "It is a truth universally acknowledged" in t.text("test")[:2000]
 
 
+def test_jargon_splits_are_contiguous_disjoint_alphabetical_blocks():
+    import gzip
+    import json
+    from tcomp_utils import assets
+    with gzip.open(assets.asset_path("jargon"), "rt", encoding="utf-8") as fh:
+        entries = json.load(fh)
+    t = tasks.load_task("jargon")
+    assert t.spec.kind == "language-modeling" and t.spec.metrics == ("perplexity",)
+    names = {k: list(v["entry"]) for k, v in t.splits.items()}
+    assert list(names) == ["calibration", "validation", "test"] and all(names.values())
+    assert names["calibration"] + names["validation"] + names["test"] == list(entries)  # disjoint, in order, all
+    n = len(entries)
+    assert [len(v) for v in names.values()] == [n * 70 // 100, n * 80 // 100 - n * 70 // 100, n - n * 80 // 100]
+    assert t["calibration"].column_names == ["entry", "text"]
+    row = t["calibration"][names["calibration"].index("hacker")]
+    assert row["text"].startswith("hacker\n") and "enjoys exploring the details of programmable systems" in row["text"]
+    ware = t["calibration"][names["calibration"].index("-ware")]["text"]  # {annoyware}, {careware}, ...
+    assert "see annoyware, careware, crippleware" in ware and "{" not in ware  # braces gone, words kept
+    assert t["test"]["entry"][-1] == "zorkmid" and t.text("test").endswith(t["test"]["text"][-1])
+    assert all(text.startswith(entry + "\n") for entry, text in zip(names["test"], t["test"]["text"]))
+
 @pytest.mark.slow
 def test_de_en_pairs():
     t = tasks.load_task("de-en")
@@ -45,5 +66,5 @@ def test_hub_tasks_are_declared_with_metrics():
 
 
 def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(tasks.UnknownTaskError, match=r"unknown task 'sst-2'.*embedded tasks: tweets, austen, de-en"):
+    with pytest.raises(tasks.UnknownTaskError, match=r"unknown task 'sst-2'.*embedded tasks: tweets, austen, jargon, de-en"):
         tasks.load_task("sst-2")

@@ -9,9 +9,17 @@ inverse Hessian (the optimal brain surgeon update):
 
 with H⁻¹ taken as the upper Cholesky factor of (H + λI)⁻¹, λ = ``damp`` · mean(diag H). Updates
 are applied lazily in blocks of ``block_size`` columns (the same result, fewer memory passes).
-``act_order`` visits columns by decreasing diag(H) (the most active inputs first); with groups
-the grid of each group is fitted when its first column is reached (on the error-updated
-weights), or once on the original weights with ``static_groups``.
+``act_order`` visits columns by decreasing diag(H) (the most active inputs first).
+
+**Groups.** With dynamic groups (``static_groups=False``) the grid of a group is fitted when its
+first column is reached, on the group's columns *as updated so far* by the errors of every column
+quantized before it (within the current lazy block too, so the result does not depend on
+``block_size``; the reference implementation reads the weights updated only up to the start of the
+current block, the same thing when groups and blocks align as at 128/128). With act-order the
+visited groups are then not contiguous in the original column order, and ``g_idx`` maps each column
+to its group. With ``static_groups`` every group's grid is fitted once, on the *original* weights,
+before any column moves: groups stay contiguous (no ``g_idx`` to store), which is what makes
+act-order free with grouping.
 """
 from __future__ import annotations
 
@@ -21,21 +29,30 @@ from .quant_grid import QuantGrid, QuantizedWeight, fit_grid, quantize_codes
 
 
 class HessianAccumulator:
-    """Running ``H = 2/n Σ xᵀx`` over the inputs a layer sees (float64, in × in)."""
+    """Running ``H = 2/n Σ xᵀx`` over the inputs a layer sees (in × in), in ``dtype`` (float32 by
+    default, as the reference does: the sum over ~10⁴ tokens loses nothing that matters next to the
+    damping, and costs half of float64)."""
 
-    def __init__(self, in_features: int):
-        self.H = torch.zeros(in_features, in_features, dtype=torch.float64)
+    def __init__(self, in_features: int, dtype: torch.dtype = torch.float32):
+        self.H = torch.zeros(in_features, in_features, dtype=dtype)
         self.n = 0
 
-    def add(self, x: torch.Tensor) -> None:
-        """Add inputs ``x`` (..., in); padding positions should be removed by the caller."""
-        x = x.detach().reshape(-1, x.shape[-1]).double()
-        m = x.shape[0]
+    def add(self, x: torch.Tensor) -> torch.Tensor:
+        """Add inputs ``x`` (..., in); padding positions should be removed by the caller. Returns
+        their Gram matrix ``xᵀx`` (in × in), which layers reading the same inputs can pass to
+        :meth:`add_gram` instead of computing it again."""
+        x = x.detach().reshape(-1, x.shape[-1]).to(self.H.dtype)
+        gram = x.T @ x
+        self.add_gram(gram, x.shape[0])
+        return gram
+
+    def add_gram(self, gram: torch.Tensor, m: int) -> None:
+        """Add the Gram matrix ``xᵀx`` (in × in) of ``m`` input rows."""
         if m == 0:
             return
-        self.H *= self.n / (self.n + m)
+        self.H.mul_(self.n / (self.n + m))
         self.n += m
-        self.H += (2.0 / self.n) * (x.T @ x)
+        self.H.add_(gram.to(self.H.dtype), alpha=2.0 / self.n)
 
 
 def check_options(block_size: int, damp: float) -> None:
@@ -46,65 +63,82 @@ def check_options(block_size: int, damp: float) -> None:
         raise ValueError(f"damp must be > 0 (a fraction of the mean diagonal of H), got {damp!r}")
 
 
+def inverse_hessian_factor(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """The upper Cholesky factor R of ``(H + λI)⁻¹`` (``Rᵀ R = (H + λI)⁻¹``), λ = ``damp`` ·
+    mean(diag H), float32 (in × in). With J the order-reversing permutation and ``J(H + λI)J = LLᵀ``,
+    ``R = J L⁻¹ J``: one Cholesky factorization and one triangular inverse (float64 if float32 fails)."""
+    H = H.float().clone()
+    H.diagonal().add_(damp * torch.mean(torch.diagonal(H)))
+    for dtype in (torch.float32, torch.float64):
+        L, info = torch.linalg.cholesky_ex(H.to(dtype).flip(0, 1))
+        if int(info) == 0:
+            eye = torch.eye(len(H), dtype=dtype)
+            return torch.linalg.solve_triangular(L, eye, upper=False).flip(0, 1).float()
+    torch.linalg.cholesky(H.double())  # raises LinAlgError naming the failing minor
+    raise AssertionError("unreachable")
+
+
 def gptq(weight: torch.Tensor, H: torch.Tensor, grid: QuantGrid, block_size: int = 128, damp: float = 0.01,
          act_order: bool = False, static_groups: bool = False) -> QuantizedWeight:
     """GPTQ of ``weight`` (out × in) with input Hessian ``H`` (in × in) on ``grid``; ``g_idx`` of the
     result is set when act-order with dynamic groups makes the groups non-contiguous."""
     check_options(block_size, damp)
-    W = weight.detach().float().clone()
-    out_f, in_f = W.shape
+    out_f, in_f = weight.shape
     if H.shape != (in_f, in_f):
         raise ValueError(f"H must be {in_f} × {in_f} for a weight with {in_f} input columns, got {tuple(H.shape)}")
     n_groups, g = grid.n_groups(in_f), grid.group_width(in_f)
-    H = H.double().clone()
-    dead = torch.diag(H) == 0  # inputs never active: their columns cannot matter
+    H = H.float().clone()
+    dead = torch.diagonal(H) == 0  # inputs never active: their columns cannot matter
     H[dead, dead] = 1
+    W = weight.detach().float().clone()
     W[:, dead] = 0
 
-    group_params: list[tuple[torch.Tensor, torch.Tensor]] = []
-    if n_groups > 1 and static_groups:
-        group_params = [fit_grid(W[:, k * g:(k + 1) * g], grid) for k in range(n_groups)]
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f)
-    W, H = W[:, perm], H[perm][:, perm]
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(in_f, dtype=H.dtype)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
-
-    codes = torch.zeros_like(W)
     scales = torch.zeros(out_f, n_groups)
     zeros = torch.zeros(out_f, n_groups)
-    col_group = torch.zeros(in_f, dtype=torch.long)  # group of each (permuted) column
     if n_groups == 1:
-        scale, zero = fit_grid(W, grid)
-        scales[:, 0], zeros[:, 0] = scale, zero
-    loss = 0.0
+        scales[:, 0], zeros[:, 0] = fit_grid(W, grid)
+    elif static_groups:
+        for k in range(n_groups):
+            scales[:, k], zeros[:, k] = fit_grid(W[:, k * g:(k + 1) * g], grid)
+    perm = torch.argsort(torch.diagonal(H), descending=True, stable=True) if act_order else torch.arange(in_f)
+    Hinv = inverse_hessian_factor(H[perm][:, perm], damp)
+    # columns as contiguous rows (in × out): every per-column read, write and update is contiguous
+    Wt = W.T[perm].contiguous()
+    order = perm.tolist()
+    dynamic = n_groups > 1 and not static_groups
+    # the group of each visited column: its own contiguous group, or (dynamic) the j-th visited g
+    col_group = [j // g if dynamic else order[j] // g for j in range(in_f)]
+
+    codes = torch.empty(in_f, out_f, dtype=torch.uint8)
+    loss = torch.zeros((), dtype=torch.float64)
+    scale, zero = scales[:, 0], zeros[:, 0]
     for i1 in range(0, in_f, block_size):
         i2 = min(i1 + block_size, in_f)
-        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
+        W1, Hinv1 = Wt[i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        C1, Err1 = torch.empty_like(W1), torch.empty_like(W1)
         for i in range(i2 - i1):
             j = i1 + i  # permuted column index
+            if dynamic and j % g == 0:  # fit on this group's columns as updated so far
+                end = min(j + g, in_f)
+                cols = W1[i:end - i1]
+                if end > i2:  # columns past this block still owe it the updates of its columns before j
+                    cols = torch.cat([cols, Wt[i2:end] - Hinv[i1:j, i2:end].T @ Err1[:i]])
+                scales[:, j // g], zeros[:, j // g] = fit_grid(cols.T, grid)
             if n_groups > 1:
-                if static_groups:
-                    k = int(perm[j]) // g
-                    scale, zero = group_params[k]
-                elif j % g == 0:
-                    k = j // g  # fit on the columns of this group as updated so far
-                    scale, zero = fit_grid(torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, :g], grid)
-                scales[:, k], zeros[:, k] = scale, zero
-                col_group[j] = k
-            w, d = W1[:, i], Hinv1[i, i]
+                scale, zero = scales[:, col_group[j]], zeros[:, col_group[j]]
+            w = W1[i]
             c = quantize_codes(w, scale, zero, grid.maxq)
-            q = scale * (c - zero)
-            codes[:, j] = c
-            err = (w - q) / d
-            loss += float((err**2).sum()) / 2
-            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None, :]
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            C1[i] = c
+            err = Err1[i]
+            torch.sub(w, scale * (c - zero), out=err).div_(Hinv1[i, i])
+            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1)
+        codes[i1:i2] = C1
+        loss += Err1.double().pow(2).sum() / 2
+        Wt[i2:].addmm_(Hinv[i1:i2, i2:].T, Err1, alpha=-1)
 
     inv = torch.argsort(perm)
-    codes = codes[:, inv]
+    codes = codes[inv].T.contiguous()
     g_idx = None
-    if n_groups > 1 and act_order and not static_groups:
-        g_idx = col_group[inv].to(torch.int32)
-    return QuantizedWeight(codes.to(torch.uint8), scales.half(), zeros.to(torch.uint8), grid, g_idx, loss)
+    if dynamic and act_order:
+        g_idx = torch.tensor(col_group, dtype=torch.int32)[inv]
+    return QuantizedWeight(codes, scales.half(), zeros.to(torch.uint8), grid, g_idx, float(loss))

@@ -145,24 +145,27 @@ def unpack(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
 
 def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack each row of ``codes`` (rows × n) on its own: (rows × ceil(n·bits/8)) uint8, so that any
-    row can be unpacked without the others."""
+    row can be unpacked without the others. Eight codes make exactly ``bits`` bytes: each run of
+    eight is joined into one int64 (first code in the high bits) and split into its bytes."""
     if not MIN_BITS <= bits <= MAX_BITS:
         raise ValueError(f"bits must be in [{MIN_BITS}, {MAX_BITS}], got {bits}")
-    c = codes.to(torch.int32)
+    c = codes.to(torch.int64)
     if c.numel() and (c.min() < 0 or c.max() >= 2**bits):
         raise ValueError(f"codes must lie in [0, {2**bits - 1}] for {bits} bits, got [{c.min()}, {c.max()}]")
-    rows = c.shape[0]
-    stream = ((c[..., None] >> torch.arange(bits - 1, -1, -1, dtype=torch.int32)) & 1).reshape(rows, -1)
-    stream = torch.nn.functional.pad(stream, (0, (-stream.shape[1]) % 8)).reshape(rows, -1, 8)
-    return (stream << torch.arange(7, -1, -1, dtype=torch.int32)).sum(dim=2).to(torch.uint8)
+    rows, n = c.shape
+    c = torch.nn.functional.pad(c, (0, (-n) % 8)).reshape(rows, -1, 8)
+    word = (c << torch.arange(7 * bits, -1, -bits, dtype=torch.int64)).sum(dim=2)  # 8·bits bits per word
+    out = (word[..., None] >> torch.arange(8 * (bits - 1), -1, -8, dtype=torch.int64)) & 0xFF
+    return out.reshape(rows, -1)[:, : -(-n * bits // 8)].to(torch.uint8)
 
 
 def unpack_rows(packed: torch.Tensor, bits: int, width: int) -> torch.Tensor:
     """Inverse of :func:`pack_rows`: the first ``width`` codes of each row, (rows × width) uint8."""
-    data, rows = packed.to(torch.int32), packed.shape[0]
-    if 8 % bits == 0:  # whole codes per byte: plain shifts, no bit stream
-        shifts = torch.arange(8 - bits, -1, -bits, dtype=torch.int32)
+    data, rows = packed.to(torch.int64), packed.shape[0]
+    if 8 % bits == 0:  # whole codes per byte: plain shifts
+        shifts = torch.arange(8 - bits, -1, -bits, dtype=torch.int64)
         return ((data[..., None] >> shifts) & (2**bits - 1)).reshape(rows, -1)[:, :width].to(torch.uint8)
-    stream = ((data[..., None] >> torch.arange(7, -1, -1, dtype=torch.int32)) & 1).reshape(rows, -1)[:, : width * bits]
-    weights = 2 ** torch.arange(bits - 1, -1, -1, dtype=torch.int32)
-    return (stream.reshape(rows, width, bits) * weights).sum(dim=2).to(torch.uint8)
+    data = torch.nn.functional.pad(data, (0, (-data.shape[1]) % bits)).reshape(rows, -1, bits)
+    word = (data << torch.arange(8 * (bits - 1), -1, -8, dtype=torch.int64)).sum(dim=2)
+    codes = (word[..., None] >> torch.arange(7 * bits, -1, -bits, dtype=torch.int64)) & (2**bits - 1)
+    return codes.reshape(rows, -1)[:, :width].to(torch.uint8)

@@ -13,7 +13,10 @@ With calibration data the layers are processed **block by block in forward order
 sequential protocol, :func:`tcomp_utils.capture.sequential`): for each block the Hessians
 ``H = 2XᵀX/n`` of its linear layers are accumulated from its current inputs (real tokens only),
 its layers are quantized, and the block is run again, now quantized, to give the next block its
-inputs. RTN with calibration follows the same path only to measure each layer's output error
+inputs. With ``true_sequential`` the layers of a block are quantized group by group in forward
+order (q/k/v, then o, then gate/up, then down), each group's Hessians taken on the inputs the
+already quantized groups give it (one partial pass of the block per group). The report's
+``phases`` give the seconds of capture, hessians, solves, packing (codes, output errors) and rerun. RTN with calibration follows the same path only to measure each layer's output error
 ``tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)`` (square-rooted) next to GPTQ's. The LM head (``lm_head=True``) is
 quantized last, on the inputs the quantized model gives it. The embedding table is quantized only
 when the roles name ``"embeddings"``, always by round-to-nearest (a look-up has no input
@@ -30,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import adapters, capture
+from ..timing import phase
 from ..registry import (CompressionReport, ConfigError, MethodConfig, check_finite, compress, method_config,
                         module_row, register_method)
 from .gptq import HessianAccumulator, check_options, gptq
@@ -67,12 +71,16 @@ class RTNConfig(QuantConfig):
 @dataclass
 class GPTQConfig(QuantConfig):
     """GPTQ (see :func:`tcomp_utils.methods.gptq.gptq`): ``block_size`` columns per lazy update,
-    ``damp`` fraction of mean diag(H) added, ``act_order``, ``static_groups``."""
+    ``damp`` fraction of mean diag(H) added, ``act_order`` (columns by decreasing diag H; the
+    default: it wins across the bits × grouping table of ``06_gptq_table``), ``static_groups``
+    (group grids fitted on the original weights, so act-order keeps contiguous groups and stores no
+    column map; the default), ``true_sequential`` (see the module docstring)."""
 
     block_size: int = 128
     damp: float = 0.01
-    act_order: bool = False
-    static_groups: bool = False
+    act_order: bool = True
+    static_groups: bool = True
+    true_sequential: bool = False
 
     needs_calibration: ClassVar[bool] = True
 
@@ -110,17 +118,20 @@ def _targets(model: nn.Module, roles: list[str], layers: list[int] | None, lm_he
 def _quantize_layer(linear: nn.Linear, config: QuantConfig, grid: QuantGrid, H: torch.Tensor | None) -> tuple[QuantLinear, dict]:
     t0 = time.perf_counter()
     W = linear.weight.detach().float()
-    if isinstance(config, GPTQConfig):
-        qw = gptq(W, H, grid, block_size=config.block_size, damp=config.damp, act_order=config.act_order,
-                  static_groups=config.static_groups)
-    else:
-        qw = rtn(W, grid)
-    q = QuantLinear.from_quantized(qw, linear.bias)
-    dW = (W - qw.dequantize()).double()
-    row = dict(rel_error=(dW.norm() / W.double().norm()).item(), output_error=float("nan"))
-    if H is not None:
-        num, den = torch.trace(dW @ H @ dW.T), torch.trace(W.double() @ H @ W.double().T)
-        row["output_error"] = (num / den).sqrt().item() if den > 0 else float("nan")
+    with phase("solves"):
+        if isinstance(config, GPTQConfig):
+            qw = gptq(W, H, grid, block_size=config.block_size, damp=config.damp, act_order=config.act_order,
+                      static_groups=config.static_groups)
+        else:
+            qw = rtn(W, grid)
+    with phase("packing"):
+        q = QuantLinear.from_quantized(qw, linear.bias)
+        dW = W - qw.dequantize()
+        row = dict(rel_error=(dW.norm() / W.norm()).item(), output_error=float("nan"))
+        if H is not None:  # tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), as sums of products (no out × out matrix)
+            H = H.float()
+            num, den = ((dW @ H) * dW).sum(), ((W @ H) * W).sum()
+            row["output_error"] = (num / den).clamp(min=0).sqrt().item() if den > 0 else float("nan")
     row["seconds"] = time.perf_counter() - t0
     return q, row
 
@@ -134,22 +145,42 @@ def _quantize_embedding(table: nn.Embedding, grid: QuantGrid) -> tuple[QuantEmbe
     return QuantEmbedding.from_quantized(qw, table.padding_idx), row | {"seconds": time.perf_counter() - t0}
 
 
+def _shared_gram_sink(acc: dict[str, HessianAccumulator]) -> Callable[[str, torch.Tensor], None]:
+    """A capture sink adding each layer's inputs to its accumulator; layers called one after the
+    other on the very same input rows (q/k/v, gate/up) share one Gram matrix product."""
+    last: dict = {}
+
+    def sink(path: str, x: torch.Tensor) -> None:
+        prev = last.get("x")  # held, so its memory cannot be reused: an equal pointer means the same rows
+        if (prev is not None and prev.data_ptr() == x.data_ptr() and prev.shape == x.shape
+                and prev.stride() == x.stride() and prev._version == x._version and prev.dtype == x.dtype):
+            acc[path].add_gram(last["gram"], x.shape[0])
+        else:
+            last["x"], last["gram"] = x, acc[path].add(x)
+    return sink
+
+
 def _calibrated_pass(model: nn.Module, targets: list[adapters.RoleModule], calibration: list[dict],
-                     replace: Callable[[adapters.RoleModule, torch.Tensor], None], bar: tqdm) -> None:
+                     replace: Callable[[adapters.RoleModule, torch.Tensor], None], bar: tqdm,
+                     true_sequential: bool = False) -> None:
     """Quantize ``targets`` block by block in forward order, each on the inputs the already
-    quantized blocks give it, then the LM head (if targeted) on the quantized model's outputs."""
+    quantized blocks (and, with ``true_sequential``, layer groups) give it, then the LM head (if
+    targeted) on the quantized model's outputs."""
     in_blocks = [rm for rm in targets if rm.stack is not None]
     for step in capture.sequential(model, calibration, in_blocks):
         todo = [rm for rm in in_blocks if rm.stack == step.stack and rm.layer == step.layer]
-        acc = {rm.path: HessianAccumulator(rm.module.in_features) for rm in todo}
-        step.run(todo, lambda path, x: acc[path].add(x))
-        for rm in todo:
-            replace(rm, acc[rm.path].H)
-            bar.update()
+        for group in step.input_groups(todo) if true_sequential else [todo]:
+            acc = {rm.path: HessianAccumulator(rm.module.in_features) for rm in group}
+            with phase("hessians"):
+                step.run(group, _shared_gram_sink(acc), stop=True)
+            for rm in group:
+                replace(rm, acc[rm.path].H)
+                bar.update()
     for rm in targets:
         if rm.role == "lm_head":
             acc = HessianAccumulator(rm.module.in_features)
-            capture.stream(model, [rm], calibration, lambda path, x: acc.add(x))
+            with phase("hessians"):
+                capture.stream(model, [rm], calibration, lambda path, x: acc.add(x))
             replace(rm, acc.H)
             bar.update()
 
@@ -187,7 +218,7 @@ def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | N
                 replace(rm, None)
                 bar.update()
         else:
-            _calibrated_pass(model, layers_todo, calibration, replace, bar)
+            _calibrated_pass(model, layers_todo, calibration, replace, bar, getattr(config, "true_sequential", False))
     return rows
 
 
@@ -201,7 +232,8 @@ def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: 
              calibration: list[dict] | None = None, progress: bool = True, **options) -> CompressionReport:
     """``compress(model, method_config(method, bits=..., group_size=..., ...), calibration)`` for
     ``method`` ``"rtn"`` or ``"gptq"``; ``options`` are the config's other fields (``roles``,
-    ``layers``, ``symmetric``, ``lm_head``, ``block_size``, ``damp``, ``act_order``, ``static_groups``)."""
+    ``layers``, ``symmetric``, ``lm_head``, ``block_size``, ``damp``, ``act_order``, ``static_groups``,
+    ``true_sequential``)."""
     if method not in ("rtn", "gptq"):
         raise ConfigError(f"unknown quantization method {method!r}; allowed: rtn, gptq")
     config = method_config(method, bits=bits, group_size=group_size, **options)

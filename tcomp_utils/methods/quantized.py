@@ -1,11 +1,25 @@
 """Quantized modules: ``QuantLinear`` (a linear layer stored as packed integer codes, float16
-scales and packed zero points, de-quantized on the fly in ``forward``), ``QuantEmbedding`` (an
-embedding table stored the same way, row by row, de-quantizing only the rows looked up), and
-torch's dynamic int8 path for real integer matmuls on CPU.
+scales and packed zero points), ``QuantEmbedding`` (an embedding table stored the same way, row by
+row, de-quantizing only the rows looked up), and torch's dynamic int8 path for real integer
+matmuls on CPU.
+
+**De-quantized weight cache.** Un-packing and de-quantizing a layer costs more than its matmul on
+a CPU, so ``QuantLinear.forward`` keeps each layer's de-quantized weight (float32, in the dtype and
+on the device of the inputs) in a process-wide cache bounded by :func:`set_dequant_cache_limit`
+(default ``$TCOMP_DEQUANT_CACHE_MB``, else 1024 MiB). It pins rather than evicts: layers are cached
+in the order they are first run until the limit is reached, and the rest are de-quantized on every
+call (with a cyclic access pattern, as a forward pass is, evicting would hit nothing). What it
+holds is working memory, not storage: it is not in the state dict, not saved, not counted by the
+budget counter, and dropped when the codes change or the module is freed. With the whole model
+cached, a quantized model runs at fp32 speed and uses the fp32 weights' memory *in addition to* the
+packed codes; limit 0 gives the packed footprint and the per-call de-quantization. ``make bench``
+measures both.
 """
 from __future__ import annotations
 
+import os
 import warnings
+import weakref
 
 import torch
 from torch import nn
@@ -14,6 +28,25 @@ from ..budget import CompressedLinear, Footprint, dense_bytes
 from ..registry import register_module
 from .quant_grid import (QuantGrid, QuantizedWeight, column_groups, dequantize, pack, pack_rows, rtn, unpack,
                          unpack_rows)
+
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
+_LIMIT = [int(float(os.environ.get("TCOMP_DEQUANT_CACHE_MB", 1024)) * 2**20)]
+
+
+def set_dequant_cache_limit(mib: float) -> None:
+    """Bound the de-quantized weight cache of :class:`QuantLinear` at ``mib`` MiB (0: no cache);
+    the layers already cached beyond the new bound are dropped."""
+    if not mib >= 0:
+        raise ValueError(f"the de-quantized weight cache limit must be >= 0 MiB, got {mib!r}")
+    _LIMIT[0] = int(mib * 2**20)
+    while _CACHE and dequant_cache_bytes() > _LIMIT[0]:
+        _CACHE.popitem()
+
+
+def dequant_cache_bytes() -> int:
+    """Bytes held by the de-quantized weight cache now."""
+    return sum(w.numel() * w.element_size() for _, w in list(_CACHE.values()))
 
 
 @register_module
@@ -76,9 +109,25 @@ class QuantLinear(CompressedLinear):
         groups = self.g_idx.long() if self.g_idx.numel() else column_groups(self.grid, self.in_features)
         return dequantize(self.codes(), self.scales, self.zeros(), groups)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _cache_key(self, x: torch.Tensor) -> tuple:
+        # a buffer's _version moves on every in-place change (load_state_dict copies in place)
+        bufs = (self.qweight, self.scales, self.qzeros, self.g_idx)
+        return (x.device, x.dtype) + tuple((b.data_ptr(), b._version) for b in bufs)
+
+    def dequantized(self, x: torch.Tensor) -> torch.Tensor:
+        """The de-quantized weight in ``x``'s dtype and device, from the cache when it holds it."""
+        key = self._cache_key(x)
+        hit = _CACHE.get(self)
+        if hit is not None and hit[0] == key:
+            return hit[1]
         w = self.weight_matrix().to(device=x.device, dtype=x.dtype)
-        return nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+        _CACHE.pop(self, None)
+        if dequant_cache_bytes() + w.numel() * w.element_size() <= _LIMIT[0]:
+            _CACHE[self] = (key, w)
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.dequantized(x), None if self.bias is None else self.bias.to(x.dtype))
 
     def tcomp_footprint(self) -> Footprint:
         """Stored numbers: codes, scales, zero points (if stored), group map, bias; bytes: exact."""
