@@ -478,6 +478,12 @@ def test_the_dequantized_weight_cache_is_bounded_exact_and_follows_the_codes():
         layers[0].load_state_dict(other.state_dict())
         torch.testing.assert_close(layers[0](x), x @ other.weight_matrix().T + other.bias)
         assert "_CACHE" not in str(layers[0].state_dict().keys())
+        # filled under inference_mode, then used where autograd records (inputs that need grad)
+        with torch.inference_mode():
+            layers[1](x)
+        xg = x.clone().requires_grad_()
+        layers[1](xg).sum().backward()
+        torch.testing.assert_close(xg.grad, layers[1].weight_matrix().sum(0).expand_as(x))
         quantized.set_dequant_cache_limit(0)
         assert quantized.dequant_cache_bytes() == 0
         torch.testing.assert_close(layers[1](x), expected[1])

@@ -120,7 +120,10 @@ class QuantLinear(CompressedLinear):
         hit = _CACHE.get(self)
         if hit is not None and hit[0] == key:
             return hit[1]
-        w = self.weight_matrix().to(device=x.device, dtype=x.dtype)
+        # a normal tensor even under inference_mode, so that a later forward with autograd on may
+        # save it for backward
+        with torch.inference_mode(False), torch.no_grad():
+            w = self.weight_matrix().to(device=x.device, dtype=x.dtype)
         _CACHE.pop(self, None)
         if dequant_cache_bytes() + w.numel() * w.element_size() <= _LIMIT[0]:
             _CACHE[self] = (key, w)
