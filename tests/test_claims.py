@@ -301,6 +301,25 @@ def test_whole_model_gptq_against_rtn():
              f"first 4,096 held-out tokens), at the same {w.bytes.gptq / 1e6:.0f} MB")
 
 
+def test_calibration_domain_verdict():
+    nb = "notebooks/05_quantization.ipynb"
+    d = table("quantization", "calibration_domain").pivot(index="calibration", columns="test", values="perplexity")
+    rem = 1 - (d - d.loc["fp32"]) / (d.loc["RTN"] - d.loc["fp32"])
+    a, j, m = (rem.loc[f"GPTQ on {s}"] for s in ("austen", "jargon", "mix"))
+    assert a.novel > m.novel > j.novel > 0 and j.jargon > m.jargon > a.jargon > 0  # in-domain best, mix between
+    assert (d.drop(index=["fp32", "RTN"]) < d.loc["RTN"]).all().all()
+    p = lambda x: f"{100 * x:.0f} %"  # noqa: E731
+    says(nb, f"GPTQ removes {p(a.novel)} of RTN's perplexity increase on the novel when calibrated on the novels, "
+             f"{p(j.novel)} when calibrated on the Jargon File; on the Jargon File {p(j.jargon)} when calibrated on it, "
+             f"{p(a.jargon)} when calibrated on the novels",
+         f"The mix (half of the segments from each) removes {p(m.novel)} / {p(m.jargon)} (novel / Jargon File), "
+         f"within {round(100 * a.novel) - round(100 * m.novel)} and {round(100 * j.jargon) - round(100 * m.jargon)} "
+         f"points of calibrating on the "
+         f"test text's own kind")
+    assert max(j.novel / a.novel, a.jargon / j.jargon) < 0.6  # "little more than half of its gain"
+    assert min(j.novel / a.novel, a.jargon / j.jargon) > 0.5
+
+
 # ---- baselines and the factorization notebooks ------------------------------------------------
 
 def test_baselines_ordering_and_embedding_share():
