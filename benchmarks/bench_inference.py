@@ -54,6 +54,7 @@ class PeakRSS:
 
 def measure(variant: str, threads: int, runs: int) -> dict:
     """One variant, in this process: setup, then latency and memory as a flat dict."""
+    import ctypes
     import gc
 
     import torch
@@ -67,6 +68,10 @@ def measure(variant: str, threads: int, runs: int) -> dict:
     torch.set_num_threads(threads)
     model, _ = models.load_model("smollm2-135m", "causal-lm")
     model.eval()
+    with torch.no_grad():  # own every weight (the loader may map the cached file lazily), so RSS counts it all
+        for t in list(model.parameters()) + list(model.buffers()):
+            t.data = t.data.clone()
+    gc.collect()
     if variant.startswith("weight-only"):
         quantize(model, "rtn", bits=int(variant.split()[1].split("-")[0]), progress=False)
         quantized.set_dequant_cache_limit(0 if "no cache" in variant else 1024)
@@ -74,6 +79,7 @@ def measure(variant: str, threads: int, runs: int) -> dict:
         model = quantized.int8_dynamic(model)
     stored = budget.footprint(model).bytes / 1e6 if variant != "int8 dynamic" else float("nan")
     gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand the freed fp32 weights back to the OS before measuring
     rss = _rss_mb()
     long_ids, short_ids = torch.randint(0, 49152, (1, 512)), torch.randint(0, 49152, (1, 16))
     with PeakRSS() as peak, torch.inference_mode():

@@ -320,6 +320,29 @@ def test_calibration_domain_verdict():
     assert min(j.novel / a.novel, a.jargon / j.jargon) > 0.5
 
 
+def parity_table() -> pd.DataFrame:
+    """Per setting: draws, mean and std of perplexity and mean CPU seconds of tcomp and the reference."""
+    runs = pd.read_csv(ROOT / "benchmarks" / "results" / "gptq_parity.csv")
+    runs = runs[runs.impl.isin(["tcomp", "reference"])]
+    return runs.groupby(["setting", "impl"], sort=False).agg(
+        draws=("perplexity", "size"), mean=("perplexity", "mean"), std=("perplexity", "std"),
+        cpu=("cpu_seconds", "mean")).unstack("impl")
+
+
+def test_parity_with_the_reference_implementation():
+    nb = "notebooks/05_quantization.ipynb"
+    t = parity_table()
+    assert len(t) == 5 and (t["draws"] == 3).all().all()
+    rel = 100 * (t["mean", "tcomp"] / t["mean", "reference"] - 1)
+    cells = "; ".join(f"{setting} {t.loc[setting, ('mean', 'tcomp')]:.2f} ± {t.loc[setting, ('std', 'tcomp')]:.2f} "
+                      f"against {t.loc[setting, ('mean', 'reference')]:.2f} ± {t.loc[setting, ('std', 'reference')]:.2f} "
+                      f"({rel[setting]:+.1f} %)" for setting in t.index)
+    runs = pd.read_csv(ROOT / "benchmarks" / "results" / "gptq_parity.csv")
+    cpu = runs[runs.impl.isin(["tcomp", "reference"])].groupby("impl").cpu_seconds.mean()
+    says(nb, cells, f"{cpu.tcomp:.0f} CPU seconds against {cpu.reference:.0f} (mean of the 15 runs of each, "
+                    f"{cpu.tcomp / cpu.reference:.2f}×)")
+
+
 # ---- baselines and the factorization notebooks ------------------------------------------------
 
 def test_baselines_ordering_and_embedding_share():
