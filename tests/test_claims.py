@@ -341,6 +341,12 @@ def test_parity_with_the_reference_implementation():
     cpu = runs[runs.impl.isin(["tcomp", "reference"])].groupby("impl").cpu_seconds.mean()
     says(nb, cells, f"{cpu.tcomp:.0f} CPU seconds against {cpu.reference:.0f} (mean of the 15 runs of each, "
                     f"{cpu.tcomp / cpu.reference:.2f}×)")
+    assert cpu.tcomp < cpu.reference
+    says(README, f"our mean perplexity is {rel.min():+.1f} % to {rel.max():+.1f} % of theirs (above it with groups of "
+                 f"128), in {cpu.tcomp / cpu.reference:.2f}× their CPU time")
+    assert rel["4-bit per channel act-order"] < 0 and rel["3-bit per channel"] < 0 and round(rel["4-bit per channel"], 1) == 0.5
+    gap = (t["mean", "tcomp"] - t["mean", "reference"]) / t["std"].max(axis=1)  # in standard deviations of the draws
+    assert rel["4-bit g128"] > 0.5 and rel["3-bit g128"] > 0.5 and gap["3-bit g128"] < 1 and 1 < gap["4-bit g128"] < 2
 
 
 # ---- baselines and the factorization notebooks ------------------------------------------------
