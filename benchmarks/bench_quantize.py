@@ -54,8 +54,8 @@ def main() -> None:
         if method == "gptq" and group_size is None and act_order:
             t = report.modules
             t["type"] = t.path.str.rsplit(".", n=1).str[-1]
-            layer_table = t.groupby("type", sort=False).agg(in_features=("in_features", "first"),
-                                                            out_features=("out_features", "first"),
+            layer_table = t.groupby("type", sort=False).agg(in_features=("in", "first"),
+                                                            out_features=("out", "first"),
                                                             layers=("seconds", "size"),
                                                             mean_seconds=("seconds", "mean"),
                                                             mean_output_error=("output_error", "mean")).reset_index()

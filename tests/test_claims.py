@@ -429,3 +429,29 @@ def test_benchmark_numbers_in_the_readme(csv, column, row, phrase):
     match = bench.loc[(bench[list(row)] == pd.Series(row)).all(axis=1)].iloc[0]
     assert match[column] > 1
     says(README, phrase.format(**match))
+
+
+def test_quantized_inference_in_the_readme():
+    t = pd.read_csv(ROOT / "benchmarks" / "results" / "model_inference.csv").set_index("variant")
+    cached = t.loc[["weight-only 8-bit, cache", "weight-only 4-bit, cache"]]
+    assert (cached[["vs_fp32_512", "vs_fp32_16"]] <= 1.2).all().all()  # within 1.2x of fp32 with the cache
+    fp, q, nc, i8 = (t.loc[v] for v in ("fp32", "weight-only 4-bit, cache", "weight-only 4-bit, no cache", "int8 dynamic"))
+    sp = lambda a, b: f"{a / b:.2f}×"  # noqa: E731  speed-up: fp32 time / compressed time
+    says(README, f"| {fp.ms_512_tokens:.0f} ms | {q.ms_512_tokens:.0f} ms | {sp(fp.ms_512_tokens, q.ms_512_tokens)} |",
+         f"| {fp.ms_16_tokens:.0f} / {fp.ms_512_tokens:.0f} / {fp.ms_16_tokens:.0f} ms | {q.ms_16_tokens:.0f} / "
+         f"{nc.ms_512_tokens:,.0f} / {nc.ms_16_tokens:.0f} ms | {sp(fp.ms_16_tokens, q.ms_16_tokens)} / "
+         f"{sp(fp.ms_512_tokens, nc.ms_512_tokens)} / {sp(fp.ms_16_tokens, nc.ms_16_tokens)} |",
+         f"| {fp.ms_512_tokens:.0f} ms | {i8.ms_512_tokens:.0f} ms | **{sp(fp.ms_512_tokens, i8.ms_512_tokens)}** |",
+         f"fp32 {fp.rss_mb:,.0f} / {fp.peak_mb:,.0f}; weight-only 4-bit {q.rss_mb:,.0f} / {q.peak_mb:,.0f} with the cache "
+         f"({q.cache_mb:.0f} MB of de-quantized float32 weights held next to the {q.stored_mb:.0f} MB stored) and "
+         f"{nc.rss_mb:,.0f} / {nc.peak_mb:,.0f} without it",
+         f"at {nc.vs_fp32_512:.1f}× (512 tokens) to {nc.vs_fp32_16:.1f}× (16 tokens) the time")
+
+
+def test_gptq_phases_in_the_readme():
+    t = pd.read_csv(ROOT / "benchmarks" / "results" / "gptq_time.csv")
+    g = t[(t.method == "gptq") & (t.grid == "4-bit asym per-channel") & (t.act_order.astype(str) == "True")].iloc[0]
+    phases = ("capture", "hessians", "solves", "packing", "rerun")
+    assert abs(sum(g[p] for p in phases) - g.seconds) < 0.05 * g.seconds  # the phases account for the time
+    says(README, f"| {g.seconds:.0f} s: capture {g.capture:.0f}, Hessians {g.hessians:.0f}, solves {g.solves:.0f}, "
+                 f"packing {g.packing:.0f}, rerun {g.rerun:.0f} s (2 threads) |")
