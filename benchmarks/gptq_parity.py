@@ -55,7 +55,6 @@ import io
 import math
 import sys
 import time
-from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
@@ -64,7 +63,7 @@ from torch import nn
 
 from tcomp_utils import adapters, capture, metrics, models, task_models, tasks
 from tcomp_utils.methods.quant_grid import column_groups
-from tcomp_utils.methods.quantization import GPTQConfig, quantize
+from tcomp_utils.methods.quantization import quantize
 
 from bench_common import setup, show
 
@@ -175,10 +174,9 @@ def tcomp_gptq(model: nn.Module, batches: list[dict], bits: int, group_size: int
                static_groups: bool, blocks: int | None = None) -> None:
     """Quantize ``model`` in place with tcomp's GPTQ (the first ``blocks`` blocks, default all), all
     options explicit (the config's defaults may differ); a whole block at a time, as the reference."""
-    extra = {"true_sequential": False} if "true_sequential" in {f.name for f in fields(GPTQConfig)} else {}
     quantize(model, "gptq", bits=bits, group_size=group_size or None, calibration=batches, act_order=act_order,
-             static_groups=static_groups, block_size=128, damp=0.01, progress=False,
-             layers=list(range(blocks)) if blocks else None, **extra)
+             static_groups=static_groups, block_size=128, damp=0.01, true_sequential=False, progress=False,
+             layers=list(range(blocks)) if blocks else None)
 
 
 def timed(fn, *args, **kwargs) -> tuple[float, float]:
