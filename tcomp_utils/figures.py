@@ -89,26 +89,41 @@ def _finetune_steps(results: pd.DataFrame) -> pd.Series:
     return results["finetune_steps"].fillna(0) if "finetune_steps" in results else pd.Series(0, index=results.index)
 
 
+ROLE_ORDER = ["qkv", "ffn", "embeddings"]
+
+
 def _offline_accuracy(results: pd.DataFrame):
-    """Seed 000's table: test accuracy with no fine-tuning, rows method × roles × mode, columns ratio."""
+    """Seed 000's table: test accuracy with no fine-tuning, rows method × roles × mode, columns ratio;
+    error bars: the cell's 95 % bootstrap interval (where recorded)."""
     ok = results[(results.status == "ok") & (_finetune_steps(results) == 0)].copy()
     ok["variant"] = _label(ok)
     ok["test accuracy (%)"] = 100 * ok.test_accuracy
     baseline = 100 * ok.baseline_test_accuracy.iloc[0]
     ratios = sorted(ok.ratio.unique())
+    cols = [r for r in ROLE_ORDER if r in set(ok.roles)]
     grid = sns.relplot(data=ok, x="ratio", y="test accuracy (%)", hue="variant", style="variant", col="roles",
-                       col_order=["qkv", "ffn"], kind="line", markers=True, dashes=False, height=3.6, aspect=1.15)
-    for ax in grid.axes.flat:
+                       col_order=cols, kind="line", markers=True, dashes=False, height=3.6, aspect=1.15)
+    has_ci = "test_accuracy_lo" in ok and ok.test_accuracy_lo.notna().any()
+    palette = {t.get_text(): h.get_color() for t, h in zip(grid.legend.texts, grid.legend.legend_handles)} if has_ci else {}
+    for role, ax in zip(cols, grid.axes.flat):
         ax.axhline(baseline, color="0.3", ls="--", lw=1)
         ax.text(ratios[-1], baseline, " uncompressed", va="bottom", ha="right", fontsize=8, color="0.3")
+        if has_ci:
+            for variant, d in ok[(ok.roles == role) & ok.test_accuracy_lo.notna()].groupby("variant"):
+                d = d.sort_values("ratio")
+                ax.fill_between(d.ratio, 100 * d.test_accuracy_lo, 100 * d.test_accuracy_hi, alpha=0.12,
+                                color=palette.get(variant), lw=0)
         ax.set_xscale("log")
         ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
         ax.minorticks_off()
     grid.set_titles("{col_name}")
     grid.set_axis_labels("compression ratio of stored numbers", "test accuracy (%)")
-    grid.figure.suptitle("Offline compression of the tweet-sentiment task model: accuracy vs ratio, no fine-tuning", y=1.04)
-    table = ok.pivot_table(index=["roles", "method", "mode"], columns="ratio", values="test_accuracy").round(4)
-    table.columns = [f"ratio_{r:g}" for r in table.columns]
+    grid.figure.suptitle("Offline compression of the tweet-sentiment task model: accuracy vs ratio, no fine-tuning"
+                         + (" (bands: 95 % bootstrap intervals)" if has_ci else ""), y=1.04)
+    values = ["test_accuracy"] + [c for c in ("test_accuracy_lo", "test_accuracy_hi", "test_accuracy_std",
+                                              "test_macro_f1", "test_majority_share") if c in ok]
+    table = ok.pivot_table(index=["roles", "method", "mode"], columns="ratio", values=values).round(4)
+    table.columns = [f"ratio_{r:g}" if v == "test_accuracy" else f"ratio_{r:g}_{v[len('test_'):]}" for v, r in table.columns]
     return grid.figure, table.reset_index()
 
 

@@ -36,6 +36,11 @@ def mcc(labels: Sequence[int], preds: Sequence[int]) -> float:
     return float(skm.matthews_corrcoef(labels, preds))
 
 
+def macro_f1(labels: Sequence[int], preds: Sequence[int]) -> float:
+    """F1 averaged over the classes (a collapse onto one class scores low whatever the class balance)."""
+    return float(skm.f1_score(labels, preds, average="macro"))
+
+
 def pearson(targets: Sequence[float], preds: Sequence[float]) -> float:
     return float(stats.pearsonr(targets, preds).statistic)
 
@@ -44,7 +49,8 @@ def spearman(targets: Sequence[float], preds: Sequence[float]) -> float:
     return float(stats.spearmanr(targets, preds).statistic)
 
 
-METRICS: dict[str, Callable] = {"accuracy": accuracy, "f1": f1, "mcc": mcc, "pearson": pearson, "spearman": spearman}
+METRICS: dict[str, Callable] = {"accuracy": accuracy, "f1": f1, "macro_f1": macro_f1, "mcc": mcc, "pearson": pearson,
+                                "spearman": spearman}
 
 
 def score(names: Sequence[str], labels, preds) -> dict[str, float]:
@@ -82,15 +88,48 @@ def predict_classifier(model: nn.Module, tokenizer, texts: Sequence[str], text_p
     return logits[torch.argsort(torch.tensor(order))].numpy()
 
 
+def classifier_predictions(model: nn.Module, tokenizer, dataset, text_fields: Sequence[str] = ("text",),
+                           batch_size: int = 64, max_length: int = 64) -> list:
+    """Predicted labels (or values, for a one-output regressor) of ``model`` for ``dataset``."""
+    pairs = dataset[text_fields[1]] if len(text_fields) > 1 else None
+    logits = predict_classifier(model, tokenizer, dataset[text_fields[0]], pairs, batch_size, max_length)
+    return logits[:, 0].tolist() if logits.shape[1] == 1 else logits.argmax(-1).tolist()
+
+
 def evaluate_classifier(model: nn.Module, tokenizer, dataset, metric_names: Sequence[str] = ("accuracy", "f1", "mcc"),
                         text_fields: Sequence[str] = ("text",), label_field: str = "label",
                         batch_size: int = 64, max_length: int = 64) -> dict[str, float]:
     """Metrics of a sequence classifier (or regressor, one output) on ``dataset``: inputs from
     ``text_fields`` (one, or two for sentence pairs), targets from ``label_field``."""
-    pairs = dataset[text_fields[1]] if len(text_fields) > 1 else None
-    logits = predict_classifier(model, tokenizer, dataset[text_fields[0]], pairs, batch_size, max_length)
-    preds = logits[:, 0].tolist() if logits.shape[1] == 1 else logits.argmax(-1).tolist()
+    preds = classifier_predictions(model, tokenizer, dataset, text_fields, batch_size, max_length)
     return score(metric_names, list(dataset[label_field]), preds)
+
+
+def bootstrap_interval(labels: Sequence[int], preds, metric: str = "accuracy", n_resamples: int = 1000,
+                       level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``metric`` over the test examples. ``preds`` is one
+    prediction per example, or several runs of them (runs × examples: e.g. seeds), in which case
+    the statistic is the metric averaged over the runs, resampling the same examples for every run."""
+    y = np.asarray(labels)
+    p = np.atleast_2d(np.asarray(preds))
+    if p.shape[1] != len(y):
+        raise ValueError(f"{p.shape[1]} predictions per run for {len(y)} labels")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    fn = METRICS[metric]
+    rng = np.random.default_rng(seed)
+    stats_ = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, len(y), len(y))
+        stats_[i] = np.mean([fn(y[idx], run[idx]) for run in p])
+    lo, hi = np.quantile(stats_, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def majority_share(preds: Sequence[int], majority: int) -> float:
+    """Share of predictions equal to the ``majority`` class (1.0: the classifier has collapsed onto it)."""
+    p = np.asarray(preds)
+    return float((p == majority).mean())
 
 
 @dataclass(frozen=True)

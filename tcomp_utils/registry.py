@@ -273,11 +273,17 @@ class CompressionReport:
         """Stored numbers of the replaced modules before / after (biases included)."""
         return float(self.modules.params_before.sum() / self.modules.params_after.sum())
 
+    @property
+    def bytes_ratio(self) -> float:
+        """Stored bytes of the replaced modules before / after (indices, scales and codes as stored)."""
+        return float(self.modules.bytes_before.sum() / self.modules.bytes_after.sum())
+
     def summary(self) -> dict[str, Any]:
         """One flat record: method, config fields, module count, mean errors, footprints, seconds."""
         out = {"method": self.method, **{k: v for k, v in self.config.as_record().items()
                                          if not isinstance(v, (list, tuple, dict))},
                "modules": len(self.modules), "module_param_ratio": self.param_ratio,
+               "module_bytes_ratio": self.bytes_ratio,
                "mean_rel_error": float(self.modules.rel_error.mean())}
         if "output_error" in self.modules:
             out["mean_output_error"] = float(self.modules.output_error.mean())

@@ -7,6 +7,7 @@ import re
 from functools import cache
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -459,3 +460,14 @@ def test_gptq_phases_in_the_readme():
     assert abs(sum(g[p] for p in phases) - g.seconds) < 0.05 * g.seconds  # the phases account for the time
     says(README, f"| {g.seconds:.0f} s: capture {g.capture:.0f}, Hessians {g.hessians:.0f}, solves {g.solves:.0f}, "
                  f"packing {g.packing:.0f}, rerun {g.rerun:.0f} s (2 threads) |")
+
+
+def test_autoencoder_training_time_in_the_readme():
+    t = pd.read_csv(ROOT / "benchmarks" / "results" / "ae_training_time.csv")
+    sep = t[(t["mode"] == "separated") & (t.role != "embeddings")]
+    stacked = t[(t["mode"] == "concatenated") & (t.ratio == 3)].set_index("role")
+    emb = t[(t.role == "embeddings") & (t.ratio == 3)].iloc[0]
+    limit = int(np.ceil(sep.seconds_per_module.max()))
+    assert stacked.seconds.idxmax() == "ffn_in" and (t.epochs == 30).all()
+    says(README, f"under {limit} s per separated module, up to {stacked.seconds.max():.0f} s for the FFN-in rows of all "
+                 f"6 layers stacked at ×3 and {emb.seconds:.0f} s for the embedding table at ×3")

@@ -56,3 +56,20 @@ def test_the_readme_tables_are_those_of_the_committed_results(tmp_path):
     stale.write_text(text.replace("<!-- table: gptq_table -->\n", ""))
     with pytest.raises(ValueError, match=r"no markers for table\(s\) \['gptq_table'\]"):
         figures.update_readme(stale)
+
+
+def test_offline_table_carries_intervals_and_the_embedding_column():
+    rows = []
+    for method, mode, roles in [("svd", "separated", "qkv"), ("ae", "separated", "qkv"), ("ae", "separated", "embeddings"),
+                                ("pruning", "concatenated", "ffn")]:
+        for k, ratio in enumerate((3, 10, 25)):
+            acc = 0.9 - 0.1 * k
+            rows.append(dict(status="ok", method=method, mode=mode, roles=roles, ratio=ratio, finetune_steps=None,
+                             test_accuracy=acc, test_accuracy_lo=acc - 0.02, test_accuracy_hi=acc + 0.01,
+                             test_macro_f1=acc - 0.1, test_majority_share=0.7, baseline_test_accuracy=0.9))
+    fig, table = figures._offline_accuracy(pd.DataFrame(rows))
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["qkv", "ffn", "embeddings"]
+    row = table.set_index(["roles", "method", "mode"]).loc[("embeddings", "ae", "separated")]
+    assert row["ratio_10"] == pytest.approx(0.8) and row["ratio_10_accuracy_lo"] == pytest.approx(0.78)
+    assert row["ratio_25_accuracy_hi"] == pytest.approx(0.71) and row["ratio_3_majority_share"] == pytest.approx(0.7)
+    assert any(c.get_paths() for ax in fig.axes for c in ax.collections)  # the interval bands are drawn

@@ -99,3 +99,22 @@ def test_latency_counts_runs_and_restores_threads():
     assert r.runs == 5 and r.threads == 1 and 0 <= r.p10_ms <= r.median_ms <= r.p90_ms
     with pytest.raises(ValueError, match="runs >= 1"):
         metrics.latency(lambda: None, runs=0)
+
+
+def test_bootstrap_interval_macro_f1_and_majority_share():
+    from tcomp_utils import metrics as m
+    labels = [0] * 70 + [1] * 30
+    collapsed = [0] * 100
+    assert m.accuracy(labels, collapsed) == 0.7 and m.majority_share(collapsed, 0) == 1.0
+    assert m.macro_f1(labels, collapsed) == pytest.approx((2 * 0.7 / 1.7) / 2)  # class 1 scores 0
+    lo, hi = m.bootstrap_interval(labels, collapsed, "accuracy", n_resamples=500)
+    assert lo < 0.7 < hi and 0.05 < hi - lo < 0.25  # about ±1.96·sqrt(.21/100)
+    perfect = list(labels)
+    assert m.bootstrap_interval(labels, perfect, n_resamples=50) == (1.0, 1.0)
+    # several runs (seeds): the statistic is their mean; the interval narrows around it
+    lo2, hi2 = m.bootstrap_interval(labels, [collapsed, perfect], n_resamples=500)
+    assert lo2 < 0.85 < hi2 and hi2 - lo2 < hi - lo
+    assert m.bootstrap_interval(labels, collapsed, n_resamples=200, seed=3) == \
+        m.bootstrap_interval(labels, collapsed, n_resamples=200, seed=3)
+    with pytest.raises(ValueError, match="99 predictions per run for 100 labels"):
+        m.bootstrap_interval(labels, collapsed[:99])

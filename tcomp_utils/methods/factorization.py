@@ -42,7 +42,7 @@ from .. import adapters, capture
 from ..budget import BudgetError, check_ratio
 from ..registry import (CompressionReport, ConfigError, MethodConfig, check_choice, check_finite, check_int,
                         compress, method_config, module_row, register_method)
-from .lowrank import LowRankLinear, check_rank, rank_for_ratio, stacked_svd
+from .lowrank import LowRankEmbedding, LowRankLinear, check_rank, rank_for_ratio, stacked_svd
 from .tensor_factors import FalconLinear, KroneckerLinear, check_tucker_ranks, tucker_linears, tucker_ranks_for_ratio
 
 Plan = list[tuple[list[str], Callable[[], dict[str, nn.Module]]]]
@@ -159,11 +159,14 @@ class FalconConfig(FactorizationConfig):
 # --------------------------------------------------------------------------------------- helpers
 def _targets(model: nn.Module, config: FactorizationConfig) -> dict[str, list[adapters.RoleModule]]:
     roles = config.target_roles(model)
-    if "embeddings" in roles:
-        raise ConfigError(f"{config.method} factorizes linear layers; 'embeddings' is not one")
+    if "embeddings" in roles and not (config.method == "svd" and config.mode == "separated"):
+        raise ConfigError(f"{config.method} ({config.mode}) factorizes linear layers; 'embeddings' is not one "
+                          "(the embedding table is factorized by svd, separated)")
     targets = {role: adapters.find_modules(model, role, config.layers) for role in roles}
     for rms in targets.values():
         for rm in rms:
+            if rm.role == "embeddings" and type(rm.module) is nn.Embedding:
+                continue
             if not isinstance(rm.module, nn.Linear):
                 raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear: "
                                 "it is already compressed or cannot be factorized")
@@ -194,18 +197,26 @@ def _apply(model: nn.Module, targets: dict[str, list[adapters.RoleModule]], plan
     return rows
 
 
-def _svd_budget(lin: nn.Linear, config: FactorizationConfig) -> int:
+def _svd_budget(module: nn.Module, config: FactorizationConfig) -> int:
+    n_in, n_out = ((module.embedding_dim, module.num_embeddings) if isinstance(module, nn.Embedding)
+                   else (module.in_features, module.out_features))
     if config.ratio is not None:
-        return rank_for_ratio(lin.in_features, lin.out_features, config.ratio)
-    return check_rank(config.rank, lin.in_features, lin.out_features)
+        return rank_for_ratio(n_in, n_out, config.ratio)
+    return check_rank(config.rank, n_in, n_out)
 
 
 def _separated_svd(targets, config, scales_in: dict | None = None, scales_out: dict | None = None) -> Plan:
-    """One rank-r SVD per module; every budget is checked here, the scales are read when built."""
+    """One rank-r SVD per module (an embedding table: vocab × dim); every budget is checked here,
+    the scales are read when built."""
     scales_in = {} if scales_in is None else scales_in
     scales_out = {} if scales_out is None else scales_out
-    return [([rm.path], lambda rm=rm, r=_svd_budget(rm.module, config): {rm.path: LowRankLinear.from_linear(
-        rm.module, r, scales_in.get(rm.path), scales_out.get(rm.path))}) for rm in _flat(targets)]
+
+    def build(rm: adapters.RoleModule, r: int) -> dict[str, nn.Module]:
+        if isinstance(rm.module, nn.Embedding):  # svd only (see _targets)
+            return {rm.path: LowRankEmbedding.from_embedding(rm.module, r)}
+        return {rm.path: LowRankLinear.from_linear(rm.module, r, scales_in.get(rm.path), scales_out.get(rm.path))}
+
+    return [([rm.path], lambda rm=rm, r=_svd_budget(rm.module, config): build(rm, r)) for rm in _flat(targets)]
 
 
 def activation_scales(model: nn.Module, targets: list[adapters.RoleModule], calibration: list[dict],

@@ -123,6 +123,50 @@ class LowRankLinear(CompressedLinear):
                f"shared={self.shared is not None}, bias={self.bias is not None}"
 
 
+@register_module
+class LowRankEmbedding(CompressedLinear):
+    """An embedding table (vocab × dim) stored as ``A`` (vocab × r) and ``B`` (r × dim): a look-up
+    takes the rows of A it needs and multiplies them by B. No MACs are counted (a look-up plus
+    ``r·dim`` per token, small next to any layer)."""
+
+    def __init__(self, left: torch.Tensor, right: torch.Tensor, padding_idx: int | None = None):
+        super().__init__()
+        self.left, self.right = as_parameter(left), as_parameter(right)
+        (self.num_embeddings, self.rank), self.embedding_dim = self.left.shape, self.right.shape[1]
+        self.padding_idx = padding_idx
+
+    @classmethod
+    def from_embedding(cls, table: nn.Embedding, rank: int) -> "LowRankEmbedding":
+        """Rank-``rank`` truncated SVD of the table."""
+        check_rank(rank, table.embedding_dim, table.num_embeddings)
+        left, right = truncated_svd(table.weight, rank)
+        return cls(left, right, table.padding_idx)
+
+    @property
+    def rank_label(self) -> str:
+        return str(self.rank)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return nn.functional.embedding(input_ids, self.left) @ self.right
+
+    def weight_matrix(self) -> torch.Tensor:
+        return self.left @ self.right
+
+    def tcomp_footprint(self) -> Footprint:
+        return Footprint(self.left.numel() + self.right.numel(), dense_bytes(self.left) + dense_bytes(self.right), 0)
+
+    def tcomp_config(self) -> dict:
+        return {"vocab": self.num_embeddings, "dim": self.embedding_dim, "rank": self.rank, "padding_idx": self.padding_idx}
+
+    @classmethod
+    def tcomp_empty(cls, config: dict, shared: None = None) -> "LowRankEmbedding":
+        return cls(torch.empty(config["vocab"], config["rank"]), torch.empty(config["rank"], config["dim"]),
+                   config["padding_idx"])
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"
+
+
 def truncated_svd(weight: torch.Tensor, rank: int, in_scale: torch.Tensor | None = None,
                   out_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Best rank-``rank`` factors ``(U·Σ^½, Σ^½·Vᵀ)`` of ``weight`` (out × in), optionally of the

@@ -230,6 +230,10 @@ class KroneckerLinear(CompressedLinear):
         _, m2, n2 = self.b.shape
         xs = x.reshape(-1, n1, n2)
         n = xs.shape[0]
+        if torch.is_grad_enabled() and self.a.requires_grad and n * self.tcomp_footprint().macs > r * self.in_features * self.out_features + n * self.in_features * self.out_features:
+            # training on a large batch: building W (r·out·in MACs) and one dense matmul is cheaper
+            # than the factored path, and its backward far cheaper; inference keeps the factored path
+            return nn.functional.linear(x, self.weight_matrix(), self.bias)
         # each stage is one large GEMM over all tokens and terms (not N·r small ones)
         if self._a_first:  # U_i = A_i X (m1 × n2 per token); Y = [U_1 … U_r] [B_1 … B_r]ᵀ
             u = self.a.reshape(r * m1, n1) @ xs.permute(1, 0, 2).reshape(n1, n * n2)
@@ -243,7 +247,10 @@ class KroneckerLinear(CompressedLinear):
         return y + self.bias if self.bias is not None else y
 
     def weight_matrix(self) -> torch.Tensor:
-        return sum(torch.kron(a, b) for a, b in zip(self.a, self.b))
+        """Σ_i A_i ⊗ B_i (out × in)."""
+        r, m1, n1 = self.a.shape
+        _, m2, n2 = self.b.shape
+        return torch.einsum("rij,rkl->ikjl", self.a, self.b).reshape(m1 * m2, n1 * n2)
 
     def tcomp_footprint(self) -> Footprint:
         own = [self.a, self.b, *([self.bias] if self.bias is not None else [])]
