@@ -281,18 +281,28 @@ def _footprints_table(footprints: pd.DataFrame) -> str:
     return _markdown(frame, numeric=3)
 
 
-METHOD_ORDER = ["svd", "asvd", "fwsvd", "tucker", "kronecker", "falcon"]
+METHOD_ORDER = ["svd", "ae", "pruning", "asvd", "fwsvd", "tucker", "kronecker", "falcon"]
 MODE_ORDER = ["separated", "concatenated", "qkv", "qkv-concatenated"]
 
 
 def _offline_table(results: pd.DataFrame) -> str:
+    """Rows roles × method × mode, columns ratio: test accuracy (%) with its 95 % bootstrap interval
+    (for the autoencoder, of the mean over its seeds) where recorded; † where every prediction is the
+    majority class; the best of each role group and ratio in bold."""
     _, table = _offline_accuracy(results)
-    table = table.assign(r=table.roles.map({"ffn": 0, "qkv": 1}), m=table.method.map(METHOD_ORDER.index),
+    table = table.assign(r=table.roles.map({r: i for i, r in enumerate(["ffn", "qkv", "embeddings"])}),
+                         m=table.method.map(METHOD_ORDER.index),
                          o=table["mode"].map(MODE_ORDER.index)).sort_values(["r", "m", "o"])
-    ratios = [c for c in table if c.startswith("ratio_")]
+    ratios = [c for c in table if c.startswith("ratio_") and c.removeprefix("ratio_").replace(".", "").isdigit()]
     parts = []
     for _, group in table.groupby("r", sort=True):
         cells = _bold_best(100 * group[ratios], lower=False, fmt="{:.1f}")
+        for c in ratios:
+            if f"{c}_accuracy_lo" in group:
+                lo, hi = 100 * group[f"{c}_accuracy_lo"], 100 * group[f"{c}_accuracy_hi"]
+                cells[c] = [v if pd.isna(a) else f"{v} ({a:.1f}–{b:.1f})" for v, a, b in zip(cells[c], lo, hi)]
+            if f"{c}_majority_share" in group:
+                cells[c] = [v + "†" if share >= 1 else v for v, share in zip(cells[c], group[f"{c}_majority_share"])]
         parts.append(pd.concat([group[["roles", "method", "mode"]], cells], axis=1))
     frame = pd.concat(parts).rename(columns={c: "×" + c.removeprefix("ratio_") for c in ratios})
     return _markdown(frame, numeric=len(ratios))

@@ -73,3 +73,10 @@ def test_offline_table_carries_intervals_and_the_embedding_column():
     assert row["ratio_10"] == pytest.approx(0.8) and row["ratio_10_accuracy_lo"] == pytest.approx(0.78)
     assert row["ratio_25_accuracy_hi"] == pytest.approx(0.71) and row["ratio_3_majority_share"] == pytest.approx(0.7)
     assert any(c.get_paths() for ax in fig.axes for c in ax.collections)  # the interval bands are drawn
+    frame = pd.DataFrame(rows)
+    frame.loc[(frame.method == "svd") & (frame.ratio == 25), "test_majority_share"] = 1.0
+    text = figures._offline_table(frame)
+    lines = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in text.splitlines()[2:]}
+    assert "**80.0** (78.0–81.0)" in lines[("embeddings", "ae", "separated")]  # alone in its group: the best
+    assert "70.0 (68.0–71.0)†" in lines[("qkv", "svd", "separated")]  # a collapse onto the majority class
+    assert list(lines)[0][0] == "ffn" and list(lines)[-1][0] == "embeddings"
