@@ -10,7 +10,7 @@ from torch import nn
 from conftest import tiny_bert
 from tcomp_utils import budget, serialize
 from tcomp_utils.budget import BudgetError
-from tcomp_utils.methods.autoencoder import AEDecoder, AEEmbedding, AELinear, latent_size, stored_numbers
+from tcomp_utils.methods.autoencoder import AEEmbedding, AELinear, latent_size, stored_numbers
 from tcomp_utils.methods.lowrank import LowRankEmbedding
 from tcomp_utils.methods.pruning import SparseEmbedding, SparseLinear, kept_weights
 from tcomp_utils.registry import ConfigError, compress, method_config
@@ -222,11 +222,13 @@ def test_bad_input_is_a_clear_error_before_any_module_changes(method, kwargs, er
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_a_second_concatenated_budget_error_is_raised_before_the_first_group_trains():
+def test_a_budget_that_only_the_later_modules_miss_fails_before_any_module_trains():
     model = tiny_bert()
     before = [type(m) for m in model.modules()]
-    # ffn_in stacked is 128 × 32 rows, ffn_out 64 × 64: at this ratio the second does not fit
-    with pytest.raises(BudgetError):
-        compress(model, method_config("ae", roles="ffn", mode="separated", ratio=40, select="last", **FAST), progress=False)
+    state = copy.deepcopy(model.state_dict())
+    # at ×6 the ffn_in rows (64 of 32) fit a latent size of 1, the ffn_out rows (32 of 64) do not
+    assert latent_size(64, 32, 6, [2.0, 4.0], True) == 1
+    with pytest.raises(BudgetError, match="32 rows of 64"):
+        compress(model, method_config("ae", roles="ffn", ratio=6, select="last", **FAST), progress=False)
     assert [type(m) for m in model.modules()] == before
-    assert isinstance(AEDecoder(2, [3], 4).tcomp_footprint().params, int)
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
