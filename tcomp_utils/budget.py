@@ -80,6 +80,24 @@ class CompressedLinear(nn.Module):
     ``wo.weight.dtype`` in every forward) instead of failing on a missing attribute."""
 
     weight = None
+    _cache: tuple[tuple, torch.Tensor] | None = None
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The dense weight (out × in) the stored tensors represent."""
+        raise NotImplementedError
+
+    def cached_weight(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`weight_matrix` built once and reused until one of ``tensors`` (those it is built
+        from) changes in place, is replaced or moves; rebuilt on every call while one of them needs
+        a gradient, so that training reaches the stored tensors."""
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            self._cache = None
+            return self.weight_matrix()
+        key = tuple((id(t), t._version, t.device, t.dtype) for t in tensors)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.weight_matrix())
+        return self._cache[1]
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int] | None:

@@ -41,6 +41,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -228,6 +229,19 @@ def _done(record_path: Path, keep_stale: bool = False) -> bool:
     return bool(record) and record["status"] == "ok" and (keep_stale or not is_stale(record))
 
 
+def _last_seconds(spec: SweepSpec, keys: list[str]) -> dict[str, float]:
+    """The time each point took when last run (its record, else its row in the committed results
+    table); infinite when never run, so that unknown points are scheduled first."""
+    before = _previous(spec.output / "results.csv")
+    table = ({k: v for k, v in zip(before.key, before.elapsed_s)}
+             if before is not None and {"key", "elapsed_s"} <= set(before.columns) else {})
+    out = {}
+    for key in keys:
+        seconds = (_read_record(spec.output / "points" / f"{key}.json") or {}).get("elapsed_s", table.get(key))
+        out[key] = float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else math.inf
+    return out
+
+
 def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, progress: bool = True,
               keep_stale: bool = False, reduced: bool = False) -> pd.DataFrame:
     """Run every pending point of ``spec`` (missing, failed, or computed with other package code
@@ -244,6 +258,8 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
     todo = spec.reduced if reduced and spec.reduced is not None else spec.points
     keys = [spec.point_key(p) for p in todo]
     pending = [(k, p) for k, p in zip(keys, todo) if not _done(points_dir / f"{k}.json", keep_stale)]
+    last = _last_seconds(spec, [k for k, _ in pending])
+    pending.sort(key=lambda kp: -last[kp[0]])  # longest first, so that no long point starts last
     source = json.loads(spec.notebook.read_text(encoding="utf-8"))
     cwd = str(spec.notebook.parent)
     bar = tqdm(total=len(keys), initial=len(keys) - len(pending), desc=f"sweep {spec.name}", disable=not progress)

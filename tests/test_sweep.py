@@ -269,3 +269,22 @@ def test_the_code_hash_covers_the_modules_a_point_loaded(tmp_path, monkeypatch):
     assert runner.package_digest(loaded) != digest
     (package / "methods" / "gptq.py").unlink()  # a loaded module that is gone: stale too
     assert runner.package_digest(loaded) not in (digest, runner.package_digest(loaded[:-1]))
+
+
+def test_pending_points_run_longest_first_and_new_ones_before_them(tmp_path, monkeypatch):
+    # a long point started last would keep the other workers idle at the end of a sweep
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": x} for x in (1, 2, 3)]))
+    order, seconds = [], {1: 5.0, 2: 50.0, 3: 0.5, 4: 1.0}
+
+    def fake(notebook, parameters, cwd=None, progress=False):
+        order.append(parameters["x"])
+        return {"status": "failed", "error": "again", "records": {}, "elapsed_s": seconds[parameters["x"]],
+                "executed": notebook, "code_hash": None, "code_modules": None}
+
+    monkeypatch.setattr(sweep, "execute_point", fake)
+    sweep.run_sweep(spec, progress=False)
+    assert order == [1, 2, 3]  # never run: the spec's order
+    order.clear()
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": x} for x in (1, 2, 3, 4)]))
+    sweep.run_sweep(spec, progress=False)
+    assert order == [4, 2, 1, 3]

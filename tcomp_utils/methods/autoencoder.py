@@ -140,10 +140,6 @@ class AEDecoder(nn.Module):
         return cls(config["latent"], config["hidden"], config["n"])
 
 
-def _versions(module: nn.Module) -> tuple:
-    return tuple((id(t), t._version) for t in [*module.parameters(), *module.buffers()])
-
-
 class _AERows(CompressedLinear):
     """Latent codes (rows × x), optional row norms (rows) and a shared :class:`AEDecoder`."""
 
@@ -171,7 +167,6 @@ class AELinear(_AERows):
         super().__init__(latents, decoder, norms)
         self.bias = as_parameter(bias) if bias is not None else None
         self.out_features, self.in_features = latents.shape[0], decoder.n
-        self._cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def rank_label(self) -> str:
@@ -181,18 +176,8 @@ class AELinear(_AERows):
         """The reconstructed weight (out × in)."""
         return self._decode(self.latents, self.norms)
 
-    def _weight(self) -> torch.Tensor:
-        if torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()):
-            self._cache = None
-            return self.weight_matrix()
-        key = (_versions(self), self.latents.device, self.latents.dtype)
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, self.weight_matrix())
-        return self._cache[1]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self._weight(), self.bias)
+        return nn.functional.linear(x, self.cached_weight([*self.parameters(), *self.buffers()]), self.bias)
 
     def tcomp_footprint(self) -> Footprint:
         own = self._own()

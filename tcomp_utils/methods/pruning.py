@@ -100,7 +100,6 @@ class SparseLinear(_CSR):
         super().__init__(out_features, in_features, nnz)
         self.out_features, self.in_features = out_features, in_features
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self._cache: tuple[tuple, torch.Tensor] | None = None
 
     @classmethod
     def from_dense(cls, weight: torch.Tensor, bias: torch.Tensor | None) -> "SparseLinear":
@@ -113,18 +112,8 @@ class SparseLinear(_CSR):
     def weight_matrix(self) -> torch.Tensor:
         return self.dense()
 
-    def _weight(self) -> torch.Tensor:
-        if torch.is_grad_enabled() and self.values.requires_grad:
-            self._cache = None
-            return self.dense()
-        key = tuple((id(t), t._version) for t in self._sparse()) + (self.values.device,)
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, self.dense())
-        return self._cache[1]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self._weight(), self.bias)
+        return nn.functional.linear(x, self.cached_weight(list(self._sparse())), self.bias)
 
     def tcomp_footprint(self) -> Footprint:
         tensors = [*self._sparse(), *([self.bias] if self.bias is not None else [])]

@@ -169,7 +169,9 @@ def tucker_linears(grid: np.ndarray, ranks: tuple[int, ...]) -> tuple[TuckerCore
 class KroneckerLinear(CompressedLinear):
     """``y = (Σᵢ Aᵢ ⊗ Bᵢ) x + b`` computed without forming the matrix: with x reshaped to
     (n₁ × n₂), ``Y = Σᵢ Aᵢ X Bᵢᵀ`` (m₁ × m₂), contracting A or B first, whichever is cheaper.
-    MACs per token: ``r·min(m₁n₂(n₁ + m₂), m₂n₁(n₂ + m₁))``."""
+    MACs per token: ``r·min(m₁n₂(n₁ + m₂), m₂n₁(n₂ + m₁))``, or ``in·out`` when that is less (many
+    terms, low ratios): then the matrix is formed once, cached like a dense layer's weight (the
+    factors stay what is stored) and applied with one matmul."""
 
     def __init__(self, a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None):
         super().__init__()
@@ -180,6 +182,8 @@ class KroneckerLinear(CompressedLinear):
         _, m2, n2 = self.b.shape
         self.rank, self.in_features, self.out_features = r, n1 * n2, m1 * m2
         self._a_first = m1 * n2 * (n1 + m2) <= m2 * n1 * (n2 + m1)
+        self.factored_macs = r * min(m1 * n2 * (n1 + m2), m2 * n1 * (n2 + m1))  # per token
+        self.runs_dense = self.factored_macs > self.in_features * self.out_features
 
     @staticmethod
     def plan(n_out: int, n_in: int, ratio: float | None = None, rank: int | None = None,
@@ -226,14 +230,12 @@ class KroneckerLinear(CompressedLinear):
         return str(self.rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.runs_dense:  # the factored path costs more than the dense matmul: W built once, cached
+            return nn.functional.linear(x, self.cached_weight([self.a, self.b]), self.bias)
         r, m1, n1 = self.a.shape
         _, m2, n2 = self.b.shape
         xs = x.reshape(-1, n1, n2)
         n = xs.shape[0]
-        if torch.is_grad_enabled() and self.a.requires_grad and n * self.tcomp_footprint().macs > r * self.in_features * self.out_features + n * self.in_features * self.out_features:
-            # training on a large batch: building W (r·out·in MACs) and one dense matmul is cheaper
-            # than the factored path, and its backward far cheaper; inference keeps the factored path
-            return nn.functional.linear(x, self.weight_matrix(), self.bias)
         # each stage is one large GEMM over all tokens and terms (not N·r small ones)
         if self._a_first:  # U_i = A_i X (m1 × n2 per token); Y = [U_1 … U_r] [B_1 … B_r]ᵀ
             u = self.a.reshape(r * m1, n1) @ xs.permute(1, 0, 2).reshape(n1, n * n2)
@@ -254,10 +256,8 @@ class KroneckerLinear(CompressedLinear):
 
     def tcomp_footprint(self) -> Footprint:
         own = [self.a, self.b, *([self.bias] if self.bias is not None else [])]
-        r, m1, n1 = self.a.shape
-        _, m2, n2 = self.b.shape
-        macs = r * min(m1 * n2 * (n1 + m2), m2 * n1 * (n2 + m1))
-        return Footprint(sum(t.numel() for t in own), sum(dense_bytes(t) for t in own), macs)
+        return Footprint(sum(t.numel() for t in own), sum(dense_bytes(t) for t in own),
+                         min(self.factored_macs, self.in_features * self.out_features))
 
     def tcomp_config(self) -> dict:
         return {"a": list(self.a.shape), "b": list(self.b.shape), "bias": self.bias is not None}
