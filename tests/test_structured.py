@@ -126,7 +126,7 @@ def test_id_keeps_the_outputs_closer_than_magnitude_and_random_on_held_out_input
 def test_the_id_error_curve_is_the_interpolation_residual_on_the_calibration_rows():
     rng = np.random.default_rng(0)
     z, w = rng.standard_normal((200, 12)), rng.standard_normal((5, 12))
-    order = structured._id_neurons(z, w)
+    order = structured.id_neurons(z, w)
     for k in (3, 7):
         kept, rest = order.order[:k], order.order[k:]
         scaled = z * np.linalg.norm(w, axis=0)
@@ -145,13 +145,13 @@ def test_a_root_of_the_gram_gives_the_rows_own_decomposition():
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((5000, 10)), rng.standard_normal((4, 10))
     x[:, 9] = x[:, :3] @ np.array([1.0, -2.0, 0.5])  # an exact relation survives
-    gram = structured._Gram()
+    gram = structured.Gram()
     for chunk in torch.from_numpy(x).split(700):
         gram.add(chunk)
     m = gram.root()
     assert m.shape == (10, 10)
     np.testing.assert_allclose(m.T @ m, x.T @ x, rtol=1e-10, atol=1e-8)
-    rows, root = structured._id_neurons(x, w), structured._id_neurons(m, w)
+    rows, root = structured.id_neurons(x, w), structured.id_neurons(m, w)
     assert list(rows.order) == list(root.order)
     np.testing.assert_allclose(rows.error, root.error, atol=1e-7)  # a root carries √(rounding) noise
     np.testing.assert_allclose(rows.fold(5), root.fold(5), atol=1e-8)

@@ -195,7 +195,7 @@ def _unit_macs(entry: _Layer, heads: _Heads, seq_len: int) -> tuple[float, float
 
 
 # ------------------------------------------------------------------------------- calibration Gram
-class _Gram:
+class Gram:
     """``XᵀX`` (float64) of the rows a module receives, accumulated batch by batch."""
 
     def __init__(self):
@@ -214,7 +214,7 @@ class _Gram:
 
 # ------------------------------------------------------------------------------- unit orderings
 @dataclass
-class _Order:
+class UnitOrder:
     """One layer's units of one kind: ``order`` (keep-first), ``error[k]`` for keeping the first k
     (k = 0 … n; error[n] = 0), and what to fold into the next layer for a kept set (ID only)."""
 
@@ -228,7 +228,7 @@ def _relative(curve: np.ndarray) -> tuple[np.ndarray, float]:
     return (curve / curve[0], float(curve[0])) if curve[0] > 0 else (curve, 1.0)
 
 
-def _id_neurons(z: np.ndarray, w_next: np.ndarray) -> _Order:
+def id_neurons(z: np.ndarray, w_next: np.ndarray) -> UnitOrder:
     """Pivoted QR of the activations Z (rows × F) scaled by the column norms of the next weight (out × F)."""
     norms = np.linalg.norm(w_next, axis=0)
     _, r, perm = scipy.linalg.qr(z * norms, mode="economic", pivoting=True)
@@ -250,10 +250,10 @@ def _id_neurons(z: np.ndarray, w_next: np.ndarray) -> _Order:
         return w_next[:, kept] + w_next[:, rest] @ t.T
 
     error, scale = _relative(tail)
-    return _Order(perm, error, fold, scale)
+    return UnitOrder(perm, error, fold, scale)
 
 
-def _id_heads(c: np.ndarray, w_next: np.ndarray, heads: _Heads) -> _Order:
+def id_heads(c: np.ndarray, w_next: np.ndarray, heads: _Heads) -> UnitOrder:
     """Block-pivoted QR of the attention output projection's inputs C (rows × heads·d), columns
     scaled by the next weight's column norms; folding by least squares on the unscaled columns."""
     scaled = c * np.linalg.norm(w_next, axis=0)
@@ -278,18 +278,18 @@ def _id_heads(c: np.ndarray, w_next: np.ndarray, heads: _Heads) -> _Order:
         return w_next[:, kept] + w_next[:, rest] @ t.T
 
     error, scale = _relative(np.sqrt(np.maximum(energy, 0.0)))
-    return _Order(order, error, fold, scale)
+    return UnitOrder(order, error, fold, scale)
 
 
-def _scored(scores: np.ndarray) -> _Order:
+def _scored(scores: np.ndarray) -> UnitOrder:
     """Units kept in decreasing ``scores``; the error of keeping k is the dropped share of Σ score²."""
     order = np.argsort(-scores, kind="stable")
     sq = scores[order] ** 2
     dropped = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])
-    return _Order(order, np.sqrt(dropped / dropped[0]) if dropped[0] > 0 else dropped)
+    return UnitOrder(order, np.sqrt(dropped / dropped[0]) if dropped[0] > 0 else dropped)
 
 
-def _magnitude(entry: _Layer, heads: _Heads) -> tuple[_Order, _Order]:
+def _magnitude(entry: _Layer, heads: _Heads) -> tuple[UnitOrder, UnitOrder]:
     w_in = [rm.module.weight.detach().double() for rm in entry.ffn_in]
     neuron = torch.sqrt(sum(w.pow(2).sum(1) for w in w_in)) * entry.ffn_out.module.weight.detach().double().norm(dim=0)
     q, k, v, o = (rm.module.weight.detach().double() for rm in (entry.query, entry.key, entry.value, entry.attn_out))
@@ -298,9 +298,9 @@ def _magnitude(entry: _Layer, heads: _Heads) -> tuple[_Order, _Order]:
     return _scored(torch.stack(head).numpy()), _scored(neuron.numpy())
 
 
-def _random(n_heads: int, n_neurons: int, gen: np.random.Generator) -> tuple[_Order, _Order]:
-    def make(n: int) -> _Order:
-        return _Order(gen.permutation(n), (n - np.arange(n + 1)) / n)
+def _random(n_heads: int, n_neurons: int, gen: np.random.Generator) -> tuple[UnitOrder, UnitOrder]:
+    def make(n: int) -> UnitOrder:
+        return UnitOrder(gen.permutation(n), (n - np.arange(n + 1)) / n)
     return make(n_heads), make(n_neurons)
 
 
@@ -455,7 +455,7 @@ def capture_rows(model: nn.Module, layers: list[_Layer], calibration: list[dict]
     the calibration tokens (X, tokens × features, padding dropped), a square root M of ``XᵀX``
     (features × features): every decomposition here depends on X only through ``XᵀX``."""
     targets = [rm for e in layers for rm in (e.attn_out, e.ffn_out)]
-    grams = {rm.path: _Gram() for rm in targets}
+    grams = {rm.path: Gram() for rm in targets}
     with phase("capture"):
         capture.stream(model, targets, calibration, lambda path, x: grams[path].add(x))
     return {p: g.root() for p, g in grams.items()}
@@ -470,9 +470,9 @@ def _structured(model, config: StructuredConfig, calibration, progress) -> list[
     if config.criterion == "id":
         rows = capture_rows(model, layers, calibration)
         with phase("decomposition"):
-            orders = [(_id_heads(rows[e.attn_out.path], e.attn_out.module.weight.detach().double().numpy(), h)
+            orders = [(id_heads(rows[e.attn_out.path], e.attn_out.module.weight.detach().double().numpy(), h)
                        if prune_heads else None,
-                       _id_neurons(rows[e.ffn_out.path], e.ffn_out.module.weight.detach().double().numpy())
+                       id_neurons(rows[e.ffn_out.path], e.ffn_out.module.weight.detach().double().numpy())
                        if prune_neurons else None)
                       for e, h in tqdm(list(zip(layers, structure)), desc="interpolative decompositions",
                                        disable=not progress)]
