@@ -33,8 +33,8 @@ def prune_times(model, calibration, name: str, mus=MUS) -> tuple[list[dict], dic
         for label, method in METHODS:
             m = copy.deepcopy(model)
             report = compress(m, method_config(method, mu=mu), calibration, progress=False)
-            rows.append(dict(model=name, method=label, mu=mu, macs_ratio=round(report.after.macs / report.before.macs, 4),
-                             seconds=round(report.seconds, 2),
+            rows.append(dict(model=name, method=label, mu=mu,
+                             macs_ratio=round(report.after.macs / report.before.macs, 4), seconds=round(report.seconds, 2),
                              **{f"seconds_{k}": round(v, 2) for k, v in report.phases.items()}))
             print(rows[-1], flush=True)
             if label == "id":

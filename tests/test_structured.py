@@ -308,3 +308,18 @@ def test_fisher_pruning_needs_labels_before_any_module_changes():
     with pytest.raises(ValueError, match="labels"):
         compress(model, method_config("fisher_pruning", mu=0.7), batches(), progress=False)
     assert {k: v.shape for k, v in model.state_dict().items()} == shapes
+
+
+@pytest.mark.parametrize("family", ["opt", "qwen2", "mistral", "gemma3"])
+def test_other_decoder_families_prune_save_and_load(family, tmp_path):
+    import conftest
+    make = {"opt": conftest.tiny_opt, "qwen2": conftest.tiny_qwen2, "mistral": conftest.tiny_mistral,
+            "gemma3": conftest.tiny_gemma3}[family]
+    torch.manual_seed(0)
+    model = make()
+    dense = budget.footprint(model).macs
+    compress(model, method_config("structured", mu=0.7), batches(), progress=False)
+    assert (0.69 * dense) <= budget.footprint(model).macs <= 0.7 * dense + 1e-6
+    serialize.save_compressed(model, tmp_path / family)
+    data = batches(2, seed=5)
+    assert torch.equal(logits(serialize.load_compressed(tmp_path / family), data), logits(model, data))

@@ -11,31 +11,34 @@ saves and loads back (:mod:`tcomp_utils.serialize` records the changed shapes an
 
 * ``"id"`` (STAT): the interpolative decomposition of the activations a unit hands to the next
   layer. For the FFN of one layer, Z (tokens × F) is the input of the second projection on
-  calibration tokens (padding dropped), its columns scaled by the norms of the next weight's columns so that a column's size is its share of
-  the output. A pivoted QR, ``Z_s P = Q R``, orders the neurons: keeping the first k pivots leaves
-  the residual ``‖R₂₂‖_F`` (the rows of R from k on), and the dropped columns are rebuilt from the
-  kept ones by ``T = R₁₁⁻¹R₁₂``, which is folded into the second projection,
-  ``W' = W_K + W_rest Tᵀ`` (in unscaled units): the pruned layer outputs the least-squares
-  projection of the dense layer's output onto what the kept neurons span. Heads: the same at head
-  granularity on the input of the attention output projection (block-pivoted: at each step the
-  head whose columns keep the most energy after projecting out the heads chosen before), folded
-  into that projection by least squares.
+  calibration tokens (padding dropped), its columns scaled by the norms of the next weight's
+  columns so that a column's size is its share of the output. A pivoted QR, ``Z_s P = Q R``,
+  orders the neurons: keeping the first k pivots leaves the residual ``‖R₂₂‖_F`` (the rows of R
+  from k on), and the dropped columns are rebuilt from the kept ones by ``T = R₁₁⁻¹R₁₂``, folded
+  into the second projection, ``W' = W_K + W_rest Tᵀ`` (in unscaled units): the pruned layer
+  outputs the least-squares projection of the dense layer's output onto what the kept neurons
+  span. Heads: the same at head granularity on the input of the attention output projection
+  (block-pivoted: at each step the head whose columns keep the most energy after projecting out
+  the heads chosen before), folded into that projection by least squares. All of it depends on Z
+  only through ``ZᵀZ``: the calibration Gram is accumulated and a square root of it decomposed
+  (exact for any number of tokens, ``F × F`` memory; the seed sketches the rows instead).
 * ``"magnitude"``: units ranked by the norm of their weights (in × out norms), dropped, no folding.
 * ``"random"``: a seeded random order, dropped, no folding.
 
 **Where the budget goes.** Each criterion gives every layer's heads and neurons an order and an
 error curve ``e(k)`` for keeping the first k (0 when all are kept). ID: the residual ``‖R₂₂‖``,
-by default *absolute* (``error="absolute"``: in units of the next layer's output, since the
-columns are scaled by its weight, so heads and neurons of every layer are compared on one scale:
-what they add to the residual stream), or relative to the block's whole output (``"relative"``,
-``‖R₂₂‖/‖R‖``); magnitude: the dropped share of the squared scores; random: the dropped share. One **global threshold** τ, the same for heads and neurons in every layer, keeps in each
-the fewest units whose error is at most τ (STAT's rule); τ is the smallest value whose model fits
-``mu`` of the dense MACs, counted exactly (a head costs ``4·H·d + 2·s·d`` MACs per token, a neuron
-``2·H`` or ``3·H`` gated), with no hand-set split between heads and neurons. Units are then added
-back, the largest error drop per MAC first, while the model still fits, so it lands just under
-``mu`` (within one neuron's MACs when neurons are pruned). At least one head and one neuron stay in
-every layer (the attention cannot have zero heads); a ``mu`` that needs fewer is an error naming
-the smallest reachable ``mu``.
+by default *absolute* (``error="absolute"``: in units of the next layer's output, as the columns
+are scaled by its weight, so heads and neurons of every layer are compared on one scale: what they
+add to the residual stream), or relative to the block's whole output (``"relative"``,
+``‖R₂₂‖/‖R‖``); magnitude: the dropped share of the squared scores; random: the dropped share.
+One **global threshold** τ, the same for heads and neurons in every layer, keeps in each the fewest
+units whose error is at most τ (STAT's rule); τ is the smallest value whose model fits ``mu`` of
+the dense MACs, counted exactly (a head costs ``4·H·d + 2·s·d`` MACs per token, a neuron ``2·H``,
+or ``3·H`` gated), with no hand-set split between heads and neurons. As a head costs many
+neurons' MACs, the last stretch is closed unit by unit (:func:`allocate`), so the model lands just
+under ``mu`` (within a neuron's MACs when neurons are pruned). At least one head and one neuron
+stay in every layer (an attention cannot have zero heads); a ``mu`` that needs fewer is an error
+naming the smallest reachable ``mu``.
 
 **Grouped-query attention** (several query heads sharing a key/value head): a *group* (its query
 heads and their key/value head) is the unit, because HF's attention repeats each key/value head
@@ -44,9 +47,7 @@ of key/value heads. So smollm2-135m (9 query heads over 3 key/value heads) prune
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import ClassVar
 
 import numpy as np
 import scipy.linalg
@@ -69,7 +70,8 @@ class StructuredConfig(MethodConfig):
     """Prune heads and/or neurons (``units``) of every layer (or ``layers``) chosen by ``criterion``
     until the model's MACs per token at ``seq_len`` tokens are at most ``mu`` of the dense model's.
     ``error``: how the ID errors of different layers and kinds are compared (see the module
-    docstring); ``seed``: the random order. ``roles`` is not used: heads and neurons are whole units across roles."""
+    docstring); ``seed``: the random order. ``roles`` is not used: heads and neurons are whole
+    units across roles."""
 
     mu: float = 0.5
     criterion: str = "id"
@@ -417,8 +419,9 @@ def apply_plans(model: nn.Module, layers: list[_Layer], structure: list[_Heads],
                    "attn_out": _cols(e.attn_out, q_idx, plan.attn_out)}
             for role, layer in new.items():
                 rm = getattr(e, role)
-                out.append(module_row(rm, rm.module, layer, rank=f"{len(units)}/{h.units} heads", rel_error=plan.head_error,
-                                      units_kept=len(units), units_before=h.units, unit="head"))
+                out.append(module_row(rm, rm.module, layer, rank=f"{len(units)}/{h.units} heads",
+                                      rel_error=plan.head_error, units_kept=len(units), units_before=h.units,
+                                      unit="head"))
                 adapters.set_module(model, rm.path, layer)
             _set_heads(e.attention, h, len(units))
         if plan.neurons is not None:
@@ -432,7 +435,8 @@ def apply_plans(model: nn.Module, layers: list[_Layer], structure: list[_Heads],
     return out
 
 
-def prunable_layers(model: nn.Module, config) -> tuple[list[_Layer], list[_Heads], list[tuple[float, float]], float, float]:
+def prunable_layers(model: nn.Module, config) -> tuple[list[_Layer], list[_Heads], list[tuple[float, float]],
+                                                      float, float]:
     """The layers, their head structures and unit MACs, the dense MACs and the MACs to remove;
     a budget that cannot be met is a :class:`BudgetError` naming the smallest reachable ``mu``."""
     layers = _layers(model, config)
