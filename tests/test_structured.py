@@ -323,3 +323,20 @@ def test_other_decoder_families_prune_save_and_load(family, tmp_path):
     serialize.save_compressed(model, tmp_path / family)
     data = batches(2, seed=5)
     assert torch.equal(logits(serialize.load_compressed(tmp_path / family), data), logits(model, data))
+
+
+def test_id_pruning_of_a_duplicated_head_keeps_the_outputs():
+    torch.manual_seed(0)
+    model = tiny_bert()  # 4 heads of 8 per layer
+    with torch.no_grad():
+        for layer in model.bert.encoder.layer:
+            att = layer.attention.self
+            for proj in (att.query, att.key, att.value):  # head 3 computes what head 1 computes
+                proj.weight[24:32], proj.bias[24:32] = proj.weight[8:16], proj.bias[8:16]
+    dense = budget.footprint(model).macs
+    head = 4 * 32 * 8 + 2 * 128 * 8
+    held_out = batches(3, seed=1)
+    before = logits(model, held_out)
+    compress(model, method_config("structured", mu=(dense - 2 * head) / dense, units="heads"), batches(), progress=False)
+    assert [layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer] == [3, 3]
+    assert ((logits(model, held_out) - before).norm() / before.norm()).item() < 1e-5
