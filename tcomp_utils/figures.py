@@ -202,6 +202,36 @@ def _gptq_table(results: pd.DataFrame):
     return fig, table.reset_index()
 
 
+PRUNING_ORDER = ["id", "fisher", "magnitude", "random"]
+PRUNING_LABELS = {"id": "ID (STAT)", "fisher": "Fisher masks (Kwon)", "magnitude": "magnitude", "random": "random"}
+
+
+def _pruning_encoder(results: pd.DataFrame):
+    """Structured pruning of the task model: test accuracy against the MAC fraction kept, one line
+    per method (bands: 95 % bootstrap intervals), and the time each pruning took."""
+    ok = results[results.status == "ok"].copy()
+    dense = ok[ok.method == "dense"].iloc[0]
+    pruned = ok[ok.method != "dense"].assign(method=lambda d: pd.Categorical(d.method, PRUNING_ORDER, ordered=True))
+    pruned = pruned.sort_values(["method", "mu"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    for i, (method, d) in enumerate(pruned.groupby("method", observed=True)):
+        color = sns.color_palette()[i]
+        axes[0].plot(d.macs_ratio, 100 * d.test_accuracy, "o-", color=color, label=PRUNING_LABELS[method])
+        axes[0].fill_between(d.macs_ratio, 100 * d.test_accuracy_lo, 100 * d.test_accuracy_hi, color=color, alpha=0.15, lw=0)
+        axes[1].plot(d.macs_ratio, d.prune_seconds, "o-", color=color)
+    axes[0].axhline(100 * dense.test_accuracy, color="0.3", ls="--", lw=1)
+    axes[0].set(xlabel="MACs per token kept (fraction of dense, 128 tokens)", ylabel="test accuracy (%)",
+                title="Accuracy vs MAC budget, no retraining")
+    axes[0].invert_xaxis()
+    axes[0].legend(fontsize=8)
+    axes[1].set(xlabel="MACs kept (fraction)", ylabel="seconds to prune", yscale="log", title="Time to prune")
+    axes[1].invert_xaxis()
+    fig.suptitle("Structured pruning of the tweet task model (heads and FFN neurons removed physically)", y=1.02)
+    cols = ["method", "mu", "macs_ratio", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi", "test_macro_f1",
+            "test_majority_share", "prune_seconds"]
+    return fig, ok[cols].sort_values(["method", "mu"], ascending=[True, False]).round(4)
+
+
 FIGURES = {f.name: f for f in [
     Figure("budget_axis_macs", "papermill_runs/budget_axis/results.csv", "papermill_runs/budget_axis.yaml", _budget_axis),
     Figure("baselines_by_role", "papermill_runs/baselines/by_role.csv", "papermill_runs/baselines.yaml", _baselines_by_role),
@@ -325,6 +355,29 @@ def _gptq_readme(results: pd.DataFrame) -> str:
             parts.append(pd.concat([pd.DataFrame({"model": name, "metric": label.split(", ")[-1], "grid": grid,
                                                   "method": GPTQ_VARIANTS}), cells.reset_index(drop=True)], axis=1))
     return _markdown(pd.concat(parts), numeric=3)
+
+
+def _pruning_encoder_table(results: pd.DataFrame) -> str:
+    """Rows method, columns mu: test accuracy (%) with its 95 % bootstrap interval (the best of each
+    budget in bold), and the median seconds each method took to prune."""
+    _, t = _pruning_encoder(results)
+    pruned = t[t.method != "dense"]
+    acc = pruned.pivot_table(index="method", columns="mu", values="test_accuracy").reindex(PRUNING_ORDER)
+    lo = pruned.pivot_table(index="method", columns="mu", values="test_accuracy_lo").reindex(PRUNING_ORDER)
+    hi = pruned.pivot_table(index="method", columns="mu", values="test_accuracy_hi").reindex(PRUNING_ORDER)
+    mus = sorted(acc.columns, reverse=True)
+    cells = _bold_best(100 * acc[mus], lower=False, fmt="{:.1f}")
+    for m in mus:
+        cells[m] = [f"{v} ({100 * a:.1f}–{100 * b:.1f})" for v, a, b in zip(cells[m], lo[m], hi[m])]
+    cells.columns = [f"μ = {m:g}" for m in mus]
+    seconds = pruned.groupby("method").prune_seconds.median().reindex(PRUNING_ORDER)
+    frame = pd.concat([pd.DataFrame({"method": [PRUNING_LABELS[m] for m in PRUNING_ORDER]}),
+                       cells.reset_index(drop=True),
+                       pd.DataFrame({"seconds to prune": [f"{v:.1f}" for v in seconds]})], axis=1)
+    dense = t[t.method == "dense"].iloc[0]
+    return (_markdown(frame, numeric=len(mus) + 1)
+            + f"\n\nDense: {100 * dense.test_accuracy:.1f} % ({100 * dense.test_accuracy_lo:.1f}–"
+              f"{100 * dense.test_accuracy_hi:.1f}).")
 
 
 @dataclass(frozen=True)

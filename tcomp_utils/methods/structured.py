@@ -1,0 +1,509 @@
+"""Structured pruning of attention heads and FFN neurons to a MAC budget (seed 001: STAT).
+
+A trained transformer is shrunk, with no retraining, to ``mu`` of its dense MACs per token (counted
+by :mod:`tcomp_utils.budget` at ``seq_len`` tokens) by removing whole **FFN neurons** (a row of the
+first projection(s), a column of the second) and whole **attention heads** (their rows of Q, K, V
+and columns of the output projection). The model is *physically* smaller: the layers are replaced
+by narrower ``nn.Linear`` layers and the attention's head count is lowered, so it runs faster,
+saves and loads back (:mod:`tcomp_utils.serialize` records the changed shapes and head counts).
+
+**Which units (``criterion``).**
+
+* ``"id"`` (STAT): the interpolative decomposition of the activations a unit hands to the next
+  layer. For the FFN of one layer, Z (tokens × F) is the input of the second projection on
+  calibration tokens (padding dropped), its columns scaled by the norms of the next weight's
+  columns so that a column's size is its share of the output. A pivoted QR, ``Z_s P = Q R``,
+  orders the neurons: keeping the first k pivots leaves the residual ``‖R₂₂‖_F`` (the rows of R
+  from k on), and the dropped columns are rebuilt from the kept ones by ``T = R₁₁⁻¹R₁₂``, folded
+  into the second projection, ``W' = W_K + W_rest Tᵀ`` (in unscaled units): the pruned layer
+  outputs the least-squares projection of the dense layer's output onto what the kept neurons
+  span. Heads: the same at head granularity on the input of the attention output projection
+  (block-pivoted: at each step the head whose columns keep the most energy after projecting out
+  the heads chosen before), folded into that projection by least squares. All of it depends on Z
+  only through ``ZᵀZ``: the calibration Gram is accumulated and a square root of it decomposed
+  (exact for any number of tokens, ``F × F`` memory; the seed sketches the rows instead).
+* ``"magnitude"``: units ranked by the norm of their weights (in × out norms), dropped, no folding.
+* ``"random"``: a seeded random order, dropped, no folding.
+
+**Where the budget goes.** Each criterion gives every layer's heads and neurons an order and an
+error curve ``e(k)`` for keeping the first k (0 when all are kept). ID: the residual ``‖R₂₂‖``,
+by default *absolute* (``error="absolute"``: in units of the next layer's output, as the columns
+are scaled by its weight, so heads and neurons of every layer are compared on one scale: what they
+add to the residual stream), or relative to the block's whole output (``"relative"``,
+``‖R₂₂‖/‖R‖``); magnitude: the dropped share of the squared scores; random: the dropped share.
+One **global threshold** τ, the same for heads and neurons in every layer, keeps in each the fewest
+units whose error is at most τ (STAT's rule); τ is the smallest value whose model fits ``mu`` of
+the dense MACs, counted exactly (a head costs ``4·H·d + 2·s·d`` MACs per token, a neuron ``2·H``,
+or ``3·H`` gated), with no hand-set split between heads and neurons. As a head costs many
+neurons' MACs, the last stretch is closed unit by unit (:func:`allocate`), so the model lands just
+under ``mu`` (within a neuron's MACs when neurons are pruned). At least one head and one neuron
+stay in every layer (an attention cannot have zero heads); a ``mu`` that needs fewer is an error
+naming the smallest reachable ``mu``.
+
+**Grouped-query attention** (several query heads sharing a key/value head): a *group* (its query
+heads and their key/value head) is the unit, because HF's attention repeats each key/value head
+for a fixed number of query heads; pruning query heads unevenly inside groups would need copies
+of key/value heads. So smollm2-135m (9 query heads over 3 key/value heads) prunes 3 units per layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import adapters, budget, capture
+from ..budget import BudgetError
+from ..registry import ConfigError, MethodConfig, check_choice, check_int, module_row, register_method
+from ..timing import phase
+
+CRITERIA = ("id", "magnitude", "random")
+ERRORS = ("relative", "absolute")
+UNITS = ("both", "heads", "neurons")
+
+
+@dataclass
+class StructuredConfig(MethodConfig):
+    """Prune heads and/or neurons (``units``) of every layer (or ``layers``) chosen by ``criterion``
+    until the model's MACs per token at ``seq_len`` tokens are at most ``mu`` of the dense model's.
+    ``error``: how the ID errors of different layers and kinds are compared (see the module
+    docstring); ``seed``: the random order. ``roles`` is not used: heads and neurons are whole
+    units across roles."""
+
+    mu: float = 0.5
+    criterion: str = "id"
+    units: str = "both"
+    seq_len: int = 128
+    error: str = "absolute"
+    seed: int = 0
+
+    def validate(self) -> None:
+        super().validate()
+        if self.roles is not None:
+            raise ConfigError(f"structured pruning removes whole heads and neurons; roles={self.roles!r} is not "
+                              "used (choose units='heads', 'neurons' or 'both')")
+        check_choice("error", self.error, ERRORS)
+        if isinstance(self.mu, bool) or not isinstance(self.mu, (int, float)) or not 0 < self.mu <= 1:
+            raise ConfigError(f"mu must be a fraction of the dense model's MACs in (0, 1], got {self.mu!r}")
+        check_choice("criterion", self.criterion, CRITERIA)
+        check_choice("units", self.units, UNITS)
+        check_int("seq_len", self.seq_len)
+        check_int("seed", self.seed, low=0)
+
+    def calibration_needed(self) -> bool:
+        return self.criterion == "id"
+
+
+# ------------------------------------------------------------------------------------ the layers
+@dataclass
+class _Layer:
+    """One layer's prunable units: attention (q/k/v/o role modules) and FFN (ffn_in list, ffn_out)."""
+
+    stack: str
+    layer: int
+    attention: nn.Module | None = None   # the module holding the head count (parent of the query)
+    query: adapters.RoleModule | None = None
+    key: adapters.RoleModule | None = None
+    value: adapters.RoleModule | None = None
+    attn_out: adapters.RoleModule | None = None
+    ffn_in: tuple[adapters.RoleModule, ...] = ()
+    ffn_out: adapters.RoleModule | None = None
+
+
+def _layers(model: nn.Module, config: StructuredConfig) -> list[_Layer]:
+    """The layers to prune, with their role modules; architecture errors before anything changes."""
+    adapter = adapters.get_adapter(model)
+    if adapter.family != "encoder" and adapter.family != "decoder":
+        raise adapters.UnsupportedArchitectureError(
+            f"structured pruning supports encoders and decoder-only models, not a {adapter.family} model "
+            f"({getattr(model.config, 'model_type', type(model).__name__)})")
+    found: dict[tuple, _Layer] = {}
+    wanted = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+    for role in wanted:
+        if role not in adapter.roles():
+            raise adapters.UnsupportedArchitectureError(f"{adapter.family} model_type "
+                                                        f"{model.config.model_type!r} has no {role} role")
+        for rm in adapters.find_modules(model, role, config.layers):
+            if type(rm.module) is not nn.Linear:
+                raise TypeError(f"{rm.path} ({role}) is a {type(rm.module).__name__}, not an nn.Linear: "
+                                "structured pruning needs the dense layers")
+            entry = found.setdefault((rm.stack, rm.layer), _Layer(rm.stack, rm.layer))
+            if role == "ffn_in":
+                entry.ffn_in = (*entry.ffn_in, rm)
+            else:
+                setattr(entry, role, rm)
+    layers = list(found.values())
+    if not layers:
+        raise ValueError(f"no layer to prune (layers={config.layers})")
+    for entry in layers:
+        entry.attention = model.get_submodule(entry.query.path.rsplit(".", 1)[0])
+    return layers
+
+
+@dataclass
+class _Heads:
+    """Head structure of one layer: ``units`` prunable units of ``per_unit`` query heads (1, or a
+    grouped-query group), each with one key/value head when grouped."""
+
+    head_dim: int
+    n_heads: int
+    n_kv: int
+
+    @property
+    def grouped(self) -> bool:
+        return self.n_kv < self.n_heads
+
+    @property
+    def units(self) -> int:
+        return self.n_kv if self.grouped else self.n_heads
+
+    @property
+    def per_unit(self) -> int:
+        return self.n_heads // self.units
+
+    def q_cols(self, unit: int) -> slice:
+        """Columns of the attention output (rows of Q) of ``unit``."""
+        w = self.per_unit * self.head_dim
+        return slice(unit * w, (unit + 1) * w)
+
+    def kv_rows(self, unit: int) -> slice:
+        return slice(unit * self.head_dim, (unit + 1) * self.head_dim) if self.grouped else self.q_cols(unit)
+
+
+def _heads_of(model: nn.Module, entry: _Layer) -> _Heads:
+    declared = adapters.head_structure(model)
+    d = declared.head_dim
+    n_heads = entry.query.module.out_features // d
+    n_kv = entry.key.module.out_features // d
+    if n_heads % n_kv:
+        raise adapters.UnsupportedArchitectureError(f"layer {entry.layer}: {n_heads} query heads over {n_kv} key/value "
+                                                    "heads are not equal groups")
+    return _Heads(d, n_heads, n_kv)
+
+
+def _unit_macs(entry: _Layer, heads: _Heads, seq_len: int) -> tuple[float, float]:
+    """MACs per token of one head unit and of one neuron of ``entry`` (the budget counter's rules:
+    ``in × out`` per linear layer, ``2·s·d`` per head for the attention core)."""
+    hidden = entry.query.module.in_features
+    q_width = heads.per_unit * heads.head_dim
+    kv_width = heads.head_dim if heads.grouped else q_width
+    head = hidden * q_width + 2 * hidden * kv_width + q_width * entry.attn_out.module.out_features \
+        + 2 * seq_len * q_width
+    neuron = sum(rm.module.in_features for rm in entry.ffn_in) + entry.ffn_out.module.out_features
+    return float(head), float(neuron)
+
+
+# ------------------------------------------------------------------------------- calibration Gram
+class Gram:
+    """``XᵀX`` (float64) of the rows a module receives, accumulated batch by batch."""
+
+    def __init__(self):
+        self.gram: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().double().cpu()
+        self.gram = x.T @ x if self.gram is None else self.gram + x.T @ x
+
+    def root(self) -> np.ndarray:
+        """A square matrix M with ``MᵀM = XᵀX``: the same column norms, relations and least-squares
+        fits as the rows X themselves, whatever their number (so no sketch is needed)."""
+        values, vectors = np.linalg.eigh(self.gram.numpy())
+        return np.sqrt(np.clip(values, 0.0, None))[:, None] * vectors.T
+
+
+# ------------------------------------------------------------------------------- unit orderings
+@dataclass
+class UnitOrder:
+    """One layer's units of one kind: ``order`` (keep-first), ``error[k]`` for keeping the first k
+    (k = 0 … n; error[n] = 0), and what to fold into the next layer for a kept set (ID only)."""
+
+    order: np.ndarray
+    error: np.ndarray
+    fold: object = None  # callable(k) -> new weight of the next layer (out × kept width), or None
+    scale: float = 1.0   # error · scale: the absolute error (ID: in units of the next layer's output)
+
+
+def _relative(curve: np.ndarray) -> tuple[np.ndarray, float]:
+    return (curve / curve[0], float(curve[0])) if curve[0] > 0 else (curve, 1.0)
+
+
+def id_neurons(z: np.ndarray, w_next: np.ndarray) -> UnitOrder:
+    """Pivoted QR of the activations Z (rows × F) scaled by the column norms of the next weight (out × F)."""
+    norms = np.linalg.norm(w_next, axis=0)
+    _, r, perm = scipy.linalg.qr(z * norms, mode="economic", pivoting=True)
+    n = z.shape[1]
+    row_energy = np.zeros(n)
+    row_energy[:r.shape[0]] = (r ** 2).sum(axis=1)
+    tail = np.sqrt(np.concatenate([np.cumsum(row_energy[::-1])[::-1], [0.0]]))  # ‖R[k:, :]‖ for k = 0 … n
+
+    def fold(k: int) -> np.ndarray:
+        kept, rest = perm[:k], perm[k:]
+        if len(rest) == 0:
+            return w_next[:, kept]
+        r11 = r[:k, :k]
+        r12 = r[:k, k:] if r.shape[0] >= k else np.zeros((k, n - k))
+        t_scaled = scipy.linalg.solve_triangular(r11, r12, check_finite=False) if k else np.zeros((0, n - k))
+        # unscaled: Z_rest ≈ Z_K · diag(d_K) T_s diag(1/d_rest); columns of zero norm contribute nothing
+        inv = np.divide(1.0, norms[rest], out=np.zeros(len(rest)), where=norms[rest] > 0)
+        t = norms[kept][:, None] * t_scaled * inv[None, :]
+        return w_next[:, kept] + w_next[:, rest] @ t.T
+
+    error, scale = _relative(tail)
+    return UnitOrder(perm, error, fold, scale)
+
+
+def id_heads(c: np.ndarray, w_next: np.ndarray, heads: _Heads) -> UnitOrder:
+    """Block-pivoted QR of the attention output projection's inputs C (rows × heads·d), columns
+    scaled by the next weight's column norms; folding by least squares on the unscaled columns."""
+    scaled = c * np.linalg.norm(w_next, axis=0)
+    blocks = [np.arange(heads.q_cols(u).start, heads.q_cols(u).stop) for u in range(heads.units)]
+    residual, order, energy = scaled.copy(), [], [float((scaled ** 2).sum())]
+    remaining = list(range(heads.units))
+    while remaining:
+        best = max(remaining, key=lambda u: float((residual[:, blocks[u]] ** 2).sum()))
+        q, _ = np.linalg.qr(residual[:, blocks[best]])
+        residual -= q @ (q.T @ residual)
+        remaining.remove(best)
+        order.append(best)
+        energy.append(float(sum((residual[:, blocks[u]] ** 2).sum() for u in remaining)))
+    order = np.array(order)
+
+    def fold(k: int) -> np.ndarray:
+        kept = np.concatenate([blocks[u] for u in order[:k]])
+        rest = np.concatenate([blocks[u] for u in order[k:]]) if k < heads.units else np.array([], dtype=int)
+        if len(rest) == 0:
+            return w_next[:, kept]
+        t, *_ = np.linalg.lstsq(c[:, kept], c[:, rest], rcond=None)  # C_rest ≈ C_K T
+        return w_next[:, kept] + w_next[:, rest] @ t.T
+
+    error, scale = _relative(np.sqrt(np.maximum(energy, 0.0)))
+    return UnitOrder(order, error, fold, scale)
+
+
+def _scored(scores: np.ndarray) -> UnitOrder:
+    """Units kept in decreasing ``scores``; the error of keeping k is the dropped share of Σ score²."""
+    order = np.argsort(-scores, kind="stable")
+    sq = scores[order] ** 2
+    dropped = np.concatenate([np.cumsum(sq[::-1])[::-1], [0.0]])
+    return UnitOrder(order, np.sqrt(dropped / dropped[0]) if dropped[0] > 0 else dropped)
+
+
+def _magnitude(entry: _Layer, heads: _Heads) -> tuple[UnitOrder, UnitOrder]:
+    w_in = [rm.module.weight.detach().double() for rm in entry.ffn_in]
+    neuron = torch.sqrt(sum(w.pow(2).sum(1) for w in w_in)) * entry.ffn_out.module.weight.detach().double().norm(dim=0)
+    q, k, v, o = (rm.module.weight.detach().double() for rm in (entry.query, entry.key, entry.value, entry.attn_out))
+    head = [torch.sqrt(q[heads.q_cols(u)].pow(2).sum() + k[heads.kv_rows(u)].pow(2).sum()
+                       + v[heads.kv_rows(u)].pow(2).sum()) * o[:, heads.q_cols(u)].norm() for u in range(heads.units)]
+    return _scored(torch.stack(head).numpy()), _scored(neuron.numpy())
+
+
+def _random(n_heads: int, n_neurons: int, gen: np.random.Generator) -> tuple[UnitOrder, UnitOrder]:
+    def make(n: int) -> UnitOrder:
+        return UnitOrder(gen.permutation(n), (n - np.arange(n + 1)) / n)
+    return make(n_heads), make(n_neurons)
+
+
+# ---------------------------------------------------------------------------------- allocation
+def allocate(curves: list[tuple[np.ndarray, float]], target_saving: float) -> list[int]:
+    """Units to keep per curve. ``curves``: (error[k] for k = 0 … n, MACs per unit); at least one
+    unit stays in each; the saving must be reachable (checked by the caller).
+
+    STAT's rule: each curve keeps the fewest units with error <= τ, for the smallest global τ that
+    saves at least ``target_saving`` MACs. A head costs far more MACs than a neuron, so that step
+    can overshoot the budget by whole heads; two ways of landing closer are tried and the one
+    nearest the budget is kept: (a) from τ, add units back (largest error drop per MAC first) while
+    the saving stays at least the target; (b) from the τ just below (which saves too little),
+    remove units, smallest error increase per MAC first, until the target is saved, then add back
+    as in (a)."""
+    def keep_at(tau: float) -> list[int]:
+        return [max(1, int(np.argmax(err <= tau + 1e-15))) for err, _ in curves]
+
+    def saving(keep: list[int]) -> float:
+        return sum((len(err) - 1 - k) * macs for k, (err, macs) in zip(keep, curves))
+
+    def add_back(keep: list[int]) -> list[int]:
+        keep, slack = list(keep), saving(keep) - target_saving
+        while True:
+            best, gain = None, -1.0
+            for i, ((err, macs), k) in enumerate(zip(curves, keep)):
+                if k < len(err) - 1 and macs <= slack + 1e-9 and (err[k] - err[k + 1]) / macs > gain:
+                    best, gain = i, (err[k] - err[k + 1]) / macs
+            if best is None:
+                return keep
+            keep[best] += 1
+            slack -= curves[best][1]
+
+    def remove_until_saved(keep: list[int]) -> list[int]:
+        keep = list(keep)
+        while saving(keep) < target_saving:
+            i = min((i for i, k in enumerate(keep) if k > 1),
+                    key=lambda i: (curves[i][0][keep[i] - 1] - curves[i][0][keep[i]]) / curves[i][1])
+            keep[i] -= 1
+        return keep
+
+    if target_saving <= 0:
+        return [len(err) - 1 for err, _ in curves]
+    taus = np.unique(np.concatenate([err for err, _ in curves]))
+    lo, hi = 0, len(taus) - 1  # the saving grows with tau; the largest tau keeps one unit everywhere
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if saving(keep_at(taus[mid])) >= target_saving:
+            hi = mid
+        else:
+            lo = mid + 1
+    options = [add_back(keep_at(taus[lo]))]
+    if lo > 0:
+        options.append(add_back(remove_until_saved(keep_at(taus[lo - 1]))))
+    return min(options, key=saving)
+
+
+# ---------------------------------------------------------------------------------- shrinking
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=like.weight.device,
+                      dtype=like.weight.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer
+
+
+def _rows(rm: adapters.RoleModule, idx: torch.Tensor) -> nn.Linear:
+    m = rm.module
+    return _linear(m.weight.detach()[idx], m.bias.detach()[idx] if m.bias is not None else None, m)
+
+
+def _cols(rm: adapters.RoleModule, idx: torch.Tensor, weight: np.ndarray | None) -> nn.Linear:
+    m = rm.module
+    w = torch.from_numpy(weight).to(m.weight.dtype) if weight is not None else m.weight.detach()[:, idx]
+    return _linear(w, m.bias.detach() if m.bias is not None else None, m)
+
+
+def _set_heads(attention: nn.Module, heads: _Heads, kept_units: int) -> None:
+    """Lower the head counts an attention module keeps as attributes (HF names differ by family)."""
+    n_q = kept_units * heads.per_unit
+    for name, value in (("num_attention_heads", n_q), ("num_heads", n_q), ("n_heads", n_q),
+                        ("all_head_size", n_q * heads.head_dim), ("inner_dim", n_q * heads.head_dim),
+                        ("num_key_value_heads", kept_units if heads.grouped else n_q)):
+        if isinstance(getattr(attention, name, None), int):
+            setattr(attention, name, value)
+
+
+@dataclass
+class LayerPlan:
+    """What to keep in one layer: head units and neurons (None: all), in the order their columns
+    are stacked, the next layer's new weight for them (None: the kept columns as they are) and the
+    error the criterion gives the choice."""
+
+    heads: np.ndarray | None = None
+    attn_out: np.ndarray | None = None
+    head_error: float = 0.0
+    neurons: np.ndarray | None = None
+    ffn_out: np.ndarray | None = None
+    neuron_error: float = 0.0
+
+
+def apply_plans(model: nn.Module, layers: list[_Layer], structure: list[_Heads], plans: list[LayerPlan]) -> list[dict]:
+    """Replace the pruned layers by narrower ``nn.Linear`` layers and lower the head counts (every
+    decision is made before: nothing here can fail half-way). One report row per replaced module."""
+    out = []
+    for e, h, plan in zip(layers, structure, plans):
+        if plan.heads is not None:
+            units = plan.heads
+            q_idx = torch.from_numpy(np.concatenate([np.arange(h.q_cols(u).start, h.q_cols(u).stop) for u in units]))
+            kv_idx = torch.from_numpy(np.concatenate([np.arange(h.kv_rows(u).start, h.kv_rows(u).stop) for u in units]))
+            new = {"query": _rows(e.query, q_idx), "key": _rows(e.key, kv_idx), "value": _rows(e.value, kv_idx),
+                   "attn_out": _cols(e.attn_out, q_idx, plan.attn_out)}
+            for role, layer in new.items():
+                rm = getattr(e, role)
+                out.append(module_row(rm, rm.module, layer, rank=f"{len(units)}/{h.units} heads",
+                                      rel_error=plan.head_error, units_kept=len(units), units_before=h.units,
+                                      unit="head"))
+                adapters.set_module(model, rm.path, layer)
+            _set_heads(e.attention, h, len(units))
+        if plan.neurons is not None:
+            n = e.ffn_out.module.in_features
+            idx = torch.from_numpy(np.asarray(plan.neurons).copy())
+            new = [(rm, _rows(rm, idx)) for rm in e.ffn_in] + [(e.ffn_out, _cols(e.ffn_out, idx, plan.ffn_out))]
+            for rm, layer in new:
+                out.append(module_row(rm, rm.module, layer, rank=f"{len(idx)}/{n} neurons", rel_error=plan.neuron_error,
+                                      units_kept=len(idx), units_before=n, unit="neuron"))
+                adapters.set_module(model, rm.path, layer)
+    return out
+
+
+def prunable_layers(model: nn.Module, config) -> tuple[list[_Layer], list[_Heads], list[tuple[float, float]],
+                                                      float, float]:
+    """The layers, their head structures and unit MACs, the dense MACs and the MACs to remove;
+    a budget that cannot be met is a :class:`BudgetError` naming the smallest reachable ``mu``."""
+    layers = _layers(model, config)
+    structure = [_heads_of(model, e) for e in layers]
+    macs = [_unit_macs(e, h, config.seq_len) for e, h in zip(layers, structure)]
+    dense = budget.footprint(model, config.seq_len).macs
+    prune_heads, prune_neurons = config.units in ("both", "heads"), config.units in ("both", "neurons")
+    removable = sum((h.units - 1) * mh * prune_heads + (e.ffn_out.module.in_features - 1) * mn * prune_neurons
+                    for e, h, (mh, mn) in zip(layers, structure, macs))
+    target_saving = dense - config.mu * dense
+    if target_saving > removable + 1e-9:
+        raise BudgetError(f"mu={config.mu} needs {target_saving:,.0f} of the {dense:,.0f} MACs per token removed, but "
+                          f"pruning {config.units} (keeping one head and one neuron per layer) removes at most "
+                          f"{removable:,.0f}: the smallest reachable mu is {(dense - removable) / dense:.3f}")
+    return layers, structure, macs, dense, target_saving
+
+
+def capture_rows(model: nn.Module, layers: list[_Layer], calibration: list[dict]) -> dict[str, np.ndarray]:
+    """``{path: M}``: for what each layer's attention output and second FFN projection receive on
+    the calibration tokens (X, tokens × features, padding dropped), a square root M of ``XᵀX``
+    (features × features): every decomposition here depends on X only through ``XᵀX``."""
+    targets = [rm for e in layers for rm in (e.attn_out, e.ffn_out)]
+    grams = {rm.path: Gram() for rm in targets}
+    with phase("capture"):
+        capture.stream(model, targets, calibration, lambda path, x: grams[path].add(x))
+    return {p: g.root() for p, g in grams.items()}
+
+
+# ---------------------------------------------------------------------------------------- handler
+@register_method("structured", StructuredConfig, family="structured pruning")
+def _structured(model, config: StructuredConfig, calibration, progress) -> list[dict]:
+    """Whole heads and FFN neurons removed to a MAC budget (STAT's ID, magnitude or random), physically."""
+    layers, structure, macs, _, target_saving = prunable_layers(model, config)
+    prune_heads, prune_neurons = config.units in ("both", "heads"), config.units in ("both", "neurons")
+    if config.criterion == "id":
+        rows = capture_rows(model, layers, calibration)
+        with phase("decomposition"):
+            orders = [(id_heads(rows[e.attn_out.path], e.attn_out.module.weight.detach().double().numpy(), h)
+                       if prune_heads else None,
+                       id_neurons(rows[e.ffn_out.path], e.ffn_out.module.weight.detach().double().numpy())
+                       if prune_neurons else None)
+                      for e, h in tqdm(list(zip(layers, structure)), desc="interpolative decompositions",
+                                       disable=not progress)]
+    elif config.criterion == "magnitude":
+        orders = [_magnitude(e, h) for e, h in zip(layers, structure)]
+    else:
+        gen = np.random.default_rng(config.seed)
+        orders = [_random(h.units, e.ffn_out.module.in_features, gen) for e, h in zip(layers, structure)]
+    orders = [(oh if prune_heads else None, on if prune_neurons else None) for oh, on in orders]
+    curves, where = [], []
+    for i, ((oh, on), (mh, mn)) in enumerate(zip(orders, macs)):
+        for kind, order, unit in (("heads", oh, mh), ("neurons", on, mn)):
+            if order is not None:
+                curves.append((order.error * (order.scale if config.error == "absolute" else 1.0), unit))
+                where.append((i, kind))
+    kept = dict(zip(where, allocate(curves, target_saving)))
+    plans = []
+    for i, (e, h) in enumerate(zip(layers, structure)):
+        oh, on = orders[i]
+        plan = LayerPlan()
+        k = kept.get((i, "heads"), h.units)
+        if k < h.units:  # ID keeps its pivot order (the folded weight follows it); the others, layer order
+            plan.heads = oh.order[:k] if oh.fold else np.sort(oh.order[:k])
+            plan.attn_out, plan.head_error = (oh.fold(k) if oh.fold else None), float(oh.error[k])
+        k = kept.get((i, "neurons"), e.ffn_out.module.in_features)
+        if k < e.ffn_out.module.in_features:
+            plan.neurons = on.order[:k] if on.fold else np.sort(on.order[:k])
+            plan.ffn_out, plan.neuron_error = (on.fold(k) if on.fold else None), float(on.error[k])
+        plans.append(plan)
+    return apply_plans(model, layers, structure, plans)
