@@ -240,6 +240,8 @@ FIGURES = {f.name: f for f in [
     Figure("offline_compression_finetune", "papermill_runs/offline_compression/results.csv",
            "papermill_runs/offline_compression.yaml", _offline_finetune),
     Figure("gptq_table", "papermill_runs/gptq_table/results.csv", "papermill_runs/gptq_table.yaml", _gptq_table),
+    Figure("structured_pruning_encoder", "papermill_runs/structured_pruning_encoder/results.csv",
+           "papermill_runs/structured_pruning_encoder.yaml", _pruning_encoder),
 ]}
 
 
@@ -394,6 +396,8 @@ README_TABLES = {t.name: t for t in [
     ReadmeTable("footprints", "papermill_runs/baselines/footprints.csv", _footprints_table),
     ReadmeTable("offline_compression", "papermill_runs/offline_compression/results.csv", _offline_table),
     ReadmeTable("gptq_table", "papermill_runs/gptq_table/results.csv", _gptq_readme),
+    ReadmeTable("structured_pruning_encoder", "papermill_runs/structured_pruning_encoder/results.csv",
+                _pruning_encoder_table),
 ]}
 _BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

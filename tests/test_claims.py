@@ -617,3 +617,25 @@ def test_the_offline_grid_cell_times_in_the_readme():
     says(README, f"the autoencoder's {(r.method == 'ae').sum()} cells take {ae:.0f} of the {minutes(r):.0f} minutes "
                  f"of cell time, the Kronecker cells {kron:.0f}",
          f"the {len(reduced)} cells of its `make run` share take {minutes(r[r.key.isin(reduced)]):.0f} minutes of cell time")
+
+
+# ---- structured pruning (issue 15) -------------------------------------------------------------
+
+def test_structured_pruning_encoder_claims():
+    r = table("structured_pruning_encoder")
+    acc = r.pivot_table(index="method", columns="mu", values="test_accuracy")
+    lo = r.pivot_table(index="method", columns="mu", values="test_accuracy_lo")
+    hi = r.pivot_table(index="method", columns="mu", values="test_accuracy_hi")
+    dense = r[r.method == "dense"].iloc[0]
+    mus = [m for m in acc.columns if m < 1]
+    assert all(acc.loc["id", m] >= acc.loc["fisher", m] for m in mus)  # "at least as accurate at every mu"
+    assert dense.test_accuracy - acc.loc["id", 0.5] <= 0.015  # the issue's target: at most 1.5 points at 0.5
+    assert lo.loc["id", 0.4] <= hi.loc["fisher", 0.4]  # "overlapping intervals"
+    macs = r[r.method != "dense"]
+    assert ((macs.macs_ratio <= macs.mu + 1e-9) & (macs.macs_ratio >= macs.mu - 0.01)).all()  # within 1 % under mu
+    secs = r[r.method != "dense"].groupby("method").prune_seconds.median()
+    says(README, f"({pct(acc.loc['id', 0.4])} % against {pct(acc.loc['fisher', 0.4])} % at μ = 0.4, overlapping "
+                 f"intervals) and loses {100 * (dense.test_accuracy - acc.loc['id', 0.5]):.1f} points at μ = 0.5 "
+                 f"({pct(acc.loc['id', 0.5])} % against the dense {pct(dense.test_accuracy)} %); magnitude and random "
+                 f"order fall to {pct(acc.loc['magnitude', 0.5])} % and {pct(acc.loc['random', 0.5])} % at μ = 0.5",
+         f"Pruning took {secs['id']:.1f} s by ID and {secs['fisher']:.1f} s by the Fisher masks")
