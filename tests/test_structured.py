@@ -340,3 +340,13 @@ def test_id_pruning_of_a_duplicated_head_keeps_the_outputs():
     compress(model, method_config("structured", mu=(dense - 2 * head) / dense, units="heads"), batches(), progress=False)
     assert [layer.attention.self.num_attention_heads for layer in model.bert.encoder.layer] == [3, 3]
     assert ((logits(model, held_out) - before).norm() / before.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(mu=1.2), r"\(0, 1\]"), (dict(units="rows"), "allowed: both, heads, neurons"),
+    (dict(rearrange="yes"), "rearrange must be True or False"), (dict(lsmr_iterations=0), "lsmr_iterations"),
+    (dict(roles="qkv"), "whole heads and neurons"),
+])
+def test_bad_fisher_pruning_options_are_clear_errors(options, message):
+    with pytest.raises(ConfigError, match=message):
+        method_config("fisher_pruning", **options)

@@ -32,9 +32,9 @@ import scipy.sparse.linalg
 import torch
 from tqdm.auto import tqdm
 
-from ..registry import ConfigError, MethodConfig, check_choice, check_int, register_method
+from ..registry import ConfigError, MethodConfig, check_int, register_method
 from ..timing import phase
-from .structured import UNITS, LayerPlan, apply_plans, capture_rows, prunable_layers
+from .structured import LayerPlan, apply_plans, capture_rows, check_budget, prunable_layers
 
 
 @dataclass
@@ -49,23 +49,16 @@ class FisherPruningConfig(MethodConfig):
     rearrange: bool = True
     tune: bool = True
     lsmr_iterations: int = 200
-    seed: int = 0
 
     needs_calibration = True
 
     def validate(self) -> None:
         super().validate()
-        if self.roles is not None:
-            raise ConfigError(f"structured pruning removes whole heads and neurons; roles={self.roles!r} is not used")
-        if isinstance(self.mu, bool) or not isinstance(self.mu, (int, float)) or not 0 < self.mu <= 1:
-            raise ConfigError(f"mu must be a fraction of the dense model's MACs in (0, 1], got {self.mu!r}")
-        check_choice("units", self.units, UNITS)
+        check_budget(self)
         for name in ("rearrange", "tune"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        check_int("seq_len", self.seq_len)
         check_int("lsmr_iterations", self.lsmr_iterations)
-        check_int("seed", self.seed, low=0)
 
 
 # ---------------------------------------------------------------------------------------- Fisher

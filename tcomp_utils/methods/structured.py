@@ -65,6 +65,18 @@ ERRORS = ("relative", "absolute")
 UNITS = ("both", "heads", "neurons")
 
 
+def check_budget(config: MethodConfig) -> None:
+    """The fields every structured-pruning config shares: no ``roles`` (whole units are removed),
+    ``mu`` in (0, 1], ``units`` and ``seq_len``."""
+    if config.roles is not None:
+        raise ConfigError(f"structured pruning removes whole heads and neurons; roles={config.roles!r} is not "
+                          "used (choose units='heads', 'neurons' or 'both')")
+    if isinstance(config.mu, bool) or not isinstance(config.mu, (int, float)) or not 0 < config.mu <= 1:
+        raise ConfigError(f"mu must be a fraction of the dense model's MACs in (0, 1], got {config.mu!r}")
+    check_choice("units", config.units, UNITS)
+    check_int("seq_len", config.seq_len)
+
+
 @dataclass
 class StructuredConfig(MethodConfig):
     """Prune heads and/or neurons (``units``) of every layer (or ``layers``) chosen by ``criterion``
@@ -82,15 +94,9 @@ class StructuredConfig(MethodConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.roles is not None:
-            raise ConfigError(f"structured pruning removes whole heads and neurons; roles={self.roles!r} is not "
-                              "used (choose units='heads', 'neurons' or 'both')")
-        check_choice("error", self.error, ERRORS)
-        if isinstance(self.mu, bool) or not isinstance(self.mu, (int, float)) or not 0 < self.mu <= 1:
-            raise ConfigError(f"mu must be a fraction of the dense model's MACs in (0, 1], got {self.mu!r}")
+        check_budget(self)
         check_choice("criterion", self.criterion, CRITERIA)
-        check_choice("units", self.units, UNITS)
-        check_int("seq_len", self.seq_len)
+        check_choice("error", self.error, ERRORS)
         check_int("seed", self.seed, low=0)
 
     def calibration_needed(self) -> bool:
@@ -462,6 +468,9 @@ def capture_rows(model: nn.Module, layers: list[_Layer], calibration: list[dict]
     grams = {rm.path: Gram() for rm in targets}
     with phase("capture"):
         capture.stream(model, targets, calibration, lambda path, x: grams[path].add(x))
+    missed = [p for p, g in grams.items() if g.gram is None]
+    if missed:
+        raise ValueError(f"the calibration batches never reached {', '.join(missed)}: nothing was pruned")
     return {p: g.root() for p, g in grams.items()}
 
 
