@@ -21,7 +21,7 @@ help:
 	@echo "make figures - rebuild figures/ from the results tables (no model is loaded)"
 	@echo "make test   - unit tests + nbval over every notebook in the smoke profile"
 	@echo "make assets - fetch and verify the embedded models and data"
-	@echo "make bench  - CPU benchmarks (factorization; GPTQ time by phase; quantized inference latency and memory; int8; autoencoder training time); tables in benchmarks/results/"
+	@echo "make bench  - CPU benchmarks (factorization; GPTQ time by phase; quantized inference latency and memory; int8; autoencoder training time; structured pruning time and pruned latency); tables in benchmarks/results/"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,3 +66,4 @@ bench: assets
 	$(PY) benchmarks/bench_quantize.py --out benchmarks/results
 	$(PY) benchmarks/bench_inference.py --out benchmarks/results
 	$(PY) benchmarks/bench_autoencoder.py --out benchmarks/results
+	$(PY) benchmarks/bench_structured.py --out benchmarks/results

@@ -22,6 +22,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -232,6 +233,49 @@ def _pruning_encoder(results: pd.DataFrame):
     return fig, ok[cols].sort_values(["method", "mu"], ascending=[True, False]).round(4)
 
 
+
+DECODER_TEXTS = {"novel": "Pride and Prejudice (novel)", "jargon": "Jargon File"}
+
+
+def _pruning_decoder(results: pd.DataFrame):
+    """Structured pruning of smollm2-135m: held-out perplexity of each text against the MAC fraction
+    kept, one line per method, solid without and dashed with 4-bit GPTQ on top (dense: grey); and
+    perplexity against the bytes stored, where pruning, quantization and both meet."""
+    ok = results[results.status == "ok"].copy()
+    ok["MB"] = ok.bytes_after / 1e6
+    ok["gptq_bits"] = ok.gptq_bits.astype(int)
+    dense = ok[ok.method == "dense"].set_index("gptq_bits")
+    pruned = ok[ok.method != "dense"].sort_values(["method", "gptq_bits", "mu"])
+    colors = {m: sns.color_palette()[i] for i, m in enumerate(PRUNING_ORDER)}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.0))
+    for ax, (text, title) in zip(axes, DECODER_TEXTS.items()):
+        for (method, bits), d in pruned.groupby(["method", "gptq_bits"]):
+            ax.plot(d.macs_ratio, d[f"perplexity_{text}"], "o-" if not bits else "s--", color=colors[method],
+                    label=PRUNING_LABELS[method] + (f" + GPTQ {bits}-bit" if bits else ""))
+        for bits, row in dense.iterrows():
+            ax.axhline(row[f"perplexity_{text}"], color="0.3", ls="-" if not bits else "--", lw=1)
+            ax.text(0.99, row[f"perplexity_{text}"], "dense" + (f" + GPTQ {bits}-bit" if bits else ""), fontsize=8,
+                    color="0.3", va="bottom", ha="right", transform=ax.get_yaxis_transform())
+        ax.set(xlabel="MACs per token kept (fraction of dense, 128 tokens)", ylabel="perplexity", yscale="log",
+               title=title)
+        ax.invert_xaxis()
+    axes[0].legend(fontsize=8)
+    for (method, bits), d in ok.groupby(["method", "gptq_bits"]):
+        axes[2].plot(d.MB, d.perplexity_novel, "o-" if not bits else "s--", color=colors.get(method, "0.3"))
+    axes[2].set(xlabel="MB stored", ylabel="perplexity (novel)", xscale="log", yscale="log",
+                title="Perplexity vs bytes: prune, quantize, both")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    for axis in [ax.yaxis for ax in axes] + [axes[2].xaxis]:
+        axis.set_major_formatter(plain)
+    for ax in axes:
+        ax.yaxis.set_minor_formatter(plain)
+    fig.suptitle("Structured pruning of smollm2-135m, no retraining (heads and FFN neurons removed physically)", y=1.02)
+    cols = ["method", "gptq_bits", "mu", "macs_ratio", "params_ratio", "MB", "perplexity_novel", "perplexity_jargon",
+            "prune_seconds", "gptq_seconds"]
+    table = ok.reindex(columns=cols).sort_values(["method", "gptq_bits", "mu"], ascending=[True, True, False])
+    return fig, table.round(4)
+
+
 FIGURES = {f.name: f for f in [
     Figure("budget_axis_macs", "papermill_runs/budget_axis/results.csv", "papermill_runs/budget_axis.yaml", _budget_axis),
     Figure("baselines_by_role", "papermill_runs/baselines/by_role.csv", "papermill_runs/baselines.yaml", _baselines_by_role),
@@ -242,6 +286,8 @@ FIGURES = {f.name: f for f in [
     Figure("gptq_table", "papermill_runs/gptq_table/results.csv", "papermill_runs/gptq_table.yaml", _gptq_table),
     Figure("structured_pruning_encoder", "papermill_runs/structured_pruning_encoder/results.csv",
            "papermill_runs/structured_pruning_encoder.yaml", _pruning_encoder),
+    Figure("structured_pruning_decoder", "papermill_runs/structured_pruning_decoder/results.csv",
+           "papermill_runs/structured_pruning_decoder.yaml", _pruning_decoder),
 ]}
 
 
@@ -382,6 +428,35 @@ def _pruning_encoder_table(results: pd.DataFrame) -> str:
               f"{100 * dense.test_accuracy_hi:.1f}).")
 
 
+
+def _pruning_decoder_table(results: pd.DataFrame) -> str:
+    """Rows text × GPTQ bits × method, columns mu: held-out perplexity (the best of each budget, text
+    and bit width in bold), then the MB stored at the smallest budget and the median seconds to prune; the
+    dense model, with and without GPTQ, below."""
+    _, t = _pruning_decoder(results)
+    pruned = t[t.method != "dense"].assign(variant=lambda d: [
+        PRUNING_LABELS[m] + (f" + GPTQ {b}-bit" if b else "") for m, b in zip(d.method, d.gptq_bits)])
+    mus = sorted(pruned.mu.unique(), reverse=True)
+    parts = []
+    for text in DECODER_TEXTS:
+        for _, same_bits in pruned.groupby("gptq_bits"):
+            order = [v for m in PRUNING_ORDER for v in same_bits[same_bits.method == m].variant.unique()]
+            ppl = same_bits.pivot_table(index="variant", columns="mu", values=f"perplexity_{text}").reindex(order)[mus]
+            cells = _bold_best(ppl, lower=True, fmt="{:.2f}")
+            cells.columns = [f"μ = {m:g}" for m in mus]
+            parts.append(pd.concat([pd.DataFrame({"text": text, "method": order}), cells.reset_index(drop=True)],
+                                   axis=1))
+    frame = pd.concat(parts, ignore_index=True)
+    low = pruned[pruned.mu == mus[-1]].set_index("variant")
+    frame[f"MB at μ = {mus[-1]:g}"] = [f"{low.MB[v]:.1f}" for v in frame.method]
+    seconds = pruned.groupby("variant").prune_seconds.median()
+    frame["seconds to prune"] = [f"{seconds[v]:.0f}" for v in frame.method]
+    dense = t[t.method == "dense"].set_index("gptq_bits")
+    line = "; ".join(f"{'fp32' if not b else f'GPTQ {b}-bit'} {r.perplexity_novel:.2f} (novel), "
+                     f"{r.perplexity_jargon:.2f} (Jargon File), {r.MB:.1f} MB" for b, r in dense.iterrows())
+    return _markdown(frame, numeric=len(mus) + 2) + f"\n\nDense: {line}."
+
+
 @dataclass(frozen=True)
 class ReadmeTable:
     """A README table rendered from one results CSV (relative to the repo)."""
@@ -398,6 +473,8 @@ README_TABLES = {t.name: t for t in [
     ReadmeTable("gptq_table", "papermill_runs/gptq_table/results.csv", _gptq_readme),
     ReadmeTable("structured_pruning_encoder", "papermill_runs/structured_pruning_encoder/results.csv",
                 _pruning_encoder_table),
+    ReadmeTable("structured_pruning_decoder", "papermill_runs/structured_pruning_decoder/results.csv",
+                _pruning_decoder_table),
 ]}
 _BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_bert, tiny_llama, tiny_t5
 from torch import nn
 
-from tcomp_utils import adapters, budget, serialize
+from tcomp_utils import adapters, budget, capture, serialize
 from tcomp_utils.budget import BudgetError
 from tcomp_utils.methods import structured
 from tcomp_utils.registry import ConfigError, compress, method_config
@@ -140,6 +140,31 @@ def test_the_id_error_curve_is_the_interpolation_residual_on_the_calibration_row
     assert np.all(np.diff(order.error) <= 1e-12)
 
 
+@pytest.mark.parametrize("make", [tiny_bert, tiny_llama], ids=["bert", "llama"])
+def test_stream_weighting_divides_each_token_by_the_stream_entering_its_layer(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    data = batches(3)
+    layers = structured._layers(model, method_config("structured"))
+    plain = structured.capture_rows(model, layers, data)
+    weighted = structured.capture_rows(model, layers, data, per_stream=True)
+    for e in layers:
+        x = capture.capture_inputs(model, [e.ffn_out], data)[e.ffn_out.path].double()
+        with torch.no_grad():  # hidden_states[l]: the stream entering layer l, at real tokens only
+            h = torch.cat([capture.real_rows(model(**b, output_hidden_states=True).hidden_states[e.layer],
+                                             b["attention_mask"]) for b in data]).double()
+        xw = x / h.norm(dim=-1, keepdim=True)
+        m, mw = plain[e.ffn_out.path], weighted[e.ffn_out.path]
+        np.testing.assert_allclose(m.T @ m, (x.T @ x).numpy(), rtol=1e-8, atol=1e-8)
+        np.testing.assert_allclose(mw.T @ mw, (xw.T @ xw).numpy(), rtol=1e-8, atol=1e-12)
+    # post-LN (BERT): every token's stream is a LayerNorm output of one norm (γ = 1 here), so the
+    # weighting is a constant; pre-norm (Llama): the stream differs from token to token and the
+    # weighting changes the decomposition
+    g = m.T @ m
+    proportional = np.allclose(mw.T @ mw * (m ** 2).sum() / (mw ** 2).sum(), g, rtol=1e-5, atol=1e-7 * abs(g).max())
+    assert proportional == (make is tiny_bert)
+
+
 def test_a_root_of_the_gram_gives_the_rows_own_decomposition():
     # tokens are many, features few: the decomposition of M (MᵀM = XᵀX) is that of X
     rng = np.random.default_rng(0)
@@ -164,7 +189,7 @@ def test_a_root_of_the_gram_gives_the_rows_own_decomposition():
     (dict(mu="half"), ConfigError, "mu must be"),
     (dict(criterion="fisherman"), ConfigError, "allowed: id, magnitude, random"),
     (dict(units="layers"), ConfigError, "allowed: both, heads, neurons"),
-    (dict(error="squared"), ConfigError, "allowed: relative, absolute"),
+    (dict(error="squared"), ConfigError, "allowed: stream, absolute, relative"),
     (dict(roles="ffn"), ConfigError, "whole heads and neurons"),
 ])
 def test_bad_options_are_clear_errors(options, error, message):

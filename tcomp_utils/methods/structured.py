@@ -27,10 +27,17 @@ saves and loads back (:mod:`tcomp_utils.serialize` records the changed shapes an
 
 **Where the budget goes.** Each criterion gives every layer's heads and neurons an order and an
 error curve ``e(k)`` for keeping the first k (0 when all are kept). ID: the residual ``‖R₂₂‖``,
-by default *absolute* (``error="absolute"``: in units of the next layer's output, as the columns
-are scaled by its weight, so heads and neurons of every layer are compared on one scale: what they
-add to the residual stream), or relative to the block's whole output (``"relative"``,
-``‖R₂₂‖/‖R‖``); magnitude: the dropped share of the squared scores; random: the dropped share.
+which is in units of the next layer's output (the columns are scaled by its weight), so heads and
+neurons of every layer are compared on one scale, what they change in the residual stream. By
+default (``error="stream"``) each calibration token's row is first divided by the norm of the
+residual stream entering its layer at that token: the error is then *relative to the stream it is
+added to*, which is what the next (RMS/Layer) normalization sees; the fold becomes the least-squares
+fit in those weights. This matters for decoders, whose stream grows from layer to layer and is
+huge at a few tokens (attention sinks): counted in absolute units (``"absolute"``) the early layers,
+whose stream is small, look cheap to prune and are cut hardest (smollm2-135m at μ = 0.9: perplexity
+35.6 against 26.9 with ``"stream"``, dense 22.4, on 8 calibration segments); ``"relative"`` divides
+by the block's whole output instead (``‖R₂₂‖/‖R‖``). Magnitude: the dropped share of the squared
+scores; random: the dropped share.
 One **global threshold** τ, the same for heads and neurons in every layer, keeps in each the fewest
 units whose error is at most τ (STAT's rule); τ is the smallest value whose model fits ``mu`` of
 the dense MACs, counted exactly (a head costs ``4·H·d + 2·s·d`` MACs per token, a neuron ``2·H``,
@@ -61,7 +68,7 @@ from ..registry import ConfigError, MethodConfig, check_choice, check_int, modul
 from ..timing import phase
 
 CRITERIA = ("id", "magnitude", "random")
-ERRORS = ("relative", "absolute")
+ERRORS = ("stream", "absolute", "relative")
 UNITS = ("both", "heads", "neurons")
 
 
@@ -89,7 +96,7 @@ class StructuredConfig(MethodConfig):
     criterion: str = "id"
     units: str = "both"
     seq_len: int = 128
-    error: str = "absolute"
+    error: str = "stream"
     seed: int = 0
 
     def validate(self) -> None:
@@ -460,14 +467,39 @@ def prunable_layers(model: nn.Module, config) -> tuple[list[_Layer], list[_Heads
     return layers, structure, macs, dense, target_saving
 
 
-def capture_rows(model: nn.Module, layers: list[_Layer], calibration: list[dict]) -> dict[str, np.ndarray]:
+def capture_rows(model: nn.Module, layers: list[_Layer], calibration: list[dict],
+                 per_stream: bool = False) -> dict[str, np.ndarray]:
     """``{path: M}``: for what each layer's attention output and second FFN projection receive on
     the calibration tokens (X, tokens × features, padding dropped), a square root M of ``XᵀX``
-    (features × features): every decomposition here depends on X only through ``XᵀX``."""
+    (features × features): every decomposition here depends on X only through ``XᵀX``.
+    ``per_stream``: each token's row divided by the norm of the residual stream entering its layer
+    at that token, ``X_w = diag(1/‖h_t‖) X`` (errors then count relative to the stream they are
+    added to, as the next normalization sees them)."""
     targets = [rm for e in layers for rm in (e.attn_out, e.ffn_out)]
     grams = {rm.path: Gram() for rm in targets}
+    stacks = adapters.layer_stacks(model)
+    blocks = {f"{stacks[e.stack][0]}.{e.layer}": e for e in layers}
+    pending: dict[str, torch.Tensor] = {}
+    mask: dict[str, torch.Tensor | None] = {}
+
+    def sink(path: str, x: torch.Tensor) -> None:
+        if path not in blocks:  # an inner module: its rows wait for the stream (its block's hook fires last)
+            real = mask["now"]
+            if real is not None and x.shape[0] == real.numel() != int(real.sum()):
+                x = x[real.flatten().bool()]  # a module fed (batch·seq) × features (OPT's FFN): drop padding too
+            pending[path] = x
+            return
+        weight = 1.0 / x.double().norm(dim=-1).clamp_min(1e-12)[:, None] if per_stream else 1.0
+        for rm in (blocks[path].attn_out, blocks[path].ffn_out):
+            if rm.path in pending:
+                grams[rm.path].add(pending.pop(rm.path).double() * weight)
+
+    block_targets = [adapters.RoleModule(path, "block", e.stack, e.layer, stacks[e.stack][1][e.layer])
+                     for path, e in blocks.items()]
     with phase("capture"):
-        capture.stream(model, targets, calibration, lambda path, x: grams[path].add(x))
+        for batch in calibration:
+            mask["now"] = capture.token_mask(batch)
+            capture.stream(model, targets + block_targets, [batch], sink)
     missed = [p for p, g in grams.items() if g.gram is None]
     if missed:
         raise ValueError(f"the calibration batches never reached {', '.join(missed)}: nothing was pruned")
@@ -481,7 +513,7 @@ def _structured(model, config: StructuredConfig, calibration, progress) -> list[
     layers, structure, macs, _, target_saving = prunable_layers(model, config)
     prune_heads, prune_neurons = config.units in ("both", "heads"), config.units in ("both", "neurons")
     if config.criterion == "id":
-        rows = capture_rows(model, layers, calibration)
+        rows = capture_rows(model, layers, calibration, per_stream=config.error == "stream")
         with phase("decomposition"):
             orders = [(id_heads(rows[e.attn_out.path], e.attn_out.module.weight.detach().double().numpy(), h)
                        if prune_heads else None,
@@ -499,7 +531,7 @@ def _structured(model, config: StructuredConfig, calibration, progress) -> list[
     for i, ((oh, on), (mh, mn)) in enumerate(zip(orders, macs)):
         for kind, order, unit in (("heads", oh, mh), ("neurons", on, mn)):
             if order is not None:
-                curves.append((order.error * (order.scale if config.error == "absolute" else 1.0), unit))
+                curves.append((order.error * (1.0 if config.error == "relative" else order.scale), unit))
                 where.append((i, kind))
     kept = dict(zip(where, allocate(curves, target_saving)))
     plans = []
