@@ -265,10 +265,10 @@ def _pruning_decoder(results: pd.DataFrame):
     axes[2].set(xlabel="MB stored", ylabel="perplexity (novel)", xscale="log", yscale="log",
                 title="Perplexity vs bytes: prune, quantize, both")
     plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    sparse = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else "")
     for axis in [ax.yaxis for ax in axes] + [axes[2].xaxis]:
         axis.set_major_formatter(plain)
-    for ax in axes:
-        ax.yaxis.set_minor_formatter(plain)
+        axis.set_minor_formatter(sparse)
     fig.suptitle("Structured pruning of smollm2-135m, no retraining (heads and FFN neurons removed physically)", y=1.02)
     cols = ["method", "gptq_bits", "mu", "macs_ratio", "params_ratio", "MB", "perplexity_novel", "perplexity_jargon",
             "prune_seconds", "gptq_seconds"]

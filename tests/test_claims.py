@@ -639,3 +639,32 @@ def test_structured_pruning_encoder_claims():
                  f"({pct(acc.loc['id', 0.5])} % against the dense {pct(dense.test_accuracy)} %); magnitude and random "
                  f"order fall to {pct(acc.loc['magnitude', 0.5])} % and {pct(acc.loc['random', 0.5])} % at μ = 0.5",
          f"Pruning took {secs['id']:.1f} s by ID and {secs['fisher']:.1f} s by the Fisher masks")
+
+
+def test_structured_pruning_decoder_claims():
+    r = table("structured_pruning_decoder")
+    r = r.assign(gptq_bits=r.gptq_bits.astype(int))
+    cell = lambda m, b: r[(r.method == m) & (r.gptq_bits == b)].set_index("mu")  # noqa: E731
+    dense, dense4 = cell("dense", 0).iloc[0], cell("dense", 4).iloc[0]
+    mus = [0.9, 0.8, 0.7, 0.6, 0.5]
+    for bits in (0, 4):  # "ID is ahead of the Fisher masks at every mu on both texts, with and without GPTQ"
+        for text in ("novel", "jargon"):
+            assert (cell("id", bits).loc[mus, f"perplexity_{text}"] < cell("fisher", bits).loc[mus, f"perplexity_{text}"]).all()
+    pruned = r[r.method != "dense"]
+    assert ((pruned.macs_ratio <= pruned.mu + 1e-9) & (pruned.macs_ratio >= pruned.mu - 0.01)).all()
+    assert (pruned.prune_seconds < 600).all()  # the target for smollm2-135m: under 10 minutes
+    idn, fin, id4 = cell("id", 0).perplexity_novel, cell("fisher", 0).perplexity_novel, cell("id", 4)
+    mb = lambda x: f"{x / 1e6:.1f}"  # noqa: E731
+    embedding_mb = 49152 * 576 * 4 / 1e6
+    assert pruned.bytes_after.min() > embedding_mb * 1e6  # the embedding table stays whole in every cell
+    secs = pruned.groupby("method").prune_seconds.median()
+    says(README, f"(novel: {idn[0.9]:.1f} against {fin[0.9]:.1f} at μ = 0.9, {idn[0.5]:.1f} against {fin[0.5]:.1f} "
+                 f"at μ = 0.5)",
+         f"the novel's perplexity rises from {dense.perplexity_novel:.1f} to {idn[0.9]:.1f} at μ = 0.9 and to "
+         f"{idn[0.5]:.1f} at μ = 0.5",
+         f"at μ = 0.9 ({id4.perplexity_novel[0.9]:.1f} against {idn[0.9]:.1f}; dense {dense4.perplexity_novel:.1f} "
+         f"against {dense.perplexity_novel:.1f})",
+         f"embedding table ({embedding_mb:.0f} MB in float32)",
+         f"from {mb(dense.bytes_after)} to {mb(dense4.bytes_after)} MB and pruning on top saves at most "
+         f"{mb(dense4.bytes_after - id4.bytes_after.min())} MB more ({mb(id4.bytes_after[0.5])} MB at μ = 0.5)",
+         f"Pruning took {secs['id']:.0f} s by ID and {secs['fisher']:.0f} s by the Fisher masks")
