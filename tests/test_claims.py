@@ -668,3 +668,40 @@ def test_structured_pruning_decoder_claims():
          f"from {mb(dense.bytes_after)} to {mb(dense4.bytes_after)} MB and pruning on top saves at most "
          f"{mb(dense4.bytes_after - id4.bytes_after.min())} MB more ({mb(id4.bytes_after[0.5])} MB at μ = 0.5)",
          f"Pruning took {secs['id']:.0f} s by ID and {secs['fisher']:.0f} s by the Fisher masks")
+
+
+STRUCTURED_NB = "notebooks/08_structured_pruning.ipynb"
+
+
+def test_structured_pruning_notebook_claims():
+    check = table("structured_pruning", "id_check")
+    cal, held = (check[check.split == s].set_index("kept").output_error for s in ("calibration", "held-out"))
+    assert (held >= cal - 1e-9).all()  # held-out is never better than calibration, and "a little worse"
+    half = 768
+    alloc = table("structured_pruning", "allocation").set_index(["method", "mu"])
+    a_id, a_fi = alloc.loc[("id", 0.5)], alloc.loc[("fisher", 0.5)]
+    assert a_id.heads_kept < a_fi.heads_kept and a_id.neurons_kept > a_fi.neurons_kept
+    scales = table("structured_pruning", "error_scales").set_index("error")
+    assert (scales.loc["stream", ["perplexity_novel", "perplexity_jargon"]]
+            < scales.loc["absolute", ["perplexity_novel", "perplexity_jargon"]]).all()
+    lat = table("structured_pruning", "latency").set_index("mu")
+    assert (lat.efficiency >= 0.8).all()  # the target: speed-up >= 0.8 x the MAC reduction
+    secs = alloc.seconds.groupby(level="method")
+    assert secs.max()["id"] < 60  # the target: minilm-l6 by ID under 60 s on 2 cores
+    f = lambda x: f"{x:.1f}"  # noqa: E731
+    says(STRUCTURED_NB,
+         f"leaves a relative output error of {cal[half]:.3f} on the calibration tweets and {held[half]:.3f} on test tweets",
+         f"At μ = 0.5 ID keeps {a_id.heads_kept:.0f} of 72 heads and {a_id.neurons_kept:,.0f} of 9,216 neurons, the "
+         f"Fisher masks {a_fi.heads_kept:.0f} heads and {a_fi.neurons_kept:,.0f} neurons",
+         f"absolute errors give perplexity {f(scales.perplexity_novel['absolute'])} on the novel and "
+         f"{f(scales.perplexity_jargon['absolute'])} on the Jargon File, stream-relative ones "
+         f"{f(scales.perplexity_novel['stream'])} and {f(scales.perplexity_jargon['stream'])} (dense "
+         f"{f(scales.perplexity_novel['dense'])} and {f(scales.perplexity_jargon['dense'])})",
+         f"runs {lat.speedup[0.5]:.2f}× faster at μ = 0.5 ({lat.mac_reduction[0.5]:.2f}× fewer MACs) and "
+         f"{lat.speedup[0.4]:.2f}× faster at μ = 0.4 ({lat.mac_reduction[0.4]:.2f}×)",
+         f"is {np.floor(100 * lat.efficiency.min()) / 100:.2f} or more at every μ",
+         f"Pruning took {secs.min()['id']:.0f}–{secs.max()['id']:.0f} s by ID and "
+         f"{secs.min()['fisher']:.0f}–{secs.max()['fisher']:.0f} s by the Fisher masks")
+    from tcomp_utils.methods import structured  # its docstring cites the same comparison
+    assert (f"perplexity {f(scales.perplexity_novel['absolute'])} against {f(scales.perplexity_novel['stream'])} with "
+            f"``\"stream\"``, dense {f(scales.perplexity_novel['dense'])}") in " ".join(structured.__doc__.split())
