@@ -705,3 +705,17 @@ def test_structured_pruning_notebook_claims():
     from tcomp_utils.methods import structured  # its docstring cites the same comparison
     assert (f"perplexity {f(scales.perplexity_novel['absolute'])} against {f(scales.perplexity_novel['stream'])} with "
             f"``\"stream\"``, dense {f(scales.perplexity_novel['dense'])}") in " ".join(structured.__doc__.split())
+
+
+def test_structured_pruning_benchmarks_in_the_readme():
+    lat = pd.read_csv(ROOT / "benchmarks" / "results" / "structured_latency.csv").set_index("mu")
+    t = pd.read_csv(ROOT / "benchmarks" / "results" / "structured_prune_time.csv")
+    assert (lat.efficiency >= 0.8).all()  # the target
+    mus = [0.7, 0.5, 0.4]
+    s = t.groupby("method").seconds
+    assert s.max()["id"] < 60  # the target: minilm-l6 by ID under 60 s on 2 cores
+    says(README, f"μ = 0.7 / 0.5 / 0.4 ({' / '.join(f'{1 / lat.macs_ratio[m]:.2f}×' for m in mus)} fewer MACs) | "
+                 f"{lat.median_ms[1.0]:.0f} ms | {' / '.join(f'{lat.median_ms[m]:.0f}' for m in mus)} ms | "
+                 f"{' / '.join(f'{lat.speedup[m]:.2f}×' for m in mus)} |",
+         f"| {s.min()['id']:.1f}–{s.max()['id']:.1f} s / {s.min()['fisher']:.1f}–{s.max()['fisher']:.1f} s |",
+         f"MAC reduction {lat.efficiency[lat.index < 1].min():.2f}–{lat.efficiency[lat.index < 1].max():.2f} at every μ")
