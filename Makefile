@@ -14,7 +14,7 @@ SWEEP_ARGS ?=
 .PHONY: help install assets test test-fast run reproduce sweep figures lab bench
 
 help:
-	@echo "make run    - every README table and figure on reduced default grids (about 24 minutes on 2 cores)"
+	@echo "make run    - every README table and figure on reduced default grids (about 29 minutes on 2 cores)"
 	@echo "make reproduce [SWEEP_ARGS='--workers 4'] - the complete grids of every table, then make figures"
 	@echo "make lab    - JupyterLab on notebooks/ with the project's environment"
 	@echo "make sweep SPEC=papermill_runs/x.yaml [SWEEP_ARGS='--workers 2'] - one sweep"
