@@ -689,6 +689,11 @@ def test_structured_pruning_notebook_claims():
     secs = alloc.seconds.groupby(level="method")
     assert secs.max()["id"] < 60  # the target: minilm-l6 by ID under 60 s on 2 cores
     f = lambda x: f"{x:.1f}"  # noqa: E731
+    v = {e: scales.loc[e, ["perplexity_novel_validation", "perplexity_jargon_validation"]] for e in scales.index}
+    assert (v["stream"] < v["absolute"]).all()  # the default was chosen on the validation parts
+    says(STRUCTURED_NB, "absolute errors give perplexity " + " on the novel and ".join(f(x) for x in v["absolute"])
+         + " on the Jargon File, stream-relative ones " + " and ".join(f(x) for x in v["stream"])
+         + " (dense " + " and ".join(f(x) for x in v["dense"]) + ")")
     says(STRUCTURED_NB,
          f"leaves a relative output error of {cal[half]:.3f} on the calibration tweets and {held[half]:.3f} on test tweets",
          f"At μ = 0.5 ID keeps {a_id.heads_kept:.0f} of 72 heads and {a_id.neurons_kept:,.0f} of 9,216 neurons, the "

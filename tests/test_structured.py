@@ -4,7 +4,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_bert, tiny_llama, tiny_t5
+from conftest import tiny_bert, tiny_llama, tiny_opt, tiny_t5
 from torch import nn
 
 from tcomp_utils import adapters, budget, capture, serialize
@@ -140,7 +140,7 @@ def test_the_id_error_curve_is_the_interpolation_residual_on_the_calibration_row
     assert np.all(np.diff(order.error) <= 1e-12)
 
 
-@pytest.mark.parametrize("make", [tiny_bert, tiny_llama], ids=["bert", "llama"])
+@pytest.mark.parametrize("make", [tiny_bert, tiny_llama, tiny_opt], ids=["bert", "llama", "opt"])
 def test_stream_weighting_divides_each_token_by_the_stream_entering_its_layer(make):
     torch.manual_seed(0)
     model = make().eval()
@@ -149,7 +149,11 @@ def test_stream_weighting_divides_each_token_by_the_stream_entering_its_layer(ma
     plain = structured.capture_rows(model, layers, data)
     weighted = structured.capture_rows(model, layers, data, per_stream=True)
     for e in layers:
-        x = capture.capture_inputs(model, [e.ffn_out], data)[e.ffn_out.path].double()
+        xs = []
+        for b in data:  # OPT feeds its FFN (batch·seq) × features: its padding rows are dropped by hand here
+            x, real = capture.capture_inputs(model, [e.ffn_out], [b])[e.ffn_out.path], b["attention_mask"].bool()
+            xs.append(x[real.flatten()] if x.shape[0] == real.numel() else x)
+        x = torch.cat(xs).double()
         with torch.no_grad():  # hidden_states[l]: the stream entering layer l, at real tokens only
             h = torch.cat([capture.real_rows(model(**b, output_hidden_states=True).hidden_states[e.layer],
                                              b["attention_mask"]) for b in data]).double()
