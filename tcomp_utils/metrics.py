@@ -63,9 +63,20 @@ def score(names: Sequence[str], labels, preds) -> dict[str, float]:
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU (sacrebleu defaults: 13a tokenisation, one reference per sentence)."""
+    return translation_scores(hypotheses, references)["bleu"]
+
+
+def translation_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict:
+    """Corpus BLEU and chrF (sacrebleu defaults, one detokenized reference per sentence) and each
+    metric's sacrebleu signature (what was computed: tokenisation, smoothing, version)."""
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
-    return float(sacrebleu.corpus_bleu(list(hypotheses), [list(references)]).score)
+    hyps, refs = list(hypotheses), [list(references)]
+    out = {}
+    for name, metric in (("bleu", sacrebleu.metrics.BLEU()), ("chrf", sacrebleu.metrics.CHRF())):
+        out[name] = float(metric.corpus_score(hyps, refs).score)
+        out[f"{name}_signature"] = str(metric.get_signature())
+    return out
 
 
 @torch.no_grad()

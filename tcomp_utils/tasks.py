@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 
 import datasets
+import numpy as np
 import pandas as pd
 
 from . import assets
@@ -89,9 +90,13 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("jargon", "language-modeling", ("perplexity",),
                  "the Jargon File 4.4.7 (hacker slang lexicon), one row per entry; contiguous blocks of "
                  "the alphabetical entries: calibration = first 70 %, validation = next 10 %, test = last 20 %"),
-        TaskSpec("de-en", "translation", ("bleu",),
-                 "German→English sentence pairs (Ding); test 1,000 / validation 500 / train the rest, by seed",
+        TaskSpec("de-en", "translation", ("bleu", "chrf"),
+                 "German→English sentence pairs (Ding); test 1,000 / validation 500 / train the rest, by seed, "
+                 "a sentence with several translations kept within one split",
                  text_fields=("de",), label_field="en"),
+        TaskSpec("en-de", "translation", ("bleu", "chrf"),
+                 "English→German: the de-en pairs and splits, the other way round",
+                 text_fields=("en",), label_field="de"),
         _glue("sst2", ("accuracy",), 2, ("sentence",)),
         _glue("mrpc", ("accuracy", "f1"), 2, ("sentence1", "sentence2")),
         _glue("stsb", ("pearson", "spearman"), 1, ("sentence1", "sentence2")),
@@ -158,11 +163,43 @@ def _jargon(seed: int) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
+def _sentence_groups(pairs: list[list[str]]) -> list[list[int]]:
+    """Pairs linked by a shared German or English sentence (a sentence with two translations),
+    as groups of pair indices: the connected components, found with a union-find."""
+    parent = list(range(len(pairs)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[int, str], int] = {}
+    for i, pair in enumerate(pairs):
+        for side, sentence in enumerate(pair):
+            j = first.setdefault((side, sentence), i)
+            parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(pairs)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
 def _de_en(seed: int) -> datasets.DatasetDict:
+    """Seeded splits of whole sentence groups (:func:`_sentence_groups`), so that no German or
+    English sentence of the test or validation split occurs in another split."""
     with gzip.open(assets.asset_path("de-en"), "rt", encoding="utf-8") as fh:
         pairs = [line.rstrip("\n").split("\t") for line in fh]
-    return _split(datasets.Dataset.from_dict({"de": [p[0] for p in pairs], "en": [p[1] for p in pairs]}),
-                  seed, 1000, 500)
+    groups = _sentence_groups(pairs)
+    order = np.random.default_rng(seed).permutation(len(groups))
+    parts: dict[str, list[int]] = {"test": [], "validation": [], "train": []}
+    for g in order:
+        split = next((k for k, n in (("test", 1000), ("validation", 500)) if len(parts[k]) < n), "train")
+        parts[split].extend(groups[g])
+    return datasets.DatasetDict({k: datasets.Dataset.from_dict({"de": [pairs[i][0] for i in idx],
+                                                                 "en": [pairs[i][1] for i in idx]})
+                                 for k, idx in (("train", parts["train"]), ("validation", parts["validation"]),
+                                                ("test", parts["test"]))})
 
 
 def _hub(spec: TaskSpec, seed: int) -> datasets.DatasetDict:
@@ -183,7 +220,7 @@ def _hub(spec: TaskSpec, seed: int) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
-LOADERS = {"tweets": _tweets, "austen": _austen, "jargon": _jargon, "de-en": _de_en}
+LOADERS = {"tweets": _tweets, "austen": _austen, "jargon": _jargon, "de-en": _de_en, "en-de": _de_en}
 
 
 def get_task_spec(name: str) -> TaskSpec:

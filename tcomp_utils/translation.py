@@ -1,0 +1,299 @@
+"""The embedded translation model: a small T5 trained from scratch on the committed German–English
+pairs by a recipe, cached by the recipe's hash (no translation weights can be had offline; seed 003
+trains its own Transformer from scratch too).
+
+* **Tokenizer**: a unigram subword model (SentencePiece's algorithm, from the ``tokenizers``
+  library) trained on both sides of the training split (one shared vocabulary of
+  ``vocab_size``), wrapped as a transformers fast tokenizer: ``<pad>`` = 0, ``</s>`` = 1 (appended
+  to every sequence), ``<unk>`` = 2, as T5's.
+* **Model**: ``T5ForConditionalGeneration`` from a ``T5Config`` of the recipe's size (so that
+  T5 pruning and every adapter-based method apply unchanged), embeddings not tied to the LM head
+  (the seed's Transformer has a separate generator, which its quantization leaves in float).
+* **Training** (:func:`train_model`, also used for QAT from scratch and QAT fine-tuning): the
+  project's one trainer, AdamW with an inverse square-root schedule after a linear warm-up, label
+  smoothing 0.1 (the seed's), gradient clipping, early stopping on validation BLEU (greedy, the
+  first ``val_examples`` validation pairs) keeping the best weights, resumable checkpoints.
+* **Decoding**: greedy for the tables, beam search available (``num_beams``); BLEU and chrF with
+  sacrebleu on detokenized text (:func:`tcomp_utils.metrics.translation_scores`).
+
+Cached under ``$TCOMP_CACHE/translation_models/<name>-<key>/``: weights (safetensors), tokenizer,
+``recipe.json``, ``metrics.json`` and ``log.csv`` (the training log: loss and validation BLEU per
+step, for loss curves). An interrupted training resumes from ``.ckpt-<name>-<key>/``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from . import assets, metrics, tasks, trainer
+
+TRAINING_CODE_VERSION = 1  # bump when training or the tokenizer changes what it produces
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+
+
+@dataclass(frozen=True)
+class TranslationRecipe:
+    """How the translation model is made. Sizes: ``vocab_size`` (shared subwords), ``d_model``,
+    ``d_ff``, ``num_layers`` (encoder) / ``num_decoder_layers``, ``num_heads`` × ``d_kv``.
+    Training: ``epochs`` over ``train_examples`` (None: the whole split) in batches of
+    ``batch_size`` pairs of at most ``max_length`` tokens; peak ``lr`` after ``warmup_steps``,
+    then ∝ 1/√step; BLEU on the first ``val_examples`` validation pairs every ``eval_every``
+    steps, stop after ``patience`` evaluations without a better one. The recorded metrics are
+    on the first ``eval_examples`` pairs of the validation and test splits (None: all)."""
+
+    task: str = "de-en"
+    split_seed: int = 0
+    train_examples: int | None = None
+    vocab_size: int = 4000
+    d_model: int = 128
+    d_ff: int = 512
+    num_layers: int = 3
+    num_decoder_layers: int = 3
+    num_heads: int = 4
+    d_kv: int = 32
+    dropout: float = 0.1
+    batch_size: int = 64
+    epochs: int = 12
+    lr: float = 2e-3
+    warmup_steps: int = 400
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.1
+    max_length: int = 48
+    eval_every: int = 200
+    val_examples: int = 500
+    eval_examples: int | None = None
+    patience: int | None = 4
+    seed: int = 0
+
+    def key(self) -> str:
+        """Cache key: the recipe, the pairs' SHA-256 and the training code version."""
+        blob = json.dumps([dataclasses.asdict(self), assets.get_asset("de-en").sha256, TRAINING_CODE_VERSION],
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+RECIPES = {
+    "t5-de-en": TranslationRecipe(),
+    # the seed's setting (needs a hub and a GPU): a 6-layer d512 Transformer on IWSLT 2017 en→de
+    "t5-iwslt-en-de": TranslationRecipe(task="iwslt2017-en-de", vocab_size=16000, d_model=512, d_ff=2048,
+                                        num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64, batch_size=128,
+                                        epochs=20, lr=1e-3, warmup_steps=4000, max_length=100, eval_every=2000,
+                                        val_examples=1000),
+    # seconds, for tests: a tiny model on 2,000 pairs (it learns little; tests check the machinery)
+    "t5-de-en-smoke": TranslationRecipe(train_examples=2000, vocab_size=600, d_model=32, d_ff=64, num_layers=1,
+                                        num_decoder_layers=1, num_heads=2, d_kv=16, epochs=2, batch_size=32,
+                                        warmup_steps=20, eval_every=50, val_examples=32, eval_examples=200,
+                                        patience=None, max_length=32),
+}
+
+
+@dataclass
+class TranslationModelInfo:
+    name: str
+    key: str
+    path: Path
+    recipe: dict
+    metrics: dict
+
+
+# --------------------------------------------------------------------------------------- tokenizer
+def train_tokenizer(texts: Sequence[str], vocab_size: int):
+    """A unigram subword tokenizer trained on ``texts`` (NFKC-normalised, words marked by ``▁``),
+    with T5's special tokens (``<pad>`` 0, ``</s>`` 1 appended to every sequence, ``<unk>`` 2), as
+    a ``transformers.PreTrainedTokenizerFast``."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < len(SPECIAL_TOKENS) + 1:
+        raise ValueError(f"vocab_size must be > {len(SPECIAL_TOKENS)} (the special tokens), got {vocab_size}")
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(list(texts), trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), unk_token="<unk>", show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                       special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+# --------------------------------------------------------------------------------------- model
+def build_model(recipe: TranslationRecipe, tokenizer) -> nn.Module:
+    """A freshly initialised ``T5ForConditionalGeneration`` of the recipe's size (seeded)."""
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=len(tokenizer), d_model=recipe.d_model, d_ff=recipe.d_ff, d_kv=recipe.d_kv,
+                      num_layers=recipe.num_layers, num_decoder_layers=recipe.num_decoder_layers,
+                      num_heads=recipe.num_heads, dropout_rate=recipe.dropout, feed_forward_proj="relu",
+                      tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        model = T5ForConditionalGeneration(config)
+        # T5 draws an untied head with std 1: logits of std √d_model at the start (a loss of ~25
+        # that hundreds of steps only shrink); std 1/√d_model starts them at about 1
+        nn.init.normal_(model.lm_head.weight, std=recipe.d_model**-0.5)
+    model.generation_config = GenerationConfig(decoder_start_token_id=tokenizer.pad_token_id,
+                                               eos_token_id=tokenizer.eos_token_id,
+                                               pad_token_id=tokenizer.pad_token_id)
+    return model
+
+
+def pair_fields(spec: tasks.TaskSpec) -> tuple[str, str]:
+    """(source column, target column) of a translation task."""
+    if spec.kind != "translation":
+        raise ValueError(f"task {spec.name!r} is {spec.kind}, not translation")
+    return spec.text_fields[0], spec.label_field
+
+
+def seq2seq_batches(tokenizer, dataset, spec: tasks.TaskSpec, batch_size: int, max_length: int, seed: int = 0,
+                    shuffle: bool = True) -> trainer.DatasetBatches:
+    """Training batches ``{input_ids, attention_mask, labels}`` of a translation split, reshuffled
+    each epoch (seed + epoch); label padding is −100 (ignored by the loss)."""
+    src, tgt = pair_fields(spec)
+
+    def collate(rows: dict) -> dict:
+        enc = dict(tokenizer(rows[src], padding=True, truncation=True, max_length=max_length, return_tensors="pt"))
+        labels = tokenizer(rows[tgt], padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt")["input_ids"]
+        return enc | {"labels": labels.masked_fill(labels == tokenizer.pad_token_id, -100)}
+
+    return trainer.DatasetBatches(dataset, batch_size, collate, seed=seed, shuffle=shuffle)
+
+
+def smoothed_loss(label_smoothing: float):
+    """``loss(model, batch)``: token cross-entropy with label smoothing over the non-padding labels."""
+    def loss(model: nn.Module, batch: dict) -> torch.Tensor:
+        logits = model(**batch).logits
+        return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["labels"].reshape(-1),
+                                           ignore_index=-100, label_smoothing=label_smoothing)
+    return loss
+
+
+# --------------------------------------------------------------------------------------- decoding
+@torch.no_grad()
+def translate(model: nn.Module, tokenizer, sources: Sequence[str], batch_size: int = 64, max_length: int = 48,
+              num_beams: int = 1, progress: bool = False) -> list[str]:
+    """Detokenized translations of ``sources`` (greedy, or beam search with ``num_beams`` > 1),
+    at most ``max_length`` tokens each, in input order."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # little padding per batch
+    out: dict[int, str] = {}
+    for i in tqdm(range(0, len(order), batch_size), desc="translate", disable=not progress):
+        idx = order[i:i + batch_size]
+        enc = tokenizer([sources[j] for j in idx], padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt").to(device)
+        ids = model.generate(**enc, max_new_tokens=max_length, num_beams=num_beams, do_sample=False)
+        for j, text in zip(idx, tokenizer.batch_decode(ids, skip_special_tokens=True)):
+            out[j] = text.strip()
+    return [out[i] for i in range(len(sources))]
+
+
+def evaluate(model: nn.Module, tokenizer, dataset, spec: tasks.TaskSpec, n: int | None = None,
+             max_length: int = 48, num_beams: int = 1, batch_size: int = 64) -> tuple[dict, list[str]]:
+    """BLEU and chrF (with sacrebleu's signatures) of ``model`` on the first ``n`` pairs of
+    ``dataset`` (all when None), and the hypotheses."""
+    src, tgt = pair_fields(spec)
+    ds = dataset if n is None or n >= len(dataset) else dataset.select(range(n))
+    hyps = translate(model, tokenizer, ds[src], batch_size, max_length, num_beams)
+    return metrics.translation_scores(hyps, ds[tgt]) | {"examples": len(ds)}, hyps
+
+
+# --------------------------------------------------------------------------------------- training
+def train_model(model: nn.Module, tokenizer, recipe: TranslationRecipe, task: tasks.Task, *, epochs: int | None = None,
+                lr: float | None = None, warmup_steps: int | None = None, checkpoint_dir: str | Path | None = None,
+                progress: bool = True, desc: str = "train translation") -> trainer.TrainResult:
+    """Train ``model`` (fresh, fake-quantized, or trained already: QAT fine-tuning) on the task's
+    training split by the recipe (``epochs``, ``lr``, ``warmup_steps`` override it), early-stopped
+    on validation BLEU with the best weights restored; resumes from ``checkpoint_dir``."""
+    train_set = task["train"]
+    if recipe.train_examples is not None and recipe.train_examples < len(train_set):
+        train_set = train_set.select(range(recipe.train_examples))
+    data = seq2seq_batches(tokenizer, train_set, task.spec, recipe.batch_size, recipe.max_length, seed=recipe.seed)
+
+    def val_bleu(m: nn.Module) -> dict:
+        scores, _ = evaluate(m, tokenizer, task["validation"], task.spec, recipe.val_examples, recipe.max_length)
+        return {"val_bleu": scores["bleu"], "val_chrf": scores["chrf"]}
+
+    config = trainer.TrainConfig(
+        epochs=epochs or recipe.epochs, lr=lr or recipe.lr, weight_decay=recipe.weight_decay, schedule="inverse_sqrt",
+        warmup_steps=warmup_steps if warmup_steps is not None else recipe.warmup_steps, max_grad_norm=1.0,
+        eval_every=recipe.eval_every, metric="val_bleu", greater_is_better=True, patience=recipe.patience,
+        checkpoint_dir=checkpoint_dir, checkpoint_every=recipe.eval_every if checkpoint_dir else None,
+        progress=progress, desc=desc)
+    torch.manual_seed(recipe.seed)
+    return trainer.train(model, data, config, loss=smoothed_loss(recipe.label_smoothing), evaluate=val_bleu)
+
+
+def translation_model_dir() -> Path:
+    """Where trained translation models are cached: ``$TCOMP_CACHE/translation_models``."""
+    return assets.cache_dir() / "translation_models"
+
+
+def make(recipe: TranslationRecipe, out_dir: Path, checkpoint_dir: Path | None = None, progress: bool = True) -> dict:
+    """Train the tokenizer and the model of ``recipe``; save both, the training log and the metrics
+    (validation and test BLEU/chrF, greedy) to ``out_dir``; return the metrics."""
+    task = tasks.load_task(recipe.task, seed=recipe.split_seed)
+    src, tgt = pair_fields(task.spec)
+    train_set = task["train"]
+    if recipe.train_examples is not None and recipe.train_examples < len(train_set):
+        train_set = train_set.select(range(recipe.train_examples))
+    tokenizer = train_tokenizer(list(train_set[src]) + list(train_set[tgt]), recipe.vocab_size)
+    model = build_model(recipe, tokenizer)
+    result = train_model(model, tokenizer, recipe, task, checkpoint_dir=checkpoint_dir, progress=progress,
+                         desc=f"train t5 {recipe.task}")
+    out = {"train_time_s": result.seconds, "steps": result.steps, "best_step": result.best_step,
+           "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
+    for split in ("validation", "test"):
+        scores, _ = evaluate(model, tokenizer, task[split], task.spec, recipe.eval_examples, recipe.max_length)
+        out |= {f"{split}_{k}": v for k, v in scores.items()}
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    result.log.to_csv(out_dir / "log.csv", index=False)
+    return out
+
+
+def get_translation_model(name: str = "t5-de-en", recipe: TranslationRecipe | None = None, retrain: bool = False,
+                          progress: bool = True) -> tuple[nn.Module, object, TranslationModelInfo]:
+    """Load the cached translation model of ``recipe`` (default: the named recipe), training it
+    first when it is not cached (or ``retrain``). Returns ``(model, tokenizer, info)``. Training
+    writes into a temporary folder renamed into place only when complete."""
+    from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+
+    if recipe is None:
+        if name not in RECIPES:
+            raise KeyError(f"unknown translation model {name!r}; known: {', '.join(RECIPES)} (or pass a recipe)")
+        recipe = RECIPES[name]
+    key = recipe.key()
+    root = translation_model_dir()
+    folder = root / f"{name}-{key}"
+    if retrain or not (folder / "metrics.json").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        ckpt = root / f".ckpt-{name}-{key}"
+        with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
+            tmp = Path(tmp)
+            result = make(recipe, tmp, checkpoint_dir=ckpt, progress=progress)
+            (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
+            (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
+            if folder.exists():
+                shutil.rmtree(folder)
+            tmp.rename(folder)
+            tmp.mkdir()  # let TemporaryDirectory clean up an empty folder
+        shutil.rmtree(ckpt, ignore_errors=True)
+    model = T5ForConditionalGeneration.from_pretrained(folder)
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    info = TranslationModelInfo(name, key, folder, json.loads((folder / "recipe.json").read_text()),
+                                json.loads((folder / "metrics.json").read_text()))
+    return model, tokenizer, info

@@ -1,0 +1,131 @@
+"""The translation task and the embedded translation model: tokenizer, batches, loss, decoding,
+BLEU/chrF, recipe caching, resumable training."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from tcomp_utils import metrics, tasks, translation
+
+TINY = dataclasses.replace(translation.RECIPES["t5-de-en-smoke"], train_examples=256, epochs=1, eval_every=4,
+                           val_examples=8, eval_examples=16, vocab_size=300, max_length=16)
+
+
+def test_both_directions_share_the_pairs_and_the_splits():
+    de_en, en_de = tasks.load_task("de-en"), tasks.load_task("en-de")
+    assert translation.pair_fields(de_en.spec) == ("de", "en") and translation.pair_fields(en_de.spec) == ("en", "de")
+    for split, n in (("test", 1000), ("validation", 500)):
+        assert len(de_en[split]) == n and de_en[split]["de"] == en_de[split]["de"]
+    for side in ("de", "en"):  # a sentence with two translations stays within one split
+        train = set(de_en["train"][side])
+        assert not train & set(de_en["test"][side]) and not train & set(de_en["validation"][side])
+        assert not set(de_en["test"][side]) & set(de_en["validation"][side])
+    with pytest.raises(ValueError, match="not translation"):
+        translation.pair_fields(tasks.get_task_spec("tweets"))
+
+
+def test_translation_scores_give_bleu_chrf_and_their_signatures():
+    refs = ["The cat sits on the mat.", "It is raining today."]
+    same = metrics.translation_scores(refs, refs)
+    assert same["bleu"] == pytest.approx(100.0) and same["chrf"] == pytest.approx(100.0)
+    assert "tok:13a" in same["bleu_signature"] and "nc:6" in same["chrf_signature"]
+    worse = metrics.translation_scores(["The dog sits on a mat.", "It rains."], refs)
+    assert 0 < worse["chrf"] < 100 and worse["bleu"] < same["bleu"]
+    with pytest.raises(ValueError, match="1 hypotheses but 2 references"):
+        metrics.translation_scores(refs[:1], refs)
+
+
+def test_tokenizer_has_t5_special_tokens_and_round_trips_text():
+    task = tasks.load_task("de-en")
+    tok = translation.train_tokenizer(task["train"]["de"][:2000] + task["train"]["en"][:2000], 500)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2) and len(tok) == 500
+    text = task["test"]["de"][0]
+    ids = tok(text).input_ids
+    assert ids[-1] == tok.eos_token_id and tok.decode(ids, skip_special_tokens=True) == text
+    with pytest.raises(ValueError, match="vocab_size must be > 3"):
+        translation.train_tokenizer(["a b"], 3)
+
+
+def test_batches_mask_label_padding_and_the_smoothed_loss_is_the_cross_entropy():
+    task = tasks.load_task("de-en")
+    tok = translation.train_tokenizer(task["train"]["de"][:500] + task["train"]["en"][:500], 300)
+    batch = next(iter(translation.seq2seq_batches(tok, task["train"].select(range(8)), task.spec, 8, 16).epoch(0)))
+    labels = batch["labels"]
+    assert (labels == -100).any() and not (labels == tok.pad_token_id).any()
+    assert batch["input_ids"].shape[1] <= 16
+    model = translation.build_model(TINY, tok).eval()
+    with torch.no_grad():
+        smoothed = translation.smoothed_loss(0.1)(model, batch)
+        plain = translation.smoothed_loss(0.0)(model, batch)
+        assert plain == pytest.approx(model(**batch).loss.item(), rel=1e-5)   # HF's own loss: plain CE
+    assert smoothed != pytest.approx(plain.item())
+
+
+def test_translate_keeps_input_order_and_beam_search_runs():
+    task = tasks.load_task("de-en")
+    tok = translation.train_tokenizer(task["train"]["de"][:500] + task["train"]["en"][:500], 300)
+    model = translation.build_model(TINY, tok)
+    src = task["test"]["de"][:6]
+    together = translation.translate(model, tok, src, batch_size=4, max_length=8)
+    alone = [translation.translate(model, tok, [s], max_length=8)[0] for s in src]
+    assert together == alone
+    assert len(translation.translate(model, tok, src[:2], max_length=8, num_beams=3)) == 2
+
+
+@pytest.mark.slow
+def test_recipes_cache_and_reload_the_tokenizer_and_the_model(tmp_path, monkeypatch):
+    monkeypatch.setattr(translation, "translation_model_dir", lambda: tmp_path)
+    model, tok, info = translation.get_translation_model("tiny", TINY, progress=False)
+    assert info.metrics["steps"] == 8 and info.metrics["test_examples"] == 16 and (info.path / "log.csv").is_file()
+    assert "tok:13a" in info.metrics["test_bleu_signature"]
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached recipe must not retrain")
+
+    monkeypatch.setattr(translation, "make", no_training)
+    again, tok2, info2 = translation.get_translation_model("tiny", TINY, progress=False)
+    assert info2.path == info.path and info2.metrics == info.metrics
+    task = tasks.load_task("de-en")
+    src = task["test"]["de"][:5]
+    assert tok2(src).input_ids == tok(src).input_ids
+    ids = tok(src, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(again(**ids, decoder_input_ids=ids["input_ids"]).logits,
+                           model(**ids, decoder_input_ids=ids["input_ids"]).logits)
+    hyps = translation.translate(again, tok2, task["test"]["de"][:16], max_length=TINY.max_length)
+    assert metrics.translation_scores(hyps, task["test"]["en"][:16])["bleu"] == info.metrics["test_bleu"]
+    with pytest.raises(AssertionError, match="must not retrain"):
+        translation.get_translation_model("tiny", dataclasses.replace(TINY, vocab_size=301), progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == [info.path.name]  # nothing half-written, no checkpoint left
+
+
+@pytest.mark.slow
+def test_a_stopped_training_resumes_from_its_checkpoint_and_ends_as_an_unbroken_one(tmp_path, monkeypatch):
+    task = tasks.load_task("de-en")
+    tok = translation.train_tokenizer(task["train"]["de"][:500] + task["train"]["en"][:500], 300)
+    whole = translation.build_model(TINY, tok)
+    r1 = translation.train_model(whole, tok, TINY, task, checkpoint_dir=tmp_path / "a", progress=False)
+    real, calls = translation.evaluate, []
+
+    def stop_at_the_second_evaluation(*a, **k):  # after the checkpoint of step 4, before that of step 8
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(translation, "evaluate", stop_at_the_second_evaluation)
+    with pytest.raises(KeyboardInterrupt):
+        translation.train_model(translation.build_model(TINY, tok), tok, TINY, task, checkpoint_dir=tmp_path / "b",
+                                progress=False)
+    monkeypatch.setattr(translation, "evaluate", real)
+    resumed = translation.build_model(TINY, tok)
+    r2 = translation.train_model(resumed, tok, TINY, task, checkpoint_dir=tmp_path / "b", progress=False)
+    assert r2.resumed and not r1.resumed and r1.steps == r2.steps == 8
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+
+
+def test_unknown_translation_model_name():
+    with pytest.raises(KeyError, match="unknown translation model 'marian'"):
+        translation.get_translation_model("marian")
