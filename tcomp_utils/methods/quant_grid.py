@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-MIN_BITS, MAX_BITS = 2, 8
+MIN_BITS, MAX_BITS = 2, 8  # of a grid (round-to-nearest, GPTQ)
+PACK_BITS = (1, 8)         # of packed codes (1: sign bits of sign-magnitude and binary weights)
 FP16_TINY = 2.0**-24  # the smallest positive float16: a scale must survive the cast
 
 
@@ -147,8 +148,8 @@ def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack each row of ``codes`` (rows × n) on its own: (rows × ceil(n·bits/8)) uint8, so that any
     row can be unpacked without the others. Eight codes make exactly ``bits`` bytes: each run of
     eight is joined into one int64 (first code in the high bits) and split into its bytes."""
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be in [{MIN_BITS}, {MAX_BITS}], got {bits}")
+    if not PACK_BITS[0] <= bits <= PACK_BITS[1]:
+        raise ValueError(f"packed codes have {PACK_BITS[0]} to {PACK_BITS[1]} bits, got {bits}")
     c = codes.to(torch.int64)
     if c.numel() and (c.min() < 0 or c.max() >= 2**bits):
         raise ValueError(f"codes must lie in [0, {2**bits - 1}] for {bits} bits, got [{c.min()}, {c.max()}]")

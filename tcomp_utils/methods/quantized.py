@@ -49,8 +49,38 @@ def dequant_cache_bytes() -> int:
     return sum(w.numel() * w.element_size() for _, w in list(_CACHE.values()))
 
 
+class _CachedDequant(CompressedLinear):
+    """A linear layer whose weight is de-quantized from packed buffers (:meth:`_packed`) through
+    the process-wide de-quantized weight cache."""
+
+    def _packed(self) -> tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def _cache_key(self, x: torch.Tensor) -> tuple:
+        # a buffer's _version moves on every in-place change (load_state_dict copies in place)
+        return (x.device, x.dtype) + tuple((b.data_ptr(), b._version) for b in self._packed())
+
+    def dequantized(self, x: torch.Tensor) -> torch.Tensor:
+        """The de-quantized weight in ``x``'s dtype and device, from the cache when it holds it."""
+        key = self._cache_key(x)
+        hit = _CACHE.get(self)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        # a normal tensor even under inference_mode, so that a later forward with autograd on may
+        # save it for backward
+        with torch.inference_mode(False), torch.no_grad():
+            w = self.weight_matrix().to(device=x.device, dtype=x.dtype)
+        _CACHE.pop(self, None)
+        if dequant_cache_bytes() + w.numel() * w.element_size() <= _LIMIT[0]:
+            _CACHE[self] = (key, w)
+        return w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.dequantized(x), None if self.bias is None else self.bias.to(x.dtype))
+
+
 @register_module
-class QuantLinear(CompressedLinear):
+class QuantLinear(_CachedDequant):
     """``y = x Ŵᵀ + b`` with ``Ŵ = scale · (code − zero)`` (out × in).
 
     Buffers: ``qweight`` (packed codes, ``ceil(out·in·bits/8)`` bytes), ``scales`` (out × groups,
@@ -109,28 +139,8 @@ class QuantLinear(CompressedLinear):
         groups = self.g_idx.long() if self.g_idx.numel() else column_groups(self.grid, self.in_features)
         return dequantize(self.codes(), self.scales, self.zeros(), groups)
 
-    def _cache_key(self, x: torch.Tensor) -> tuple:
-        # a buffer's _version moves on every in-place change (load_state_dict copies in place)
-        bufs = (self.qweight, self.scales, self.qzeros, self.g_idx)
-        return (x.device, x.dtype) + tuple((b.data_ptr(), b._version) for b in bufs)
-
-    def dequantized(self, x: torch.Tensor) -> torch.Tensor:
-        """The de-quantized weight in ``x``'s dtype and device, from the cache when it holds it."""
-        key = self._cache_key(x)
-        hit = _CACHE.get(self)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        # a normal tensor even under inference_mode, so that a later forward with autograd on may
-        # save it for backward
-        with torch.inference_mode(False), torch.no_grad():
-            w = self.weight_matrix().to(device=x.device, dtype=x.dtype)
-        _CACHE.pop(self, None)
-        if dequant_cache_bytes() + w.numel() * w.element_size() <= _LIMIT[0]:
-            _CACHE[self] = (key, w)
-        return w
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.dequantized(x), None if self.bias is None else self.bias.to(x.dtype))
+    def _packed(self) -> tuple[torch.Tensor, ...]:
+        return self.qweight, self.scales, self.qzeros, self.g_idx
 
     def tcomp_footprint(self) -> Footprint:
         """Stored numbers: codes, scales, zero points (if stored), group map, bias; bytes: exact."""
@@ -228,6 +238,147 @@ class QuantEmbedding(CompressedLinear):
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, {self.grid.describe()}"
+
+# --------------------------------------------------------------------------------------- sign-magnitude
+def signmag_value(negative: torch.Tensor, magnitude: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``±magnitude · scale`` as float32 (negative where ``negative``); the one formula that both
+    the fake quantizer of QAT and the packed modules use, so that they agree bit for bit."""
+    m = magnitude.float()
+    return torch.where(negative, -m, m) * scale.float()
+
+
+def _signmag_rows(qsign: torch.Tensor, qmag: torch.Tensor, scales: torch.Tensor, mag_bits: int, width: int) -> torch.Tensor:
+    """Rows (n × width) float32 from row-packed sign bits, magnitudes (``mag_bits`` each; none
+    for binary weights, whose magnitude is 1) and scales ((n × 1), or (1 × 1) per tensor)."""
+    negative = unpack_rows(qsign, 1, width).bool()
+    magnitude = unpack_rows(qmag, mag_bits, width) if mag_bits else torch.ones(())
+    return signmag_value(negative, magnitude, scales)
+
+
+class _SignMag:
+    """Buffers and checks shared by the sign-magnitude modules: ``qsign`` (rows × ⌈cols/8⌉ uint8,
+    bit 1 = negative), ``qmag`` (rows × ⌈cols·b/8⌉ uint8; no columns for b = 0) and ``scales``
+    (float16: (1 × 1) for one scale per tensor, (rows × 1) for one per row)."""
+
+    def _init_buffers(self, rows: int, cols: int, mag_bits: int, per_row: bool) -> None:
+        if isinstance(mag_bits, bool) or not isinstance(mag_bits, int) or not 0 <= mag_bits <= 8:
+            raise ValueError(f"magnitude bits must be an integer in [0, 8] (0: binary ±scale), got {mag_bits!r}")
+        self.mag_bits, self.per_row = mag_bits, bool(per_row)
+        self.register_buffer("qsign", torch.zeros(rows, -(-cols // 8), dtype=torch.uint8))
+        self.register_buffer("qmag", torch.zeros(rows, -(-cols * mag_bits // 8), dtype=torch.uint8))
+        self.register_buffer("scales", torch.zeros(rows if per_row else 1, 1, dtype=torch.float16))
+
+    def _fill(self, negative: torch.Tensor, magnitude: torch.Tensor | None, scales: torch.Tensor) -> None:
+        if tuple(scales.reshape(-1, 1).shape) != tuple(self.scales.shape):
+            raise ValueError(f"scales of shape {tuple(scales.shape)} for a module storing {tuple(self.scales.shape)}")
+        self.qsign.copy_(pack_rows(negative.to(torch.uint8), 1))
+        if self.mag_bits:
+            self.qmag.copy_(pack_rows(magnitude.to(torch.uint8), self.mag_bits))
+        self.scales.copy_(scales.reshape(-1, 1).half())
+
+    def _stored_bytes(self) -> int:
+        return sum(dense_bytes(t) for t in (self.qsign, self.qmag, self.scales))
+
+
+@register_module
+class SignMagLinear(_SignMag, _CachedDequant):
+    """``y = x Ŵᵀ + b`` with ``Ŵ = ±magnitude · scale`` (out × in): a sign bit and a ``mag_bits``-bit
+    magnitude per weight. Seed 003's b-bit quantizer stores magnitudes 0…2^b − 1 of a max-abs
+    scale and a separate sign, so **b + 1 bits** a weight (b = 1 is ternary {−s, 0, s}); binary
+    weights have no magnitude bits (``mag_bits=0``: ±scale, 1 bit a weight). Buffers: see
+    :class:`_SignMag`; ``bias`` float32. De-quantized through the same cache as :class:`QuantLinear`."""
+
+    def __init__(self, in_features: int, out_features: int, mag_bits: int, per_row: bool = False, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self._init_buffers(out_features, in_features, mag_bits, per_row)
+        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    @classmethod
+    def from_codes(cls, negative: torch.Tensor, magnitude: torch.Tensor | None, scales: torch.Tensor, mag_bits: int,
+                   bias: torch.Tensor | None = None) -> "SignMagLinear":
+        """Pack signs (out × in, bool), magnitudes (out × in integers in [0, 2^mag_bits − 1]; None
+        when ``mag_bits`` is 0) and scales (one, or one per row)."""
+        out_f, in_f = negative.shape
+        layer = cls(in_f, out_f, mag_bits, per_row=scales.numel() > 1, bias=bias is not None)
+        layer._fill(negative, magnitude, scales)
+        if bias is not None:
+            layer.bias.data.copy_(bias.detach().float())
+        return layer
+
+    def _packed(self) -> tuple[torch.Tensor, ...]:
+        return self.qsign, self.qmag, self.scales
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The de-quantized weight (out × in, float32)."""
+        return _signmag_rows(self.qsign, self.qmag, self.scales, self.mag_bits, self.in_features)
+
+    def tcomp_footprint(self) -> Footprint:
+        """Stored numbers: one signed code per weight, the scales, the bias; bytes: exact."""
+        n_bias = self.out_features if self.bias is not None else 0
+        return Footprint(self.out_features * self.in_features + self.scales.numel() + n_bias,
+                         self._stored_bytes() + (dense_bytes(self.bias) if self.bias is not None else 0),
+                         self.in_features * self.out_features)
+
+    def tcomp_config(self) -> dict:
+        return {"in": self.in_features, "out": self.out_features, "mag_bits": self.mag_bits, "per_row": self.per_row,
+                "bias": self.bias is not None}
+
+    @classmethod
+    def tcomp_empty(cls, config: dict, shared: None = None) -> "SignMagLinear":
+        return cls(config["in"], config["out"], config["mag_bits"], config["per_row"], config["bias"])
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={1 + self.mag_bits} " \
+               f"(sign + {self.mag_bits}), {'per-row' if self.per_row else 'per-tensor'} scale, bias={self.bias is not None}"
+
+
+@register_module
+class SignMagEmbedding(_SignMag, CompressedLinear):
+    """An embedding table (vocab × dim) stored as :class:`SignMagLinear` stores a weight, row by
+    row, so that a look-up unpacks only the rows it needs. No MACs: a look-up."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, mag_bits: int, per_row: bool = False,
+                 padding_idx: int | None = None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+        self._init_buffers(num_embeddings, embedding_dim, mag_bits, per_row)
+
+    @classmethod
+    def from_codes(cls, negative: torch.Tensor, magnitude: torch.Tensor | None, scales: torch.Tensor, mag_bits: int,
+                   padding_idx: int | None = None) -> "SignMagEmbedding":
+        vocab, dim = negative.shape
+        table = cls(vocab, dim, mag_bits, per_row=scales.numel() > 1, padding_idx=padding_idx)
+        table._fill(negative, magnitude, scales)
+        return table
+
+    def _rows(self, idx: torch.Tensor) -> torch.Tensor:
+        scales = self.scales[idx] if self.per_row else self.scales
+        return _signmag_rows(self.qsign[idx], self.qmag[idx], scales, self.mag_bits, self.embedding_dim)
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The de-quantized table (vocab × dim, float32)."""
+        return self._rows(torch.arange(self.num_embeddings))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        flat = input_ids.reshape(-1)
+        unique, inverse = torch.unique(flat, return_inverse=True)
+        return self._rows(unique)[inverse].reshape(*input_ids.shape, self.embedding_dim)
+
+    def tcomp_footprint(self) -> Footprint:
+        return Footprint(self.num_embeddings * self.embedding_dim + self.scales.numel(), self._stored_bytes(), 0)
+
+    def tcomp_config(self) -> dict:
+        return {"vocab": self.num_embeddings, "dim": self.embedding_dim, "mag_bits": self.mag_bits,
+                "per_row": self.per_row, "padding_idx": self.padding_idx}
+
+    @classmethod
+    def tcomp_empty(cls, config: dict, shared: None = None) -> "SignMagEmbedding":
+        return cls(config["vocab"], config["dim"], config["mag_bits"], config["per_row"], config["padding_idx"])
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={1 + self.mag_bits} (sign + {self.mag_bits}), " \
+               f"{'per-row' if self.per_row else 'per-tensor'} scale"
 
 
 def int8_dynamic(model: nn.Module) -> nn.Module:
