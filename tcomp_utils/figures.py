@@ -128,15 +128,27 @@ def _offline_accuracy(results: pd.DataFrame):
     return grid.figure, table.reset_index()
 
 
+def offline_twin_accuracy(results: pd.DataFrame, cells: pd.DataFrame) -> pd.Series:
+    """The test accuracy before fine-tuning of each fine-tuned cell in ``cells``: that of its offline
+    twin in ``results`` (same method, mode, roles and ratio, no fine-tuning), first seed (the model a
+    fine-tuned cell trains); NaN where the twin is missing."""
+    off = results[(results.status == "ok") & (_finetune_steps(results) == 0)]
+    first = off.test_accuracy_seeds.astype(str).str.split(";").str[0].astype(float)
+    key = ["method", "mode", "roles", "ratio"]
+    lookup = dict(zip(map(tuple, off[key].itertuples(index=False)), first))
+    return pd.Series([lookup.get(tuple(k), float("nan")) for k in cells[key].itertuples(index=False)], index=cells.index)
+
+
 def _offline_finetune(results: pd.DataFrame):
-    """The seed's downstream protocol on the smaller grid: offline vs after a short fine-tuning."""
+    """The seed's downstream protocol on the smaller grid: offline (the twin cell) vs after a short fine-tuning."""
     tuned = results[(results.status == "ok") & (_finetune_steps(results) > 0)].copy()
     tuned["variant"] = _label(tuned) + " " + tuned.roles + " ×" + tuned.ratio.map("{:g}".format)
-    data = tuned[["variant", "method", "mode", "roles", "ratio", "finetune_steps", "test_accuracy",
+    tuned["offline_test_accuracy"] = offline_twin_accuracy(results, tuned)
+    data = tuned[["variant", "method", "mode", "roles", "ratio", "finetune_steps", "offline_test_accuracy",
                   "finetuned_test_accuracy"]].sort_values("finetuned_test_accuracy").reset_index(drop=True)
-    long = data.melt(id_vars="variant", value_vars=["test_accuracy", "finetuned_test_accuracy"],
+    long = data.melt(id_vars="variant", value_vars=["offline_test_accuracy", "finetuned_test_accuracy"],
                      var_name="when", value_name="accuracy")
-    long["when"] = long.when.map({"test_accuracy": "offline", "finetuned_test_accuracy":
+    long["when"] = long.when.map({"offline_test_accuracy": "offline", "finetuned_test_accuracy":
                                   f"after {int(data.finetune_steps.iloc[0])} fine-tuning steps"})
     long["test accuracy (%)"] = 100 * long.accuracy
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(data) + 1.2))

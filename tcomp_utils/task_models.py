@@ -92,17 +92,18 @@ def classification_batches(tokenizer, dataset, spec: tasks.TaskSpec, batch_size:
 def fine_tune(model: torch.nn.Module, tokenizer, train_set, spec: tasks.TaskSpec, *, epochs: int = 1,
               steps: int | None = None, batch_size: int = 32, lr: float = 1e-4, warmup_ratio: float = 0.06,
               weight_decay: float = 0.01, max_length: int = 64, seed: int = 0, progress: bool = True,
-              desc: str = "fine-tune") -> dict:
+              desc: str = "fine-tune", precision: str = "fp32") -> dict:
     """Train every parameter of a sequence classifier with :func:`tcomp_utils.trainer.train`: AdamW
     (no decay on biases and norms), linear warm-up then linear decay, gradient norm clipped at 1.
     ``steps`` stops after that many batches (the data reshuffled each epoch); else ``epochs``
-    full passes. Returns ``{"train_time_s", "train_examples", "steps"}``; the model is left in
+    full passes. ``precision="bf16"``: bfloat16 matmuls under autocast (see ``TrainConfig``). Returns ``{"train_time_s", "train_examples", "steps"}``; the model is left in
     eval mode."""
     if steps is not None and steps < 1 or steps is None and epochs < 1:
         raise ValueError(f"fine-tuning needs at least one step, got steps={steps}, epochs={epochs}")
     data = classification_batches(tokenizer, train_set, spec, batch_size, max_length, seed)
     config = trainer.TrainConfig(steps=steps, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                                 warmup_ratio=warmup_ratio, max_grad_norm=1.0, progress=progress, desc=desc)
+                                 warmup_ratio=warmup_ratio, max_grad_norm=1.0, progress=progress, desc=desc,
+                                 precision=precision)
     result = trainer.train(model, data, config)
     return {"train_time_s": result.seconds, "train_examples": len(train_set), "steps": result.steps}
 

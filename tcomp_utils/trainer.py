@@ -41,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 SCHEDULES = ("linear", "constant", "cosine", "inverse_sqrt")
+PRECISIONS = ("fp32", "bf16")
 LossFn = Callable[[nn.Module, Any], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
 
 
@@ -95,7 +96,9 @@ class TrainConfig:
     of the steps); ``max_grad_norm`` (None: no clipping). Early stopping: ``evaluate`` every
     ``eval_every`` steps, stop after ``patience`` evaluations without improving ``metric``
     (``greater_is_better``), then restore the best weights (``restore_best``). ``checkpoint_dir``
-    with ``checkpoint_every``: resumable checkpoints."""
+    with ``checkpoint_every``: resumable checkpoints. ``precision="bf16"``: the loss is computed
+    under ``torch.autocast`` with bfloat16 matmuls (the weights, gradients and optimizer stay float32;
+    about 2× faster on CPUs with AVX-512 BF16 or AMX, slower on those without)."""
 
     steps: int | None = None
     epochs: int = 1
@@ -115,6 +118,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     progress: bool = True
     desc: str = "train"
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
@@ -129,6 +133,8 @@ class TrainConfig:
             raise ValueError("early stopping (patience/metric) needs eval_every (steps between evaluations)")
         if self.checkpoint_every is not None and self.checkpoint_dir is None:
             raise ValueError("checkpoint_every needs a checkpoint_dir")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}; allowed: {', '.join(PRECISIONS)}")
 
 
 @dataclass
@@ -259,7 +265,8 @@ def train(model: nn.Module, data: Batches | Sequence[Any], config: TrainConfig, 
         for i, batch in enumerate(data.epoch(epoch)):
             if i < offset:  # a resumed run skips the batches this epoch already gave
                 continue
-            out = loss(model, to_device(batch, device))
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                out = loss(model, to_device(batch, device))
             value, parts = out if isinstance(out, tuple) else (out, {})
             value.backward()
             norm = (torch.nn.utils.clip_grad_norm_(trained, config.max_grad_norm) if config.max_grad_norm else None)

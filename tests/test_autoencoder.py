@@ -232,3 +232,49 @@ def test_a_budget_that_only_the_later_modules_miss_fails_before_any_module_train
         compress(model, method_config("ae", roles="ffn", ratio=6, select="last", **FAST), progress=False)
     assert [type(m) for m in model.modules()] == before
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def test_seeds_trained_together_are_the_seeds_trained_alone():
+    """Stacking the seeds' networks into batched matmuls changes the operator calls, not the maths:
+    each seed's initial weights, batch order, gradients, Adam state and kept epoch are its own."""
+    from tcomp_utils.methods.autoencoder import _Group, decoder_widths_for, train_autoencoder, train_autoencoders
+    torch.manual_seed(0)
+    rows = torch.randn(40, 24) / 5
+    group = _Group([type("RM", (), {"module": nn.Linear(24, 40), "role": "layer"})()], rows, 5,
+                   decoder_widths_for(5, [2.0, 4.0]), [None])
+    cfg = method_config("ae", ratio=3, select="weight_error", **FAST)
+    configs = [cfg, method_config("ae", ratio=3, select="weight_error", seed=7, **FAST)]
+    together = train_autoencoders(group, configs)
+    for c, joint in zip(configs, together):
+        alone = train_autoencoder(group, c)
+        assert joint["epoch"] == alone["epoch"]
+        torch.testing.assert_close(joint["latents"], alone["latents"], rtol=1e-4, atol=1e-5)
+        for a, b in zip(joint["decoder"].state_dict().values(), alone["decoder"].state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert [h["loss"] for h in joint["history"]] == pytest.approx([h["loss"] for h in alone["history"]], rel=1e-5)
+    assert not torch.allclose(together[0]["latents"], together[1]["latents"])  # the seeds differ
+    with pytest.raises(ValueError, match="but the seed"):
+        train_autoencoders(group, [cfg, method_config("ae", ratio=3, select="weight_error", epochs=4, batch_size=8)])
+
+
+def test_compress_seeds_gives_what_compress_gives_per_seed_and_leaves_the_model():
+    from tcomp_utils.methods.autoencoder import compress_seeds
+    torch.manual_seed(0)
+    model = tiny_bert()
+    before = copy.deepcopy(model.state_dict())
+    cfg = method_config("ae", roles=["ffn_in"], mode="concatenated", ratio=4, **FAST)
+    runs = compress_seeds(model, cfg, 3, _batches())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    x = torch.randint(0, 100, (2, 7))
+    for s, (m, report) in enumerate(runs):
+        alone = copy.deepcopy(model)
+        ref = compress(alone, method_config("ae", roles=["ffn_in"], mode="concatenated", ratio=4, seed=s, **FAST),
+                       _batches(), progress=False)
+        assert report.config.seed == s and report.after.params == ref.after.params
+        assert list(report.modules.epoch_kept) == list(ref.modules.epoch_kept)
+        with torch.no_grad():
+            torch.testing.assert_close(m.eval()(x).logits, alone.eval()(x).logits, rtol=1e-4, atol=1e-5)
+    # the training ran once, for every seed, in the first call; the held-out inputs were captured once
+    assert runs[0][1].phases["training"] > 0 and "capture" not in runs[1][1].phases
+    with pytest.raises(ConfigError, match="seeds"):
+        compress_seeds(model, cfg, 0)

@@ -106,6 +106,19 @@ def test_a_bare_module_trains_to_match_a_target_with_a_custom_loss():
     assert after < 1e-3 * before and result.log.loss.iloc[-1] < result.log.loss.iloc[0]
 
 
+def test_bf16_autocast_trains_float32_weights_along_the_float32_path():
+    """Mixed precision changes the matmuls, not what is trained: the weights stay float32, the
+    losses follow the float32 run to bfloat16's precision and both runs learn."""
+    runs = {}
+    for precision in ("fp32", "bf16"):
+        model = _fresh()
+        result = train(model, _batches(4), TrainConfig(steps=12, lr=1e-3, precision=precision, progress=False))
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        runs[precision] = result.log.loss.to_numpy()
+    assert runs["bf16"][:4] == pytest.approx(runs["fp32"][:4], rel=0.05)
+    assert runs["bf16"][-4:].mean() < runs["bf16"][:4].mean() and runs["fp32"][-4:].mean() < runs["fp32"][:4].mean()
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="schedule='cosin'"):
         TrainConfig(schedule="cosin")
@@ -113,5 +126,7 @@ def test_bad_settings_are_refused():
         TrainConfig(patience=2)
     with pytest.raises(ValueError, match="steps must be a positive integer"):
         TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="precision='fp16'; allowed: fp32, bf16"):
+        TrainConfig(precision="fp16")
     with pytest.raises(ValueError, match="no evaluate"):
         train(_fresh(), _batches(1), TrainConfig(steps=1, eval_every=1, progress=False))

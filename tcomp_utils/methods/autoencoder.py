@@ -39,6 +39,7 @@ those of the dense layer. :class:`AEEmbedding` decodes, per call, only the rows 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -50,8 +51,8 @@ from tqdm.auto import tqdm
 
 from .. import adapters, capture
 from ..budget import BudgetError, CompressedLinear, Footprint, as_parameter, check_ratio, dense_bytes
-from ..registry import (ConfigError, MethodConfig, check_choice, check_finite, check_int, module_row, register_method,
-                        register_module)
+from ..registry import (CompressionReport, ConfigError, MethodConfig, check_choice, check_finite, check_int, compress,
+                        module_row, register_method, register_module)
 from ..timing import phase
 
 SELECTIONS = ("output_error", "weight_error", "last")
@@ -305,84 +306,137 @@ class _Group:
     latent: int
     hidden: list[int]
     gram: list[torch.Tensor | None] = field(default_factory=list)  # per module: XᵀX (in × in) or token counts (vocab)
+    norm_sq: float | None = None  # the held-out squared norm of the weights themselves (computed once)
 
 
 def _loss(out: torch.Tensor, target: torch.Tensor, config: AEConfig) -> torch.Tensor:
-    loss = out.new_zeros(())
+    """The training loss of reconstructed rows ``out`` against ``target`` (… × B × n): one value
+    per leading index (per seed when the seeds' batches are stacked)."""
+    loss = out.new_zeros(out.shape[:-2])
     if config.cosine_weight:
-        loss = loss + config.cosine_weight * (1 - nn.functional.cosine_similarity(out, target, dim=-1)).mean()
+        loss = loss + config.cosine_weight * (1 - nn.functional.cosine_similarity(out, target, dim=-1)).mean(-1)
     if config.rmse_weight:
-        loss = loss + config.rmse_weight * (out - target).pow(2).mean().clamp_min(1e-20).sqrt()
+        loss = loss + config.rmse_weight * (out - target).pow(2).mean((-2, -1)).clamp_min(1e-20).sqrt()
     return loss
+
+
+def _held_out_sq(group: _Group, rows: torch.Tensor) -> float:
+    """Σ over the group's modules of the squared held-out norm of ``rows`` (N × n; see ``select``)."""
+    total, start = 0.0, 0
+    for rm, g in zip(group.rms, group.gram):
+        d = rows[start:start + _n_rows(rm)].double()
+        start += _n_rows(rm)
+        if g is None:                    # weight error
+            total += d.pow(2).sum().item()
+        elif g.dim() == 1:               # embedding: rows weighted by token frequency
+            total += (g[:, None] * d.pow(2)).sum().item()
+        else:                            # ‖X dᵀ‖² = tr(d XᵀX dᵀ)
+            total += ((d @ g) * d).sum().item()
+    return total
 
 
 def _held_out_error(group: _Group, recon: torch.Tensor) -> float:
     """Relative error of the reconstruction on the held-out inputs (see ``select``)."""
-    num = den = 0.0
-    start = 0
-    for rm, g in zip(group.rms, group.gram):
-        w = group.rows[start:start + _n_rows(rm)].double()
-        d = w - recon[start:start + _n_rows(rm)].double()
-        start += _n_rows(rm)
-        if g is None:                    # weight error
-            num, den = num + d.pow(2).sum().item(), den + w.pow(2).sum().item()
-        elif g.dim() == 1:               # embedding: rows weighted by token frequency
-            num += (g[:, None] * d.pow(2)).sum().item()
-            den += (g[:, None] * w.pow(2)).sum().item()
-        else:                            # ‖X dᵀ‖² = tr(d XᵀX dᵀ)
-            num += ((d @ g) * d).sum().item()
-            den += ((w @ g) * w).sum().item()
-    return math.sqrt(num / den) if den > 0 else 0.0
+    if group.norm_sq is None:  # the weights' own held-out norm, once per group
+        group.norm_sq = _held_out_sq(group, group.rows)
+    num = _held_out_sq(group, group.rows.double() - recon.double())
+    return math.sqrt(num / group.norm_sq) if group.norm_sq > 0 else 0.0
 
 
-def train_autoencoder(group: _Group, config: AEConfig, progress: bool = False) -> dict:
-    """Train one autoencoder on ``group.rows``; returns the kept ``decoder`` (:class:`AEDecoder`),
-    ``latents`` (N × x), ``norms`` (N, or None), the per-epoch ``history`` (loss, held-out error)
-    and the kept ``epoch``."""
+def _stacked(mlps: list[nn.Sequential]) -> list[tuple[nn.Parameter, nn.Parameter]]:
+    """The Linear layers of S MLPs of the same sizes as (weight S × in × out, bias S × 1 × out)."""
+    layers = [[m for m in mlp if isinstance(m, nn.Linear)] for mlp in mlps]
+    return [(nn.Parameter(torch.stack([lay[i].weight.detach().T for lay in layers]).contiguous()),
+             nn.Parameter(torch.stack([lay[i].bias.detach()[None] for lay in layers])))
+            for i in range(len(layers[0]))]
+
+
+def _run(layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+    """S MLPs at once on their own inputs x (S × B × in): one batched matmul per layer, LeakyReLU
+    between layers (as :func:`_mlp`)."""
+    for i, (w, b) in enumerate(layers):
+        x = torch.baddbmm(b, x, w)
+        if i < len(layers) - 1:
+            x = nn.functional.leaky_relu(x)
+    return x
+
+
+def train_autoencoders(group: _Group, configs: list[AEConfig], progress: bool = False) -> list[dict]:
+    """Train one autoencoder per config on ``group.rows``, all at once: the configs may differ in
+    their ``seed`` only. Each seed draws its own initial weights and its own batch order, and its
+    loss, gradients, Adam state and model selection are its own, exactly as if it were trained alone
+    (to float rounding); stacking the S networks into batched matmuls divides the number of operator
+    calls, which is what a step of these small MLPs costs on a CPU, by S.
+
+    Returns per config the kept ``decoder`` (:class:`AEDecoder`), ``latents`` (N × x), ``norms``
+    (N, or None), the per-epoch ``history`` (loss, held-out error) and the kept ``epoch``."""
+    config = configs[0]
+    if any(dataclasses.replace(c, seed=config.seed) != config for c in configs):
+        raise ValueError("autoencoders trained together must share every setting but the seed")
     rows = group.rows.float()
     n_rows, n = rows.shape
     scale = rows.abs().max().clamp_min(1e-12).item()
     target = rows / scale
-    gen = torch.Generator().manual_seed(config.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        encoder = _mlp([n, *[max(1, round(a * group.latent)) for a in config.encoder_widths], group.latent])
-        decoder = AEDecoder(group.latent, group.hidden, n, scale)
+    encoders, decoders = [], []
+    for c in configs:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            encoders.append(_mlp([n, *[max(1, round(a * group.latent)) for a in config.encoder_widths], group.latent]))
+            decoders.append(AEDecoder(group.latent, group.hidden, n, scale))
+    enc, dec = _stacked(encoders), _stacked([d.net for d in decoders])
+    gens = [torch.Generator().manual_seed(c.seed) for c in configs]
     norms_scaled = target.norm(dim=-1) if config.enforce_norm else None
-    opt = torch.optim.Adam([*encoder.parameters(), *decoder.net.parameters()], lr=config.lr)
+    # one fused kernel per tensor and step (the step of a small MLP is otherwise mostly optimizer calls)
+    opt = torch.optim.Adam([p for layer in (*enc, *dec) for p in layer], lr=config.lr, fused=True)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.lr_step, gamma=config.lr_gamma)
-    history, best = [], None
+    histories: list[list[dict]] = [[] for _ in configs]
+    best: list[dict | None] = [None] * len(configs)
     for epoch in tqdm(range(config.epochs), desc=f"ae {group.rms[0].role} x{group.latent}", disable=not progress,
                       leave=False):
-        encoder.train()
-        total, seen = 0.0, 0
-        for idx in torch.randperm(n_rows, generator=gen).split(config.batch_size):
-            t = target[idx]
-            out = torch.tanh(decoder.net(encoder(t)))
+        total = torch.zeros(len(configs))
+        order = torch.stack([torch.randperm(n_rows, generator=g) for g in gens])  # S × N
+        for idx in order.split(config.batch_size, dim=1):
+            t = target[idx]                                                        # S × B × n
+            out = torch.tanh(_run(dec, _run(enc, t)))
             if norms_scaled is not None:
                 out = out * (norms_scaled[idx] / out.norm(dim=-1).clamp_min(1e-12)).unsqueeze(-1)
-            loss = _loss(out, t, config)
+            loss = _loss(out, t, config)                                           # S
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.sum().backward()  # each seed's parameters get the gradient of its own loss only
             opt.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
+            total += loss.detach() * idx.shape[1]
         sched.step()
-        last = epoch == config.epochs - 1
-        if config.select == "last" and not last:
-            history.append(dict(epoch=epoch, loss=total / seen, held_out_error=float("nan")))
+        losses = (total / n_rows).tolist()
+        if config.select == "last" and epoch < config.epochs - 1:
+            for h, loss_ in zip(histories, losses):
+                h.append(dict(epoch=epoch, loss=loss_, held_out_error=float("nan")))
             continue
         with torch.no_grad():
-            latents = encoder(target)
-            norms = norms_scaled * scale if norms_scaled is not None else None
-            recon = decoder(latents, norms)
-        err = _held_out_error(group, recon)
-        history.append(dict(epoch=epoch, loss=total / seen, held_out_error=err))
-        if best is None or err < best["error"] or config.select == "last":
-            best = dict(error=err, epoch=epoch, latents=latents.clone(), state=copy.deepcopy(decoder.state_dict()))
-    decoder.load_state_dict(best["state"])
+            latents = _run(enc, target.expand(len(configs), n_rows, n))
+            recon = torch.tanh(_run(dec, latents))
+            recon = (recon * (norms_scaled * scale / recon.norm(dim=-1).clamp_min(1e-12)).unsqueeze(-1)
+                     if norms_scaled is not None else recon * scale)
+        for s, (h, loss_) in enumerate(zip(histories, losses)):
+            err = _held_out_error(group, recon[s])
+            h.append(dict(epoch=epoch, loss=loss_, held_out_error=err))
+            if best[s] is None or err < best[s]["error"] or config.select == "last":
+                best[s] = dict(error=err, epoch=epoch, latents=latents[s].clone(),
+                               layers=[(w[s].detach().clone(), b[s, 0].detach().clone()) for w, b in dec])
     norms = norms_scaled * scale if norms_scaled is not None else None
-    return dict(decoder=decoder, latents=best["latents"], norms=norms, history=history, epoch=best["epoch"],
-                held_out_error=best["error"])
+    fits = []
+    for decoder, b, h in zip(decoders, best, histories):
+        with torch.no_grad():
+            for lin, (w, bias) in zip([m for m in decoder.net if isinstance(m, nn.Linear)], b["layers"]):
+                lin.weight.copy_(w.T)
+                lin.bias.copy_(bias)
+        fits.append(dict(decoder=decoder, latents=b["latents"], norms=norms, history=h, epoch=b["epoch"],
+                         held_out_error=b["error"]))
+    return fits
+
+
+def train_autoencoder(group: _Group, config: AEConfig, progress: bool = False) -> dict:
+    """One autoencoder on ``group.rows`` (:func:`train_autoencoders` with one config)."""
+    return train_autoencoders(group, [config], progress)[0]
 
 
 def fit_modules(model: nn.Module, rms: list[adapters.RoleModule], config: AEConfig,
@@ -464,6 +518,31 @@ def _held_out(model: nn.Module, groups: list[_Group], calibration: list[dict]) -
                 g.gram.append(grams[rm.path])
 
 
+_JOINT: dict | None = None  # while compress_seeds runs: its seeds and the fits trained together
+
+
+def compress_seeds(model: nn.Module, config: AEConfig, seeds: int, calibration: list[dict] | None = None, *,
+                   progress: bool = False) -> list[tuple[nn.Module, CompressionReport]]:
+    """Autoencoder compression of ``seeds`` copies of ``model`` (left unchanged), copy s with
+    ``config.seed = s``: what ``compress(copy.deepcopy(model), replace(config, seed=s))`` gives for
+    s = 0 … seeds−1, but with the seeds' autoencoders trained together
+    (:func:`train_autoencoders`) and the held-out inputs captured once. The training time is booked
+    to the first copy's report (``phases["training"]``); the mean over the reports is the time per seed."""
+    global _JOINT
+    check_int("seeds", seeds)
+    if _JOINT is not None:
+        raise RuntimeError("compress_seeds is already running (it is not re-entrant)")
+    _JOINT = {"seeds": list(range(seeds)), "fits": {}}
+    try:
+        runs = []
+        for s in range(seeds):
+            copy_ = copy.deepcopy(model)
+            runs.append((copy_, compress(copy_, dataclasses.replace(config, seed=s), calibration, progress=progress)))
+        return runs
+    finally:
+        _JOINT = None
+
+
 @register_method("ae", AEConfig, family="autoencoder")
 def _autoencoder(model, config: AEConfig, calibration, progress) -> list[dict]:
     """Autoencoder over the rows of each matrix (or of one role stacked across layers); latents and decoder stored."""
@@ -473,17 +552,30 @@ def _autoencoder(model, config: AEConfig, calibration, progress) -> list[dict]:
         rows = torch.cat([_matrix(rm) for rm in rms]).float()
         x = latent_size(rows.shape[0], rows.shape[1], config.ratio, config.decoder_widths, config.enforce_norm)
         groups.append(_Group(rms, rows, x, decoder_widths_for(x, config.decoder_widths)))
-    if config.select == "output_error":
-        with phase("capture"):
-            _held_out(model, groups, calibration)
-    else:
+    shared = _JOINT.get("fits") if _JOINT and config.seed in _JOINT["seeds"] else None
+    key = (repr(dataclasses.replace(config, seed=0)), tuple(rm.path for g in groups for rm in g.rms))
+    if config.select != "output_error":
         for g in groups:
             g.gram = [None] * len(g.rms)
+    elif shared is not None and ("gram", key) in shared:  # the same copy's held-out inputs, captured once
+        for g, gram in zip(groups, shared["gram", key]):
+            g.gram = gram
+    else:
+        with phase("capture"):
+            _held_out(model, groups, calibration)
+        if shared is not None:
+            shared["gram", key] = [g.gram for g in groups]
     rows_out = []
-    for g in tqdm(groups, desc=f"ae {config.mode} x{config.ratio:g}", disable=not progress):
+    for i, g in enumerate(tqdm(groups, desc=f"ae {config.mode} x{config.ratio:g}", disable=not progress)):
         start_t = time.perf_counter()
         with phase("training"):
-            fit = train_autoencoder(g, config)
+            if shared is None:
+                fit = train_autoencoder(g, config)
+            else:  # every seed of compress_seeds trained together on the first call, kept for the others
+                if (key, i) not in shared:
+                    fits = train_autoencoders(g, [dataclasses.replace(config, seed=s) for s in _JOINT["seeds"]])
+                    shared[key, i] = dict(zip(_JOINT["seeds"], fits))
+                fit = shared[key, i].pop(config.seed)
         seconds = time.perf_counter() - start_t
         new, start = {}, 0
         for rm in g.rms:
