@@ -26,6 +26,10 @@ retried on the next run. At the end all points of the spec are gathered into
 ``<output>/results.csv`` (one row per point: parameters, status, error, code hash, scalar records)
 and each table-valued record ``R`` into ``<output>/R.csv``.
 
+Every run that computes points appends a row to ``<output>/runs.csv``: when it started, its wall
+time, the workers, how many points it ran of the spec's, and their summed cell time; the measured
+time of a complete grid is read there.
+
 With ``--reduced`` only the ``reduced`` points run; every other point keeps its row of the existing
 ``results.csv`` (the committed table), marked ``stale`` when its code hash is not the current one.
 
@@ -37,6 +41,7 @@ The spec is checked before anything runs: every parameter must be one the notebo
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import difflib
 import hashlib
 import itertools
@@ -44,6 +49,7 @@ import json
 import math
 import re
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,6 +278,7 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
         if result["status"] != "ok":
             bar.write(f"point {key} {point} failed: {result['error']}")
 
+    started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     if pending and (workers or scheduler):
         from dask.distributed import Client, LocalCluster, as_completed
 
@@ -288,7 +295,25 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
         for key, point in pending:
             save(key, point, execute_point(source, spec.point_parameters(point), cwd))
     bar.close()
+    if pending:
+        log_run(spec, started, time.perf_counter() - clock, scheduler or workers, [k for k, _ in pending], reduced)
     return gather(spec)
+
+
+def log_run(spec: SweepSpec, started: dt.datetime, wall_s: float, workers: int | str, keys: list[str],
+            reduced: bool = False) -> pd.DataFrame:
+    """Append one run to ``<output>/runs.csv``: ``started`` (UTC), ``wall_s``, ``workers`` (0: in
+    this process; or the scheduler's address), ``points_run`` of ``points_total``, ``reduced``, the
+    points' summed ``cell_s`` and how many ended ``ok``. Returns the whole log."""
+    recs = [_read_record(spec.output / "points" / f"{k}.json") or {} for k in keys]
+    row = {"started": started.isoformat(timespec="seconds"), "wall_s": round(wall_s, 1), "workers": workers,
+           "points_run": len(keys), "points_total": len(spec.points), "reduced": reduced,
+           "cell_s": round(sum(float(r.get("elapsed_s") or 0) for r in recs), 1),
+           "ok": sum(r.get("status") == "ok" for r in recs)}
+    path = spec.output / "runs.csv"
+    log = pd.concat([_previous(path), pd.DataFrame([row])], ignore_index=True)
+    _write_csv(log, path)
+    return log
 
 
 def _previous(path: Path) -> pd.DataFrame | None:

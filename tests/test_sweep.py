@@ -288,3 +288,17 @@ def test_pending_points_run_longest_first_and_new_ones_before_them(tmp_path, mon
     spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": x} for x in (1, 2, 3, 4)]))
     sweep.run_sweep(spec, progress=False)
     assert order == [4, 2, 1, 3]
+
+
+def test_each_run_that_computes_points_is_logged_with_its_wall_time(tmp_path):
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": x} for x in (1, 2, 3)], fail_on=3))
+    sweep.run_sweep(spec, progress=False)
+    sweep.run_sweep(spec, progress=False)  # only the failed point runs again
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": x} for x in (1, 2, 3, 4)], fail_on=3))
+    sweep.run_sweep(spec, progress=False)  # the new point and the failed one
+    sweep.run_sweep(spec, progress=False, keep_stale=True)
+    log = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert list(log.points_run) == [3, 1, 2, 1] and list(log.points_total) == [3, 3, 4, 4] and list(log.ok) == [2, 0, 1, 0]
+    assert (log.workers == 0).all() and not log.reduced.any()
+    assert (log.wall_s >= log.cell_s - 0.1).all() and (log.cell_s > 0).all()  # serial: the cells add up to less
+    assert pd.to_datetime(log.started).is_monotonic_increasing
