@@ -189,7 +189,7 @@ def translate(model: nn.Module, tokenizer, sources: Sequence[str], batch_size: i
 
     model.eval()
     device = next(model.parameters()).device
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))  # little padding per batch
+    order = metrics.length_order(tokenizer, sources, max_length=max_length)  # little padding per batch
     out: dict[int, str] = {}
     for i in tqdm(range(0, len(order), batch_size), desc="translate", disable=not progress):
         idx = order[i:i + batch_size]

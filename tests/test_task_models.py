@@ -166,3 +166,19 @@ def test_the_smoke_task_model_beats_the_majority_class():
     labels = task["test"].select(range(info.metrics["test_examples"]))["label"]
     majority = max(labels.count(0), labels.count(1)) / len(labels)
     assert info.metrics["test_accuracy"] > majority + 0.08 and info.metrics["test_f1"] > 0.6
+
+
+@pytest.mark.slow
+def test_predictions_come_back_in_input_order_from_batches_sorted_by_token_count():
+    """Batches are cut from the texts sorted by tokens (not characters); the logits must still be
+    each text's own, as if it were scored alone."""
+    from tcomp_utils import metrics, tasks
+    model, tok, info = task_models.get_task_model("minilm-l6-tweets-smoke", progress=False)
+    texts = tasks.load_task("tweets", seed=info.recipe["split_seed"])["test"]["text"][:40]
+    order = metrics.length_order(tok, texts, max_length=16)
+    counts = [min(len(tok(t)["input_ids"]), 16) for t in texts]
+    assert sorted(order) == list(range(40)) and [counts[i] for i in order] == sorted(counts)
+    batched = metrics.predict_classifier(model, tok, texts, batch_size=8, max_length=16)
+    alone = metrics.predict_classifier(model, tok, texts, batch_size=1, max_length=16)
+    assert batched.shape == (40, model.config.num_labels)
+    assert abs(batched - alone).max() < 1e-4
