@@ -288,6 +288,63 @@ def _pruning_decoder(results: pd.DataFrame):
     return fig, table.round(4)
 
 
+QAT_TARGETS = {"attention": "attention linear", "linear": "all linear", "attention+embeddings": "attention + embeddings"}
+QAT_PROTOCOLS = ["QAT from scratch", "QAT fine-tuning", "PTQ (seed's grid)", "PTQ RTN", "PTQ GPTQ"]
+
+
+def _qat_cells(results: pd.DataFrame) -> pd.DataFrame:
+    """The QAT table's cells with labels: ``row`` (the seed's row: fp32, binary, row-scaled binary or
+    b-bit), ``target`` (its label), ``protocol`` (one of :data:`QAT_PROTOCOLS`, or fp32), ``stored_bits``
+    (bits a quantized weight takes: b + 1 for the seed's b-bit grid, whose sign is stored apart),
+    BLEU, chrF and MB of the whole model as stored."""
+    ok = results[results.status == "ok"].copy()
+    ptq = ok.ptq.fillna("signmag") if "ptq" in ok else pd.Series("signmag", index=ok.index)
+    seed_grid = ok.protocol.isin(["scratch", "finetune"]) | ((ok.protocol == "ptq") & (ptq == "signmag"))
+    bits = ok.bits.astype("Int64").astype(str)
+    ok["row"] = ok.quantizer.map({"binary": "binary", "binary_scaled": "binary, row-scaled"}).where(
+        seed_grid & (ok.quantizer != "seed"), bits + "-bit").where(ok.protocol != "fp32", "fp32")
+    ok["target"] = ok.target.map(QAT_TARGETS).where(ok.protocol != "fp32", "-")
+    ok["protocol"] = ok.protocol.map({"scratch": QAT_PROTOCOLS[0], "finetune": QAT_PROTOCOLS[1], "fp32": "fp32"}).where(
+        ok.protocol != "ptq", ptq.map({"signmag": QAT_PROTOCOLS[2], "rtn": QAT_PROTOCOLS[3], "gptq": QAT_PROTOCOLS[4]}))
+    ok["stored_bits"] = ok.weight_bits.astype(int)
+    ok["MB"] = ok.bytes_after / 1e6
+    return ok[["row", "target", "protocol", "stored_bits", "test_bleu", "test_chrf", "MB"]].reset_index(drop=True)
+
+
+def _qat_table(results: pd.DataFrame):
+    """Seed 003's table: test BLEU against the bits a quantized weight is stored in, per target, for
+    QAT from scratch (the seed's protocol), QAT fine-tuning of the trained model and post-training
+    quantization; the fp32 model as a dashed line."""
+    cells = _qat_cells(results)
+    base = cells[cells.protocol == "fp32"].test_bleu
+    q = cells[cells.protocol != "fp32"]
+    targets = [t for t in QAT_TARGETS.values() if t in set(q.target)]
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.6 * len(targets), 3.8), sharey=True, squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        d = q[q.target == target]
+        binary = d.row.str.startswith("binary")
+        kw = dict(x="stored_bits", y="test_bleu", hue="protocol", style="protocol", ax=ax, hue_order=QAT_PROTOCOLS,
+                  style_order=QAT_PROTOCOLS)
+        if (~binary).any():  # the b-bit grids as lines, binary weights as points at 1 bit
+            sns.lineplot(data=d[~binary], markers=True, dashes=False, markersize=8, **kw)
+        sns.scatterplot(data=d[binary], s=60, legend=(~binary).sum() == 0, **kw)
+        for _, r in d[binary].iterrows():
+            ax.annotate("scaled" if "scaled" in r.row else "sign", (r.stored_bits, r.test_bleu), fontsize=7,
+                        xytext=(4, 0), textcoords="offset points", va="center")
+        if len(base):
+            ax.axhline(base.iloc[0], color="0.3", ls="--", lw=1)
+            ax.text(ax.get_xlim()[1], base.iloc[0], "fp32 ", fontsize=8, va="bottom", ha="right", color="0.3")
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.set(xticks=sorted(d.stored_bits.unique()), xlabel="stored bits per quantized weight",
+               ylabel="test BLEU", title=target)
+    for ax in axes[0][1:]:
+        if ax.get_legend():
+            ax.get_legend().remove()
+    fig.suptitle("Quantization-aware training vs post-training quantization (German→English)", y=1.02)
+    return fig, cells.sort_values(["target", "row", "protocol"]).round(3)
+
+
 FIGURES = {f.name: f for f in [
     Figure("budget_axis_macs", "papermill_runs/budget_axis/results.csv", "papermill_runs/budget_axis.yaml", _budget_axis),
     Figure("baselines_by_role", "papermill_runs/baselines/by_role.csv", "papermill_runs/baselines.yaml", _baselines_by_role),
@@ -299,8 +356,7 @@ FIGURES = {f.name: f for f in [
     Figure("structured_pruning_encoder", "papermill_runs/structured_pruning_encoder/results.csv",
            "papermill_runs/structured_pruning_encoder.yaml", _pruning_encoder),
     Figure("structured_pruning_decoder", "papermill_runs/structured_pruning_decoder/results.csv",
-           "papermill_runs/structured_pruning_decoder.yaml", _pruning_decoder),
-]}
+           "papermill_runs/structured_pruning_decoder.yaml", _pruning_decoder),]}
 
 
 def build(names: list[str] | None = None, out: Path | None = None, root: Path = REPO_ROOT) -> list[Path]:
@@ -467,6 +523,39 @@ def _pruning_decoder_table(results: pd.DataFrame) -> str:
     line = "; ".join(f"{'fp32' if not b else f'GPTQ {b}-bit'} {r.perplexity_novel:.2f} (novel), "
                      f"{r.perplexity_jargon:.2f} (Jargon File), {r.MB:.1f} MB" for b, r in dense.iterrows())
     return _markdown(frame, numeric=len(mus) + 2) + f"\n\nDense: {line}."
+
+
+def _qat_readme(results: pd.DataFrame) -> str:
+    """Seed 003's rows (target × row), columns the stored bits, the model's MB and test BLEU per
+    protocol (the best of each row in bold); RTN and GPTQ rows below with their BLEU under PTQ;
+    the fp32 model in a line under the table."""
+    cells = _qat_cells(results)
+    fp32 = cells[cells.protocol == "fp32"]
+    q = cells[cells.protocol != "fp32"].copy()
+    on_seed_grid = ~q.protocol.isin(QAT_PROTOCOLS[3:])
+    q["method"] = q.protocol.str.removeprefix("PTQ ").where(~on_seed_grid, "QAT / PTQ")
+    q["column"] = q.protocol.where(on_seed_grid, QAT_PROTOCOLS[2]).replace({QAT_PROTOCOLS[2]: "PTQ"})
+    columns = [c for c in [*QAT_PROTOCOLS[:2], "PTQ"] if c in set(q.column)]
+    bleu = q.pivot_table(index=["target", "method", "row"], columns="column", values="test_bleu")[columns]
+    key = lambda idx: idx.map(lambda v: (list(QAT_TARGETS.values()).index(v) if v in QAT_TARGETS.values()  # noqa: E731
+                                         else ["QAT / PTQ", "RTN", "GPTQ"].index(v) if v in ("QAT / PTQ", "RTN", "GPTQ")
+                                         else (0 if v.startswith("binary") else 1, -int(v.split("-")[0])
+                                               if v[0].isdigit() else len(v))))
+    bleu = bleu.sort_index(key=key)
+    cells_ = _bold_best(bleu.T, lower=False, fmt="{:.2f}").T  # a row's best protocol in bold
+    single = bleu.notna().sum(axis=1) < 2
+    cells_[single] = bleu[single].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
+    meta = q.groupby(["target", "method", "row"]).agg(bits=("stored_bits", "first"), MB=("MB", "median"))
+    idx = bleu.index.to_frame(index=False)
+    frame = pd.concat([idx.rename(columns={"target": "target", "method": "method", "row": "weights"}),
+                       pd.DataFrame({"stored bits": [str(b) for b in meta.loc[bleu.index].bits],
+                                     "MB": [f"{v:.2f}" for v in meta.loc[bleu.index].MB]}),
+                       cells_.reset_index(drop=True)], axis=1)
+    out = _markdown(frame, numeric=2 + len(columns))
+    if len(fp32):
+        r = fp32.iloc[0]
+        out += f"\n\nfp32: BLEU {r.test_bleu:.2f}, chrF {r.test_chrf:.1f}, {r.MB:.2f} MB."
+    return out
 
 
 @dataclass(frozen=True)

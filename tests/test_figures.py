@@ -80,3 +80,37 @@ def test_offline_table_carries_intervals_and_the_embedding_column():
     assert "**80.0** (78.0–81.0)" in lines[("embeddings", "ae", "separated")]  # alone in its group: the best
     assert "70.0 (68.0–71.0)†" in lines[("qkv", "svd", "separated")]  # a collapse onto the majority class
     assert list(lines)[0][0] == "ffn" and list(lines)[-1][0] == "embeddings"
+
+
+def test_qat_cells_label_the_seed_rows_protocols_and_stored_bits():
+    """Seed 003's rows (binary, b-bit of the seed's grid with its sign stored apart, RTN/GPTQ on
+    theirs) per protocol, and the figure with one panel per target."""
+    rows = [dict(protocol="fp32", quantizer="seed", bits=8, target="attention", ptq="signmag", weight_bits=32,
+                 bytes_after=4e6, test_bleu=5.0, test_chrf=30.0)]
+    for protocol in ("scratch", "finetune", "ptq"):
+        rows += [dict(protocol=protocol, quantizer="binary", bits=8, target="linear", ptq="signmag", weight_bits=1,
+                      bytes_after=1e6, test_bleu=0.5, test_chrf=10.0),
+                 dict(protocol=protocol, quantizer="binary_scaled", bits=8, target="attention", ptq="signmag",
+                      weight_bits=1, bytes_after=3e6, test_bleu=3.0, test_chrf=25.0),
+                 dict(protocol=protocol, quantizer="seed", bits=4, target="attention+embeddings", ptq="signmag",
+                      weight_bits=5, bytes_after=2e6, test_bleu=4.5, test_chrf=29.0)]
+    rows.append(dict(protocol="ptq", quantizer="seed", bits=4, target="linear", ptq="gptq", weight_bits=4,
+                     bytes_after=1.5e6, test_bleu=4.0, test_chrf=28.0))
+    results = pd.DataFrame(rows).assign(status="ok")
+    cells = figures._qat_cells(pd.concat([results, results.iloc[:1].assign(status="failed")]))
+    assert len(cells) == len(results)
+    label = {(r.row, r.target, r.protocol): r.stored_bits for r in cells.itertuples()}
+    assert label[("fp32", "-", "fp32")] == 32
+    assert label[("binary", "all linear", "QAT from scratch")] == 1
+    assert label[("binary, row-scaled", "attention linear", "QAT fine-tuning")] == 1
+    assert label[("4-bit", "attention + embeddings", "PTQ (seed's grid)")] == 5  # 4 magnitude bits + the sign
+    assert label[("4-bit", "all linear", "PTQ GPTQ")] == 4
+    fig, data = figures._qat_table(results)
+    assert [ax.get_title() for ax in fig.axes] == list(figures.QAT_TARGETS.values())
+    assert len(data) == len(results)
+    table = figures._qat_readme(results).splitlines()
+    binary = next(line for line in table if "| all linear" in line and "| binary " in line)
+    assert [c.strip() for c in binary.split("|")[4:-1]] == ["1", "1.00", "0.50", "0.50", "0.50"]  # a tie: no bold
+    gptq = next(line for line in table if "| GPTQ" in line)
+    assert [c.strip() for c in gptq.split("|")[3:-1]] == ["4-bit", "4", "1.50", "", "", "4.00"]
+    assert table[-1] == "fp32: BLEU 5.00, chrF 30.0, 4.00 MB."
