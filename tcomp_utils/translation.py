@@ -47,7 +47,8 @@ class TranslationRecipe:
     Training: ``epochs`` over ``train_examples`` (None: the whole split) in batches of
     ``batch_size`` pairs of at most ``max_length`` tokens; peak ``lr`` after ``warmup_steps``,
     then ∝ 1/√step; BLEU on the first ``val_examples`` validation pairs every ``eval_every``
-    steps, stop after ``patience`` evaluations without a better one. The recorded metrics are
+    steps, stop after ``patience`` evaluations without a better one; ``precision="bf16"`` runs the
+    matmuls in bfloat16 under autocast (weights and optimizer float32). The recorded metrics are
     on the first ``eval_examples`` pairs of the validation and test splits (None: all)."""
 
     task: str = "de-en"
@@ -72,7 +73,12 @@ class TranslationRecipe:
     val_examples: int = 500
     eval_examples: int | None = None
     patience: int | None = 4
+    precision: str = "fp32"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in trainer.PRECISIONS:
+            raise ValueError(f"precision={self.precision!r}; allowed: {', '.join(trainer.PRECISIONS)}")
 
     def key(self) -> str:
         """Cache key: the recipe, the pairs' SHA-256 and the training code version."""
@@ -232,7 +238,7 @@ def train_model(model: nn.Module, tokenizer, recipe: TranslationRecipe, task: ta
         warmup_steps=warmup_steps if warmup_steps is not None else recipe.warmup_steps, max_grad_norm=1.0,
         eval_every=recipe.eval_every, metric="val_bleu", greater_is_better=True, patience=recipe.patience,
         checkpoint_dir=checkpoint_dir, checkpoint_every=recipe.eval_every if checkpoint_dir else None,
-        progress=progress, desc=desc)
+        progress=progress, desc=desc, precision=recipe.precision)
     torch.manual_seed(recipe.seed)
     return trainer.train(model, data, config, loss=smoothed_loss(recipe.label_smoothing), evaluate=val_bleu)
 

@@ -126,6 +126,12 @@ def test_a_stopped_training_resumes_from_its_checkpoint_and_ends_as_an_unbroken_
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
 
 
+def test_a_recipe_with_an_unknown_precision_is_refused():
+    with pytest.raises(ValueError, match=r"precision='fp8'; allowed: fp32, bf16"):
+        dataclasses.replace(TINY, precision="fp8")
+    assert dataclasses.replace(TINY, precision="bf16").key() != TINY.key()
+
+
 def test_unknown_translation_model_name():
     with pytest.raises(KeyError, match="unknown translation model 'marian'"):
         translation.get_translation_model("marian")
