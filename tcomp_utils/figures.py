@@ -356,7 +356,8 @@ FIGURES = {f.name: f for f in [
     Figure("structured_pruning_encoder", "papermill_runs/structured_pruning_encoder/results.csv",
            "papermill_runs/structured_pruning_encoder.yaml", _pruning_encoder),
     Figure("structured_pruning_decoder", "papermill_runs/structured_pruning_decoder/results.csv",
-           "papermill_runs/structured_pruning_decoder.yaml", _pruning_decoder),]}
+           "papermill_runs/structured_pruning_decoder.yaml", _pruning_decoder),
+]}
 
 
 def build(names: list[str] | None = None, out: Path | None = None, root: Path = REPO_ROOT) -> list[Path]:
@@ -536,20 +537,18 @@ def _qat_readme(results: pd.DataFrame) -> str:
     q["method"] = q.protocol.str.removeprefix("PTQ ").where(~on_seed_grid, "QAT / PTQ")
     q["column"] = q.protocol.where(on_seed_grid, QAT_PROTOCOLS[2]).replace({QAT_PROTOCOLS[2]: "PTQ"})
     columns = [c for c in [*QAT_PROTOCOLS[:2], "PTQ"] if c in set(q.column)]
-    bleu = q.pivot_table(index=["target", "method", "row"], columns="column", values="test_bleu")[columns]
-    key = lambda idx: idx.map(lambda v: (list(QAT_TARGETS.values()).index(v) if v in QAT_TARGETS.values()  # noqa: E731
-                                         else ["QAT / PTQ", "RTN", "GPTQ"].index(v) if v in ("QAT / PTQ", "RTN", "GPTQ")
-                                         else (0 if v.startswith("binary") else 1, -int(v.split("-")[0])
-                                               if v[0].isdigit() else len(v))))
-    bleu = bleu.sort_index(key=key)
+    # rows: targets in the seed's order, the seed's grid before RTN and GPTQ, binary before b-bit (most bits first)
+    order = {"target": list(QAT_TARGETS.values()).index, "method": ["QAT / PTQ", "RTN", "GPTQ"].index,
+             "row": lambda r: (0, r) if r.startswith("binary") else (1, -int(r.split("-")[0]))}
+    bleu = q.pivot_table(index=list(order), columns="column", values="test_bleu")[columns]
+    bleu = bleu.sort_index(key=lambda level: level.map(order[level.name]))
     cells_ = _bold_best(bleu.T, lower=False, fmt="{:.2f}").T  # a row's best protocol in bold
     single = bleu.notna().sum(axis=1) < 2
     cells_[single] = bleu[single].map(lambda v: "" if pd.isna(v) else f"{v:.2f}")
-    meta = q.groupby(["target", "method", "row"]).agg(bits=("stored_bits", "first"), MB=("MB", "median"))
-    idx = bleu.index.to_frame(index=False)
-    frame = pd.concat([idx.rename(columns={"target": "target", "method": "method", "row": "weights"}),
-                       pd.DataFrame({"stored bits": [str(b) for b in meta.loc[bleu.index].bits],
-                                     "MB": [f"{v:.2f}" for v in meta.loc[bleu.index].MB]}),
+    meta = q.groupby(list(order)).agg(bits=("stored_bits", "first"), MB=("MB", "median")).loc[bleu.index]
+    frame = pd.concat([bleu.index.to_frame(index=False).rename(columns={"row": "weights"}),
+                       pd.DataFrame({"stored bits": meta.bits.astype(str).tolist(),
+                                     "MB": [f"{v:.2f}" for v in meta.MB]}),
                        cells_.reset_index(drop=True)], axis=1)
     out = _markdown(frame, numeric=2 + len(columns))
     if len(fp32):
