@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from transformers import PreTrainedTokenizerFast, T5ForConditionalGeneration
+from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
 from tcomp_utils import tasks, translation
 
@@ -36,7 +36,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:  # exactly what get_translation_model would cache
         out = translation.make(recipe, Path(tmp))
         log = pd.read_csv(Path(tmp) / "log.csv")
-        model = T5ForConditionalGeneration.from_pretrained(tmp)
+        model = AutoModelForSeq2SeqLM.from_pretrained(tmp)
         tok = PreTrainedTokenizerFast.from_pretrained(tmp)
     print(f"{recipe}\n{out['steps']} steps, {time.perf_counter() - start:.0f} s with evaluations "
           f"({args.threads} thread(s)), {out['parameters']:,} parameters")

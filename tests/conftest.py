@@ -37,6 +37,18 @@ def tiny_t5(**kw):
     return T5ForConditionalGeneration(cfg).eval()
 
 
+def tiny_marian(**kw):
+    """The vanilla Transformer of the embedded translation model (post-norm, sinusoidal positions,
+    encoder and decoder sharing one embedding table, a separate output layer)."""
+    from transformers import MarianConfig, MarianMTModel
+
+    cfg = MarianConfig(vocab_size=100, decoder_vocab_size=100, d_model=32, encoder_layers=2, decoder_layers=2,
+                       encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,
+                       max_position_embeddings=64, pad_token_id=0, decoder_start_token_id=0,
+                       share_encoder_decoder_embeddings=True, **{"tie_word_embeddings": False, **kw})
+    return MarianMTModel(cfg).eval()
+
+
 TINY = {"bert": tiny_bert, "llama": tiny_llama, "opt": tiny_opt, "t5": tiny_t5}
 
 

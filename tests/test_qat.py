@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from conftest import tiny_bert, tiny_t5
+from conftest import tiny_bert, tiny_marian, tiny_t5
 from tcomp_utils import adapters, budget, serialize
 from tcomp_utils.methods import qat
 from tcomp_utils.methods.quant_grid import pack_rows, unpack_rows
@@ -90,17 +90,18 @@ def _ids():
     return torch.randint(0, 100, (3, 9), generator=g), torch.randint(0, 100, (3, 6), generator=g)
 
 
-def _t5_logits(model, ids):
+def _seq2seq_logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids[0], decoder_input_ids=ids[1]).logits
 
 
-@pytest.mark.parametrize("quantizer,bits,target", [("seed", 8, "attention"), ("seed", 2, "linear"),
-                                                   ("binary", None, "attention"), ("binary_scaled", None, "linear"),
-                                                   ("seed", 8, "attention+embeddings")])
-def test_qat_then_packed_model_computes_what_the_fake_quantized_one_evaluated(tmp_path, quantizer, bits, target):
+@pytest.mark.parametrize("build,quantizer,bits,target", [
+    (tiny_t5, "seed", 8, "attention"), (tiny_t5, "seed", 2, "linear"), (tiny_t5, "binary", None, "attention"),
+    (tiny_t5, "binary_scaled", None, "linear"), (tiny_t5, "seed", 8, "attention+embeddings"),
+    (tiny_marian, "seed", 4, "linear"), (tiny_marian, "seed", 8, "attention+embeddings")])
+def test_qat_then_packed_model_computes_what_the_fake_quantized_one_evaluated(tmp_path, build, quantizer, bits, target):
     torch.manual_seed(0)
-    model = tiny_t5(tie_word_embeddings=False)
+    model = build(tie_word_embeddings=False)
     config = qat.SignMagConfig(roles=qat.target_roles(target, model), quantizer=quantizer, bits=bits)
     targets = qat.prepare(model, config)
     assert len(qat.fake_quantized(model)) == len(targets)
@@ -114,15 +115,15 @@ def test_qat_then_packed_model_computes_what_the_fake_quantized_one_evaluated(tm
         loss.backward()
         opt.step()
     model.eval()
-    fake = _t5_logits(model, ids)
+    fake = _seq2seq_logits(model, ids)
     report = compress(model, config, progress=False)
     assert not qat.fake_quantized(model)
     packed = [m for m in model.modules() if isinstance(m, (SignMagLinear, SignMagEmbedding))]
     assert len(packed) == len(targets) == len(report.modules)
-    assert torch.equal(_t5_logits(model, ids), fake)
+    assert torch.equal(_seq2seq_logits(model, ids), fake)
     serialize.save_compressed(model, tmp_path / "q")
     loaded = serialize.load_compressed(tmp_path / "q")
-    assert torch.equal(_t5_logits(loaded, ids), fake)
+    assert torch.equal(_seq2seq_logits(loaded, ids), fake)
     assert budget.footprint(loaded) == budget.footprint(model)
 
 

@@ -9,7 +9,7 @@ import torch
 
 from tcomp_utils import metrics, tasks, translation
 
-TINY = dataclasses.replace(translation.RECIPES["t5-de-en-smoke"], train_examples=256, epochs=1, eval_every=4,
+TINY = dataclasses.replace(translation.RECIPES["transformer-de-en-smoke"], train_examples=256, epochs=1, eval_every=4,
                            val_examples=8, eval_examples=16, vocab_size=300, max_length=16)
 
 
@@ -63,10 +63,23 @@ def test_batches_mask_label_padding_and_the_smoothed_loss_is_the_cross_entropy()
     assert smoothed != pytest.approx(plain.item())
 
 
-def test_translate_keeps_input_order_and_beam_search_runs():
+def test_recipes_name_a_known_architecture_with_consistent_heads():
+    with pytest.raises(ValueError, match="architecture='rnn'; allowed: transformer, t5"):
+        dataclasses.replace(TINY, architecture="rnn")
+    with pytest.raises(ValueError, match=r"num_heads × d_kv = d_model; got 2 × 8 != 32"):
+        dataclasses.replace(TINY, d_kv=8)
+    dataclasses.replace(TINY, architecture="t5", d_kv=8)  # T5 sizes its heads freely
+
+
+@pytest.mark.parametrize("architecture,cls", [("transformer", "MarianMTModel"), ("t5", "T5ForConditionalGeneration")])
+def test_translate_keeps_input_order_and_beam_search_runs(architecture, cls):
     task = tasks.load_task("de-en")
     tok = translation.train_tokenizer(task["train"]["de"][:500] + task["train"]["en"][:500], 300)
-    model = translation.build_model(TINY, tok)
+    model = translation.build_model(dataclasses.replace(TINY, architecture=architecture), tok)
+    assert type(model).__name__ == cls
+    # the Transformer's generator is its own matrix (the seed's); transformers 5 ties T5's always
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    assert tied == (architecture == "t5")
     src = task["test"]["de"][:6]
     together = translation.translate(model, tok, src, batch_size=4, max_length=8)
     alone = [translation.translate(model, tok, [s], max_length=8)[0] for s in src]
