@@ -4,6 +4,7 @@ translations, with the wall time.
 
     python benchmarks/translation_pilot.py '{"epochs": 8}'
     python benchmarks/translation_pilot.py '{"epochs": 40, "eval_every": 885}' --threads 1
+    python benchmarks/translation_pilot.py '{"architecture": "t5", "batch_size": 32, "lr": 0.002}' --threads 1
 
 The JSON overrides fields of ``translation.TranslationRecipe()`` (early stopping is off unless
 ``patience`` is given).
@@ -33,6 +34,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     recipe = dataclasses.replace(translation.TranslationRecipe(), **{"patience": None, **json.loads(args.overrides)})
     start = time.perf_counter()
+    seconds = []  # wall time at each validation, for BLEU against time
+    evaluate = translation.evaluate
+
+    def timed(model, tok, dataset, spec, n=None, *a, **k):
+        out = evaluate(model, tok, dataset, spec, n, *a, **k)
+        if n == recipe.val_examples:
+            seconds.append(round(time.perf_counter() - start))
+        return out
+
+    translation.evaluate = timed
     with tempfile.TemporaryDirectory() as tmp:  # exactly what get_translation_model would cache
         out = translation.make(recipe, Path(tmp))
         log = pd.read_csv(Path(tmp) / "log.csv")
@@ -40,7 +51,7 @@ def main() -> None:
         tok = PreTrainedTokenizerFast.from_pretrained(tmp)
     print(f"{recipe}\n{out['steps']} steps, {time.perf_counter() - start:.0f} s with evaluations "
           f"({args.threads} thread(s)), {out['parameters']:,} parameters")
-    print(log[log.kind == "eval"][["step", "val_bleu", "val_chrf"]].to_string(index=False))
+    print(log[log.kind == "eval"][["step", "val_bleu", "val_chrf"]].assign(seconds=seconds).to_string(index=False))
     print("training loss per epoch:", log[log.kind == "train"].groupby("epoch").loss.mean().round(3).tolist())
     print(f"test BLEU {out['test_bleu']:.2f}, chrF {out['test_chrf']:.1f} ({out['test_bleu_signature']})")
     task = tasks.load_task(recipe.task, seed=recipe.split_seed)

@@ -142,7 +142,7 @@ def test_a_stopped_training_resumes_from_its_checkpoint_and_ends_as_an_unbroken_
 def test_a_recipe_with_an_unknown_precision_is_refused():
     with pytest.raises(ValueError, match=r"precision='fp8'; allowed: fp32, bf16"):
         dataclasses.replace(TINY, precision="fp8")
-    assert dataclasses.replace(TINY, precision="bf16").key() != TINY.key()
+    assert dataclasses.replace(TINY, precision="fp32").key() != TINY.key()  # precision is part of the cache key
 
 
 def test_unknown_translation_model_name():
