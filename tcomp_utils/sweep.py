@@ -270,33 +270,40 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
     cwd = str(spec.notebook.parent)
     bar = tqdm(total=len(keys), initial=len(keys) - len(pending), desc=f"sweep {spec.name}", disable=not progress)
 
+    saved: list[str] = []
+
     def save(key: str, point: dict[str, Any], result: dict[str, Any]) -> None:
         write_result(result, points_dir / f"{key}.ipynb", points_dir / f"{key}.json",
                      {"sweep": spec.name, "key": key, "notebook": notebook_label(spec.notebook),
                       "parameters": spec.point_parameters(point)})
+        saved.append(key)
         bar.update(1)
         if result["status"] != "ok":
             bar.write(f"point {key} {point} failed: {result['error']}")
 
     started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
-    if pending and (workers or scheduler):
-        from dask.distributed import Client, LocalCluster, as_completed
+    try:
+        if pending and (workers or scheduler):
+            from dask.distributed import Client, LocalCluster, as_completed
 
-        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                      dashboard_address=None)
-        with Client(scheduler or cluster) as client:
-            futures = {client.submit(execute_point, source, spec.point_parameters(p), cwd, pure=False,
-                                     key=f"{spec.name}-{k}"): (k, p) for k, p in pending}
-            for future in as_completed(futures):
-                save(*futures[future], future.result())
-        if cluster is not None:
-            cluster.close()
-    else:
-        for key, point in pending:
-            save(key, point, execute_point(source, spec.point_parameters(point), cwd))
-    bar.close()
-    if pending:
-        log_run(spec, started, time.perf_counter() - clock, scheduler or workers, [k for k, _ in pending], reduced)
+            cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                          dashboard_address=None)
+            try:
+                with Client(scheduler or cluster) as client:
+                    futures = {client.submit(execute_point, source, spec.point_parameters(p), cwd, pure=False,
+                                             key=f"{spec.name}-{k}"): (k, p) for k, p in pending}
+                    for future in as_completed(futures):
+                        save(*futures[future], future.result())
+            finally:
+                if cluster is not None:
+                    cluster.close()
+        else:
+            for key, point in pending:
+                save(key, point, execute_point(source, spec.point_parameters(point), cwd))
+    finally:  # an interrupted run is logged too: its wall time and the points it finished
+        bar.close()
+        if pending:
+            log_run(spec, started, time.perf_counter() - clock, scheduler or workers, saved, reduced)
     return gather(spec)
 
 

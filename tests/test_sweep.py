@@ -60,6 +60,29 @@ def test_point_keys_are_stable_and_depend_on_parameters(tmp_path):
     assert spec.point_key({"x": 1}) != sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1}]), profile="default").point_key({"x": 1})
 
 
+def test_an_interrupted_sweep_logs_its_wall_time_and_finished_points(tmp_path, monkeypatch):
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": x} for x in (1, 2, 3)]))
+    execute = sweep.execute_point
+    calls = []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return execute(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "execute_point", interrupted_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(spec, progress=False)
+    log = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert len(log) == 1 and log.points_run[0] == 1 and log.ok[0] == 1 and log.points_total[0] == 3
+    monkeypatch.setattr(sweep, "execute_point", execute)
+    results = sweep.run_sweep(spec, progress=False)  # the resumed run computes the other two
+    log = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert list(log.points_run) == [1, 2] and (results.status == "ok").all()
+    assert [runs(tmp_path, x) for x in (1, 2, 3)] == [1, 1, 1]
+
+
 def test_killed_sweep_resumes_without_recomputing_or_corruption(tmp_path):
     spec_path = write_spec(tmp_path, [{"x": x} for x in range(1, 7)], delay=1.0)
     proc = subprocess.Popen([sys.executable, "-m", "tcomp_utils.sweep", str(spec_path)], cwd=ROOT,
