@@ -1,6 +1,7 @@
 """Sweeps: failures recorded, resumable after a kill, same table locally and on Dask."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,6 +118,17 @@ def test_committed_specs_name_only_their_notebooks_parameters():
     for path in sorted((ROOT / "papermill_runs").glob("*.yaml")):
         spec = sweep.SweepSpec.load(path)  # raises on an unknown or mistyped parameter
         assert spec.points and spec.duplicates == 0, path.name
+
+
+def test_no_notebook_records_a_name_that_a_sweep_would_refuse():
+    """A record named like a parameter or a results column fails every sweep point after the
+    notebook has run: caught here, before hours of cells are spent."""
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        source = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+        names = set(re.findall(r"""record\(\s*["'](\w+)["']""", source))
+        clash = names & (set(runner.notebook_parameters(nb, path)) | set(records.RESERVED))
+        assert not clash, f"{path.name} records {sorted(clash)}, which are parameters or results columns"
 
 
 @pytest.mark.parametrize("change, message", [
