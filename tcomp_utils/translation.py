@@ -12,9 +12,9 @@ offline; seed 003 trains its own Transformer from scratch too).
   of the same size (pre-norm, relative position buckets). Both go through the adapters, so every
   role-based method (QAT, PTQ, pruning) applies to either. The Transformer's output layer is not
   tied to the embeddings (the seed's has a separate generator, which its quantization leaves in
-  float); transformers 5 ties T5's always. On these 11,303 training pairs the T5 form learns far more slowly: one thread, batch 32,
-  validation BLEU 0.87 after 1,282 s for T5 against 2.65 after 414 s for the Transformer
-  (``benchmarks/translation_pilot.py``), so the embedded recipe is the Transformer.
+  float); transformers 5 ties T5's always. On these 11,303 training pairs the T5 form learns far
+  more slowly (one thread, batch 32: validation BLEU 0.87 after 1,282 s against 2.65 after 414 s;
+  ``benchmarks/results/translation_pilots.md``), so the embedded recipe is the Transformer.
 * **Training** (:func:`train_model`, also used for QAT from scratch and QAT fine-tuning): the
   project's one trainer, AdamW with an inverse square-root schedule after a linear warm-up, label
   smoothing 0.1 (the seed's), gradient clipping, early stopping on validation BLEU (greedy, the
@@ -106,15 +106,15 @@ RECIPES = {
     # the same size as a T5 (pre-norm, relative positions): learns far more slowly on these pairs
     "t5-de-en": TranslationRecipe(architecture="t5"),
     # the seed's setting (needs a hub and a GPU): a 6-layer d512 Transformer on IWSLT 2017 en→de
-    "transformer-iwslt-en-de": TranslationRecipe(task="iwslt2017-en-de", vocab_size=16000, d_model=512, d_ff=2048,
-                                        num_layers=6, num_decoder_layers=6, num_heads=8, d_kv=64, batch_size=128,
-                                        epochs=20, lr=1e-3, warmup_steps=4000, max_length=100, eval_every=2000,
-                                        val_examples=1000),
+    "transformer-iwslt-en-de": TranslationRecipe(
+        task="iwslt2017-en-de", vocab_size=16000, d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6,
+        num_heads=8, d_kv=64, batch_size=128, epochs=20, lr=1e-3, warmup_steps=4000, max_length=100,
+        eval_every=2000, val_examples=1000),
     # seconds, for tests: a tiny model on 2,000 pairs (it learns little; tests check the machinery)
-    "transformer-de-en-smoke": TranslationRecipe(train_examples=2000, vocab_size=600, d_model=32, d_ff=64, num_layers=1,
-                                        num_decoder_layers=1, num_heads=2, d_kv=16, epochs=2, batch_size=32,
-                                        warmup_steps=20, eval_every=50, val_examples=32, eval_examples=200,
-                                        patience=None, max_length=32),
+    "transformer-de-en-smoke": TranslationRecipe(
+        train_examples=2000, vocab_size=600, d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
+        d_kv=16, epochs=2, batch_size=32, warmup_steps=20, eval_every=50, val_examples=32, eval_examples=200,
+        patience=None, max_length=32),
 }
 
 
@@ -161,7 +161,7 @@ def build_model(recipe: TranslationRecipe, tokenizer) -> nn.Module:
             model = T5ForConditionalGeneration(T5Config(
                 vocab_size=len(tokenizer), d_model=recipe.d_model, d_ff=recipe.d_ff, d_kv=recipe.d_kv,
                 num_layers=recipe.num_layers, num_decoder_layers=recipe.num_decoder_layers, num_heads=recipe.num_heads,
-                dropout_rate=recipe.dropout, feed_forward_proj="relu", tie_word_embeddings=False, **special))
+                dropout_rate=recipe.dropout, feed_forward_proj="relu", **special))
             # transformers 5 always ties T5's head to its embedding table (and scales the decoder's
             # output by 1/√d_model); drawn with std 1/√d_model it learns faster here than T5's std 1
             nn.init.normal_(model.lm_head.weight, std=recipe.d_model**-0.5)
@@ -295,8 +295,8 @@ def make(recipe: TranslationRecipe, out_dir: Path, checkpoint_dir: Path | None =
     return out
 
 
-def get_translation_model(name: str = "transformer-de-en", recipe: TranslationRecipe | None = None, retrain: bool = False,
-                          progress: bool = True) -> tuple[nn.Module, object, TranslationModelInfo]:
+def get_translation_model(name: str = "transformer-de-en", recipe: TranslationRecipe | None = None,
+                          retrain: bool = False, progress: bool = True) -> tuple[nn.Module, object, TranslationModelInfo]:
     """Load the cached translation model of ``recipe`` (default: the named recipe), training it
     first when it is not cached (or ``retrain``). Returns ``(model, tokenizer, info)``. Training
     writes into a temporary folder renamed into place only when complete."""
