@@ -32,11 +32,15 @@ time of a complete grid is read there.
 
 With ``--reduced`` only the ``reduced`` points run; every other point keeps its row of the existing
 ``results.csv`` (the committed table), marked ``stale`` when its code hash is not the current one.
+With ``--resume`` a point with no record here whose committed row is ``ok`` and current (or stale,
+with ``--keep-stale``) counts as done: a grid too long for one sitting is finished in another
+clone from its committed rows.
 
 The spec is checked before anything runs: every parameter must be one the notebook's
 ``parameters`` cell defines, of the type of its default; a point listed twice is run once.
 
     python -m tcomp_utils.sweep SPEC [--profile P] [--workers N | --scheduler ADDRESS] [--reduced] [--keep-stale]
+                                [--resume]
 """
 from __future__ import annotations
 
@@ -235,6 +239,15 @@ def _done(record_path: Path, keep_stale: bool = False) -> bool:
     return bool(record) and record["status"] == "ok" and (keep_stale or not is_stale(record))
 
 
+def _committed_done(spec: SweepSpec, keep_stale: bool = False) -> set[str]:
+    """Keys of the committed ``results.csv`` rows that are ``ok`` and current (any, ``keep_stale``)."""
+    before = _previous(spec.output / "results.csv")
+    if before is None or not {"key", "status", "code_hash"} <= set(before.columns):
+        return set()
+    rows = before[before.status == "ok"].to_dict("records")
+    return {r["key"] for r in rows if keep_stale or not is_stale(r)}
+
+
 def _last_seconds(spec: SweepSpec, keys: list[str]) -> dict[str, float]:
     """The time each point took when last run (its record, else its row in the committed results
     table); infinite when never run, so that unknown points are scheduled first."""
@@ -249,9 +262,10 @@ def _last_seconds(spec: SweepSpec, keys: list[str]) -> dict[str, float]:
 
 
 def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, progress: bool = True,
-              keep_stale: bool = False, reduced: bool = False) -> pd.DataFrame:
+              keep_stale: bool = False, reduced: bool = False, resume: bool = False) -> pd.DataFrame:
     """Run every pending point of ``spec`` (missing, failed, or computed with other package code
-    unless ``keep_stale``); only the spec's ``reduced`` subset with ``reduced``. Returns the
+    unless ``keep_stale``); only the spec's ``reduced`` subset with ``reduced``; with ``resume``, a
+    point without a record here whose committed row is ok (and current) is not pending. Returns the
     gathered results table of every point (see :func:`gather`).
 
     ``workers=0`` and no ``scheduler``: points run one after another in this process.
@@ -263,7 +277,9 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
     points_dir.mkdir(parents=True, exist_ok=True)
     todo = spec.reduced if reduced and spec.reduced is not None else spec.points
     keys = [spec.point_key(p) for p in todo]
-    pending = [(k, p) for k, p in zip(keys, todo) if not _done(points_dir / f"{k}.json", keep_stale)]
+    committed = _committed_done(spec, keep_stale) if resume else set()
+    pending = [(k, p) for k, p in zip(keys, todo) if not _done(points_dir / f"{k}.json", keep_stale)
+               and not (k in committed and not (points_dir / f"{k}.json").exists())]
     last = _last_seconds(spec, [k for k, _ in pending])
     pending.sort(key=lambda kp: -last[kp[0]])  # longest first, so that no long point starts last
     source = json.loads(spec.notebook.read_text(encoding="utf-8"))
@@ -398,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only the spec's reduced grid (what `make run` computes); other cells keep their rows")
     parser.add_argument("--keep-stale", action="store_true",
                         help="reuse points computed with other package code (marked stale) instead of rerunning them")
+    parser.add_argument("--resume", action="store_true",
+                        help="count points whose committed results row is ok (and current) as done: finish a grid "
+                             "begun in another clone")
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
@@ -409,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     if spec.duplicates:
         print(f"note: {spec.duplicates} point(s) listed more than once; each runs once", file=sys.stderr)
     results = run_sweep(spec, workers=args.workers, scheduler=args.scheduler, keep_stale=args.keep_stale,
-                        reduced=args.reduced)
+                        reduced=args.reduced, resume=args.resume)
     failed = results[results.status.isin(["failed", "unreadable"])]
     missing = int((results.status == "missing").sum())
     stale = int((results.stale & (results.status == "ok")).sum())

@@ -281,6 +281,25 @@ def test_a_reduced_run_refreshes_its_cells_and_keeps_the_committed_others(tmp_pa
         sweep.SweepSpec.load(path)
 
 
+def test_a_resumed_grid_skips_the_committed_ok_rows_of_another_clone(tmp_path):
+    """A grid finished over two sittings: the second clone has the committed results.csv and no
+    point files; with resume it computes only the points the first did not, and the table has all."""
+    import shutil
+    path = write_spec(tmp_path, [{"x": x} for x in (1, 2, 3)])
+    spec = sweep.SweepSpec.load(path)
+    partial = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**partial, "points": [{"x": 1}, {"x": 3}]}))
+    sweep.run_sweep(sweep.SweepSpec.load(path), progress=False)  # the first sitting: two of the three points
+    path.write_text(yaml.safe_dump(partial))
+    shutil.rmtree(tmp_path / "out" / "points")  # another clone: the committed table only
+    results = sweep.run_sweep(spec, progress=False, resume=True)
+    assert [runs(tmp_path, x) for x in (1, 2, 3)] == [1, 1, 1]
+    assert (results.status == "ok").all() and list(results.square) == [1, 4, 9]
+    shutil.rmtree(tmp_path / "out" / "points")
+    sweep.run_sweep(spec, progress=False)  # without resume every point runs again
+    assert [runs(tmp_path, x) for x in (1, 2, 3)] == [2, 2, 2]
+
+
 def test_the_code_hash_covers_the_modules_a_point_loaded(tmp_path, monkeypatch):
     spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1}]))
     sweep.run_sweep(spec, progress=False)
