@@ -290,21 +290,23 @@ def _pruning_decoder(results: pd.DataFrame):
 
 QAT_TARGETS = {"attention": "attention linear", "linear": "all linear", "attention+embeddings": "attention + embeddings"}
 QAT_PROTOCOLS = ["QAT from scratch", "QAT fine-tuning", "PTQ (seed's grid)", "PTQ RTN", "PTQ GPTQ"]
+QAT_FLOAT = {"fp32": "fp32", "fp32_finetune": "fp32 fine-tuning"}  # the trained model; the same epochs, no quantizer
 
 
 def _qat_cells(results: pd.DataFrame) -> pd.DataFrame:
     """The QAT table's cells with labels: ``row`` (the seed's row: fp32, binary, row-scaled binary or
-    b-bit), ``target`` (its label), ``protocol`` (one of :data:`QAT_PROTOCOLS`, or fp32), ``stored_bits``
+    b-bit), ``target`` (its label), ``protocol`` (one of :data:`QAT_PROTOCOLS` or :data:`QAT_FLOAT`), ``stored_bits``
     (bits a quantized weight takes: b + 1 for the seed's b-bit grid, whose sign is stored apart),
     BLEU, chrF and MB of the whole model as stored."""
     ok = results[results.status == "ok"].copy()
     ptq = ok.ptq.fillna("signmag") if "ptq" in ok else pd.Series("signmag", index=ok.index)
     seed_grid = ok.protocol.isin(["scratch", "finetune"]) | ((ok.protocol == "ptq") & (ptq == "signmag"))
     bits = ok.bits.astype("Int64").astype(str)
+    float_ = ok.protocol.isin(list(QAT_FLOAT))
     ok["row"] = ok.quantizer.map({"binary": "binary", "binary_scaled": "binary, row-scaled"}).where(
-        seed_grid & (ok.quantizer != "seed"), bits + "-bit").where(ok.protocol != "fp32", "fp32")
-    ok["target"] = ok.target.map(QAT_TARGETS).where(ok.protocol != "fp32", "-")
-    ok["protocol"] = ok.protocol.map({"scratch": QAT_PROTOCOLS[0], "finetune": QAT_PROTOCOLS[1], "fp32": "fp32"}).where(
+        seed_grid & (ok.quantizer != "seed"), bits + "-bit").where(~float_, "fp32")
+    ok["target"] = ok.target.map(QAT_TARGETS).where(~float_, "-")
+    ok["protocol"] = ok.protocol.map({"scratch": QAT_PROTOCOLS[0], "finetune": QAT_PROTOCOLS[1], **QAT_FLOAT}).where(
         ok.protocol != "ptq", ptq.map({"signmag": QAT_PROTOCOLS[2], "rtn": QAT_PROTOCOLS[3], "gptq": QAT_PROTOCOLS[4]}))
     ok["stored_bits"] = ok.weight_bits.astype(int)
     ok["MB"] = ok.bytes_after / 1e6
@@ -314,10 +316,12 @@ def _qat_cells(results: pd.DataFrame) -> pd.DataFrame:
 def _qat_table(results: pd.DataFrame):
     """Seed 003's table: test BLEU against the bits a quantized weight is stored in, per target, for
     QAT from scratch (the seed's protocol), QAT fine-tuning of the trained model and post-training
-    quantization; the fp32 model as a dashed line."""
+    quantization; the fp32 model as a dashed line, the fp32 model fine-tuned as long as QAT fine-tuning
+    (no quantizer) as a dotted one."""
     cells = _qat_cells(results)
-    base = cells[cells.protocol == "fp32"].test_bleu
-    q = cells[cells.protocol != "fp32"]
+    floats = cells[cells.row == "fp32"].set_index("protocol").test_bleu
+    floats = floats.reindex([p for p in QAT_FLOAT.values() if p in floats.index])
+    q = cells[cells.row != "fp32"]
     targets = [t for t in QAT_TARGETS.values() if t in set(q.target)]
     fig, axes = plt.subplots(1, len(targets), figsize=(4.6 * len(targets), 3.8), sharey=True, squeeze=False)
     for ax, target in zip(axes[0], targets):
@@ -331,9 +335,9 @@ def _qat_table(results: pd.DataFrame):
         for _, r in d[binary].iterrows():
             ax.annotate("scaled" if "scaled" in r.row else "sign", (r.stored_bits, r.test_bleu), fontsize=7,
                         xytext=(4, 0), textcoords="offset points", va="center")
-        if len(base):
-            ax.axhline(base.iloc[0], color="0.3", ls="--", lw=1)
-            ax.text(ax.get_xlim()[1], base.iloc[0], "fp32 ", fontsize=8, va="bottom", ha="right", color="0.3")
+        for (protocol, bleu), ls in zip(floats.items(), ("--", ":")):
+            ax.axhline(bleu, color="0.3", ls=ls, lw=1)
+            ax.text(ax.get_xlim()[1], bleu, f"{protocol} ", fontsize=8, va="bottom", ha="right", color="0.3")
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set(xticks=sorted(d.stored_bits.unique()), xlabel="stored bits per quantized weight",
@@ -529,10 +533,10 @@ def _pruning_decoder_table(results: pd.DataFrame) -> str:
 def _qat_readme(results: pd.DataFrame) -> str:
     """Seed 003's rows (target × row), columns the stored bits, the model's MB and test BLEU per
     protocol (the best of each row in bold); RTN and GPTQ rows below with their BLEU under PTQ;
-    the fp32 model in a line under the table."""
+    the fp32 model and its fine-tuned control in lines under the table."""
     cells = _qat_cells(results)
-    fp32 = cells[cells.protocol == "fp32"]
-    q = cells[cells.protocol != "fp32"].copy()
+    floats = cells[cells.row == "fp32"]
+    q = cells[cells.row != "fp32"].copy()
     on_seed_grid = ~q.protocol.isin(QAT_PROTOCOLS[3:])
     q["method"] = q.protocol.str.removeprefix("PTQ ").where(~on_seed_grid, "QAT / PTQ")
     q["column"] = q.protocol.where(on_seed_grid, QAT_PROTOCOLS[2]).replace({QAT_PROTOCOLS[2]: "PTQ"})
@@ -551,9 +555,8 @@ def _qat_readme(results: pd.DataFrame) -> str:
                                      "MB": [f"{v:.2f}" for v in meta.MB]}),
                        cells_.reset_index(drop=True)], axis=1)
     out = _markdown(frame, numeric=2 + len(columns))
-    if len(fp32):
-        r = fp32.iloc[0]
-        out += f"\n\nfp32: BLEU {r.test_bleu:.2f}, chrF {r.test_chrf:.1f}, {r.MB:.2f} MB."
+    for r in floats.itertuples():
+        out += f"\n\n{r.protocol}: BLEU {r.test_bleu:.2f}, chrF {r.test_chrf:.1f}, {r.MB:.2f} MB."
     return out
 
 

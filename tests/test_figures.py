@@ -86,7 +86,9 @@ def test_qat_cells_label_the_seed_rows_protocols_and_stored_bits():
     """Seed 003's rows (binary, b-bit of the seed's grid with its sign stored apart, RTN/GPTQ on
     theirs) per protocol, and the figure with one panel per target."""
     rows = [dict(protocol="fp32", quantizer="seed", bits=8, target="attention", ptq="signmag", weight_bits=32,
-                 bytes_after=4e6, test_bleu=5.0, test_chrf=30.0)]
+                 bytes_after=4e6, test_bleu=5.0, test_chrf=30.0),
+            dict(protocol="fp32_finetune", quantizer="seed", bits=8, target="attention", ptq="signmag", weight_bits=32,
+                 bytes_after=4e6, test_bleu=5.5, test_chrf=31.0)]
     for protocol in ("scratch", "finetune", "ptq"):
         rows += [dict(protocol=protocol, quantizer="binary", bits=8, target="linear", ptq="signmag", weight_bits=1,
                       bytes_after=1e6, test_bleu=0.5, test_chrf=10.0),
@@ -100,7 +102,7 @@ def test_qat_cells_label_the_seed_rows_protocols_and_stored_bits():
     cells = figures._qat_cells(pd.concat([results, results.iloc[:1].assign(status="failed")]))
     assert len(cells) == len(results)
     label = {(r.row, r.target, r.protocol): r.stored_bits for r in cells.itertuples()}
-    assert label[("fp32", "-", "fp32")] == 32
+    assert label[("fp32", "-", "fp32")] == label[("fp32", "-", "fp32 fine-tuning")] == 32
     assert label[("binary", "all linear", "QAT from scratch")] == 1
     assert label[("binary, row-scaled", "attention linear", "QAT fine-tuning")] == 1
     assert label[("4-bit", "attention + embeddings", "PTQ (seed's grid)")] == 5  # 4 magnitude bits + the sign
@@ -113,4 +115,4 @@ def test_qat_cells_label_the_seed_rows_protocols_and_stored_bits():
     assert [c.strip() for c in binary.split("|")[4:-1]] == ["1", "1.00", "0.50", "0.50", "0.50"]  # a tie: no bold
     gptq = next(line for line in table if "| GPTQ" in line)
     assert [c.strip() for c in gptq.split("|")[3:-1]] == ["4-bit", "4", "1.50", "", "", "4.00"]
-    assert table[-1] == "fp32: BLEU 5.00, chrF 30.0, 4.00 MB."
+    assert table[-3:] == ["fp32: BLEU 5.00, chrF 30.0, 4.00 MB.", "", "fp32 fine-tuning: BLEU 5.50, chrF 31.0, 4.00 MB."]
