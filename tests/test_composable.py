@@ -1,0 +1,239 @@
+"""Composable pruning (seed 002): the scheme deduplicates exactly, composition puts each module
+where its configuration says, pruned weights stay zero through fine-tuning, bad files are clear
+errors naming the entry."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from tcomp_utils import adapters, budget, composable
+from tcomp_utils.composable import CompositionError, Unit
+from tcomp_utils.methods.pruning import SparseLinear
+from conftest import tiny_marian, tiny_t5
+
+CONFIGS = [
+    {"name": "A", "attention": 0.25, "linear": 0.5},
+    {"name": "B", "attention": 0.5, "linear": 0.5},
+    {"name": "C", "attention": 0.25, "linear": 0.25},
+    {"name": "D", "attention": {"*": 0.25, "decoder.*": 0.5}, "linear": 0.5},
+    {"name": "E", "attention": 0.0, "linear": {"*": 0.0, "encoder.*.ffn_*": 0.5}},
+]
+
+
+def _model():
+    torch.manual_seed(0)
+    return tiny_marian()
+
+
+def _batches(n=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, 100, (4, 7), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[0, 5:] = 0
+        labels = torch.randint(3, 100, (4, 6), generator=gen)
+        labels[1, 4:] = -100
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": labels})
+    return out
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_sites_name_every_attention_block_and_linear_layer_of_the_transformer():
+    found = composable.sites(_model())
+    heads = [s for s, site in found.items() if site.kind == "heads"]
+    assert heads == ["encoder.0.self_attn", "encoder.1.self_attn", "decoder.0.self_attn", "decoder.1.self_attn",
+                     "decoder.0.cross_attn", "decoder.1.cross_attn"]
+    l1 = [s for s, site in found.items() if site.kind == "l1"]
+    assert len(l1) == 2 * 3 + 2 * 4 and "decoder.1.cross_attn_out" in l1 and "encoder.0.ffn_in" in l1
+    assert found["decoder.0.cross_attn"].paths["cross_query"].endswith("decoder.layers.0.encoder_attn.q_proj")
+
+
+def test_the_scheme_deduplicates_exactly():
+    """Five configurations with known overlaps: 6 attention blocks at two rates, 14 linear layers
+    at two rates, and configuration E sharing only its encoder FFNs with A, B and D."""
+    configs = composable.resolve(CONFIGS, _model())
+    assert [len(c.units) for c in configs] == [20, 20, 20, 20, 4]
+    scheme = composable.build_scheme(configs)
+    assert len(scheme) == 6 + 6 + 14 + 14 and scheme.unit.is_unique
+    assert scheme.uses.sum() == 84
+    users = dict(zip(scheme.unit, scheme.configurations))
+    assert users["encoder.0.self_attn@heads0.25"] == ["A", "C", "D"]
+    assert users["decoder.0.cross_attn@heads0.5"] == ["B", "D"]
+    assert users["decoder.1.self_attn@heads0.25"] == ["A", "C"]
+    assert users["encoder.1.ffn_out@l10.5"] == ["A", "B", "D", "E"]
+    assert users["encoder.1.attn_out@l10.5"] == ["A", "B", "D"]
+    assert users["decoder.0.ffn_in@l10.25"] == ["C"]
+    assert configs[4].unit_at("decoder.0.ffn_in") is None  # rate 0: left dense, no unit
+
+
+def test_configurations_and_scheme_round_trip_through_yaml_and_an_edited_scheme_is_refused(tmp_path):
+    model = _model()
+    path = composable.write_configurations(tmp_path / "conf.yaml", composable.generate([0.25, 0.5], [0.3, 0.5]))
+    configs = composable.load_configurations(path, model)
+    assert [c.name for c in configs] == ["a25-l30", "a25-l50", "a50-l30", "a50-l50"]
+    scheme = composable.build_scheme(configs)
+    spath = composable.write_scheme(tmp_path / "scheme.yaml", scheme)
+    assert composable.load_scheme(spath, configs).equals(scheme)
+    text = spath.read_text()
+    spath.write_text(text.replace("- a25-l30\n", "", 1))
+    with pytest.raises(CompositionError, match=r"unit 0 \(encoder.0.self_attn@heads0.25\) lists configurations"):
+        composable.load_scheme(spath, configs)
+    spath.write_text(text.replace("kind: heads", "kind: ln", 1))
+    with pytest.raises(CompositionError, match="unit 0 has kind 'ln'; kinds: heads, l1"):
+        composable.load_scheme(spath, configs)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"name": "x", "attention": 0.25, "linear": 1.0}, r"configuration 0 \('x'\), linear '\*': rate 1.0 is not in \[0, 1\)"),
+    ({"name": "x", "attention": {"decoder.7.*": 0.5}, "linear": 0.1},
+     r"configuration 0 \('x'\): attention pattern 'decoder.7.\*' matches no heads site; the model has encoder.0.self_attn"),
+    ({"name": "x", "attention": 0.25}, r"configuration 0 \('x'\): missing field linear"),
+    ({"name": "x", "attention": 0.25, "linear": 0.1, "rate": 2}, r"configuration 0 \('x'\): unknown field rate"),
+    ({"name": "x", "attention": -0.1, "linear": 0.1}, r"attention '\*': rate -0.1 is not in \[0, 1\)"),
+])
+def test_a_malformed_configuration_is_a_clear_error_naming_the_entry(entry, message):
+    with pytest.raises(CompositionError, match=message):
+        composable.resolve([entry], _model())
+
+
+def test_a_rate_that_removes_every_head_and_t5_heads_are_refused():
+    with pytest.raises(CompositionError, match="encoder.0.self_attn: rate 0.9 removes all 4 heads"):
+        model = _model()
+        composable.prune_unit(model, Unit("encoder.0.self_attn", "heads", 0.9))
+    t5 = tiny_t5()
+    with pytest.raises(adapters.UnsupportedArchitectureError, match="relative position bias"):
+        composable.prune_unit(t5, Unit("encoder.0.self_attn", "heads", 0.5))
+
+
+def test_heads_with_the_smallest_qkv_l1_norm_go_and_removing_them_is_exact():
+    """The physically pruned attention computes what the dense one does with those heads' columns
+    of the output projection zeroed; the heads with the smallest Q/K/V L1 norm are the ones removed."""
+    model = _model()
+    site = composable.sites(model)["encoder.1.self_attn"]
+    with torch.no_grad():
+        model.get_submodule(site.paths["value"]).weight[8:16] *= 0.01  # head 1: the smallest rows
+    kept = composable.kept_heads(model, site, 0.25)
+    assert list(kept) == [0, 2, 3]
+    (config,) = composable.resolve([{"name": "h", "attention": {"encoder.1.self_attn": 0.5}, "linear": 0.0}], model)
+    payloads = {u.key: composable.prune_unit(model, u) for u in config.units}
+    composed = composable.compose(model, config, payloads)
+    kept = payloads["encoder.1.self_attn@heads0.5"]["kept"]
+    masked = _model()
+    masked.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        out = masked.get_submodule(site.paths["attn_out"]).weight
+        for h in set(range(4)) - set(kept.tolist()):
+            out[:, h * 8:(h + 1) * 8] = 0
+    batch = _batches(1)[0]
+    torch.testing.assert_close(_logits(composed, batch), _logits(masked, batch), atol=1e-5, rtol=1e-5)
+    attn = composed.get_submodule(site.paths["query"].rsplit(".", 1)[0])
+    assert attn.num_heads == 2 and attn.q_proj.out_features == 16 and attn.out_proj.in_features == 16
+    assert composed.get_submodule(site.paths["query"]) is not model.get_submodule(site.paths["query"])
+
+
+def test_composition_puts_each_module_where_its_configuration_says():
+    """Payloads marked by unit (a constant per unit) land at their sites; an attention output's
+    L1 mask loses the columns of the heads its block removed; rate-0 sites keep the model's."""
+    model = _model()
+    configs = composable.resolve(CONFIGS, model)
+    scheme = composable.build_scheme(configs)
+    payloads = {}
+    for i, unit in enumerate(Unit(r.site, r.kind, r.rate) for r in scheme.itertuples()):
+        payload = composable.prune_unit(model, unit)
+        with torch.no_grad():
+            for name in ("query", "key", "value", "linear"):
+                if name in payload:
+                    w = payload[name].weight_orig if name == "linear" else payload[name].weight
+                    w.fill_(float(i + 1))
+        payloads[unit.key] = payload
+    marks = {u: float(i + 1) for i, u in enumerate(scheme.unit)}
+    found = composable.sites(model)
+    for config in configs:
+        composed = composable.compose(model, config, payloads)
+        for site_id, site in found.items():
+            unit = config.unit_at(site_id)
+            if unit is None:  # dense: the model's own weights (an output projection: unless its heads went)
+                block = {"attn_out": "self_attn", "cross_attn_out": "cross_attn"}.get(site_id.rsplit(".", 1)[1])
+                sliced = block is not None and config.unit_at(f"{site.stack}.{site.layer}.{block}") is not None
+                paths = list(site.paths.values())[:3] if site.kind == "heads" else [] if sliced else [site.paths["linear"]]
+                for path in paths:
+                    assert composed.get_submodule(path).weight.equal(model.get_submodule(path).weight), path
+                continue
+            if unit.kind == "l1":
+                lin = composed.get_submodule(site.paths["linear"])
+                assert prune.is_pruned(lin)
+                kept = lin.weight_mask.bool()
+                assert (lin.weight[kept] == marks[unit.key]).all() and (lin.weight[~kept] == 0).all()
+                continue
+            roles = tuple(site.paths)
+            q = composed.get_submodule(site.paths[roles[0]])
+            n_kept = len(payloads[unit.key]["kept"])
+            assert (q.weight == marks[unit.key]).all() and q.out_features == n_kept * 8
+            out = composed.get_submodule(site.paths[roles[3]])
+            assert out.in_features == n_kept * 8
+            out_unit = config.unit_at(f"{site.stack}.{site.layer}.{roles[3]}")
+            if out_unit is not None:  # the L1-pruned projection, narrowed to the kept heads
+                assert prune.is_pruned(out) and out.weight_mask.shape == (32, n_kept * 8)
+                assert set(out.weight[out.weight != 0].unique().tolist()) == {marks[out_unit.key]}
+    with pytest.raises(CompositionError, match="configuration 'A': no module for unit encoder.0.self_attn@heads0.25"):
+        composable.compose(model, configs[0], {})
+
+
+def test_pruned_weights_stay_zero_through_both_finetunings_and_are_stored_sparse(tmp_path):
+    """Module-level fine-tuning lowers the unit's error against the original outputs; model-level
+    fine-tuning of the composed model moves the kept weights only; to_sparse stores exactly the
+    kept weights and computes the same logits."""
+    from tcomp_utils import trainer
+
+    model = _model()
+    (config,) = composable.resolve([{"name": "c", "attention": 0.5, "linear": 0.5}], model)
+    calls = composable.record(model, _batches(), [u.site for u in config.units])
+    assert all(len(c) == 3 for c in calls.values())
+    payloads, before_after = {}, {}
+    for unit in config.units:
+        payload = composable.prune_unit(model, unit)
+        result = composable.finetune_unit(model, unit, payload, calls[unit.site], steps=30, lr=3e-3)
+        losses = result.log.loss.to_numpy()
+        before_after[unit.key] = (losses[:3].mean(), losses[-3:].mean())
+        if unit.kind == "l1":
+            lin = payload["linear"]
+            assert (lin.weight[lin.weight_mask == 0] == 0).all()
+            assert int((lin.weight_mask == 0).sum()) == round(0.5 * lin.weight.numel())
+        payloads[unit.key] = payload
+    assert sum(a < b for b, a in before_after.values()) >= 0.9 * len(before_after)
+    composed = composable.compose(model, config, payloads)
+    masks = {n: m.weight_mask.clone() for n, m in composed.named_modules() if hasattr(m, "weight_mask")}
+    trainer.train(composed, _batches(), trainer.TrainConfig(steps=6, lr=1e-2, progress=False))
+    for name, mask in masks.items():
+        w = composed.get_submodule(name).weight
+        assert (w[mask == 0] == 0).all() and (w[mask == 1] != 0).all()
+    composed.eval()
+    batch = _batches(1, seed=5)[0]
+    dense_logits = _logits(composed, batch)
+    assert composable.to_sparse(composed) == len(masks)
+    for name, mask in masks.items():
+        sparse = composed.get_submodule(name)
+        assert isinstance(sparse, SparseLinear) and sparse.nnz == int(mask.sum())
+    torch.testing.assert_close(_logits(composed, batch), dense_logits, atol=1e-5, rtol=1e-5)
+    assert budget.footprint(composed).bytes < budget.footprint(model).bytes
+
+
+def test_unit_files_round_trip(tmp_path):
+    model = _model()
+    (config,) = composable.resolve([{"name": "c", "attention": 0.25, "linear": 0.3}], model)
+    payloads, loaded = {}, {}
+    for unit in config.units:
+        payloads[unit.key] = composable.prune_unit(model, unit)
+        path = composable.save_payload(tmp_path / f"{unit.key}.pt", unit, payloads[unit.key])
+        back, loaded[unit.key] = composable.load_payload(path)
+        assert back == unit
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
+    batch = _batches(1)[0]
+    torch.testing.assert_close(_logits(composable.compose(model, config, loaded), batch),
+                               _logits(composable.compose(model, config, payloads), batch))
