@@ -12,7 +12,7 @@ adapter works):
 
 * ``heads`` on an attention block (``{stack}.{layer}.self_attn`` or ``.cross_attn``): head-wise L1
   structured pruning, heads ranked by the L1 norm of their rows of Q, K and V, the
-  ``round(rate × heads)`` smallest removed *physically* (:func:`methods.structured.apply_plans`:
+  ``rate × heads`` (rounded half up) smallest removed *physically* (:func:`methods.structured.apply_plans`:
   narrower Q/K/V, the output projection's columns of those heads dropped, the head count lowered).
   Module-level fine-tuning trains the kept Q/K/V rows; the output projection is not part of this
   unit (it is its own ``l1`` site) and stays as it is while they train.
@@ -277,10 +277,10 @@ def head_scores(model: nn.Module, site: Site) -> np.ndarray:
 
 
 def kept_heads(model: nn.Module, site: Site, rate: float) -> np.ndarray:
-    """Indices (ascending) of the heads kept at ``rate``: the ``round(rate × heads)`` of smallest
-    L1 norm are removed; at least one head stays."""
+    """Indices (ascending) of the heads kept at ``rate``: the ``rate × heads`` (rounded half up) of
+    smallest L1 norm are removed; at least one head stays."""
     scores = head_scores(model, site)
-    drop = int(round(rate * len(scores)))
+    drop = int(np.floor(rate * len(scores) + 0.5))
     if drop >= len(scores):
         raise CompositionError(f"{site.id}: rate {rate} removes all {len(scores)} heads; at most "
                                f"{(len(scores) - 1) / len(scores):.3f} keeps one")
@@ -571,3 +571,147 @@ def timed(fn, *args, **kwargs) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     return out, time.perf_counter() - start
+
+
+# -------------------------------------------------------------------------------------- pipeline
+@dataclass
+class PipelineResult:
+    """What :func:`run_pipeline` measured. ``arms``: one row per (configuration, arm), arm
+    ``baseline`` (pruned, fine-tuned as a model) or ``composed`` (from module-level fine-tuned
+    units, then fine-tuned as a model); ``units``: one row per distinct unit (its module-level
+    time and MSE); ``unit_log`` / ``model_log``: the loss curves (model-level rows of kind
+    ``eval`` carry ``val_bleu`` and ``train_seconds``, the training time up to that evaluation);
+    ``summary``: one row per configuration (:func:`summarize`); ``totals``: the whole set's times."""
+
+    arms: pd.DataFrame
+    units: pd.DataFrame
+    unit_log: pd.DataFrame
+    model_log: pd.DataFrame
+    summary: pd.DataFrame
+    totals: dict
+
+
+def finetune_translation(model: nn.Module, tokenizer, recipe, task, steps: int, lr: float, eval_every: int,
+                         val_examples: int, progress: bool = False, desc: str = "model-level fine-tuning"
+                         ) -> trainer.TrainResult:
+    """Model-level fine-tuning on the translation task's training split by the recipe's batches and
+    label-smoothed loss, ``steps`` at constant ``lr``; validation BLEU on ``val_examples`` pairs every
+    ``eval_every`` steps, logged with ``train_seconds`` (training time so far, evaluations excluded)."""
+    from . import translation
+
+    data = translation.seq2seq_batches(tokenizer, task["train"], task.spec, recipe.batch_size, recipe.max_length,
+                                       seed=recipe.seed)
+    start, in_eval = time.perf_counter(), [0.0]
+
+    def evaluate(m: nn.Module) -> dict:
+        t = time.perf_counter()
+        trained = t - start - in_eval[0]
+        scores, _ = translation.evaluate(m, tokenizer, task["validation"], task.spec, val_examples, recipe.max_length)
+        in_eval[0] += time.perf_counter() - t
+        return {"val_bleu": scores["bleu"], "val_chrf": scores["chrf"], "train_seconds": trained}
+
+    config = trainer.TrainConfig(steps=steps, lr=lr, weight_decay=0.0, schedule="constant", warmup_steps=0,
+                                 max_grad_norm=1.0, eval_every=eval_every, progress=progress, desc=desc,
+                                 precision=recipe.precision)
+    torch.manual_seed(recipe.seed)
+    return trainer.train(model, data, config, loss=translation.smoothed_loss(recipe.label_smoothing),
+                         evaluate=evaluate)
+
+
+def summarize(arms: pd.DataFrame, model_log: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration: both arms' validation BLEU before and after model-level
+    fine-tuning, test BLEU and training seconds, and the steps and training seconds the composed
+    model took to reach the baseline's final validation BLEU (0 when it started there; NaN when it
+    did not get there within the steps)."""
+    rows = []
+    for name, group in arms.groupby("configuration", sort=False):
+        base, comp = (group[group.arm == arm].iloc[0] for arm in ("baseline", "composed"))
+        evals = model_log[(model_log.configuration == name) & (model_log.arm == "composed") & (model_log.kind == "eval")]
+        hit = evals[evals.val_bleu >= base.val_bleu_after]
+        steps, seconds = ((0, 0.0) if comp.val_bleu_before >= base.val_bleu_after else
+                          (int(hit.step.iloc[0]), float(hit.train_seconds.iloc[0])) if len(hit) else (np.nan, np.nan))
+        rows.append({"configuration": name, "attention": comp.attention, "linear": comp.linear, "units": comp.units,
+                     "shared_units": comp.shared_units, "param_fraction": comp.param_fraction, "MB": comp.bytes / 1e6,
+                     **{f"{k}_{arm}": r[k] for arm, r in (("baseline", base), ("composed", comp))
+                        for k in ("val_bleu_before", "val_bleu_after", "test_bleu", "train_seconds")},
+                     "steps_to_baseline": steps, "seconds_to_baseline": seconds})
+    return pd.DataFrame(rows)
+
+
+def run_pipeline(model: nn.Module, tokenizer, recipe, task, configurations: Sequence[Configuration], *,
+                 calibration: int = 256, unit_steps: int = 100, unit_lr: float = 1e-3, model_steps: int = 200,
+                 model_lr: float = 5e-4, eval_every: int = 50, val_examples: int = 200, test_examples: int | None = None,
+                 unit_dir: str | os.PathLike | None = None, progress: bool = True) -> PipelineResult:
+    """Seed 002's pipeline on a translation model: the scheme of ``configurations``; one recording of
+    every site's calls on ``calibration`` training pairs; each distinct unit pruned and fine-tuned
+    once at module level (``unit_steps`` at ``unit_lr``; saved to ``unit_dir`` when given); per
+    configuration, the baseline (pruned units composed, no module-level fine-tuning) and the composed
+    model (fine-tuned units) each fine-tuned for ``model_steps`` at ``model_lr``, then stored sparse
+    and scored on the test split (greedy BLEU/chrF).
+
+    ``totals``: ``without_s`` (the baselines' model-level training seconds), ``with_s`` (recording +
+    every unit once + each composed model's seconds until it reached its baseline's final validation
+    BLEU, all its seconds when it did not), ``saved_s`` and how many configurations ``matched``."""
+    from tqdm.auto import tqdm
+
+    from . import budget, translation
+
+    scheme = build_scheme(configurations)
+    src_split = task["train"].select(range(min(calibration, len(task["train"]))))
+    batches = list(translation.seq2seq_batches(tokenizer, src_split, task.spec, 32, recipe.max_length,
+                                               shuffle=False).epoch(0))
+    calls, record_s = timed(record, model, batches, scheme.site.unique())
+    pruned, tuned, unit_rows, unit_logs = {}, {}, [], []
+    for r in tqdm(list(scheme.itertuples()), desc="module-level fine-tuning", disable=not progress):
+        unit = Unit(r.site, r.kind, r.rate)
+        pruned[unit.key] = prune_unit(model, unit)
+        tuned[unit.key] = prune_unit(model, unit)
+        result = finetune_unit(model, unit, tuned[unit.key], calls[unit.site], unit_steps, unit_lr)
+        loss = result.log[result.log.kind == "train"].loss.to_numpy()
+        unit_rows.append({"unit": unit.key, "site": unit.site, "kind": unit.kind, "rate": unit.rate, "uses": r.uses,
+                          "seconds": result.seconds, "mse_first": float(loss[:5].mean()),
+                          "mse_last": float(loss[-5:].mean())})
+        unit_logs.append(pd.DataFrame({"unit": unit.key, "step": np.arange(1, len(loss) + 1), "loss": loss}))
+        if unit_dir is not None:
+            save_payload(Path(unit_dir) / f"{unit.key}.pt", unit, tuned[unit.key])
+    del calls
+    test = task["test"] if test_examples is None else task["test"].select(range(test_examples))
+    dense_params = budget.footprint(model).params
+    arms, logs = [], []
+    for config in tqdm(configurations, desc="configurations", disable=not progress):
+        shared = sum(len(scheme.configurations[scheme.unit == u.key].iloc[0]) > 1 for u in config.units)
+        for arm, payloads in (("baseline", pruned), ("composed", tuned)):
+            m = compose(model, config, payloads)
+            before, _ = translation.evaluate(m, tokenizer, task["validation"], task.spec, val_examples, recipe.max_length)
+            result = finetune_translation(m, tokenizer, recipe, task, model_steps, model_lr, eval_every, val_examples,
+                                          desc=f"{config.name} {arm}")
+            scores, _ = translation.evaluate(m, tokenizer, test, task.spec, None, recipe.max_length)
+            to_sparse(m)
+            fp = budget.footprint(m)
+            evals = result.log[result.log.kind == "eval"]
+            arms.append({"configuration": config.name, "arm": arm, "attention": str(config.attention),
+                         "linear": str(config.linear), "units": len(config.units), "shared_units": shared,
+                         "val_bleu_before": before["bleu"], "val_bleu_after": float(evals.val_bleu.iloc[-1]),
+                         "test_bleu": scores["bleu"], "test_chrf": scores["chrf"],
+                         "train_seconds": float(evals.train_seconds.iloc[-1]), "steps": result.steps,
+                         "params": fp.params, "param_fraction": fp.params / dense_params, "bytes": fp.bytes})
+            logs.append(result.log.assign(configuration=config.name, arm=arm))
+    arms_df, model_log = pd.DataFrame(arms), pd.concat(logs, ignore_index=True)
+    units = pd.DataFrame(unit_rows)
+    summary = summarize(arms_df, model_log)
+    totals = {"n_configurations": len(configurations), "n_units": len(scheme), "unit_uses": int(scheme.uses.sum()),
+              **time_totals(summary, units, record_s)}
+    return PipelineResult(arms_df, units, pd.concat(unit_logs, ignore_index=True), model_log, summary, totals)
+
+
+def time_totals(summary: pd.DataFrame, units: pd.DataFrame, record_s: float) -> dict:
+    """The whole set's training seconds. Without composition: every baseline's model-level
+    fine-tuning. With: the recording, every unit once, and each composed model's seconds until it
+    reached its baseline's final validation BLEU (all its seconds where it did not: ``matched``
+    counts those that did)."""
+    reach = summary.seconds_to_baseline.fillna(summary.train_seconds_composed)
+    without = float(summary.train_seconds_baseline.sum())
+    with_s = record_s + float(units.seconds.sum()) + float(reach.sum())
+    return {"record_s": record_s, "unit_s": float(units.seconds.sum()), "composed_model_s": float(reach.sum()),
+            "without_s": without, "with_s": with_s, "saved_s": without - with_s,
+            "matched": int(summary.seconds_to_baseline.notna().sum())}

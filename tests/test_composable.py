@@ -237,3 +237,29 @@ def test_unit_files_round_trip(tmp_path):
     batch = _batches(1)[0]
     torch.testing.assert_close(_logits(composable.compose(model, config, loaded), batch),
                                _logits(composable.compose(model, config, payloads), batch))
+
+
+def test_time_to_the_baselines_bleu_and_the_totals_count_each_unit_once():
+    """Configuration a: the composed model reaches the baseline's final validation BLEU (3.0) at its
+    second evaluation; b: it starts above it (0 steps); c: it never gets there (all its seconds)."""
+    import pandas as pd
+
+    arms = pd.DataFrame([
+        {"configuration": c, "arm": arm, "attention": "0.5", "linear": "0.3", "units": 4, "shared_units": 2,
+         "param_fraction": 0.8, "bytes": 1e6, "val_bleu_before": before, "val_bleu_after": after,
+         "test_bleu": after, "train_seconds": secs}
+        for c, arm, before, after, secs in [("a", "baseline", 1.0, 3.0, 100.0), ("a", "composed", 2.0, 3.5, 90.0),
+                                            ("b", "baseline", 1.0, 2.0, 80.0), ("b", "composed", 2.5, 2.6, 85.0),
+                                            ("c", "baseline", 1.0, 4.0, 70.0), ("c", "composed", 1.5, 3.9, 75.0)]])
+    log = pd.DataFrame([{"configuration": c, "arm": "composed", "kind": "eval", "step": step, "val_bleu": bleu,
+                         "train_seconds": secs}
+                        for c, step, bleu, secs in [("a", 50, 2.9, 20.0), ("a", 100, 3.0, 41.0), ("a", 150, 3.4, 60.0),
+                                                    ("b", 50, 2.7, 20.0), ("c", 50, 3.0, 20.0), ("c", 100, 3.9, 40.0)]])
+    summary = composable.summarize(arms, log)
+    assert list(summary.steps_to_baseline.fillna(-1)) == [100, 0, -1]
+    assert list(summary.seconds_to_baseline.fillna(-1)) == [41.0, 0.0, -1]
+    assert list(summary.test_bleu_composed) == [3.5, 2.6, 3.9]
+    units = pd.DataFrame({"seconds": [1.0, 2.0, 3.0]})
+    totals = composable.time_totals(summary, units, record_s=4.0)
+    assert totals["without_s"] == 250.0 and totals["composed_model_s"] == 41.0 + 0.0 + 75.0
+    assert totals["with_s"] == 4.0 + 6.0 + 116.0 and totals["saved_s"] == 250.0 - 126.0 and totals["matched"] == 2
