@@ -349,6 +349,42 @@ def _qat_table(results: pd.DataFrame):
     return fig, cells.sort_values(["target", "row", "protocol"]).round(3)
 
 
+COMPOSABLE_ARMS = {"baseline": "pruned, model-level only", "composed": "composed from module-level fine-tuned units"}
+
+
+def composable_bleu(summary: pd.DataFrame):
+    """Seed 002's table as a figure: per configuration, validation BLEU before model-level
+    fine-tuning and test BLEU after it, for the baseline and the composed model; the dense model's
+    test BLEU dashed."""
+    long = pd.concat([summary.assign(arm=arm, before=summary[f"val_bleu_before_{arm}"],
+                                     after=summary[f"test_bleu_{arm}"])
+                      for arm in COMPOSABLE_ARMS], ignore_index=True)
+    long["arm"] = long.arm.map(COMPOSABLE_ARMS)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, col, title in ((axes[0], "before", "before model-level fine-tuning (validation)"),
+                           (axes[1], "after", "after model-level fine-tuning (test)")):
+        sns.barplot(data=long, x="configuration", y=col, hue="arm", ax=ax, hue_order=list(COMPOSABLE_ARMS.values()))
+        if "dense_test_bleu" in summary:
+            ax.axhline(summary.dense_test_bleu.iloc[0], color="0.3", ls="--", lw=1)
+        ax.set(xlabel="configuration (attention rate, linear rate)", ylabel="BLEU", title=title)
+        ax.tick_params(axis="x", rotation=30)
+    axes[0].get_legend().remove()
+    axes[1].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Does composing module-level fine-tuned units start and end better than pruning alone?", y=1.02)
+    return fig, long[["configuration", "arm", "before", "after"]].round(3)
+
+
+def composable_time(parts: pd.DataFrame):
+    """The set's training seconds with and without composition, by part."""
+    wide = parts.pivot_table(index="pipeline", columns="part", values="seconds", sort=False).fillna(0)
+    fig, ax = plt.subplots(figsize=(9, 2.6))
+    wide.plot.barh(stacked=True, ax=ax)
+    ax.set(xlabel="training seconds (evaluations excluded)", ylabel="",
+           title="Fine-tuning time for the whole set of configurations: is composing faster?")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig, parts
+
+
 FIGURES = {f.name: f for f in [
     Figure("budget_axis_macs", "papermill_runs/budget_axis/results.csv", "papermill_runs/budget_axis.yaml", _budget_axis),
     Figure("baselines_by_role", "papermill_runs/baselines/by_role.csv", "papermill_runs/baselines.yaml", _baselines_by_role),
@@ -558,6 +594,24 @@ def _qat_readme(results: pd.DataFrame) -> str:
     for r in floats.itertuples():
         out += f"\n\n{r.protocol}: BLEU {r.test_bleu:.2f}, chrF {r.test_chrf:.1f}, {r.MB:.2f} MB."
     return out
+
+
+def _composable_readme(summary: pd.DataFrame) -> str:
+    """One row per configuration: its rates, shared units, stored size, BLEU before and after
+    model-level fine-tuning (baseline / composed), and the steps and training seconds the composed
+    model needed to reach its baseline's final validation BLEU."""
+    def pair(a: float, b: float, fmt: str = "{:.2f}") -> str:
+        return f"{fmt.format(a)} / {fmt.format(b)}"
+    rows = [{"configuration": r.configuration, "attention": r.attention, "linear": r.linear,
+             "units (shared)": f"{int(r.units)} ({int(r.shared_units)})", "stored numbers": f"{100 * r.param_fraction:.1f} %",
+             "MB": f"{r.MB:.2f}",
+             "val BLEU before": pair(r.val_bleu_before_baseline, r.val_bleu_before_composed),
+             "test BLEU after": pair(r.test_bleu_baseline, r.test_bleu_composed),
+             "steps to baseline": "not reached" if pd.isna(r.steps_to_baseline) else f"{int(r.steps_to_baseline)}",
+             "seconds: baseline / composed to baseline": pair(r.train_seconds_baseline, r.seconds_to_baseline, "{:.0f}")
+             if not pd.isna(r.seconds_to_baseline) else f"{r.train_seconds_baseline:.0f} / -"}
+            for r in summary.itertuples()]
+    return _markdown(pd.DataFrame(rows), numeric=7)
 
 
 @dataclass(frozen=True)

@@ -116,3 +116,30 @@ def test_qat_cells_label_the_seed_rows_protocols_and_stored_bits():
     gptq = next(line for line in table if "| GPTQ" in line)
     assert [c.strip() for c in gptq.split("|")[3:-1]] == ["4-bit", "4", "1.50", "", "", "4.00"]
     assert table[-3:] == ["fp32: BLEU 5.00, chrF 30.0, 4.00 MB.", "", "fp32 fine-tuning: BLEU 5.50, chrF 31.0, 4.00 MB."]
+
+
+def test_composable_table_and_figures_show_both_arms_and_the_time_to_the_baseline():
+    summary = pd.DataFrame([
+        dict(configuration="a25-l30", attention="0.25", linear="0.3", units=30, shared_units=30, param_fraction=0.81,
+             MB=3.1, val_bleu_before_baseline=1.0, val_bleu_after_baseline=3.0, test_bleu_baseline=3.2,
+             train_seconds_baseline=120.0, val_bleu_before_composed=2.5, val_bleu_after_composed=3.4,
+             test_bleu_composed=3.5, train_seconds_composed=118.0, steps_to_baseline=50, seconds_to_baseline=31.0,
+             dense_test_bleu=3.9),
+        dict(configuration="a50-l70", attention="0.5", linear="0.7", units=30, shared_units=30, param_fraction=0.52,
+             MB=2.0, val_bleu_before_baseline=0.1, val_bleu_after_baseline=2.0, test_bleu_baseline=2.1,
+             train_seconds_baseline=110.0, val_bleu_before_composed=0.4, val_bleu_after_composed=1.8,
+             test_bleu_composed=1.9, train_seconds_composed=111.0, steps_to_baseline=float("nan"),
+             seconds_to_baseline=float("nan"), dense_test_bleu=3.9)])
+    table = figures._composable_readme(summary).splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table[2:]]
+    assert cells[0] == ["a25-l30", "0.25", "0.3", "30 (30)", "81.0 %", "3.10", "1.00 / 2.50", "3.20 / 3.50", "50",
+                        "120 / 31"]
+    assert cells[1][-2:] == ["not reached", "110 / -"]
+    fig, data = figures.composable_bleu(summary)
+    assert [ax.get_title() for ax in fig.axes][:2] == ["before model-level fine-tuning (validation)",
+                                                      "after model-level fine-tuning (test)"]
+    assert len(data) == 4 and set(data.arm) == set(figures.COMPOSABLE_ARMS.values())
+    parts = pd.DataFrame([{"pipeline": "without composition", "part": "model-level (baselines)", "seconds": 230.0},
+                          {"pipeline": "with composition", "part": "module-level (each unit once)", "seconds": 40.0}])
+    fig, data = figures.composable_time(parts)
+    assert data.seconds.sum() == 270.0
