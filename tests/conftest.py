@@ -13,8 +13,8 @@ from transformers import (BertConfig, BertForSequenceClassification, LlamaConfig
 
 
 def tiny_bert(**kw):
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2, **kw)
+    cfg = BertConfig(**{"vocab_size": 100, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "intermediate_size": 64, "max_position_embeddings": 64, "num_labels": 2, **kw})
     return BertForSequenceClassification(cfg).eval()
 
 

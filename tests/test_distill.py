@@ -1,0 +1,174 @@
+"""Low-rank students and Patient Knowledge Distillation (seed 004): each mode builds the seed's
+factorization, the PKD loss is the hand computation and reduces to KD and CE, a student equal to its
+teacher does not move, bad pairs and modes are clear errors."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tcomp_utils import budget, distill, students, trainer
+from tcomp_utils.distill import DistillConfig, DistillationError
+from tcomp_utils.registry import ConfigError
+from conftest import tiny_bert
+
+
+def _teacher(**kw):
+    torch.manual_seed(0)
+    return tiny_bert(**{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3, **kw})
+
+
+def _batches(n=4, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        ids = torch.randint(3, 100, (6, 9), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[0, 6:] = 0
+        out.append({"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, 2, (6,), generator=gen)})
+    return out
+
+
+@pytest.mark.parametrize("mode, roles, rank, cls", [
+    ("self_svd", {"query", "key", "value"}, "16", "LowRankLinear"),               # 192/768 of 64
+    ("ffn_svd", {"ffn_in", "ffn_out"}, "26", "LowRankLinear"),                     # 306/768 of 64
+    ("self_tuckerlayer", {"query", "key", "value"}, "2x32x32", "TuckerLinear"),    # [2, 384, 384] of [3, 768, 768]
+    ("self_tuckervertical", {"query", "key", "value"}, "2x48x48", "TuckerLinear"),  # [8, 576, 576] of [12, 768, 768]
+    ("self_tucker_4d", {"query", "key", "value"}, "2x2x48x48", "TuckerLinear"),   # [2, 8, 576, 576]
+    ("self_falcon", {"query", "key", "value"}, None, "FalconLinear"),
+])
+def test_each_mode_builds_the_seeds_factorization(mode, roles, rank, cls):
+    teacher = _teacher()
+    student, rows = students.make_student(teacher, mode)
+    assert set(rows.role) == roles and len(rows) == 3 * len(roles)
+    if rank is not None:
+        assert set(rows["rank"].astype(str)) == {rank}
+    for path in rows.path:
+        assert type(student.get_submodule(path)).__name__ == cls
+        assert type(teacher.get_submodule(path)).__name__ == "Linear"  # the teacher is not changed
+    assert budget.footprint(student).params < budget.footprint(teacher).params
+    if mode == "self_falcon":  # budgeted like self_svd: at most its stored numbers per matrix
+        assert (rows.params_after <= rows.params_before / 2).all()
+
+
+def test_ffn_tucker_vertical_stacks_each_ffn_matrix_across_layers_and_explicit_ranks_are_taken():
+    teacher = _teacher()
+    student, rows = students.make_student(teacher, "ffn_tuckervertical")
+    assert dict(zip(rows.role, rows["rank"].astype(str))) == {"ffn_in": "2x64x32", "ffn_out": "2x32x64"}
+    _, rows = students.make_student(teacher, "self_svd", ranks=5)
+    assert set(rows["rank"].astype(str)) == {"5"}
+    with pytest.raises(ConfigError, match="unknown student mode 'self_svdd'; modes: self_svd, ffn_svd"):
+        students.make_student(teacher, "self_svdd")
+
+
+def test_the_pkd_loss_is_the_hand_computation():
+    s = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
+    t = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    y = torch.tensor([0, 1])
+    s_cls = torch.tensor([[[3.0, 4.0]], [[1.0, 0.0]]])   # (batch 2, one matched layer, hidden 2)
+    t_cls = torch.tensor([[[4.0, 3.0]], [[0.0, 2.0]]])
+    cfg = DistillConfig(alpha=0.3, temperature=2.0, beta=10.0)
+    total, parts = distill.pkd_loss(s, t, y, s_cls, t_cls, cfg)
+
+    def softmax(z):
+        e = np.exp(z - z.max())
+        return e / e.sum()
+    kd = np.mean([sum(p * math.log(p / q) for p, q in zip(softmax(tt / 2), softmax(ss / 2)))
+                  for ss, tt in zip(s.numpy(), t.numpy())]) * 4
+    ce = np.mean([-math.log(softmax(ss)[c]) for ss, c in zip(s.numpy(), y.numpy())])
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    pt = np.mean([(unit(a) - unit(b)) ** 2 for a, b in
+                  [(np.array([3, 4.0]), np.array([4, 3.0])), (np.array([1, 0.0]), np.array([0, 2.0]))]])
+    assert parts["kd"] == pytest.approx(kd, rel=1e-5) and parts["ce"] == pytest.approx(ce, rel=1e-5)
+    assert parts["pt"] == pytest.approx(pt, rel=1e-5)
+    assert float(total) == pytest.approx(0.3 * kd + 0.7 * ce + 10 * pt, rel=1e-5)
+    raw = distill.pkd_loss(s, t, y, s_cls, t_cls, DistillConfig(alpha=0.3, temperature=2.0, beta=10.0, normalize=False))
+    assert raw[1]["pt"] == pytest.approx(np.mean([(3 - 4) ** 2, (4 - 3) ** 2, 1, 4]) / 1, rel=1e-5)
+    kd_only, _ = distill.pkd_loss(s, t, y, s_cls, t_cls, DistillConfig(alpha=0.3, temperature=2.0, beta=0.0))
+    assert float(kd_only) == pytest.approx(0.3 * kd + 0.7 * ce, rel=1e-5)   # beta = 0: plain KD
+    ce_only, _ = distill.pkd_loss(s, t, y, s_cls, t_cls, DistillConfig(alpha=0.0, beta=0.0))
+    assert float(ce_only) == pytest.approx(ce, rel=1e-5)                     # alpha = 0: CE only
+
+
+def test_layer_maps_of_pkd_skip_and_last():
+    assert distill.layer_map(6, 12, "skip") == [(1, 2), (2, 4), (3, 6), (4, 8), (5, 10)]
+    assert distill.layer_map(6, 12, "last") == [(1, 7), (2, 8), (3, 9), (4, 10), (5, 11)]
+    assert distill.layer_map(3, 3, "skip") == distill.layer_map(3, 3, "last") == [(1, 1), (2, 2)]
+    with pytest.raises(DistillationError, match="a student of 4 layers cannot be matched to a teacher of 3"):
+        distill.layer_map(4, 3)
+
+
+def test_a_student_equal_to_its_teacher_does_not_move():
+    """At equality the soft targets and the patient term are at their minimum: their gradient is
+    zero to double precision, so a distillation step (alpha = 1) leaves the student the teacher,
+    while the labels' term (alpha < 1) does move it. (Over many steps Adam would amplify the
+    1e-16 residue, as it divides by the gradient's own size.)"""
+    teacher = _teacher(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    for alpha, moves in ((1.0, False), (0.5, True)):
+        student = students.layer_student(teacher, 3)
+        before = {k: v.clone() for k, v in student.state_dict().items()}
+        result = distill.distill(student, teacher, _batches(1), DistillConfig(alpha=alpha, beta=100.0),
+                                 trainer.TrainConfig(steps=1, lr=1e-2, weight_decay=0.0, max_grad_norm=None,
+                                                     progress=False))
+        assert result.log.kd.iloc[0] == 0 and result.log.pt.iloc[0] == 0
+        change = max((v - before[k]).abs().max().item() for k, v in student.state_dict().items()
+                     if v.is_floating_point())
+        assert (change > 1e-3) if moves else (change < 1e-8), (alpha, change)
+
+
+def test_distillation_brings_a_fresh_student_to_its_teacher_on_held_out_inputs_and_the_cache_runs_it_once():
+    """A randomly initialised 2-layer student of a confident 3-layer teacher: PKD lowers the KL
+    divergence to the teacher on batches it did not train on to a fifth, and the patient term
+    falls too; the cached teacher runs once per example over five epochs and gives what the
+    teacher gives on the fly."""
+    teacher = _teacher()
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(50)  # confident soft targets
+    torch.manual_seed(1)
+    student = tiny_bert(hidden_size=64, intermediate_size=128, num_hidden_layers=2)
+
+    def held_out_kl() -> float:
+        student.eval()
+        with torch.no_grad():
+            return float(np.mean([torch.nn.functional.kl_div(
+                student(**{k: v for k, v in b.items() if k != "labels"}).logits.log_softmax(-1),
+                teacher(**{k: v for k, v in b.items() if k != "labels"}).logits.log_softmax(-1),
+                log_target=True, reduction="batchmean").item() for b in _batches(4, seed=9)]))
+    before = held_out_kl()
+    cached, data = distill.Teacher(teacher, cache=True), _batches(8)
+    result = distill.distill(student, cached, data, DistillConfig(alpha=1.0, beta=10.0, temperature=1.0),
+                             trainer.TrainConfig(epochs=5, lr=1e-3, weight_decay=0.0, progress=False))
+    assert held_out_kl() < 0.2 * before
+    assert result.log.pt.iloc[-3:].mean() < 0.5 * result.log.pt.iloc[:3].mean()
+    assert cached.computed == sum(b["input_ids"].shape[0] for b in data)
+    on_the_fly = distill.Teacher(teacher)
+    for batch in data:
+        for a, b in zip(cached(batch), on_the_fly(batch)):
+            torch.testing.assert_close(a, b)
+    layered = students.layer_student(teacher, 2)
+    assert layered.config.num_hidden_layers == 2 and len(layered.bert.encoder.layer) == 2
+    assert layered.bert.encoder.layer[1] is not teacher.bert.encoder.layer[1]
+    torch.testing.assert_close(layered.bert.encoder.layer[1].output.dense.weight,
+                               teacher.bert.encoder.layer[1].output.dense.weight)
+
+
+def test_bad_pairs_are_clear_errors():
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models as tok_models
+
+    def tok(words):
+        return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(tok_models.WordLevel(
+            {w: i for i, w in enumerate(words)}, unk_token="[UNK]")))
+    teacher = _teacher()
+    with pytest.raises(DistillationError, match="tokenizers differ"):
+        distill.check_pair(students.layer_student(teacher, 2), teacher, tok(["[UNK]", "a", "b"]), tok(["[UNK]", "a", "c"]))
+    with pytest.raises(DistillationError, match="vocabulary has 120 tokens, the teacher's 100"):
+        distill.check_pair(tiny_bert(vocab_size=120), tiny_bert())
+    with pytest.raises(DistillationError, match="the student's are 32 wide, the teacher's 64"):
+        distill.check_pair(tiny_bert(), teacher)
+    with pytest.raises(DistillationError, match="the student has 3 labels, the teacher 2"):
+        distill.check_pair(_teacher(num_labels=3), teacher)
+    with pytest.raises(DistillationError, match="strategy='middle'"):
+        DistillConfig(strategy="middle")
+    with pytest.raises(ConfigError, match="keep=4: the teacher has 3 layers"):
+        students.layer_student(teacher, 4)
