@@ -385,6 +385,55 @@ def composable_time(parts: pd.DataFrame):
     return fig, parts
 
 
+STUDENT_OBJECTIVES = {"none": "untrained", "ce": "CE", "kd": "KD", "pkd": "PKD (best β)"}
+
+
+def student_cells(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per student: test accuracy (%) untrained, after CE, KD and PKD at the ``beta`` with
+    the best validation accuracy (ties: the smaller beta), that beta, the share of the untrained
+    student's loss against the teacher that PKD recovers, and the footprint against the teacher
+    (stored numbers, MACs per token, measured latency)."""
+    ok = results[results.status == "ok"]
+    teacher = ok[ok.student == "teacher"]
+    teacher_acc = float(teacher.test_accuracy.iloc[0]) if len(teacher) else float(ok.teacher_test_accuracy.median())
+    rows = []
+    for name, g in ok[ok.student != "teacher"].groupby("student", sort=False):
+        by = {o: g[g.objective == o] for o in STUDENT_OBJECTIVES}
+        pkd = by["pkd"].sort_values(["val_accuracy", "beta"], ascending=[False, True]).head(1)
+        acc = {o: (100 * float(d.test_accuracy.iloc[0]) if len(d) else float("nan"))
+               for o, d in {**by, "pkd": pkd}.items()}
+        ref = g.iloc[0]
+        rows.append({"student": name, **{STUDENT_OBJECTIVES[o]: v for o, v in acc.items()},
+                     "best β": float(pkd.beta.iloc[0]) if len(pkd) else float("nan"),
+                     "recovered": (acc["pkd"] - acc["none"]) / (100 * teacher_acc - acc["none"]),
+                     "params": 100 * ref.param_fraction, "MACs": 100 * ref.mac_fraction,
+                     "latency": ref.latency_ms / ref.teacher_latency_ms})
+    out = pd.DataFrame(rows)
+    out.attrs["teacher_accuracy"] = 100 * teacher_acc
+    return out
+
+
+def _student_table(results: pd.DataFrame):
+    """Seed 004's students: test accuracy by training objective, and where PKD leaves each student
+    against its measured latency."""
+    cells = student_cells(results)
+    long = cells.melt(id_vars="student", value_vars=list(STUDENT_OBJECTIVES.values()), var_name="objective",
+                      value_name="test accuracy (%)")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    sns.barplot(data=long, x="student", y="test accuracy (%)", hue="objective", ax=axes[0])
+    axes[0].tick_params(axis="x", rotation=30)
+    lo = max(0.0, long["test accuracy (%)"].min() - 5)
+    axes[0].set(ylim=(lo, 100), xlabel="", title="accuracy by training objective")
+    axes[1].scatter(cells.latency, cells["PKD (best β)"])
+    for _, r in cells.iterrows():
+        axes[1].annotate(r.student, (r.latency, r["PKD (best β)"]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    axes[1].set(xlabel="latency / teacher (CPU, 1 thread)", ylabel="PKD test accuracy (%)", title="accuracy vs time")
+    for ax in axes:
+        ax.axhline(cells.attrs["teacher_accuracy"], color="0.3", ls="--", lw=1)
+    fig.suptitle("Which low-rank student keeps the teacher's accuracy once distilled, and at what speed?", y=1.02)
+    return fig, cells.round(4)
+
+
 FIGURES = {f.name: f for f in [
     Figure("budget_axis_macs", "papermill_runs/budget_axis/results.csv", "papermill_runs/budget_axis.yaml", _budget_axis),
     Figure("baselines_by_role", "papermill_runs/baselines/by_role.csv", "papermill_runs/baselines.yaml", _baselines_by_role),
@@ -612,6 +661,25 @@ def _composable_readme(summary: pd.DataFrame) -> str:
              if not pd.isna(r.seconds_to_baseline) else f"{r.train_seconds_baseline:.0f} / -"}
             for r in summary.itertuples()]
     return _markdown(pd.DataFrame(rows), numeric=7)
+
+
+def _student_readme(results: pd.DataFrame) -> str:
+    """Students by row: test accuracy untrained / CE / KD / PKD (best β on validation, the best
+    trained objective of each row in bold), PKD's share of the loss recovered, footprint against the
+    teacher; the teacher in a line under the table."""
+    cells = student_cells(results)
+    acc = cells[list(STUDENT_OBJECTIVES.values())]
+    shown = acc.copy()
+    shown[acc.columns[1:]] = _bold_best(acc[acc.columns[1:]].T, lower=False, fmt="{:.2f}").T
+    shown[acc.columns[0]] = acc[acc.columns[0]].map("{:.2f}".format)
+    frame = pd.concat([cells[["student"]], shown,
+                       pd.DataFrame({"best β": cells["best β"].map("{:g}".format),
+                                     "PKD recovers": cells.recovered.map("{:.0%}".format),
+                                     "params": cells.params.map("{:.1f} %".format),
+                                     "MACs": cells.MACs.map("{:.1f} %".format),
+                                     "latency": cells.latency.map("{:.2f}×".format)})], axis=1)
+    return (_markdown(frame, numeric=frame.shape[1] - 1)
+            + f"\n\nTeacher (`minilm-l6` fine-tuned on tweets): {cells.attrs['teacher_accuracy']:.2f} %.")
 
 
 @dataclass(frozen=True)

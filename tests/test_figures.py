@@ -143,3 +143,28 @@ def test_composable_table_and_figures_show_both_arms_and_the_time_to_the_baselin
                           {"pipeline": "with composition", "part": "module-level (each unit once)", "seconds": 40.0}])
     fig, data = figures.composable_time(parts)
     assert data.seconds.sum() == 270.0
+
+
+def test_student_table_takes_each_modes_best_beta_on_validation():
+    rows = [dict(student="teacher", objective="none", beta=100.0, val_accuracy=0.90, test_accuracy=0.90,
+                 param_fraction=1.0, mac_fraction=1.0, latency_ms=10.0, teacher_latency_ms=10.0,
+                 teacher_test_accuracy=0.90)]
+    for student, base in (("self_svd", 0.60), ("layers3", 0.70)):
+        common = dict(student=student, param_fraction=0.8, mac_fraction=0.5, latency_ms=6.0, teacher_latency_ms=10.0,
+                      teacher_test_accuracy=0.90)
+        rows += [dict(objective="none", beta=100.0, val_accuracy=base, test_accuracy=base, **common),
+                 dict(objective="ce", beta=100.0, val_accuracy=base + 0.1, test_accuracy=base + 0.1, **common),
+                 dict(objective="kd", beta=100.0, val_accuracy=base + 0.12, test_accuracy=base + 0.12, **common)]
+        for beta, val, test in ((10.0, 0.85, 0.80), (100.0, 0.88, 0.84), (500.0, 0.88, 0.86), (1000.0, 0.70, 0.89)):
+            rows.append(dict(objective="pkd", beta=beta, val_accuracy=val, test_accuracy=test, **common))
+    results = pd.DataFrame(rows).assign(status="ok")
+    cells = figures.student_cells(results).set_index("student")
+    assert cells.loc["self_svd", "best β"] == 100.0  # a validation tie goes to the smaller beta
+    assert cells.loc["self_svd", "PKD (best β)"] == pytest.approx(84.0)  # not the test-best 1000
+    assert cells.loc["self_svd", "recovered"] == pytest.approx((84 - 60) / (90 - 60))
+    table = figures._student_readme(results).splitlines()
+    svd = next(line for line in table if line.startswith("| self_svd"))
+    assert [c.strip() for c in svd.split("|")[2:7]] == ["60.00", "70.00", "72.00", "**84.00**", "100"]
+    assert table[-1] == "Teacher (`minilm-l6` fine-tuned on tweets): 90.00 %."
+    fig, data = figures._student_table(results)
+    assert len(data) == 2
