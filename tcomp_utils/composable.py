@@ -257,10 +257,6 @@ def load_scheme(path: str | os.PathLike, configurations: Sequence[Configuration]
 
 
 # ---------------------------------------------------------------------------------------- pruning
-def _module(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path)
-
-
 def _weight(linear: nn.Module) -> torch.Tensor:
     """A linear layer's effective weight (masked when ``torch.nn.utils.prune`` is on it)."""
     return linear.weight.detach()
@@ -271,7 +267,7 @@ def head_scores(model: nn.Module, site: Site) -> np.ndarray:
     d = adapters.head_structure(model).head_dim
     total = 0
     for role in tuple(site.paths)[:3]:
-        w = _weight(_module(model, site.paths[role])).abs()
+        w = _weight(model.get_submodule(site.paths[role])).abs()
         total = total + w.reshape(-1, d, w.shape[1]).sum(dim=(1, 2))
     return total.double().numpy()
 
@@ -288,8 +284,17 @@ def kept_heads(model: nn.Module, site: Site, rate: float) -> np.ndarray:
     return np.sort(order[drop:])
 
 
+def _head_rows(kept: np.ndarray, head_dim: int) -> torch.Tensor:
+    """Rows of Q/K/V (columns of the output projection) of the ``kept`` heads."""
+    return torch.from_numpy(np.concatenate([np.arange(h * head_dim, (h + 1) * head_dim) for h in kept]))
+
+
+def _attention_path(site: Site) -> str:
+    return site.paths[tuple(site.paths)[0]].rsplit(".", 1)[0]
+
+
 def _check_heads_supported(model: nn.Module, site: Site) -> None:
-    attention = _module(model, site.paths[tuple(site.paths)[0]].rsplit(".", 1)[0])
+    attention = model.get_submodule(_attention_path(site))
     if hasattr(attention, "relative_attention_bias"):
         raise adapters.UnsupportedArchitectureError(
             f"{site.id}: this attention's heads share one relative position bias across layers (T5), so removing "
@@ -300,27 +305,24 @@ def _check_heads_supported(model: nn.Module, site: Site) -> None:
                                                     "composable head pruning")
 
 
-def remove_heads(model: nn.Module, site: Site, kept: np.ndarray) -> None:
-    """Remove every head of ``site`` not in ``kept`` in place: Q/K/V rows, the output projection's
-    columns (its L1 mask too, when it has one) and the head count."""
+def remove_heads(root: nn.Module, site: Site, kept: np.ndarray, head_dim: int) -> None:
+    """Remove every head of ``site`` (paths relative to ``root``) not in ``kept``, in place, with
+    :func:`methods.structured.apply_plans`: Q/K/V rows, the output projection's columns (and its L1
+    mask's, when it has one) and the head count."""
     from .methods import structured
 
-    _check_heads_supported(model, site)
     roles = tuple(site.paths)
-    rms = [adapters.RoleModule(site.paths[r], r, site.stack, site.layer, _module(model, site.paths[r]))
+    rms = [adapters.RoleModule(site.paths[r], r, site.stack, site.layer, root.get_submodule(site.paths[r]))
            for r in roles]
-    attention = _module(model, site.paths[roles[0]].rsplit(".", 1)[0])
-    d = adapters.head_structure(model).head_dim
-    n = rms[0].module.out_features // d
-    layer = structured._Layer(site.stack, site.layer, attention, *rms)
-    heads = structured._Heads(d, n, n)
-    out = rms[3].module
-    mask = getattr(out, "weight_mask", None)
-    structured.apply_plans(model, [layer], [heads], [structured.LayerPlan(heads=np.asarray(kept))])
+    n = rms[0].module.out_features // head_dim
+    mask = getattr(rms[3].module, "weight_mask", None)
+    layer = structured._Layer(site.stack, site.layer, root.get_submodule(_attention_path(site)), *rms)
+    structured.apply_plans(root, [layer], [structured._Heads(head_dim, n, n)],
+                           [structured.LayerPlan(heads=np.asarray(kept))])
     if mask is not None:  # the output projection keeps its L1 mask on the columns that remain
-        cols = torch.from_numpy(np.concatenate([np.arange(h * d, (h + 1) * d) for h in kept]))
-        new = _module(model, site.paths[roles[3]])
-        adapters.set_module(model, site.paths[roles[3]], _masked_linear(new.weight.detach(), new.bias, mask[:, cols]))
+        new = root.get_submodule(site.paths[roles[3]])
+        adapters.set_module(root, site.paths[roles[3]], _masked_linear(new.weight.detach(), new.bias,
+                                                                       mask[:, _head_rows(kept, head_dim)]))
 
 
 def l1_prune(linear: nn.Linear, rate: float) -> nn.Linear:
@@ -356,14 +358,13 @@ def prune_unit(model: nn.Module, unit: Unit) -> dict:
     ``{"linear"}`` (masked) for l1."""
     site = sites(model)[unit.site]
     if unit.kind == "l1":
-        return {"linear": l1_prune(_module(model, site.paths["linear"]), unit.rate)}
+        return {"linear": l1_prune(model.get_submodule(site.paths["linear"]), unit.rate)}
     _check_heads_supported(model, site)
     kept = kept_heads(model, site, unit.rate)
-    d = adapters.head_structure(model).head_dim
-    rows = torch.from_numpy(np.concatenate([np.arange(h * d, (h + 1) * d) for h in kept]))
+    rows = _head_rows(kept, adapters.head_structure(model).head_dim)
     out = {"kept": kept}
     for role, name in zip(tuple(site.paths)[:3], ("query", "key", "value")):
-        m = _module(model, site.paths[role])
+        m = model.get_submodule(site.paths[role])
         layer = nn.Linear(m.in_features, len(rows), bias=m.bias is not None)
         with torch.no_grad():
             layer.weight.copy_(m.weight.detach()[rows])
@@ -389,8 +390,8 @@ def compose(model: nn.Module, configuration: Configuration, payloads: dict[str, 
         if unit.kind == "l1":
             adapters.set_module(out, site.paths["linear"], copy_pruned(payload["linear"]))
             continue
-        kept = np.asarray(payload["kept"])
-        remove_heads(out, site, kept)
+        _check_heads_supported(out, site)
+        remove_heads(out, site, np.asarray(payload["kept"]), adapters.head_structure(out).head_dim)
         for role, name in zip(tuple(site.paths)[:3], ("query", "key", "value")):
             adapters.set_module(out, site.paths[role], copy.deepcopy(payload[name]))
     return out
@@ -449,14 +450,14 @@ def record(model: nn.Module, batches: Iterable[dict], site_ids: Iterable[str]) -
     current: dict = {}
     hooks = []
     for sid, site in wanted.items():
-        path = site.paths["linear"] if site.kind == "l1" else site.paths[tuple(site.paths)[0]].rsplit(".", 1)[0]
+        path = site.paths["linear"] if site.kind == "l1" else _attention_path(site)
 
         def hook(module, args, kwargs, output, sid=sid, site=site):
             out = output[0] if isinstance(output, tuple) else output
             mask = _decoder_mask(current) if site.stack == "decoder" else current.get("attention_mask")
             calls[sid].append(Call(_detached(args), _detached(kwargs), out.detach(),
                                    None if mask is None else mask.bool()))
-        hooks.append(_module(model, path).register_forward_hook(hook, with_kwargs=True))
+        hooks.append(model.get_submodule(path).register_forward_hook(hook, with_kwargs=True))
     was_training = model.training
     model.eval()
     try:
@@ -472,30 +473,16 @@ def record(model: nn.Module, batches: Iterable[dict], site_ids: Iterable[str]) -
 
 
 class _HeadsModule(nn.Module):
-    """An attention block with a unit's narrow Q/K/V, trained alone on recorded calls."""
+    """A copy of a site's attention block with the unit's narrow Q/K/V (the only parameters it
+    trains), called like the block on its recorded calls."""
 
     def __init__(self, model: nn.Module, site: Site, payload: dict):
         super().__init__()
-        attention_path = site.paths[tuple(site.paths)[0]].rsplit(".", 1)[0]
-        holder = nn.Module()
-        holder.attention = copy.deepcopy(_module(model, attention_path))
+        self.attention = copy.deepcopy(model.get_submodule(_attention_path(site)))
         local = Site(site.id, "heads", {r: "attention." + p.rsplit(".", 1)[1] for r, p in site.paths.items()},
                      site.stack, site.layer)
-        self._d = adapters.head_structure(model).head_dim
-        self.attention = holder.attention
-        self._remove(local, payload)
-
-    def _remove(self, local: Site, payload: dict) -> None:
-        from .methods import structured
-
-        roles = tuple(local.paths)
-        rms = [adapters.RoleModule(local.paths[r], r, local.stack, local.layer,
-                                   self.get_submodule(local.paths[r])) for r in roles]
-        n = rms[0].module.out_features // self._d
-        layer = structured._Layer(local.stack, local.layer, self.attention, *rms)
-        structured.apply_plans(self, [layer], [structured._Heads(self._d, n, n)],
-                               [structured.LayerPlan(heads=np.asarray(payload["kept"]))])
-        for role, name in zip(roles[:3], ("query", "key", "value")):
+        remove_heads(self, local, np.asarray(payload["kept"]), adapters.head_structure(model).head_dim)
+        for role, name in zip(tuple(local.paths)[:3], ("query", "key", "value")):
             adapters.set_module(self, local.paths[role], payload[name])
         self.trainable = [p for name in ("query", "key", "value") for p in payload[name].parameters()]
 
