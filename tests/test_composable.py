@@ -7,8 +7,9 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from tcomp_utils import adapters, budget, composable
-from tcomp_utils.composable import CompositionError, Unit
+from tcomp_utils import adapters, budget
+from tcomp_utils.methods import composable
+from tcomp_utils.methods.composable import CompositionError, Unit
 from tcomp_utils.methods.pruning import SparseLinear
 from conftest import tiny_marian, tiny_t5
 

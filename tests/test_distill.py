@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tcomp_utils import budget, distill, students, trainer
+from tcomp_utils import budget, distill, trainer
+from tcomp_utils.methods import students
 from tcomp_utils.distill import DistillConfig, DistillationError
 from tcomp_utils.registry import ConfigError
 from conftest import tiny_bert

@@ -12,7 +12,7 @@ adapter works):
 
 * ``heads`` on an attention block (``{stack}.{layer}.self_attn`` or ``.cross_attn``): head-wise L1
   structured pruning, heads ranked by the L1 norm of their rows of Q, K and V, the
-  ``rate × heads`` (rounded half up) smallest removed *physically* (:func:`methods.structured.apply_plans`:
+  ``rate × heads`` (rounded half up) smallest removed *physically* (:func:`tcomp_utils.methods.structured.apply_plans`:
   narrower Q/K/V, the output projection's columns of those heads dropped, the head count lowered).
   Module-level fine-tuning trains the kept Q/K/V rows; the output projection is not part of this
   unit (it is its own ``l1`` site) and stays as it is while they train.
@@ -20,7 +20,7 @@ adapter works):
   attention outputs ``attn_out``/``cross_attn_out``): L1 unstructured pruning with
   ``torch.nn.utils.prune.l1_unstructured``; the mask stays on through both fine-tunings, so pruned
   weights stay zero, and :func:`to_sparse` finally makes it permanent and stores the matrix sparse
-  (:class:`methods.pruning.SparseLinear`: values, column indices, row pointers, all counted).
+  (:class:`tcomp_utils.methods.pruning.SparseLinear`: values, column indices, row pointers, all counted).
 
 The two kinds compose independently: an attention output projection is L1-pruned as its own unit
 on the full attention context, and composition drops the columns of the heads its attention unit
@@ -54,7 +54,7 @@ import yaml
 from torch import nn
 from torch.nn.utils import prune
 
-from . import adapters, capture, trainer
+from .. import adapters, capture, trainer
 
 KINDS = ("heads", "l1")
 ATTENTION_BLOCKS = {"self_attn": ("query", "key", "value", "attn_out"),
@@ -307,9 +307,9 @@ def _check_heads_supported(model: nn.Module, site: Site) -> None:
 
 def remove_heads(root: nn.Module, site: Site, kept: np.ndarray, head_dim: int) -> None:
     """Remove every head of ``site`` (paths relative to ``root``) not in ``kept``, in place, with
-    :func:`methods.structured.apply_plans`: Q/K/V rows, the output projection's columns (and its L1
+    :func:`tcomp_utils.methods.structured.apply_plans`: Q/K/V rows, the output projection's columns (and its L1
     mask's, when it has one) and the head count."""
-    from .methods import structured
+    from . import structured
 
     roles = tuple(site.paths)
     rms = [adapters.RoleModule(site.paths[r], r, site.stack, site.layer, root.get_submodule(site.paths[r]))
@@ -400,7 +400,7 @@ def compose(model: nn.Module, configuration: Configuration, payloads: dict[str, 
 def to_sparse(model: nn.Module) -> int:
     """Make every L1 mask permanent and store those layers as ``SparseLinear`` (values, column
     indices, row pointers: the bytes the budget counter sees). Returns how many were converted."""
-    from .methods.pruning import SparseLinear
+    from .pruning import SparseLinear
 
     done = 0
     for path, module in list(model.named_modules()):
@@ -584,7 +584,7 @@ def finetune_translation(model: nn.Module, tokenizer, recipe, task, steps: int, 
     """Model-level fine-tuning on the translation task's training split by the recipe's batches and
     label-smoothed loss, ``steps`` at constant ``lr``; validation BLEU on ``val_examples`` pairs every
     ``eval_every`` steps, logged with ``train_seconds`` (training time so far, evaluations excluded)."""
-    from . import translation
+    from .. import translation
 
     data = translation.seq2seq_batches(tokenizer, task["train"], task.spec, recipe.batch_size, recipe.max_length,
                                        seed=recipe.seed)
@@ -641,7 +641,7 @@ def run_pipeline(model: nn.Module, tokenizer, recipe, task, configurations: Sequ
     BLEU, all its seconds when it did not), ``saved_s`` and how many configurations ``matched``."""
     from tqdm.auto import tqdm
 
-    from . import budget, translation
+    from .. import budget, translation
 
     scheme = build_scheme(configurations)
     src_split = task["train"].select(range(min(calibration, len(task["train"]))))

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import pandas as pd
 from torch import nn
 
-from . import adapters
-from .methods.factorization import factorize
-from .registry import ConfigError
+from .. import adapters
+from ..registry import ConfigError
+from .factorization import factorize
 
 QKV = ("query", "key", "value")
 
