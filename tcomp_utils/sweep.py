@@ -52,6 +52,7 @@ import itertools
 import json
 import math
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -402,6 +403,15 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop a sweep as Ctrl-C does, so it logs its run (a shell starts a
+    background job with SIGINT ignored, and SIGTERM would skip the logging)."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tcomp_utils.sweep", description="Run a notebook sweep.")
     parser.add_argument("spec", help="sweep spec (YAML)")
@@ -418,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="count points whose committed results row is ok (and current) as done: finish a grid "
                              "begun in another clone")
     args = parser.parse_args(argv)
+    _stop_on_signals()
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     try:

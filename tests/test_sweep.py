@@ -104,6 +104,20 @@ def test_killed_sweep_resumes_without_recomputing_or_corruption(tmp_path):
         assert runs(tmp_path, x) == 1, f"point x={x} finished before the kill but ran again"
 
 
+def test_a_terminated_sweep_logs_the_points_it_finished(tmp_path):
+    spec_path = write_spec(tmp_path, [{"x": x} for x in range(1, 7)], delay=1.0)
+    proc = subprocess.Popen([sys.executable, "-m", "tcomp_utils.sweep", str(spec_path)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    points = tmp_path / "out" / "points"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(points.glob("*.json"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+    log = pd.read_csv(tmp_path / "out" / "runs.csv")
+    assert len(log) == 1 and 2 <= log.points_run[0] < 6 and log.ok[0] == log.points_run[0]
+
+
 def test_the_same_table_locally_and_on_dask(tmp_path):
     spec_path = write_spec(tmp_path, [{"x": 2}, {"x": 3}])
     local = sweep.run_sweep(sweep.SweepSpec.load(spec_path, output=tmp_path / "local"), progress=False)
