@@ -84,7 +84,8 @@ def test_an_interrupted_sweep_logs_its_wall_time_and_finished_points(tmp_path, m
     assert [runs(tmp_path, x) for x in (1, 2, 3)] == [1, 1, 1]
 
 
-def test_killed_sweep_resumes_without_recomputing_or_corruption(tmp_path):
+def _sweep_with_two_points_done(tmp_path):
+    """A sweep of six slow points running in a subprocess, once two of them are recorded."""
     spec_path = write_spec(tmp_path, [{"x": x} for x in range(1, 7)], delay=1.0)
     proc = subprocess.Popen([sys.executable, "-m", "tcomp_utils.sweep", str(spec_path)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -92,6 +93,11 @@ def test_killed_sweep_resumes_without_recomputing_or_corruption(tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and len(list(points.glob("*.json"))) < 2:
         time.sleep(0.2)
+    return spec_path, proc, points
+
+
+def test_killed_sweep_resumes_without_recomputing_or_corruption(tmp_path):
+    spec_path, proc, points = _sweep_with_two_points_done(tmp_path)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = {json.loads(p.read_text())["parameters"]["x"] for p in points.glob("*.json")}
@@ -105,13 +111,7 @@ def test_killed_sweep_resumes_without_recomputing_or_corruption(tmp_path):
 
 
 def test_a_terminated_sweep_logs_the_points_it_finished(tmp_path):
-    spec_path = write_spec(tmp_path, [{"x": x} for x in range(1, 7)], delay=1.0)
-    proc = subprocess.Popen([sys.executable, "-m", "tcomp_utils.sweep", str(spec_path)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    points = tmp_path / "out" / "points"
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(points.glob("*.json"))) < 2:
-        time.sleep(0.2)
+    _, proc, _ = _sweep_with_two_points_done(tmp_path)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     log = pd.read_csv(tmp_path / "out" / "runs.csv")
