@@ -145,6 +145,17 @@ def test_no_notebook_records_a_name_that_a_sweep_would_refuse():
         assert not clash, f"{path.name} records {sorted(clash)}, which are parameters or results columns"
 
 
+def test_papermill_reads_every_parameter_of_every_notebook():
+    """papermill parses the parameters cell line by line (a comment it misreads makes it warn
+    'Unable to parse line' and 'Passed unknown parameter' on every run): it must find the same
+    names as the sweep's own parser."""
+    import papermill
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        assert list(papermill.inspect_notebook(str(path))) == list(runner.notebook_parameters(nb, path)), path.name
+
+
 @pytest.mark.parametrize("change, message", [
     ({"colour": "red"}, r"unknown key\(s\) \['colour'\]"),
     ({"notebook": "notebooks/nope.ipynb"}, "notebook notebooks/nope.ipynb does not exist"),
