@@ -446,6 +446,7 @@ FIGURES = {f.name: f for f in [
            "papermill_runs/structured_pruning_encoder.yaml", _pruning_encoder),
     Figure("structured_pruning_decoder", "papermill_runs/structured_pruning_decoder/results.csv",
            "papermill_runs/structured_pruning_decoder.yaml", _pruning_decoder),
+    Figure("qat_table", "papermill_runs/qat_table/results.csv", "papermill_runs/qat_table.yaml", _qat_table),
 ]}
 
 
@@ -700,6 +701,7 @@ README_TABLES = {t.name: t for t in [
                 _pruning_encoder_table),
     ReadmeTable("structured_pruning_decoder", "papermill_runs/structured_pruning_decoder/results.csv",
                 _pruning_decoder_table),
+    ReadmeTable("qat_table", "papermill_runs/qat_table/results.csv", _qat_readme),
 ]}
 _BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

@@ -148,7 +148,7 @@ def test_short_fine_tuning_recovers_every_ffn_variant():
     says(OFFLINE_NB, f"{steps} steps of fine-tuning bring every FFN ×10 variant back to {lo_hi} %")
 
 
-@pytest.mark.parametrize("sweep", ["offline_compression", "gptq_table"])
+@pytest.mark.parametrize("sweep", ["offline_compression", "gptq_table", "qat_table"])
 def test_the_regenerate_lines_count_the_cells(sweep):
     cells = len(pd.read_csv(ROOT / "papermill_runs" / sweep / "results.csv"))
     line = re.search(rf"`make sweep SPEC=papermill_runs/{sweep}\.yaml[^`]*` \((\d+) cells", _text(README))
@@ -752,3 +752,95 @@ def test_structured_pruning_benchmarks_in_the_readme():
                  f"{' / '.join(f'{lat.speedup[m]:.2f}×' for m in mus)} |",
          f"| {s.min()['id']:.1f}–{s.max()['id']:.1f} s / {s.min()['fisher']:.1f}–{s.max()['fisher']:.1f} s |",
          f"MAC reduction {lat.efficiency[lat.index < 1].min():.2f}–{lat.efficiency[lat.index < 1].max():.2f} at every μ")
+
+
+# ---- quantization-aware training of the translation model (issue 16) --------------------------
+
+def qat_bleu(protocol: str, quantizer: str | None = None, bits: int | None = None, target: str | None = None,
+             ptq: str | None = None) -> float:
+    r = table("qat_table")
+    ptq_ = r.ptq.fillna("signmag")
+    match = (r.protocol == protocol) & ((r.quantizer == quantizer) if quantizer else True) & \
+        ((r.bits == bits) if bits else True) & ((r.target == target) if target else True) & \
+        ((ptq_ == ptq) if ptq else True)
+    row = r[match]
+    assert len(row) == 1, (protocol, quantizer, bits, target, ptq)
+    return float(row.test_bleu.iloc[0])
+
+
+def bleu_interval() -> tuple[float, float]:
+    ci = pd.read_csv(ROOT / "benchmarks" / "results" / "translation_bleu_ci.csv")
+    test = ci[(ci.split == "test") & (ci.metric == "bleu")].iloc[0]
+    return float(test.score), float(test.ci95_halfwidth)
+
+
+def test_the_fp32_translation_model_and_its_resolution():
+    fp32, half = bleu_interval()
+    assert abs(qat_bleu("fp32") - fp32) < 0.005  # the benchmark scores the very model the table starts from
+    chrf = float(table("qat_table").query("protocol == 'fp32'").test_chrf.iloc[0])
+    assert fp32 > 1 and chrf > 15  # it translates (BLEU 0-1 is noise; examples in notebook 10)
+    says(README, f"greedy **test BLEU {fp32:.2f}, chrF {chrf:.1f}** on the 1,000 test pairs, ±{half:.2f} BLEU being "
+                 "the 95 % bootstrap interval")
+
+
+def test_the_seeds_ordering_verdict():
+    fp32, half = bleu_interval()
+    att = {b: qat_bleu("scratch", "seed", b, "attention") for b in (8, 4, 2, 1)}
+    binary_linear = qat_bleu("scratch", "binary", target="linear")
+    within = lambda v: abs(v - fp32) <= half  # noqa: E731
+    assert within(att[8]) and within(att[4]) and not within(att[2])  # "attention at 4 bits or more ~ baseline"
+    assert att[2] < fp32 - half and att[2] > att[1] > binary_linear  # "> 2-bit > 1-bit > binary all linear"
+    binary_att = qat_bleu("scratch", "binary", target="attention")
+    scaled = {t: qat_bleu("scratch", "binary_scaled", target=t) for t in ("attention", "linear")}
+    assert binary_att < 0.05 and all(within(v) or v > fp32 for v in scaled.values())
+    says(README, f"From scratch, 8- and 4-bit attention ({att[8]:.2f} and {att[4]:.2f}) stay within the ±{half:.2f} "
+                 f"interval of fp32 ({fp32:.2f}), 2-bit attention falls to {att[2]:.2f}, 1-bit to {att[1]:.2f} and "
+                 f"binary all linear to {binary_linear:.2f}: attention at 4 bits or more ≈ baseline > 2-bit > 1-bit > "
+                 "binary all linear",
+         f"score {binary_att:.2f} on the attention too",
+         f"trains to {scaled['attention']:.2f} (attention) and {scaled['linear']:.2f} (all linear)")
+
+
+def test_qat_fine_tuning_against_its_control():
+    _, half = bleu_interval()
+    control, fp32 = qat_bleu("fp32_finetune"), qat_bleu("fp32")
+    tuned = [qat_bleu("finetune", "seed", b, "attention") for b in (8, 4, 2)]
+    r = table("qat_table").set_index("protocol").test_chrf
+    ci = pd.read_csv(ROOT / "benchmarks" / "results" / "translation_bleu_ci.csv").set_index(["split", "metric"])
+    chrf_half = float(ci.loc[("test", "chrf"), "ci95_halfwidth"])
+    assert r["fp32_finetune"] > r["fp32"] + chrf_half  # the extra epoch alone helps beyond the resolution (chrF)
+    assert all(abs(v - control) <= half for v in tuned)  # and QAT fine-tuning is within the control's interval
+    says(README, f"lifts fp32 from {fp32:.2f} to {control:.2f} BLEU (chrF {r['fp32']:.1f} to {r['fp32_finetune']:.1f}, "
+                 f"beyond its ±{chrf_half:.2f} interval; the embedded model is under-trained)",
+         f"attention ends at {tuned[0]:.2f}, {tuned[1]:.2f} and {tuned[2]:.2f}, within the interval of that control")
+
+
+def test_post_training_quantization_down_to_two_bits():
+    fp32, half = bleu_interval()
+    r = table("qat_table")
+    ptq = r[(r.protocol == "ptq") & (r.bits >= 2)]  # the seed's grid (b magnitude bits), RTN and GPTQ
+    assert len(ptq) == 6 + 16 and (abs(ptq.test_bleu - fp32) <= half).all(), len(ptq)
+    grid2, scratch2 = qat_bleu("ptq", "seed", 2, "attention", "signmag"), qat_bleu("scratch", "seed", 2, "attention")
+    t = r.set_index(["protocol", "quantizer", "bits", "target"]).elapsed_s
+    secs, mins = t["ptq", "seed", 2, "attention"], t["scratch", "seed", 2, "attention"] / 60
+    scaled_ptq = [qat_bleu("ptq", "binary_scaled", target=x) for x in ("attention", "linear")]
+    scaled_ft = [qat_bleu("finetune", "binary_scaled", target=x) for x in ("attention", "linear")]
+    assert grid2 > scratch2 and all(f > p + half for f, p in zip(scaled_ft, scaled_ptq))
+    says(README, f"within the interval of fp32 ({ptq.test_bleu.min():.2f} to {ptq.test_bleu.max():.2f})",
+         f"the seed's grid scores {grid2:.2f} after training against {scratch2:.2f} by QAT from scratch, in "
+         f"{secs:.0f} s instead of {mins:.0f} minutes",
+         f"score {scaled_ptq[0]:.2f} (attention) and {scaled_ptq[1]:.2f} (all linear) quantized after training, "
+         f"{scaled_ft[0]:.2f} and {scaled_ft[1]:.2f} after one epoch of QAT fine-tuning")
+
+
+def test_the_qat_grid_time():
+    r = table("qat_table")
+    runs = pd.read_csv(ROOT / "papermill_runs" / "qat_table" / "runs.csv")
+    assert runs.points_run.sum() == len(r) == runs.points_total.iloc[-1] and (runs.workers == 2).all()
+    wall, cell = runs.wall_s.sum() / 60, r.elapsed_s.sum() / 60
+    scratch = r[r.protocol == "scratch"].elapsed_s / 60
+    assert wall > 60  # the issue's target is missed, and the README says so
+    says(README, f"(51 cells, {wall:.0f} minutes on 2 cores;",
+         f"the {len(scratch)} from-scratch rows take {scratch.sum():.0f} of the {cell:.0f} minutes of cell time "
+         f"({scratch.min():.0f} to {scratch.max():.0f} minutes each")
+    says("benchmarks/results/translation_pilots.md", "the recipe trains in 610 s on 2 idle")
