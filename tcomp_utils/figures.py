@@ -336,12 +336,12 @@ def _qat_table(results: pd.DataFrame):
             ax.annotate("scaled" if "scaled" in r.row else "sign", (r.stored_bits, r.test_bleu), fontsize=7,
                         xytext=(4, 0), textcoords="offset points", va="center")
         for (protocol, bleu), ls in zip(floats.items(), ("--", ":")):
-            ax.axhline(bleu, color="0.3", ls=ls, lw=1)
-            ax.text(ax.get_xlim()[1], bleu, f"{protocol} ", fontsize=8, va="bottom", ha="right", color="0.3")
+            ax.axhline(bleu, color="0.3", ls=ls, lw=1, label=protocol)
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.set(xticks=sorted(d.stored_bits.unique()), xlabel="stored bits per quantized weight",
                ylabel="test BLEU", title=target)
+    axes[0][0].legend(*axes[0][0].get_legend_handles_labels(), fontsize=8)  # the protocols and the fp32 lines
     for ax in axes[0][1:]:
         if ax.get_legend():
             ax.get_legend().remove()
