@@ -844,3 +844,39 @@ def test_the_qat_grid_time():
          f"the {len(scratch)} from-scratch rows take {scratch.sum():.0f} of the {cell:.0f} minutes of cell time "
          f"({scratch.min():.0f} to {scratch.max():.0f} minutes each")
     says("benchmarks/results/translation_pilots.md", "the recipe trains in 610 s on 2 idle")
+
+
+QAT_NB = "notebooks/10_quantization_aware_training.ipynb"
+
+
+def test_qat_notebook_claims():
+    near = table("qat_narrative", "nearest_rounding").set_index("bits")
+    assert near.rel_error.is_monotonic_decreasing and (near.levels_used <= near.levels_on_grid).all()
+    stoch = table("qat_narrative", "stochastic_rounding").set_index("draws").rel_error_of_mean
+    assert stoch[1] > near.rel_error[2] > stoch[256]  # one draw is noisier than nearest, the mean of many is not
+    says(QAT_NB, "relative error of " + f"{near.rel_error[1]:.3f} with 1 magnitude bit, {near.rel_error[2]:.3f} with 2, "
+                 f"{near.rel_error[4]:.3f} with 4 and {near.rel_error[8]:.4f} with 8 (using "
+                 + ", ".join(map(str, near.levels_used[[1, 2, 4]])) + f" and {near.levels_used[8]} of the grid's "
+                 + ", ".join(map(str, near.levels_on_grid[[1, 2, 4]])) + f" and {near.levels_on_grid[8]} levels)",
+         f"One stochastic rounding with 2 bits errs by {stoch[1]:.3f}, more than the nearest level, but the mean of "
+         f"256 draws by {stoch[256]:.3f}")
+    res = table("qat_narrative", "qat_results").set_index("config").test_bleu
+    log = table("qat_narrative", "qat_log")
+    loss = log[log.kind == "train"].groupby("config").loss
+    first, last = loss.apply(lambda s: s.head(20).mean()), loss.apply(lambda s: s.tail(20).mean())
+    b = lambda name: f"{res[name]:.2f}"  # noqa: E731
+    fp32 = qat_bleu("fp32")
+    assert res["binary, scaled, attention"] > fp32 and res["binary, attention"] < 0.05 and res["binary, linear"] < 0.05
+    assert first["binary, attention"] > 2 * first["8-bit, attention"]
+    says(QAT_NB, f"from the trained model (test BLEU {fp32:.2f}): 8-bit attention {b('8-bit, attention')}, 2-bit "
+                 f"{b('2-bit, attention')} and row-scaled binary {b('binary, scaled, attention')}; the seed's \"1-bit\" "
+                 f"(ternary) grid {b('1-bit, attention')}, its unscaled binary weights {b('binary, attention')} "
+                 f"(attention) and {b('binary, linear')} (all linear)",
+         f"start at a training loss of {first['binary, attention']:.1f} and {first['binary, linear']:.1f} (mean of the "
+         f"first 20 steps; the 8-bit row {first['8-bit, attention']:.1f}) and end at {last['binary, attention']:.1f} "
+         f"and {last['binary, linear']:.1f}")
+    ex = table("qat_narrative", "translations").set_index("source").loc["Sein Name fällt mir gerade nicht ein."]
+    says(QAT_NB, f"(reference \"{ex.reference}\") becomes \"{ex.fp32}\" in fp32, \"{ex['8-bit, attention']}\" with "
+                 f"8-bit attention and \"{ex['1-bit, attention']}\" on the ternary grid")
+    runs = pd.read_csv(ROOT / "papermill_runs" / "qat_narrative" / "runs.csv")
+    says(QAT_NB, f"per configuration; {runs.wall_s.iloc[-1] / 60:.0f} minutes on 2 cores")
