@@ -381,8 +381,44 @@ def composable_time(parts: pd.DataFrame):
     wide.plot.barh(stacked=True, ax=ax)
     ax.set(xlabel="training seconds (evaluations excluded)", ylabel="",
            title="Fine-tuning time for the whole set of configurations: is composing faster?")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig, parts
+
+
+def composable_curves(model_log: pd.DataFrame):
+    """Model-level fine-tuning per configuration, the composed model against its baseline: the
+    training loss (moving mean of 20 steps) and validation BLEU by step."""
+    log = model_log.assign(arm=model_log.arm.map(COMPOSABLE_ARMS))
+    train = log[log.kind == "train"].copy()
+    train["value"] = train.groupby(["configuration", "arm"]).loss.transform(lambda s: s.rolling(20, min_periods=1).mean())
+    evals = log[log.kind == "eval"].assign(value=lambda d: d.val_bleu)
+    long = pd.concat([train.assign(curve="training loss (moving mean)"), evals.assign(curve="validation BLEU")])
+    grid = sns.relplot(data=long, x="step", y="value", hue="arm", col="configuration", row="curve", kind="line",
+                       height=2.3, aspect=1.1, facet_kws=dict(sharey="row", margin_titles=True),
+                       hue_order=list(COMPOSABLE_ARMS.values()))
+    grid.set_titles(col_template="{col_name}", row_template="{row_name}")
+    grid.set_axis_labels("model-level step", "")
+    sns.move_legend(grid, "lower center", bbox_to_anchor=(0.45, -0.08), ncol=2, title=None)
+    grid.figure.suptitle("Model-level fine-tuning: composed from fine-tuned units vs pruned only", y=1.03)
+    return grid.figure, long[["configuration", "arm", "curve", "step", "value"]].round(4)
+
+
+def composable_units(unit_log: pd.DataFrame):
+    """Module-level fine-tuning: each unit's MSE to the original module's output relative to its
+    first step, the median and interquartile range over the units of one kind and rate."""
+    kind_rate = unit_log.unit.str.extract(r"@(?P<kind>.+?)(?P<rate>0\.\d+|0)$")
+    log = unit_log.assign(kind=kind_rate.kind, rate=kind_rate.rate.astype(float))
+    first = log.sort_values("step").groupby("unit").loss.transform("first")
+    log["relative MSE"] = log.loss / first
+    log["units"] = log.kind.map({"heads": "heads", "l1": "L1"}).fillna(log.kind) + " at " + log.rate.map("{:g}".format)
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    sns.lineplot(data=log, x="step", y="relative MSE", hue="units", hue_order=sorted(log.units.unique()),
+                 estimator="median", errorbar=("pi", 50), ax=ax)
+    ax.set(yscale="log", xlabel="module-level step", ylabel="MSE / MSE at step 1",
+           title="Module-level fine-tuning of the 81 units (median, IQR)")
+    ax.legend(fontsize=7, ncol=2)
+    table = log.groupby(["units", "step"])["relative MSE"].median().rename("median_relative_mse").reset_index()
+    return fig, table.round(4)
 
 
 STUDENT_OBJECTIVES = {"none": "untrained", "ce": "CE", "kd": "KD", "pkd": "PKD (best β)"}
@@ -447,6 +483,14 @@ FIGURES = {f.name: f for f in [
     Figure("structured_pruning_decoder", "papermill_runs/structured_pruning_decoder/results.csv",
            "papermill_runs/structured_pruning_decoder.yaml", _pruning_decoder),
     Figure("qat_table", "papermill_runs/qat_table/results.csv", "papermill_runs/qat_table.yaml", _qat_table),
+    Figure("composable_bleu", "papermill_runs/composable_table/summary.csv", "papermill_runs/composable_table.yaml",
+           composable_bleu),
+    Figure("composable_time", "papermill_runs/composable_table/time_parts.csv", "papermill_runs/composable_table.yaml",
+           composable_time),
+    Figure("composable_curves", "papermill_runs/composable_table/model_log.csv", "papermill_runs/composable_table.yaml",
+           composable_curves),
+    Figure("composable_units", "papermill_runs/composable_table/unit_log.csv", "papermill_runs/composable_table.yaml",
+           composable_units),
 ]}
 
 
@@ -702,6 +746,7 @@ README_TABLES = {t.name: t for t in [
     ReadmeTable("structured_pruning_decoder", "papermill_runs/structured_pruning_decoder/results.csv",
                 _pruning_decoder_table),
     ReadmeTable("qat_table", "papermill_runs/qat_table/results.csv", _qat_readme),
+    ReadmeTable("composable_table", "papermill_runs/composable_table/summary.csv", _composable_readme),
 ]}
 _BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

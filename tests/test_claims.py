@@ -880,3 +880,54 @@ def test_qat_notebook_claims():
                  f"8-bit attention and \"{ex['1-bit, attention']}\" on the ternary grid")
     runs = pd.read_csv(ROOT / "papermill_runs" / "qat_narrative" / "runs.csv")
     says(QAT_NB, f"per configuration; {runs.wall_s.iloc[-1] / 60:.0f} minutes on 2 cores")
+
+
+# ---- composable pruning (issue 17) -------------------------------------------------------------
+
+def test_composable_pruning_claims():
+    s = table("composable_table", "summary").set_index("configuration")
+    t = table("composable_table").iloc[0]
+    units = table("composable_table", "unit_runs")
+    assert t.n_configurations >= 5 and t.unit_uses > t.n_units  # the issue's target: five or more sharing units
+    assert abs(t.with_s - (t.record_s + t.unit_s + t.composed_model_s)) < 1e-6 and abs(t.unit_s - units.seconds.sum()) < 1e-6
+    assert t.saved_s > 0 and t.matched == s.steps_to_baseline.notna().sum()
+    missed = s[s.steps_to_baseline.isna()]
+    reached = s.steps_to_baseline.dropna()
+    gap = s.test_bleu_composed - s.test_bleu_baseline
+    starts_higher = (s.val_bleu_before_composed > s.val_bleu_before_baseline).sum()
+    _, half = bleu_interval()
+    dense = t.dense_test_bleu
+    assert (gap > 0).all() and (gap > half).sum() == 1  # "each gap but one within the interval, all six the same way"
+    assert (s[["test_bleu_baseline", "test_bleu_composed"]] >= dense).all().all()
+    says(README, f"**Composition saves {t.saved_s:.0f} s of the {t.without_s:.0f} s of model-level fine-tuning "
+                 f"({100 * t.saved_s / t.without_s:.0f} %).**",
+         f"the six baselines train {t.without_s:.0f} s; with it, recording the module inputs ({t.record_s:.1f} s), "
+         f"fine-tuning each of the {t.n_units} units once ({t.unit_s:.0f} s) and each composed model until its "
+         f"validation BLEU reached its baseline's final one ({t.composed_model_s:.0f} s) take {t.with_s:.0f} s",
+         f"got there in {t.matched} of {t.n_configurations} configurations, after {reached.min():.0f} to "
+         f"{reached.max():.0f} of the 200 steps; in {missed.index[0]} it did not "
+         f"({missed.val_bleu_after_composed.iloc[0]:.2f} against {missed.val_bleu_after_baseline.iloc[0]:.2f}) and "
+         f"counts with all its {missed.train_seconds_composed.iloc[0]:.0f} s",
+         f"above the baseline's in {starts_higher} of 6 configurations",
+         f"test BLEU above the baseline's in all six, by {gap.min():.2f} to {gap.max():.2f}; each gap but one lies "
+         f"within the test sample's ±{half:.2f} interval",
+         f"The dense model scores {dense:.2f}",
+         f"({units.seconds.min():.1f} to {units.seconds.max():.1f} s a unit)",
+         f"sharing {t.n_units} units ({t.unit_uses} uses)")
+    runs = pd.read_csv(ROOT / "papermill_runs" / "composable_table" / "runs.csv")
+    minutes = runs.wall_s.iloc[-1] / 60
+    assert minutes <= 45  # the issue's target for the complete grid on 2 cores
+    says(README, f"`make sweep SPEC=papermill_runs/composable_table.yaml` (one cell, {minutes:.0f} minutes on 2 cores",
+         f"| `papermill_runs/composable_table.yaml` ({minutes:.0f} minutes) |")
+
+
+def test_composable_table_notebook_claims():
+    s = table("composable_table", "summary")
+    t = table("composable_table").iloc[0]
+    minutes = pd.read_csv(ROOT / "papermill_runs" / "composable_table" / "runs.csv").wall_s.iloc[-1] / 60
+    assert (s.test_bleu_composed > s.test_bleu_baseline).all()
+    says("notebooks/13_composable_table.ipynb",
+         f", {minutes:.0f} minutes on 2 cores) the six configurations share {t.n_units} units",
+         f"the set takes {t.with_s:.0f} s of training instead of {t.without_s:.0f} s ({t.saved_s:.0f} s saved, "
+         f"{100 * t.saved_s / t.without_s:.0f} %): the {t.n_units} units cost {t.unit_s:.0f} s together",
+         f"in {t.matched} of {t.n_configurations} configurations")

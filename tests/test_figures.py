@@ -168,3 +168,18 @@ def test_student_table_takes_each_modes_best_beta_on_validation():
     assert table[-1] == "Teacher (`minilm-l6` fine-tuned on tweets): 90.00 %."
     fig, data = figures._student_table(results)
     assert len(data) == 2
+
+
+def test_composable_curves_read_kind_and_rate_from_the_unit_names():
+    unit_log = pd.DataFrame({"unit": ["encoder.0.ffn_in@l10.3"] * 3 + ["decoder.1.cross_attn@heads0.25"] * 3,
+                             "step": [1, 2, 3] * 2, "loss": [2.0, 1.0, 0.5, 4.0, 4.0, 2.0]})
+    _, data = figures.composable_units(unit_log)
+    got = data.set_index(["units", "step"]).median_relative_mse
+    assert got.to_dict() == {("L1 at 0.3", 1): 1.0, ("L1 at 0.3", 2): 0.5, ("L1 at 0.3", 3): 0.25,
+                             ("heads at 0.25", 1): 1.0, ("heads at 0.25", 2): 1.0, ("heads at 0.25", 3): 0.5}
+    model_log = pd.DataFrame([dict(configuration="a25-l30", arm=arm, kind=kind, step=step, loss=1.0 / step,
+                                   val_bleu=2.0 if kind == "eval" else float("nan"))
+                              for arm in figures.COMPOSABLE_ARMS for kind in ("train", "eval") for step in (1, 2)])
+    _, data = figures.composable_curves(model_log)
+    assert set(data.curve) == {"training loss (moving mean)", "validation BLEU"}
+    assert data[data.curve == "training loss (moving mean)"].value.tolist() == [1.0, 0.75] * 2  # mean of the steps so far
