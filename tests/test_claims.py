@@ -931,3 +931,21 @@ def test_composable_table_notebook_claims():
          f"the set takes {t.with_s:.0f} s of training instead of {t.without_s:.0f} s ({t.saved_s:.0f} s saved, "
          f"{100 * t.saved_s / t.without_s:.0f} %): the {t.n_units} units cost {t.unit_s:.0f} s together",
          f"in {t.matched} of {t.n_configurations} configurations")
+
+
+def test_composable_notebook_claims():
+    scheme = table("composable_narrative", "scheme")
+    units = table("composable_narrative", "unit_mse").assign(ratio=lambda d: d["last"] / d["first"])
+    ratio = units.groupby("kind_rate").ratio.median()
+    curve = table("composable_narrative", "walk_curve").set_index(["arm", "step"]).val_bleu
+    kinds = scheme.groupby("kind").size()
+    assert ratio[["heads 0.25", "heads 0.5"]].min() > ratio[["l1 0.3", "l1 0.7"]].max()  # heads recover less
+    minutes = pd.read_csv(ROOT / "papermill_runs" / "composable_narrative" / "runs.csv").wall_s.iloc[-1] / 60
+    says("notebooks/12_composable_pruning.ipynb",
+         f"{minutes:.0f} minutes on 2 cores): the four configurations use {scheme.uses.sum()} pruned modules but only "
+         f"{len(scheme)} distinct units ({kinds['heads']} attention blocks without some heads, {kinds['l1']} L1-pruned "
+         f"linear layers), so {scheme.uses.sum() - len(scheme)} module-level fine-tunings are saved",
+         f"median of {100 * ratio['l1 0.3']:.0f} % (L1 at 0.3) and {100 * ratio['l1 0.7']:.0f} % (L1 at 0.7) of its "
+         f"first step's, but only to {100 * ratio['heads 0.25']:.0f} % and {100 * ratio['heads 0.5']:.0f} % for heads",
+         f"starts at validation BLEU {curve['composed', 0]:.2f} against the baseline's {curve['baseline', 0]:.2f} and "
+         f"after the same 200 model-level steps ends at {curve['composed', 200]:.2f} against {curve['baseline', 200]:.2f}")
