@@ -415,7 +415,7 @@ def composable_units(unit_log: pd.DataFrame):
     sns.lineplot(data=log, x="step", y="relative MSE", hue="units", hue_order=sorted(log.units.unique()),
                  estimator="median", errorbar=("pi", 50), ax=ax)
     ax.set(yscale="log", xlabel="module-level step", ylabel="MSE / MSE at step 1",
-           title="Module-level fine-tuning of the 81 units (median, IQR)")
+           title=f"Module-level fine-tuning of the {log.unit.nunique()} units (median, IQR)")
     ax.legend(fontsize=7, ncol=2)
     table = log.groupby(["units", "step"])["relative MSE"].median().rename("median_relative_mse").reset_index()
     return fig, table.round(4)

@@ -173,7 +173,8 @@ def test_student_table_takes_each_modes_best_beta_on_validation():
 def test_composable_curves_read_kind_and_rate_from_the_unit_names():
     unit_log = pd.DataFrame({"unit": ["encoder.0.ffn_in@l10.3"] * 3 + ["decoder.1.cross_attn@heads0.25"] * 3,
                              "step": [1, 2, 3] * 2, "loss": [2.0, 1.0, 0.5, 4.0, 4.0, 2.0]})
-    _, data = figures.composable_units(unit_log)
+    fig, data = figures.composable_units(unit_log)
+    assert fig.axes[0].get_title() == "Module-level fine-tuning of the 2 units (median, IQR)"
     got = data.set_index(["units", "step"]).median_relative_mse
     assert got.to_dict() == {("L1 at 0.3", 1): 1.0, ("L1 at 0.3", 2): 0.5, ("L1 at 0.3", 3): 0.25,
                              ("heads at 0.25", 1): 1.0, ("heads at 0.25", 2): 1.0, ("heads at 0.25", 3): 0.5}
