@@ -768,9 +768,10 @@ def qat_bleu(protocol: str, quantizer: str | None = None, bits: int | None = Non
     return float(row.test_bleu.iloc[0])
 
 
-def bleu_interval() -> tuple[float, float]:
+def bleu_interval(metric: str = "bleu") -> tuple[float, float]:
+    """The embedded translation model's test score and its 95 % bootstrap half-width."""
     ci = pd.read_csv(ROOT / "benchmarks" / "results" / "translation_bleu_ci.csv")
-    test = ci[(ci.split == "test") & (ci.metric == "bleu")].iloc[0]
+    test = ci[(ci.split == "test") & (ci.metric == metric)].iloc[0]
     return float(test.score), float(test.ci95_halfwidth)
 
 
@@ -806,8 +807,7 @@ def test_qat_fine_tuning_against_its_control():
     control, fp32 = qat_bleu("fp32_finetune"), qat_bleu("fp32")
     tuned = [qat_bleu("finetune", "seed", b, "attention") for b in (8, 4, 2)]
     r = table("qat_table").set_index("protocol").test_chrf
-    ci = pd.read_csv(ROOT / "benchmarks" / "results" / "translation_bleu_ci.csv").set_index(["split", "metric"])
-    chrf_half = float(ci.loc[("test", "chrf"), "ci95_halfwidth"])
+    _, chrf_half = bleu_interval("chrf")
     assert r["fp32_finetune"] > r["fp32"] + chrf_half  # the extra epoch alone helps beyond the resolution (chrF)
     assert all(abs(v - control) <= half for v in tuned)  # and QAT fine-tuning is within the control's interval
     says(README, f"lifts fp32 from {fp32:.2f} to {control:.2f} BLEU (chrF {r['fp32']:.1f} to {r['fp32_finetune']:.1f}, "
