@@ -79,14 +79,19 @@ def _subset(ds, n: int | None):
 
 
 def classification_batches(tokenizer, dataset, spec: tasks.TaskSpec, batch_size: int = 32, max_length: int = 64,
-                           seed: int = 0) -> trainer.DatasetBatches:
+                           seed: int = 0, group_by_length: bool = False) -> trainer.DatasetBatches:
     """Training batches of a classification task: ``dataset`` reshuffled each epoch (seed + epoch),
-    tokenized with padding to the longest in the batch, with ``labels``."""
+    tokenized with padding to the longest in the batch, with ``labels``. ``group_by_length``: rows
+    of similar token count batched together (less padding: about 1.7x fewer tokens on tweets)."""
     def collate(rows: dict) -> dict:
         enc = dict(tokenizer(*[rows[f] for f in spec.text_fields], padding=True, truncation=True,
                              max_length=max_length, return_tensors="pt"))
         return enc | {"labels": torch.tensor(rows[spec.label_field])}
-    return trainer.DatasetBatches(dataset, batch_size, collate, seed=seed)
+    lengths = None
+    if group_by_length:
+        enc = tokenizer(*[list(dataset[f]) for f in spec.text_fields], truncation=True, max_length=max_length)
+        lengths = [len(ids) for ids in enc["input_ids"]]
+    return trainer.DatasetBatches(dataset, batch_size, collate, seed=seed, lengths=lengths)
 
 
 def fine_tune(model: torch.nn.Module, tokenizer, train_set, spec: tasks.TaskSpec, *, epochs: int = 1,

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -55,20 +56,45 @@ class Batches(Protocol):
 
 class DatasetBatches:
     """Batches of ``batch_size`` rows of a ``datasets.Dataset``, reshuffled each epoch with
-    ``seed + epoch``; ``collate(rows) -> batch`` turns a dict of columns into model inputs."""
+    ``seed + epoch``; ``collate(rows) -> batch`` turns a dict of columns into model inputs.
 
-    def __init__(self, dataset, batch_size: int, collate: Callable[[dict], Any], seed: int = 0, shuffle: bool = True):
+    ``lengths`` (one per row, e.g. token counts) groups rows of similar length into a batch, so
+    padding to the longest costs little: each epoch's shuffled rows are cut into pools of
+    ``pool`` batches, each pool sorted by length and cut into batches, and the batches shuffled
+    again. Every row is still seen once per epoch."""
+
+    def __init__(self, dataset, batch_size: int, collate: Callable[[dict], Any], seed: int = 0, shuffle: bool = True,
+                 lengths: Sequence[int] | None = None, pool: int = 50):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if lengths is not None and len(lengths) != len(dataset):
+            raise ValueError(f"{len(lengths)} lengths for {len(dataset)} rows")
+        if pool < 1:
+            raise ValueError(f"pool must be >= 1 batch, got {pool}")
         self.dataset, self.batch_size, self.collate, self.seed, self.shuffle = dataset, batch_size, collate, seed, shuffle
+        self.lengths, self.pool = None if lengths is None else np.asarray(lengths), pool
 
     def __len__(self) -> int:
         return -(-len(self.dataset) // self.batch_size)
 
+    def order(self, epoch: int) -> list[list[int]]:
+        """The row indices of each batch of ``epoch``."""
+        n, b = len(self.dataset), self.batch_size
+        # the permutation datasets.Dataset.shuffle(seed=seed + epoch) draws, so ungrouped batches are its slices
+        gen = np.random.default_rng(self.seed + epoch)
+        rows = gen.permutation(n) if self.shuffle else np.arange(n)
+        if self.lengths is None:
+            return [rows[i:i + b].tolist() for i in range(0, n, b)]
+        batches = []
+        for i in range(0, n, b * self.pool):
+            chunk = rows[i:i + b * self.pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[j:j + b].tolist() for j in range(0, len(chunk), b)]
+        return [batches[i] for i in gen.permutation(len(batches))] if self.shuffle else batches
+
     def epoch(self, epoch: int) -> Iterable[Any]:
-        order = self.dataset.shuffle(seed=self.seed + epoch) if self.shuffle else self.dataset
-        for i in range(0, len(order), self.batch_size):
-            yield self.collate(order[i:i + self.batch_size])
+        for idx in self.order(epoch):
+            yield self.collate(self.dataset[idx])
 
 
 class ListBatches:

@@ -150,9 +150,9 @@ def test_student_table_takes_each_modes_best_beta_on_validation():
                  param_fraction=1.0, mac_fraction=1.0, latency_ms=10.0, teacher_latency_ms=10.0,
                  teacher_test_accuracy=0.90)]
     for student, base in (("self_svd", 0.60), ("layers3", 0.70)):
-        common = dict(student=student, param_fraction=0.8, mac_fraction=0.5, latency_ms=6.0, teacher_latency_ms=10.0,
-                      teacher_test_accuracy=0.90)
-        rows += [dict(objective="none", beta=100.0, val_accuracy=base, test_accuracy=base, **common),
+        common = dict(student=student, param_fraction=0.8, mac_fraction=0.5)  # latency: the untrained cell's only
+        rows += [dict(objective="none", beta=100.0, val_accuracy=base, test_accuracy=base, latency_ms=6.0,
+                      teacher_latency_ms=10.0, teacher_test_accuracy=0.90, **common),
                  dict(objective="ce", beta=100.0, val_accuracy=base + 0.1, test_accuracy=base + 0.1, **common),
                  dict(objective="kd", beta=100.0, val_accuracy=base + 0.12, test_accuracy=base + 0.12, **common)]
         for beta, val, test in ((10.0, 0.85, 0.80), (100.0, 0.88, 0.84), (500.0, 0.88, 0.86), (1000.0, 0.70, 0.89)):
@@ -162,6 +162,7 @@ def test_student_table_takes_each_modes_best_beta_on_validation():
     assert cells.loc["self_svd", "best β"] == 100.0  # a validation tie goes to the smaller beta
     assert cells.loc["self_svd", "PKD (best β)"] == pytest.approx(84.0)  # not the test-best 1000
     assert cells.loc["self_svd", "recovered"] == pytest.approx((84 - 60) / (90 - 60))
+    assert cells.loc["layers3", "latency"] == pytest.approx(0.6)
     table = figures._student_readme(results).splitlines()
     svd = next(line for line in table if line.startswith("| self_svd"))
     assert [c.strip() for c in svd.split("|")[2:7]] == ["60.00", "70.00", "72.00", "**84.00**", "100"]

@@ -130,3 +130,23 @@ def test_bad_settings_are_refused():
         TrainConfig(precision="fp16")
     with pytest.raises(ValueError, match="no evaluate"):
         train(_fresh(), _batches(1), TrainConfig(steps=1, eval_every=1, progress=False))
+
+
+def test_dataset_batches_follow_datasets_shuffle_and_grouping_keeps_every_row_once():
+    import datasets
+    import numpy as np
+
+    ds = datasets.Dataset.from_dict({"x": list(range(203))})
+    plain = trainer.DatasetBatches(ds, 10, lambda rows: rows["x"], seed=3)
+    for e in range(2):  # the order datasets' own shuffle gives, so runs recorded before grouping existed hold
+        assert list(plain.epoch(e)) == [ds.shuffle(seed=3 + e)[i:i + 10]["x"] for i in range(0, 203, 10)]
+    lengths = np.random.default_rng(0).integers(1, 65, 203)
+    grouped = trainer.DatasetBatches(ds, 10, lambda rows: rows["x"], seed=3, lengths=lengths, pool=5)
+    batches = list(grouped.epoch(0))
+    assert len(batches) == len(grouped) == 21
+    assert sorted(x for b in batches for x in b) == list(range(203))
+    spread = lambda bs: np.mean([lengths[b].max() - lengths[b].min() for b in bs])  # noqa: E731
+    assert spread(batches) < spread(list(plain.epoch(0))) / 3
+    assert batches == list(grouped.epoch(0)) and batches != list(grouped.epoch(1))
+    with pytest.raises(ValueError, match="3 lengths for 203 rows"):
+        trainer.DatasetBatches(ds, 10, lambda rows: rows["x"], lengths=[1, 2, 3])
