@@ -100,6 +100,18 @@ class CompressedLinear(nn.Module):
         return self._cache[1]
 
 
+def compressed_footprint(module: "CompressedModule") -> Footprint:
+    """A compressed module's counts as the budget counter adds them up inside a model: its own
+    :meth:`tcomp_footprint` plus those of the compressed modules it holds (each counted once),
+    except a factor it shares with other layers (its ``shared``), which belongs to all of them."""
+    total, seen = module.tcomp_footprint(), {id(module), id(getattr(module, "shared", None))}
+    for child in module.modules():
+        if id(child) not in seen and isinstance(child, CompressedModule):
+            seen.add(id(child))
+            total = total + child.tcomp_footprint()
+    return total
+
+
 def linear_shape(module: nn.Module) -> tuple[int, int] | None:
     """``(in, out)`` of a dense linear map: ``nn.Linear``, or HF's ``Conv1D`` (GPT-2; weight in × out)."""
     if isinstance(module, nn.Linear):

@@ -225,6 +225,14 @@ def methods() -> pd.DataFrame:
                          for e in _METHODS.values()])
 
 
+def method_family(name: str) -> str:
+    """The family method ``name`` was registered with (importing only its module)."""
+    _import_for(name, _METHODS, source_index()[0])
+    if name not in _METHODS:
+        raise UnknownMethodError(f"unknown method {name!r}; registered: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name].family
+
+
 def method_config(name: str, **fields: Any) -> MethodConfig:
     """The config of method ``name`` with ``fields`` (e.g. from a sweep spec's parameters)."""
     _import_for(name, _METHODS, source_index()[0])
@@ -294,7 +302,7 @@ class CompressionReport:
 
 def _counts(module: nn.Module) -> tuple[int, int]:
     if isinstance(module, budget.CompressedModule):
-        fp = module.tcomp_footprint()
+        fp = budget.compressed_footprint(module)
         return fp.params, fp.bytes
     return (sum(p.numel() for p in module.parameters()), sum(budget.dense_bytes(t) for t in module.parameters())
             + sum(budget.dense_bytes(t) for t in module.buffers()))

@@ -491,3 +491,43 @@ def test_the_dequantized_weight_cache_is_bounded_exact_and_follows_the_codes():
             quantized.set_dequant_cache_limit(-1)
     finally:
         quantized.set_dequant_cache_limit(1024)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_low_rank_layers_are_quantized_factor_by_factor_and_counted_and_saved_exactly(tmp_path, method):
+    from tcomp_utils.methods.factorization import factorize
+    from tcomp_utils.methods.quantized import QuantLowRankLinear
+
+    torch.manual_seed(0)
+    model = tiny_llama()
+    factorize(model, "svd", roles="ffn", ratio=2, progress=False)
+    lowrank = adapters.find_modules(model, "ffn_in")[0].module
+    n_in, n_out, r = lowrank.in_features, lowrank.out_features, lowrank.rank
+    ids = torch.randint(0, 100, (4, 16))
+    before = model(input_ids=ids).logits
+    calibration = [{"input_ids": ids}] if method == "gptq" else None
+    report = quantize(model, method, bits=8, calibration=calibration, progress=False)
+    q = adapters.find_modules(model, "ffn_in")[0].module
+    assert isinstance(q, QuantLowRankLinear) and (q.in_features, q.rank, q.out_features) == (n_in, r, n_out)
+    assert q.first.grid.bits == q.second.grid.bits == 8
+    row = report.modules.set_index("path").loc[adapters.find_modules(model, "ffn_in")[0].path]
+    # the report's bytes of the quantized low-rank layer are its two factors' packed tensors, as the counter sees them
+    assert row.bytes_after == q.first.tcomp_footprint().bytes + q.second.tcomp_footprint().bytes < row.bytes_before
+    assert row.rel_error < 0.02
+    table = budget.module_table(model)
+    assert table[table.path.str.startswith(row.name + ".")].macs_per_token.sum() == r * (n_in + n_out)
+    after = model(input_ids=ids).logits
+    assert (after - before).abs().max() < 0.05 * before.abs().max()
+    serialize.save_compressed(model, tmp_path / "m")
+    loaded = serialize.load_compressed(tmp_path / "m")
+    assert torch.equal(loaded(input_ids=ids).logits, after)
+    assert budget.footprint(loaded) == budget.footprint(model)
+
+
+def test_a_low_rank_layer_with_a_shared_factor_is_refused_before_anything_changes():
+    from tcomp_utils.methods.factorization import factorize
+
+    model = tiny_llama()
+    factorize(model, "svd", roles="ffn_in", ratio=2, mode="concatenated", progress=False)
+    with pytest.raises(TypeError, match="shared across layers"):
+        quantize(model, "rtn", bits=8, progress=False)

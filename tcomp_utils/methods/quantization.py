@@ -38,7 +38,8 @@ from ..registry import (CompressionReport, ConfigError, MethodConfig, check_fini
                         module_row, register_method)
 from .gptq import HessianAccumulator, check_options, gptq
 from .quant_grid import QuantGrid, rtn
-from .quantized import QuantEmbedding, QuantLinear
+from .lowrank import LowRankLinear
+from .quantized import QuantEmbedding, QuantLinear, QuantLowRankLinear
 
 
 @dataclass
@@ -106,9 +107,13 @@ def _targets(model: nn.Module, roles: list[str], layers: list[int] | None, lm_he
         if rm.role == "embeddings":
             if not isinstance(rm.module, nn.Embedding):
                 raise TypeError(f"{rm.path} (embeddings) is a {type(rm.module).__name__}, not an nn.Embedding")
+        elif isinstance(rm.module, LowRankLinear):
+            if rm.module.shared is not None:
+                raise TypeError(f"{rm.path} ({rm.role}) is a low-rank layer whose right factor is shared across "
+                                "layers (mode 'concatenated'): only layers with their own factors can be quantized")
         elif not isinstance(rm.module, nn.Linear):
-            raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear: "
-                            "it is already compressed or cannot be quantized")
+            raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear or a low-rank "
+                            "layer: it is already compressed in another way or cannot be quantized")
     if not found:
         raise ValueError(f"no module to quantize for roles {roles} and layers {layers}")
     check_finite(found)
@@ -132,6 +137,33 @@ def _quantize_layer(linear: nn.Linear, config: QuantConfig, grid: QuantGrid, H: 
             H = H.float()
             num, den = ((dW @ H) * dW).sum(), ((W @ H) * W).sum()
             row["output_error"] = (num / den).clamp(min=0).sqrt().item() if den > 0 else float("nan")
+    row["seconds"] = time.perf_counter() - t0
+    return q, row
+
+
+def _quantize_lowrank(layer: LowRankLinear, config: QuantConfig, grid: QuantGrid,
+                      H: torch.Tensor | None) -> tuple[QuantLowRankLinear, dict]:
+    """Both factors of a low-rank layer, Vᵀ on the layer's inputs (Hessian ``H``), then U on what
+    the quantized Vᵀ gives (Hessian V̂ᵀ H V̂, exact: no second capture)."""
+    t0 = time.perf_counter()
+    first = nn.Linear(layer.in_features, layer.rank, bias=False)
+    second = nn.Linear(layer.rank, layer.out_features, bias=layer.bias is not None)
+    with torch.no_grad():
+        first.weight.copy_(layer.right)
+        second.weight.copy_(layer.left)
+        if layer.bias is not None:
+            second.bias.copy_(layer.bias)
+    q1, _ = _quantize_layer(first, config, grid, H)
+    V = q1.weight_matrix()
+    q2, _ = _quantize_layer(second, config, grid, None if H is None else V @ H.float() @ V.T)
+    q = QuantLowRankLinear(q1, q2)
+    W = layer.weight_matrix().detach().float()
+    dW = W - q.weight_matrix()
+    row = dict(rel_error=(dW.norm() / W.norm()).item(), output_error=float("nan"))
+    if H is not None:
+        H = H.float()
+        num, den = ((dW @ H) * dW).sum(), ((W @ H) * W).sum()
+        row["output_error"] = (num / den).clamp(min=0).sqrt().item() if den > 0 else float("nan")
     row["seconds"] = time.perf_counter() - t0
     return q, row
 
@@ -193,7 +225,12 @@ def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | N
     def replace(rm: adapters.RoleModule, H: torch.Tensor | None) -> None:
         m = rm.module
         try:
-            q, row = _quantize_embedding(m, grid) if rm.role == "embeddings" else _quantize_layer(m, config, grid, H)
+            if rm.role == "embeddings":
+                q, row = _quantize_embedding(m, grid)
+            elif isinstance(m, LowRankLinear):
+                q, row = _quantize_lowrank(m, config, grid, H)
+            else:
+                q, row = _quantize_layer(m, config, grid, H)
         except torch.linalg.LinAlgError as err:
             raise ValueError(f"{config.method} of {rm.path}: its input Hessian is not positive definite even with "
                              f"damping {getattr(config, 'damp', None)} (inputs NaN, or too few distinct tokens); "

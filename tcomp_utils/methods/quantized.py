@@ -166,6 +166,45 @@ class QuantLinear(_CachedDequant):
 
 
 @register_module
+class QuantLowRankLinear(CompressedLinear):
+    """A low-rank layer ``y = U (Vᵀ x) + b`` with both factors quantized: ``first`` = Vᵀ (rank ×
+    in, no bias) and ``second`` = U (out × rank, with the bias), each a :class:`QuantLinear`. It
+    stores nothing of its own: the budget counter counts the two factors (rank · (in + out) MACs)."""
+
+    def __init__(self, first: QuantLinear, second: QuantLinear):
+        super().__init__()
+        if first.out_features != second.in_features or first.bias is not None:
+            raise ValueError(f"factors do not chain: first {first.in_features}→{first.out_features} "
+                             f"(bias {first.bias is not None}), second {second.in_features}→{second.out_features}")
+        self.first, self.second = first, second
+        self.in_features, self.out_features, self.rank = first.in_features, second.out_features, first.out_features
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.second.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x))
+
+    def weight_matrix(self) -> torch.Tensor:
+        """The dense (out × in) product of the de-quantized factors."""
+        return self.second.weight_matrix() @ self.first.weight_matrix()
+
+    def tcomp_footprint(self) -> Footprint:
+        return Footprint(0, 0, 0.0)  # the factors are compressed modules, counted on their own
+
+    def tcomp_config(self) -> dict:
+        return {"first": self.first.tcomp_config(), "second": self.second.tcomp_config()}
+
+    @classmethod
+    def tcomp_empty(cls, config: dict, shared: None = None) -> "QuantLowRankLinear":
+        return cls(QuantLinear.tcomp_empty(config["first"]), QuantLinear.tcomp_empty(config["second"]))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+@register_module
 class QuantEmbedding(CompressedLinear):
     """An embedding table (vocab × dim) quantized row by row: each token's vector is a row of the
     grid (one scale per row, or per group of ``group_size`` dimensions).

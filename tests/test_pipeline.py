@@ -1,0 +1,61 @@
+"""Pipelines of methods (the atlas's points) and the probe that counts and times a saved model."""
+import pytest
+import torch
+
+from tcomp_utils import budget, pipeline, probe, serialize
+from tcomp_utils.budget import BudgetError
+from tcomp_utils.registry import ConfigError, UnknownMethodError
+from conftest import tiny_bert, tiny_llama
+
+
+def test_a_pipeline_reads_its_steps_in_order_with_literal_fields():
+    steps = pipeline.parse("structured(criterion='id', mu=0.6) + gptq(bits=4, roles=['linear', 'embeddings']) + pruning")
+    assert [s.name for s in steps] == ["structured", "gptq", "pruning"]
+    assert steps[0].config.mu == 0.6 and steps[1].config.roles == ["linear", "embeddings"] and steps[2].fields == {}
+    assert pipeline.family(steps) == "structured pruning → GPTQ → pruning"
+    assert pipeline.parse("dense") == pipeline.parse("  ") == [] and pipeline.family([]) == "dense"
+    assert steps[1].describe() == "gptq(bits=4, roles=['linear', 'embeddings'])"
+
+
+@pytest.mark.parametrize("text, error, match", [
+    ("svd(ratio=x)", pipeline.PipelineError, "ratio=x in 'svd\\(ratio=x\\)' is not a literal"),
+    ("svd(2)", pipeline.PipelineError, "cannot read 'svd\\(2\\)' as a step"),
+    ("svd(ratio=2) * rtn", pipeline.PipelineError, "cannot read"),
+    ("svd(ratio=2) +", pipeline.PipelineError, "cannot parse"),
+    ("sdv(ratio=2)", UnknownMethodError, "unknown method 'sdv' \\(did you mean 'svd'\\?\\)"),
+    ("svd(rato=2)", ConfigError, "did you mean 'ratio'"),
+    ("rtn(bits=8) + svd(ratio=0.5)", BudgetError, "got 0.5"),  # every step is checked before any is applied
+])
+def test_a_bad_pipeline_is_a_clear_error(text, error, match):
+    with pytest.raises(error, match=match):
+        pipeline.parse(text)
+
+
+def test_steps_apply_in_order_and_each_sees_the_model_the_last_left():
+    model = tiny_bert()
+    dense = budget.footprint(model)
+    reports = pipeline.apply(model, pipeline.parse("svd(ratio=2, roles='ffn') + rtn(bits=8)"))
+    assert [r.method for r in reports] == ["svd", "rtn"]
+    assert reports[0].before.bytes == dense.bytes and reports[1].before.bytes == reports[0].after.bytes
+    assert reports[1].after.bytes == budget.footprint(model).bytes < reports[0].after.bytes < dense.bytes
+
+
+@pytest.mark.parametrize("make, text", [(tiny_bert, "structured(criterion='magnitude', mu=0.5) + rtn(bits=4)"),
+                                        (tiny_llama, "svd(ratio=2) + rtn(bits=8, group_size=16)")])
+def test_the_probe_counts_the_saved_model_as_the_compressed_one_and_measures_it(tmp_path, make, text):
+    torch.manual_seed(0)
+    model = make()
+    pipeline.apply(model, pipeline.parse(text), calibration=None)
+    counted = budget.footprint(model)
+    serialize.save_compressed(model, tmp_path / "m")
+    ids = torch.randint(0, 100, (2, 16))
+    got = probe.probe(tmp_path / "m", {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, runs=3, warmup=1)
+    assert (got["saved_params"], got["saved_bytes"], got["saved_macs"]) == (counted.params, counted.bytes, counted.macs)
+    assert got["file_bytes"] == sum(p.stat().st_size for p in (tmp_path / "m").iterdir())
+    assert got["latency_p10_ms"] <= got["latency_ms"] <= got["latency_p90_ms"] and got["threads"] == 1
+    assert got["peak_mb"] >= got["load_mb"] - 1 and got["peak_mb"] > 0
+
+
+def test_the_probe_refuses_a_folder_with_no_saved_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="holds no saved model"):
+        probe.probe(tmp_path, {"input_ids": torch.zeros(1, 4, dtype=torch.long)})
