@@ -51,6 +51,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import re
 import signal
 import sys
@@ -262,6 +263,19 @@ def _last_seconds(spec: SweepSpec, keys: list[str]) -> dict[str, float]:
     return out
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def worker_env(workers: int, cpus: int | None = None) -> dict[str, str]:
+    """The environment of each local worker (and so of the kernels it starts): the machine's
+    ``cpus`` shared out, ``cpus // workers`` threads each (at least one), so that N workers'
+    torch thread pools do not oversubscribe the cores (torch would give every kernel all of them,
+    and spinning OpenMP threads then slow each other down several times). A thread count set in
+    this process's environment is passed on unchanged."""
+    per = str(max(1, (cpus or os.cpu_count() or 1) // max(1, workers)))
+    return {v: os.environ.get(v, per) for v in THREAD_VARIABLES}
+
+
 def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, progress: bool = True,
               keep_stale: bool = False, reduced: bool = False, resume: bool = False) -> pd.DataFrame:
     """Run every pending point of ``spec`` (missing, failed, or computed with other package code
@@ -304,7 +318,7 @@ def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, p
             from dask.distributed import Client, LocalCluster, as_completed
 
             cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                          dashboard_address=None)
+                                                          dashboard_address=None, env=worker_env(workers))
             try:
                 with Client(scheduler or cluster) as client:
                     futures = {client.submit(execute_point, source, spec.point_parameters(p), cwd, pure=False,

@@ -381,3 +381,13 @@ def test_each_run_that_computes_points_is_logged_with_its_wall_time(tmp_path):
     assert (log.workers == 0).all() and not log.reduced.any()
     assert (log.wall_s >= log.cell_s - 0.1).all() and (log.cell_s > 0).all()  # serial: the cells add up to less
     assert pd.to_datetime(log.started).is_monotonic_increasing
+
+
+def test_local_workers_share_the_cores_out_instead_of_each_taking_all(monkeypatch):
+    for v in sweep.THREAD_VARIABLES:
+        monkeypatch.delenv(v, raising=False)
+    assert sweep.worker_env(2, cpus=2) == dict.fromkeys(sweep.THREAD_VARIABLES, "1")
+    assert sweep.worker_env(2, cpus=16)["OMP_NUM_THREADS"] == "8"
+    assert sweep.worker_env(4, cpus=2)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert sweep.worker_env(2, cpus=2)["OMP_NUM_THREADS"] == "3"
