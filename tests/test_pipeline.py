@@ -59,3 +59,13 @@ def test_the_probe_counts_the_saved_model_as_the_compressed_one_and_measures_it(
 def test_the_probe_refuses_a_folder_with_no_saved_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no saved model"):
         probe.probe(tmp_path, {"input_ids": torch.zeros(1, 4, dtype=torch.long)})
+
+
+def test_every_point_of_the_atlas_spec_is_a_valid_pipeline():
+    from tcomp_utils import sweep
+
+    spec = sweep.SweepSpec.load("papermill_runs/atlas.yaml")
+    for point in spec.points + spec.reduced:
+        pipeline.parse(point["pipeline"])
+    assert {p["model_name"] for p in spec.points} == {"minilm-l6-tweets", "smollm2-135m"}
+    assert sum(p["pipeline"] == "dense" for p in spec.points) == 2

@@ -1,0 +1,68 @@
+"""The atlas's reading of its results: fractions of dense, fronts and winners on hand-made points."""
+import pandas as pd
+import pytest
+
+from tcomp_utils import atlas
+
+
+def _results():
+    rows = []
+    def add(model, pipeline, family, quality, nbytes, macs, latency, metric):
+        rows.append(dict(model=model, pipeline=pipeline, family=family, quality=quality, quality_metric=metric,
+                         bytes=nbytes, dense_bytes=100.0, macs_per_token=macs, dense_macs_per_token=10.0,
+                         latency_ms=latency, dense_latency_ms=5.0, peak_mb=50.0, dense_peak_mb=100.0, status="ok"))
+    acc, ppl = "test accuracy (%)", "perplexity (novel)"
+    add("enc", "dense", "dense", 90.0, 100, 10, 5.0, acc)
+    add("enc", "a", "quantization", 89.5, 25, 10, 5.0, acc)    # 4x fewer bytes, same MACs
+    add("enc", "b", "quantization", 85.0, 12, 10, 5.5, acc)    # 8x+ fewer bytes
+    add("enc", "c", "factorization", 89.0, 50, 5, 4.0, acc)    # dominated on bytes by a, on the front for MACs
+    add("enc", "d", "factorization", 80.0, 60, 6, 4.5, acc)    # dominated everywhere by c
+    add("dec", "dense", "dense", 20.0, 100, 10, 5.0, ppl)
+    add("dec", "e", "quantization", 22.0, 30, 10, 5.0, ppl)
+    add("dec", "f", "pruning", 30.0, 45, 4.5, 3.0, ppl)
+    rows.append(dict(rows[-1], pipeline="broken", status="error"))
+    return pd.DataFrame(rows)
+
+
+def test_points_are_read_against_their_models_dense_point():
+    pts = atlas.points(_results()).set_index("pipeline")
+    assert "broken" not in pts.index
+    assert pts.loc["a", "bytes_frac"] == 0.25 and pts.loc["c", "macs_frac"] == 0.5 and pts.loc["f", "latency_frac"] == 0.6
+    assert pts.loc["a", "quality_loss"] == pytest.approx(0.5)     # accuracy: points lost
+    assert pts.loc["e", "quality_loss"] == pytest.approx(10.0)    # perplexity: % increase
+    assert pts.loc["dense", "quality_loss"].tolist() == [0.0, 0.0]
+
+
+def test_fronts_keep_only_the_undominated_points_of_each_model():
+    pts = atlas.points(_results())
+    by_bytes = atlas.front(pts, "bytes")
+    assert by_bytes[by_bytes.model == "enc"].pipeline.tolist() == ["b", "a", "dense"]
+    assert by_bytes[by_bytes.model == "dec"].pipeline.tolist() == ["e", "dense"]  # f: more bytes and worse
+    by_macs = atlas.front(pts, "macs")
+    assert by_macs[by_macs.model == "enc"].pipeline.tolist() == ["c", "dense"]
+    assert by_macs[by_macs.model == "dec"].pipeline.tolist() == ["f", "dense"]
+    with pytest.raises(KeyError, match="unknown axis 'flops'"):
+        atlas.front(pts, "flops")
+
+
+def test_winners_take_the_best_quality_within_each_budget_and_leave_unreached_ones_empty():
+    won = atlas.winners(atlas.points(_results()), "bytes", [2, 4, 8, 20]).set_index(["model", "factor"])
+    assert won.loc[("enc", 2), "pipeline"] == "a" and won.loc[("enc", 4), "pipeline"] == "a"
+    assert won.loc[("enc", 8), "pipeline"] == "b"
+    assert pd.isna(won.loc[("enc", 20), "pipeline"])
+    assert won.loc[("dec", 2), "pipeline"] == "e"  # lower perplexity wins
+
+
+def test_the_atlas_figures_and_readme_table_render_from_the_points():
+    from tcomp_utils import figures
+
+    results = _results()
+    for axis in ("bytes", "macs", "latency"):
+        fig, front = figures.atlas_figure(axis)(results)
+        assert len(fig.axes[0].collections) >= 1 and set(front.model) == {"enc", "dec"}
+    table = figures._atlas_readme(results).splitlines()
+    enc8 = next(line for line in table if line.startswith("| enc") and "≥ 8× fewer stored bytes" in line)
+    assert "`b`" in enc8 and "-5.00 pts" in enc8
+    dec2 = next(line for line in table if line.startswith("| dec") and "≥ 2× fewer MACs" in line)
+    assert "`f`" in dec2 and "+50.0 %" in dec2
+    assert any("none reaches it" in line for line in table)
