@@ -66,3 +66,25 @@ def test_the_atlas_figures_and_readme_table_render_from_the_points():
     dec2 = next(line for line in table if line.startswith("| dec") and "≥ 2× fewer MACs" in line)
     assert "`f`" in dec2 and "+50.0 %" in dec2
     assert any("none reaches it" in line for line in table)
+
+
+def test_every_committed_atlas_point_was_recounted_from_its_saved_model_and_agrees():
+    """The atlas's matched budgets hold: each point's parameters, stored bytes and MACs were counted
+    again by the probe on the saved model, reloaded in a fresh process, and equal the counts of the
+    model compressed in the notebook; every point carries its family, settings, footprint and quality."""
+    from pathlib import Path
+
+    results = pd.read_csv(Path(__file__).resolve().parents[1] / "papermill_runs/atlas/results.csv")
+    ok = results[results.status == "ok"]
+    assert len(ok) >= 5 and set(ok.model) >= {"minilm-l6-tweets"}
+    for col in ("family", "pipeline", "params", "bytes", "macs_per_token", "latency_ms", "peak_mb", "quality",
+                "compress_seconds"):
+        assert ok[col].notna().all(), col
+    assert (ok.saved_params == ok.params).all() and (ok.saved_bytes == ok.bytes).all()
+    assert (ok.saved_macs == ok.macs_per_token).all()
+    # the dense point of each model is its own reference
+    dense = ok[ok.pipeline == "dense"]
+    assert (dense.bytes == dense.dense_bytes).all() and (dense.macs_per_token == dense.dense_macs_per_token).all()
+    # every compressed point stores less than its dense model or computes less per token
+    compressed = ok[ok.pipeline != "dense"]
+    assert ((compressed.bytes < compressed.dense_bytes) | (compressed.macs_per_token < compressed.dense_macs_per_token)).all()
