@@ -497,6 +497,9 @@ def atlas_figure(axis: str) -> Callable[[pd.DataFrame], tuple[plt.Figure, pd.Dat
                             legend=i == len(models) - 1)
             ax.plot(f[x], f.quality, color="0.25", lw=1, ls="--", zorder=0, label="Pareto front")
             ax.set(xscale="log", xlabel=atlas.AXES[axis][2], ylabel=metric, title=model)
+            plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+            ax.xaxis.set_major_formatter(plain)
+            ax.xaxis.set_minor_formatter(plain)
             if atlas.lower_is_better(metric):
                 ax.set_yscale("log")
             ax.axvline(1, color="0.6", lw=0.8)
@@ -554,6 +557,8 @@ FIGURES = {f.name: f for f in [
            composable_curves),
     Figure("composable_units", "papermill_runs/composable_table/unit_log.csv", "papermill_runs/composable_table.yaml",
            composable_units),
+    *[Figure(f"atlas_{axis}", "papermill_runs/atlas/results.csv", "papermill_runs/atlas.yaml", atlas_figure(axis))
+      for axis in ATLAS_QUESTIONS],
 ]}
 
 
@@ -810,6 +815,7 @@ README_TABLES = {t.name: t for t in [
                 _pruning_decoder_table),
     ReadmeTable("qat_table", "papermill_runs/qat_table/results.csv", _qat_readme),
     ReadmeTable("composable_table", "papermill_runs/composable_table/summary.csv", _composable_readme),
+    ReadmeTable("atlas", "papermill_runs/atlas/results.csv", _atlas_readme),
 ]}
 _BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 

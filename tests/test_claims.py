@@ -949,3 +949,25 @@ def test_composable_notebook_claims():
          f"first step's, but only to {100 * ratio['heads 0.25']:.0f} % and {100 * ratio['heads 0.5']:.0f} % for heads",
          f"starts at validation BLEU {curve['composed', 0]:.2f} against the baseline's {curve['baseline', 0]:.2f} and "
          f"after the same 200 model-level steps ends at {curve['composed', 200]:.2f} against {curve['baseline', 200]:.2f}")
+
+
+# ---- the atlas (README) -------------------------------------------------------------------------
+
+def test_atlas_first_sitting_claims():
+    from tcomp_utils import atlas
+
+    pts = atlas.points(table("atlas")).set_index("pipeline")
+    tw = pts[pts.model == "minilm-l6-tweets"]
+    gptq = tw.loc["gptq(bits=4, roles=['linear', 'embeddings'])"]
+    combo = tw.loc["structured(criterion='id', mu=0.7) + gptq(bits=4, roles=['linear', 'embeddings'])"]
+    svd = tw.loc["svd(ratio=2)"]
+    dense = tw.loc["dense"]
+    assert combo.bytes_frac < gptq.bytes_frac < 0.5 and gptq.quality_loss < 0.5 and svd.quality_loss > 5
+    says(README, f"stores the tweet model in {100 * gptq.bytes_frac:.0f} % of its bytes at {gptq.quality:.2f} % test accuracy",
+         f"{gptq.quality_loss:.2f} points under the dense {dense.quality:.2f} %",
+         f"keeps the same accuracy in {100 * combo.bytes_frac:.0f} % of the bytes",
+         f"cuts the MACs to {svd.macs_frac:.2f} of the dense model's but costs {svd.quality_loss:.2f} points",
+         f"ranged from {tw.dense_latency_ms.min():.0f} to {tw.dense_latency_ms.max():,.0f} ms per batch of 32")
+    assert combo.quality == gptq.quality
+    runs = table("atlas", "runs")
+    says(README, f"the make-run subset, point by point ({runs[runs.reduced].wall_s.sum() / 60:.1f} min on the shared machine)")
