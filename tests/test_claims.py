@@ -971,3 +971,20 @@ def test_atlas_first_sitting_claims():
     assert combo.quality == gptq.quality
     runs = table("atlas", "runs")
     says(README, f"the make-run subset, point by point ({runs[runs.reduced].wall_s.sum() / 60:.1f} min on the shared machine)")
+
+
+def test_atlas_notebook_claims():
+    from tcomp_utils import atlas
+
+    nb = "notebooks/17_atlas.ipynb"
+    pts = atlas.points(table("atlas"))
+    front = atlas.front(pts, "bytes")
+    combo = "structured(criterion='id', mu=0.7) + gptq(bits=4, roles=['linear', 'embeddings'])"
+    parts = ["structured(criterion='id', mu=0.7)", "gptq(bits=4, roles=['linear', 'embeddings'])"]
+    assert combo in set(front.pipeline) and not set(parts) & set(front.pipeline)
+    p = pts.set_index("pipeline")
+    says(nb, f"stores the model in {100 * p.loc[parts[1], 'bytes_frac']:.0f} % of its bytes at {p.loc[parts[1], 'quality']:.2f} % test accuracy",
+         f"(dense: {p.loc['dense', 'quality']:.2f} %)", f"accuracy in {100 * p.loc[combo, 'bytes_frac']:.0f} % of the bytes",
+         f"SVD at ratio 2 of every linear layer, loses {p.loc['svd(ratio=2)', 'quality_loss']:.2f} points")
+    won = atlas.winners(pts, "macs", [1.5])
+    assert won.pipeline.tolist() == ["svd(ratio=2)"]
