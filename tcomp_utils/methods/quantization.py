@@ -131,14 +131,21 @@ def _quantize_layer(linear: nn.Linear, config: QuantConfig, grid: QuantGrid, H: 
             qw = rtn(W, grid)
     with phase("packing"):
         q = QuantLinear.from_quantized(qw, linear.bias)
-        dW = W - qw.dequantize()
-        row = dict(rel_error=(dW.norm() / W.norm()).item(), output_error=float("nan"))
-        if H is not None:  # tr(ΔW H ΔWᵀ) / tr(W H Wᵀ), as sums of products (no out × out matrix)
-            H = H.float()
-            num, den = ((dW @ H) * dW).sum(), ((W @ H) * W).sum()
-            row["output_error"] = (num / den).clamp(min=0).sqrt().item() if den > 0 else float("nan")
+        row = _errors(W, qw.dequantize(), H)
     row["seconds"] = time.perf_counter() - t0
     return q, row
+
+
+def _errors(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor | None) -> dict:
+    """The relative weight error and, given the input Hessian, the relative output error
+    sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)), as sums of products (no out × out matrix)."""
+    dW = W - W_hat
+    row = dict(rel_error=(dW.norm() / W.norm()).item(), output_error=float("nan"))
+    if H is not None:
+        H = H.float()
+        num, den = ((dW @ H) * dW).sum(), ((W @ H) * W).sum()
+        row["output_error"] = (num / den).clamp(min=0).sqrt().item() if den > 0 else float("nan")
+    return row
 
 
 def _quantize_lowrank(layer: LowRankLinear, config: QuantConfig, grid: QuantGrid,
@@ -157,13 +164,7 @@ def _quantize_lowrank(layer: LowRankLinear, config: QuantConfig, grid: QuantGrid
     V = q1.weight_matrix()
     q2, _ = _quantize_layer(second, config, grid, None if H is None else V @ H.float() @ V.T)
     q = QuantLowRankLinear(q1, q2)
-    W = layer.weight_matrix().detach().float()
-    dW = W - q.weight_matrix()
-    row = dict(rel_error=(dW.norm() / W.norm()).item(), output_error=float("nan"))
-    if H is not None:
-        H = H.float()
-        num, den = ((dW @ H) * dW).sum(), ((W @ H) * W).sum()
-        row["output_error"] = (num / den).clamp(min=0).sqrt().item() if den > 0 else float("nan")
+    row = _errors(layer.weight_matrix().detach().float(), q.weight_matrix(), H)
     row["seconds"] = time.perf_counter() - t0
     return q, row
 
