@@ -970,7 +970,7 @@ def test_atlas_first_sitting_claims():
          f"ranged from {tw.dense_latency_ms.min():.0f} to {tw.dense_latency_ms.max():,.0f} ms per batch of 32")
     assert combo.quality == gptq.quality
     runs = table("atlas", "runs")
-    says(README, f"the make-run subset, point by point ({runs[runs.reduced].wall_s.sum() / 60:.1f} min on the shared machine)")
+    says(README, f"the five points run so far, point by point ({runs[runs.reduced].wall_s.sum() / 60:.1f} min on the shared machine)")
 
 
 def test_atlas_notebook_claims():
