@@ -557,6 +557,7 @@ FIGURES = {f.name: f for f in [
            composable_curves),
     Figure("composable_units", "papermill_runs/composable_table/unit_log.csv", "papermill_runs/composable_table.yaml",
            composable_units),
+    Figure("student_table", "papermill_runs/student_table/results.csv", "papermill_runs/student_table.yaml", _student_table),
     *[Figure(f"atlas_{axis}", "papermill_runs/atlas/results.csv", "papermill_runs/atlas.yaml", atlas_figure(axis))
       for axis in ATLAS_QUESTIONS],
 ]}
@@ -815,6 +816,7 @@ README_TABLES = {t.name: t for t in [
                 _pruning_decoder_table),
     ReadmeTable("qat_table", "papermill_runs/qat_table/results.csv", _qat_readme),
     ReadmeTable("composable_table", "papermill_runs/composable_table/summary.csv", _composable_readme),
+    ReadmeTable("student_table", "papermill_runs/student_table/results.csv", _student_readme),
     ReadmeTable("atlas", "papermill_runs/atlas/results.csv", _atlas_readme),
 ]}
 _BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)

@@ -988,3 +988,45 @@ def test_atlas_notebook_claims():
          f"SVD at ratio 2 of every linear layer, loses {p.loc['svd(ratio=2)', 'quality_loss']:.2f} points")
     won = atlas.winners(pts, "macs", [1.5])
     assert won.pipeline.tolist() == ["svd(ratio=2)"]
+
+
+# ---- students and PKD (README, seed 004) ----------------------------------------------------------
+
+def test_student_table_claims():
+    from tcomp_utils import figures
+
+    results = pd.read_csv(ROOT / "papermill_runs/student_table/results.csv")
+    cells = figures.student_cells(results).set_index("student")
+    teacher = cells.attrs["teacher_accuracy"]
+    half = cells[cells.MACs <= 50.01]  # the classifier head's MACs put layers3 a hair above 50 %
+    assert list(half.index) == ["layers3"]
+    l3 = cells.loc["layers3"]
+    assert teacher - l3["PKD (best β)"] > 1.5  # the target is not met
+    says(README, f"the only student with at most half the teacher's MACs, PKD's `layers3` ({l3.MACs:.1f} %), reaches "
+                 f"{l3['PKD (best β)']:.2f} % with PKD, {teacher - l3['PKD (best β)']:.2f} points under the teacher's {teacher:.2f} %",
+         f"({l3.untrained:.2f} % untrained", f"{l3.CE:.2f} % after CE, {l3.KD:.2f} % after KD)")
+    svd = cells.loc["self_svd"]
+    says(README, f"`self_svd` keeps {svd.params:.0f} % of the parameters and {svd.MACs:.0f} % of the MACs")
+    tucker = cells[cells.index.str.contains("tucker")]
+    says(README, f"the Tucker modes add MACs ({tucker.MACs.min():.0f} to {tucker.MACs.max():.0f} % of the teacher's)",
+         f"({tucker.latency.min():.2f} to {tucker.latency.max():.2f}× its latency)")
+    assert (tucker.MACs > 100).all() and (tucker.latency > 1).all()
+    best = cells["PKD (best β)"].idxmax()
+    b = cells.loc[best]
+    says(README, f"The best distilled student is `{best}`, {b['PKD (best β)']:.2f} % with PKD at {b.MACs:.1f} % of the MACs "
+                 f"and {b.latency:.2f}× the latency, {teacher - b['PKD (best β)']:.2f} points under the teacher")
+    collapsed = [s for s in cells.index if cells.loc[s, ["untrained", "CE", "KD", "PKD (best β)"]].nunique() == 1]
+    assert collapsed == ["self_tuckerlayer", "self_tucker_4d"]
+    says(README, f"collapse to the majority class ({cells.loc[collapsed[0], 'untrained']:.2f} %)")
+    says(README, f"PKD recovers {100 * cells.recovered.min():.0f} to {100 * cells.recovered.max():.0f} % of each mode's")
+    wins = cells[cells["PKD (best β)"] > cells.KD]
+    says(README, f"the patient term beats plain KD for {len(wins)} of the {len(cells)} students "
+                 f"({', '.join(f'`{s}`' for s in wins.index)}) and by at most "
+                 f"{(wins['PKD (best β)'] - wins.KD).max():.2f} points")
+    runs = pd.read_csv(ROOT / "papermill_runs/student_table/runs.csv")
+    ok = results[results.status == "ok"]
+    assert len(ok) == 57 and runs.points_run.sum() == 57
+    says(README, f"The 57 cells took {runs.wall_s.sum() / 60:.0f} minutes on 2 workers",
+         f"(two sittings of {runs.wall_s.iloc[0] / 60:.0f} and {runs.wall_s.iloc[1] / 60:.0f} minutes",
+         *[f"{ok[ok.objective == o].elapsed_s.median():.0f} s {w}" for o, w in
+           (("none", "untrained"), ("ce", "with CE"), ("kd", "with KD"), ("pkd", "with PKD"))])
