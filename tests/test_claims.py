@@ -953,41 +953,121 @@ def test_composable_notebook_claims():
 
 # ---- the atlas (README) -------------------------------------------------------------------------
 
-def test_atlas_first_sitting_claims():
+@cache
+def _atlas() -> dict:
+    """The atlas's points by model and pipeline, and the winners at each budget."""
     from tcomp_utils import atlas
 
-    pts = atlas.points(table("atlas")).set_index("pipeline")
-    tw = pts[pts.model == "minilm-l6-tweets"]
-    gptq = tw.loc["gptq(bits=4, roles=['linear', 'embeddings'])"]
-    combo = tw.loc["structured(criterion='id', mu=0.7) + gptq(bits=4, roles=['linear', 'embeddings'])"]
-    svd = tw.loc["svd(ratio=2)"]
-    dense = tw.loc["dense"]
-    assert combo.bytes_frac < gptq.bytes_frac < 0.5 and gptq.quality_loss < 0.5 and svd.quality_loss > 5
-    says(README, f"stores the tweet model in {100 * gptq.bytes_frac:.0f} % of its bytes at {gptq.quality:.2f} % test accuracy",
-         f"{gptq.quality_loss:.2f} points under the dense {dense.quality:.2f} %",
-         f"keeps the same accuracy in {100 * combo.bytes_frac:.0f} % of the bytes",
-         f"cuts the MACs to {svd.macs_frac:.2f} of the dense model's but costs {svd.quality_loss:.2f} points",
-         f"ranged from {tw.dense_latency_ms.min():.0f} to {tw.dense_latency_ms.max():,.0f} ms per batch of 32")
-    assert combo.quality == gptq.quality
-    runs = table("atlas", "runs")
-    says(README, f"the five points run so far, point by point ({runs[runs.reduced].wall_s.sum() / 60:.1f} min on the shared machine)")
-
-
-def test_atlas_notebook_claims():
-    from tcomp_utils import atlas
-
-    nb = "notebooks/17_atlas.ipynb"
     pts = atlas.points(table("atlas"))
-    front = atlas.front(pts, "bytes")
-    combo = "structured(criterion='id', mu=0.7) + gptq(bits=4, roles=['linear', 'embeddings'])"
-    parts = ["structured(criterion='id', mu=0.7)", "gptq(bits=4, roles=['linear', 'embeddings'])"]
-    assert combo in set(front.pipeline) and not set(parts) & set(front.pipeline)
-    p = pts.set_index("pipeline")
-    says(nb, f"stores the model in {100 * p.loc[parts[1], 'bytes_frac']:.0f} % of its bytes at {p.loc[parts[1], 'quality']:.2f} % test accuracy",
-         f"(dense: {p.loc['dense', 'quality']:.2f} %)", f"accuracy in {100 * p.loc[combo, 'bytes_frac']:.0f} % of the bytes",
-         f"SVD at ratio 2 of every linear layer, loses {p.loc['svd(ratio=2)', 'quality_loss']:.2f} points")
-    won = atlas.winners(pts, "macs", [1.5])
-    assert won.pipeline.tolist() == ["svd(ratio=2)"]
+    by = {m: g.set_index("pipeline") for m, g in pts.groupby("model")}
+    return {"pts": pts, "tw": by["minilm-l6-tweets"], "lm": by["smollm2-135m"], "atlas": atlas}
+
+
+G4, G3 = "gptq(bits=4, roles=['linear', 'embeddings'])", "gptq(bits=3, roles=['linear', 'embeddings'])"
+ID5, ID7 = "structured(criterion='id', mu=0.5)", "structured(criterion='id', mu=0.7)"
+LM_G4 = "gptq(bits=4, group_size=128, roles=['linear', 'embeddings'])"
+
+
+def test_atlas_byte_and_mac_verdicts():
+    a = _atlas()
+    tw, lm, atlas = a["tw"], a["lm"], a["atlas"]
+    dense = tw.loc["dense"]
+    bytes_won = atlas.winners(a["pts"], "bytes", [2, 4, 8]).set_index(["model", "factor"])
+    macs_won = atlas.winners(a["pts"], "macs", [1.5, 2]).set_index(["model", "factor"])
+    # only quantization of every weight (the table included) gets the tweet model under half its bytes
+    under_half = tw[tw.bytes_frac <= 0.5]
+    assert under_half.family.str.contains("RTN|GPTQ").all()
+    not_quant = tw[~tw.family.isin(["RTN", "GPTQ", "dense"]) & ~tw.family.str.contains("→")]
+    g3, id5 = tw.loc[G3], tw.loc[ID5]
+    r8, r4 = tw.loc["rtn(bits=8, roles=['linear', 'embeddings'])"], tw.loc["rtn(bits=4, roles=['linear', 'embeddings'])"]
+    for k in (2, 4, 8):
+        assert bytes_won.loc[("minilm-l6-tweets", k), "family"] in ("RTN", "GPTQ")
+    assert bytes_won.loc[("minilm-l6-tweets", 8), "pipeline"] == G3 and r8.quality == dense.quality
+    assert macs_won.loc[("minilm-l6-tweets", 1.5), "pipeline"] == macs_won.loc[("minilm-l6-tweets", 2), "pipeline"] == ID5
+    id3 = tw.loc["structured(criterion='id', mu=0.3)"]
+    phrases = [
+        f"no factorization or pruning point of the tweet model stores less than {100 * not_quant.bytes_frac.min():.0f} % of its bytes",
+        f"8 bits keep the dense {dense.quality:.2f} % in {100 * r8.bytes_frac:.1f} % of the bytes",
+        f"RTN at 4 bits {r4.quality:.2f} % in {100 * r4.bytes_frac:.1f} %",
+        f"GPTQ at 3 bits {g3.quality:.2f} % in {100 * g3.bytes_frac:.1f} %",
+        f"ID pruning to half the MACs keeps {id5.quality:.2f} % ({id5.quality_loss:.2f} points under the dense {dense.quality:.2f} %)",
+        f"to 0.3 of the MACs {id3.quality:.2f} %",
+    ]
+    for doc in (README, "notebooks/17_atlas.ipynb"):
+        says(doc, *phrases)
+    svd2, fp5 = tw.loc["svd(ratio=2)"], tw.loc["fisher_pruning(mu=0.5)"]
+    says("notebooks/17_atlas.ipynb",
+         f"Kwon's Fisher masks {fp5.quality:.2f} %", f"SVD at ratio 2 ({svd2.macs_frac:.2f} of the MACs) {svd2.quality:.2f} %")
+    # the decoder
+    ld, g8 = lm.loc["dense"], lm.loc["gptq(bits=8, roles=['linear', 'embeddings'])"]
+    id9, fp9, id7 = lm.loc["structured(criterion='id', mu=0.9)"], lm.loc["fisher_pruning(mu=0.9)"], lm.loc[ID7]
+    assert pd.isna(bytes_won.loc[("smollm2-135m", 4), "pipeline"])  # no point reaches it
+    assert lm.bytes_frac.min() > 0.25 and pd.isna(macs_won.loc[("smollm2-135m", 1.5), "pipeline"])
+    destroyed = lm[lm.quality > 100 * ld.quality]
+    assert set(destroyed.index) == {"svd(ratio=1.5)", "asvd(ratio=1.2, roles='ffn')", "pruning(ratio=2)"}
+    phrases = [
+        f"perplexity {ld.quality:.2f} on the held-out novel",
+        f"GPTQ at 8 bits ({g8.quality:.2f} in {100 * g8.bytes_frac:.0f} % of the bytes)",
+        f"no point reaches 4× fewer bytes: the smallest, GPTQ at 3 bits, stores {100 * lm.bytes_frac.min():.0f} %",
+        f"ID pruning to 0.9 of the MACs ({id9.quality:.2f}) beats Kwon's Fisher masks ({fp9.quality:.2f})",
+        f"costs {id7.quality_loss:.0f} % perplexity ({id7.quality:.2f})",
+    ]
+    for doc in (README, "notebooks/17_atlas.ipynb"):
+        says(doc, *phrases)
+
+
+def test_atlas_combination_and_distillation_verdicts():
+    a = _atlas()
+    tw, atlas = a["tw"], a["atlas"]
+    c5, c7 = tw.loc[f"{ID5} + {G4}"], tw.loc[f"{ID7} + {G4}"]
+    both = tw[(tw.bytes_frac <= 0.125) & (tw.macs_frac <= 0.5)]
+    assert list(both.index) == [f"{ID5} + {G4}"]
+    front = atlas.front(a["pts"], "bytes")
+    assert G3 in set(front.pipeline) and f"{ID5} + {G4}" not in set(front.pipeline)
+    s15, svd15, idsvd = tw.loc[f"svd(ratio=1.5) + {G4}"], tw.loc["svd(ratio=1.5)"], tw.loc[f"{ID7} + svd(ratio=1.5)"]
+    id5 = tw.loc[ID5]
+    assert idsvd.macs_frac < id5.macs_frac and idsvd.quality < id5.quality
+    students = figures_student_cells().set_index("student")
+    l3, ffn = students.loc["layers3"], students.loc["ffn_svd"]
+    id7 = tw.loc[ID7]
+    phrases = [
+        f"ID pruning to half the MACs then GPTQ at 4 bits is the only point with at most half the MACs and an eighth of the bytes ({c5.quality:.2f} % in {100 * c5.bytes_frac:.1f} % of the bytes)",
+        f"GPTQ at 4 bits on top of SVD at ratio 1.5 costs {svd15.quality - s15.quality:.2f} points ({s15.quality:.2f} % against {svd15.quality:.2f} %)",
+        f"ID pruning to 0.7 then SVD at ratio 1.5 ({100 * idsvd.macs_frac:.0f} % of the MACs, {idsvd.quality:.2f} %)",
+        f"`layers3`, trained with PKD, reaches {l3['PKD (best β)']:.2f} % at {l3.MACs:.0f} % of the MACs, where ID pruning without training keeps {id5.quality:.2f} %",
+        f"`ffn_svd` ({ffn['PKD (best β)']:.2f} % at {ffn.MACs:.0f} % of the MACs) against ID pruning to 0.7 ({id7.quality:.2f} %)",
+    ]
+    for doc in (README, "notebooks/17_atlas.ipynb"):
+        says(doc, *phrases)
+    assert c7.bytes_frac < tw.loc[ID7].bytes_frac
+
+
+def test_atlas_counted_against_measured_and_timing():
+    tw = _atlas()["tw"]
+    quant = tw[tw.family.isin(["RTN", "GPTQ"])]
+    ids = tw[tw.index.str.fullmatch(r"structured\(criterion='id', mu=0\.\d\)")].sort_values("macs_frac")
+    svd = tw.loc[["svd(ratio=1.5)", "svd(ratio=2)", "svd(ratio=10)"]]
+    csr = tw[tw.family == "pruning"]
+    assert (quant.macs_frac == 1).all() and quant.latency_frac.median() > 1 and (csr.macs_frac == 1).all()
+    assert ids.latency_frac.is_monotonic_increasing  # ID pruning's time follows its MACs
+    says(README, f"quantized points run at {quant.latency_frac.min():.2f}–{quant.latency_frac.max():.2f}× the dense time "
+                 f"(median {quant.latency_frac.median():.2f}×)",
+         "ID pruning's time follows its MACs (" + ", ".join(f"{m:.1f} → {l:.2f}" for m, l in zip(ids.macs_frac, ids.latency_frac)),
+         "SVD's less so (" + ", ".join(f"{m:.2f} → {l:.2f}" for m, l in zip(svd.macs_frac, svd.latency_frac)),
+         f"magnitude pruning stored as CSR ({csr.latency_frac.min():.2f}–{csr.latency_frac.max():.2f}×)",
+         f"the dense model itself ranged from {tw.dense_latency_ms.min():.0f} to {tw.dense_latency_ms.max():.0f} ms")
+    runs = table("atlas", "runs")
+    full = runs[(runs.workers.astype(str) == "2") & (runs.points_run == 41)].iloc[-1]
+    local = runs[(runs.workers.astype(str) == "0") & (runs.points_run == 28)].iloc[-1]
+    says(README, f"every point on a local Dask cluster of 2 workers ({full.wall_s / 60:.1f} min)",
+         f"the tweet model's 28 points, point by point ({local.wall_s / 60:.1f} min)",
+         f"the points' own times add up to {full.cell_s / 60:.0f} minutes")
+
+
+def figures_student_cells() -> pd.DataFrame:
+    from tcomp_utils import figures
+
+    return figures.student_cells(pd.read_csv(ROOT / "papermill_runs/student_table/results.csv"))
 
 
 # ---- students and PKD (README, seed 004) ----------------------------------------------------------

@@ -25,6 +25,7 @@ Hessian), row by row, and first, so that the blocks are calibrated on what it gi
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable, ClassVar
 
@@ -116,6 +117,13 @@ def _targets(model: nn.Module, roles: list[str], layers: list[int] | None, lm_he
                             "layer: it is already compressed in another way or cannot be quantized")
     if not found:
         raise ValueError(f"no module to quantize for roles {roles} and layers {layers}")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not lm_head and isinstance(head, nn.Linear) and any(
+            rm.role == "embeddings" and rm.module.weight is head.weight for rm in found):
+        # the head keeps the float table: the tie is broken and the quantized table is stored beside it
+        warnings.warn(f"{type(model).__name__}'s output head is tied to its token table: quantizing the table "
+                      "leaves the head's float32 copy stored beside it (the tie is broken); pass lm_head=True to "
+                      "quantize the head too", stacklevel=3)
     check_finite(found)
     return found
 
