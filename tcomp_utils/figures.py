@@ -534,7 +534,7 @@ def _atlas_readme(results: pd.DataFrame) -> str:
             hit = isinstance(r.pipeline, str)
             p = pts[(pts.model == r.model) & (pts.pipeline == r.pipeline)].iloc[0] if hit else None
             loss = "" if not hit else (f"{r.quality_loss:+.1f} %" if atlas.lower_is_better(p.quality_metric)
-                                       else f"{-r.quality_loss + 0.0:+.2f} pts")
+                                       else f"{-r.quality_loss + 0.0:+.2f} pts")  # + 0.0: no "-0.00"
             rows.append({"model": r.model, "budget": f"≥ {r.factor:g}× {label}",
                          "best point": f"`{r.pipeline}`" if hit else "none reaches it",
                          "family": r.family if hit else "", "quality": f"{r.quality:.2f}" if hit else "",
