@@ -202,8 +202,9 @@ def _gptq_table(results: pd.DataFrame):
         d = q[q.metric == label]
         sns.lineplot(data=d, x="bits", y="value", hue="variant", style="grid", markers=True, ax=ax,
                      hue_order=GPTQ_VARIANTS, style_order=["per channel", "g128"])
-        ax.axhline(base[label], color="0.3", ls="--", lw=1)
-        ax.text(8, base[label], "fp32", fontsize=8, va="bottom", ha="right", color="0.3")
+        if label in base:  # the fp32 cell of this model (absent while it is not computed)
+            ax.axhline(base[label], color="0.3", ls="--", lw=1)
+            ax.text(8, base[label], "fp32", fontsize=8, va="bottom", ha="right", color="0.3")
         ax.set(xticks=sorted(d.bits.unique()), xlabel="bits per weight (codes)", ylabel=label, title=model)
         if lower:
             ax.set_yscale("log")
@@ -570,19 +571,36 @@ FIGURES = {f.name: f for f in [
 ]}
 
 
+def computed_cells(source: str, root: Path = REPO_ROOT) -> int:
+    """How many ``ok`` cells the results table beside ``source`` holds (a figure or README table
+    with none is skipped, not drawn from an empty frame)."""
+    results = root / source.rsplit("/", 1)[0] / "results.csv"
+    if not results.is_file():
+        raise FileNotFoundError(f"missing results table {results.relative_to(root)}: run its sweep first (make run)")
+    table = pd.read_csv(results)
+    return int((table.status == "ok").sum()) if "status" in table and (root / source).is_file() else 0
+
+
 def build(names: list[str] | None = None, out: Path | None = None, root: Path = REPO_ROOT) -> list[Path]:
-    """Draw the named figures (all by default) from their results tables into ``out``."""
+    """Draw the named figures (all by default) from their results tables into ``out``; a figure
+    whose sweep has no computed cell yet is skipped with a line saying which sweep makes it."""
     out = Path(out or root / "figures")
     unknown = [n for n in names or [] if n not in FIGURES]
     if unknown:
         raise KeyError(f"unknown figure(s) {unknown}; known: {', '.join(FIGURES)}")
-    missing = [f.source for f in FIGURES.values() if (not names or f.name in names) and not (root / f.source).is_file()]
+    chosen = [FIGURES[n] for n in (names or FIGURES)]
+    missing = sorted({f.source.rsplit("/", 1)[0] + "/results.csv" for f in chosen
+                      if not (root / f.source.rsplit("/", 1)[0] / "results.csv").is_file()})
     if missing:
         raise FileNotFoundError(f"missing results table(s) {missing}: run their sweeps first (make run)")
     style()
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for fig_spec in (FIGURES[n] for n in (names or FIGURES)):
+    for fig_spec in chosen:
+        if not computed_cells(fig_spec.source, root):
+            print(f"{fig_spec.name}: skipped, no computed cell in {fig_spec.source} yet "
+                  f"(make sweep SPEC={fig_spec.sweep})")
+            continue
         fig, data = fig_spec.draw(pd.read_csv(root / fig_spec.source))
         png, csv = out / f"{fig_spec.name}.png", out / f"{fig_spec.name}.csv"
         fig.savefig(png.with_name(f".{png.name}.tmp.png"))
@@ -727,9 +745,9 @@ def _pruning_decoder_table(results: pd.DataFrame) -> str:
                                    axis=1))
     frame = pd.concat(parts, ignore_index=True)
     low = pruned[pruned.mu == mus[-1]].set_index("variant")
-    frame[f"MB at μ = {mus[-1]:g}"] = [f"{low.MB[v]:.1f}" for v in frame.method]
+    frame[f"MB at μ = {mus[-1]:g}"] = [f"{low.MB[v]:.1f}" if v in low.index else "-" for v in frame.method]
     seconds = pruned.groupby("variant").prune_seconds.median()
-    frame["seconds to prune"] = [f"{seconds[v]:.0f}" for v in frame.method]
+    frame["seconds to prune"] = [f"{seconds[v]:.0f}" if v in seconds else "-" for v in frame.method]
     dense = t[t.method == "dense"].set_index("gptq_bits")
     line = "; ".join(f"{'fp32' if not b else f'GPTQ {b}-bit'} {r.perplexity_novel:.2f} (novel), "
                      f"{r.perplexity_jargon:.2f} (Jargon File), {r.MB:.1f} MB" for b, r in dense.iterrows())
@@ -840,10 +858,16 @@ def _provenance(table: ReadmeTable, root: Path) -> str:
             f"{len(ok)} of {len(results)} cells ok, package code {', '.join(f'`{h}`' for h in hashes) or 'unrecorded'}.</sub>")
 
 
-def readme_tables(root: Path = REPO_ROOT) -> dict[str, str]:
-    """Every README table as the markdown ``make figures`` writes between its markers."""
-    return {name: f"{t.render(pd.read_csv(root / t.source))}\n\n{_provenance(t, root)}\n"
-            for name, t in README_TABLES.items()}
+def readme_tables(root: Path = REPO_ROOT, names: list[str] | None = None) -> dict[str, str]:
+    """Every README table (or the ``names``) as the markdown ``make figures`` writes between its
+    markers; a table whose sweep has no computed cell yet says so and which sweep makes it."""
+    def body(t: ReadmeTable) -> str:
+        if computed_cells(t.source, root):
+            return t.render(pd.read_csv(root / t.source))
+        return (f"_No cell of this table has been computed yet: run `make sweep SPEC=papermill_runs/"
+                f"{t.source.split('/')[1]}.yaml`._")
+    return {name: f"{body(t)}\n\n{_provenance(t, root)}\n"
+            for name, t in README_TABLES.items() if names is None or name in names}
 
 
 def update_readme(readme: Path, root: Path = REPO_ROOT, check: bool = False) -> list[str]:

@@ -361,33 +361,74 @@ def _previous(path: Path) -> pd.DataFrame | None:
         return None
 
 
+NOTEBOOK_CHANGED = "computed with another version of the notebook's code (key {old}; this point's key is now {new})"
+NOT_IN_SPEC = "not a point of the current spec (its parameters match none of the spec's points)"
+RETIRED = "retired"  # the status of a committed result kept although the spec no longer has its point
+CODE_CHANGED = "computed with other sources of the package modules it loaded"
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """A parameter's value as a results table holds it (read back from CSV) against a point's."""
+    missing = lambda v: v is None or (isinstance(v, float) and math.isnan(v))  # noqa: E731
+    if missing(a) or missing(b):
+        return missing(a) and missing(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool):
+        return float(a) == float(b)
+    return str(a) == str(b)
+
+
+def _row_is_point(row: dict, point: dict[str, Any], spec: SweepSpec) -> bool:
+    """Whether a committed row holds ``point``: the same profile and the same value (or none) of
+    every parameter the notebook defines."""
+    names = [n for n in spec.parameter_names if n != "profile"] or list(point)
+    return _same_value(row.get("profile"), spec.profile) and all(_same_value(row.get(n), point.get(n)) for n in names)
+
+
 def gather(spec: SweepSpec) -> pd.DataFrame:
     """Collect the spec's point records into ``results.csv`` (+ one CSV per table record).
 
-    A point with no record here but an ``ok`` row in the existing ``results.csv`` (the committed
-    table: point files are not committed) keeps that row and its table rows, so computing a subset
-    (``make run``) refreshes those cells and keeps the others. ``stale`` says a row's ``code_hash``
-    is not that of the current sources of the modules it loaded (``code_modules``)."""
+    A point with no record here keeps its ``ok`` row of the existing ``results.csv`` (the committed
+    table: point files are not committed) and its table rows, so computing a subset (``make run``)
+    refreshes those cells and keeps the others. Committed results are never dropped: an ``ok`` row
+    whose key is no longer the key of its point (the notebook's code changed since) is kept as that
+    point's row, and one whose parameters match no point of the spec is kept after the spec's rows
+    with status ``retired`` (so no figure draws it); both are marked ``stale``, with the reason in
+    ``stale_reason``. ``stale`` also says a row's
+    ``code_hash`` is not that of the current sources of the modules it loaded (``code_modules``)."""
     before = _previous(spec.output / "results.csv")
     kept = {}
     if before is not None and {"key", "status"} <= set(before.columns):
-        kept = {r["key"]: r for r in before[before.status == "ok"].to_dict("records")}
+        kept = {r["key"]: r for r in before[before.status.isin(["ok", RETIRED])].to_dict("records")}
     rows, tables, kept_keys = [], {}, set()
+
+    def keep(row: dict, point: dict[str, Any] | None, reason: str | None) -> None:
+        if point is not None:
+            row = {**row, **point, "profile": spec.profile}  # the point's own values, not their CSV reading
+        stale = is_stale(row)
+        row["stale"] = bool(reason) or stale
+        row["stale_reason"] = reason or (CODE_CHANGED if stale else None)
+        rows.append(row)
+        kept_keys.add(row["key"])
+
     for point in spec.points:
         key = spec.point_key(point)
         path = spec.output / "points" / f"{key}.json"
         rec = _read_record(path)
-        if rec is None and not path.exists() and key in kept:
-            row = {**kept[key], "key": key, **point, "profile": spec.profile}  # the key holds the profile
-            row["stale"] = is_stale(row)
-            rows.append(row)
-            kept_keys.add(key)
-            continue
+        if rec is None and not path.exists():
+            if key in kept and kept[key]["status"] == "ok":
+                keep(kept[key], point, None)
+                continue
+            older = next((r for k, r in kept.items() if k not in kept_keys and r["status"] == "ok"
+                          and _row_is_point(r, point, spec)), None)
+            if older is not None:
+                keep(older, point, NOTEBOOK_CHANGED.format(old=older["key"], new=key))
+                continue
         if rec is None:
             rec = ({"status": "unreadable", "error": f"{path} is damaged (not a complete record); rerun the sweep"}
                    if path.exists() else {"status": "missing"})
+        stale = is_stale(rec) if rec["status"] == "ok" else False
         row = {"key": key, **point, "profile": spec.profile, "status": rec["status"], "error": rec.get("error"),
-               "code_hash": rec.get("code_hash"), "stale": is_stale(rec),
+               "code_hash": rec.get("code_hash"), "stale": stale, "stale_reason": CODE_CHANGED if stale else None,
                "code_modules": ";".join(_modules(rec) or []) or None,
                "elapsed_s": rec.get("elapsed_s")}
         for name, value in (rec.get("records") or {}).items():
@@ -398,9 +439,14 @@ def gather(spec: SweepSpec) -> pd.DataFrame:
             elif not isinstance(value, (list, dict)):
                 row[name] = value
         rows.append(row)
+    matched = {r["key"] for r in rows}
+    for key, row in kept.items():  # committed results of points the spec no longer has
+        if key not in matched and not any(_row_is_point(row, p, spec) for p in spec.points):
+            keep({**row, "status": RETIRED}, None, NOT_IN_SPEC)
     results = pd.DataFrame(rows)
     _write_csv(results, spec.output / "results.csv")
-    names = set(tables) | ({p.stem for p in spec.output.glob("*.csv") if p.name != "results.csv"} if kept_keys else set())
+    names = set(tables) | ({p.stem for p in spec.output.glob("*.csv") if p.name not in ("results.csv", "runs.csv")}
+                           if kept_keys else set())
     for name in names:
         frame = pd.DataFrame(tables.get(name, []))
         old = _previous(spec.output / f"{name}.csv") if kept_keys else None
@@ -415,6 +461,20 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     frame.to_csv(tmp, index=False)
     tmp.replace(path)
+
+
+def summary_line(results: pd.DataFrame, spec: SweepSpec) -> str:
+    """What a gathered table holds: points ok (how many stale, and why), not computed, retired."""
+    points = results[results.status != RETIRED]
+    ok = points[points.status == "ok"]
+    why = ok[ok.stale.astype(bool)].stale_reason.fillna(CODE_CHANGED) if "stale_reason" in ok else pd.Series(dtype=str)
+    reasons = {"other package code": int((why == CODE_CHANGED).sum()),
+               "an earlier version of the notebook": int(why.str.startswith(NOTEBOOK_CHANGED[:30]).sum())}
+    stale = ", ".join(f"{n} computed with {r}" for r, n in reasons.items() if n)
+    retired = len(results) - len(points)
+    return (f"{len(ok)}/{len(points)} points ok ({stale or 'none stale'}), {int((points.status == 'missing').sum())} "
+            f"not computed" + (f", {retired} committed row(s) of points no longer in the spec kept as retired"
+                               if retired else "") + f"; results: {spec.output / 'results.csv'}")
 
 
 def _stop_on_signals() -> None:
@@ -455,13 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     results = run_sweep(spec, workers=args.workers, scheduler=args.scheduler, keep_stale=args.keep_stale,
                         reduced=args.reduced, resume=args.resume)
     failed = results[results.status.isin(["failed", "unreadable"])]
-    missing = int((results.status == "missing").sum())
-    stale = int((results.stale & (results.status == "ok")).sum())
-    print(f"{int((results.status == 'ok').sum())}/{len(results)} points ok ({stale} of them computed with other "
-          f"package code: stale), {missing} not computed; results: {spec.output / 'results.csv'}")
+    print(summary_line(results, spec))
     for _, row in failed.iterrows():
         print(f"  failed {row.key}: {row.error}", file=sys.stderr)
-    return 1 if len(failed) or (missing and not args.reduced) else 0
+    return 1 if len(failed) or ((results.status == "missing").any() and not args.reduced) else 0
 
 
 if __name__ == "__main__":

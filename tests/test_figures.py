@@ -185,3 +185,62 @@ def test_composable_curves_read_kind_and_rate_from_the_unit_names():
     _, data = figures.composable_curves(model_log)
     assert set(data.curve) == {"training loss (moving mean)", "validation BLEU"}
     assert data[data.curve == "training loss (moving mean)"].value.tolist() == [1.0, 0.75] * 2  # mean of the steps so far
+
+
+def _results_with_missing_cells(root: Path, folder: str, keep) -> Path:
+    from tcomp_utils import sweep
+
+    """A copy of ``folder``'s tables under ``root`` in which only the ``ok`` rows that ``keep(i)`` picks
+    (by their position among the ok rows) stay computed: the others become ``missing`` with their
+    records blanked, as a sweep gathers cells it has not computed; derived tables lose their rows."""
+    src, dst = ROOT / folder, root / folder
+    dst.mkdir(parents=True)
+    results = pd.read_csv(src / "results.csv")
+    ok = results.index[results.status == "ok"]
+    gone = [i for n, i in enumerate(ok) if not keep(n)]
+    names = sweep.SweepSpec.load(ROOT / "papermill_runs" / f"{Path(folder).name}.yaml").parameter_names
+    params = {"key", "profile", "status", "error"} | set(names)
+    results = results.astype({c: object for c in results if c not in params})
+    results.loc[gone, [c for c in results if c not in params]] = float("nan")
+    results.loc[gone, "status"] = "missing"
+    if not any(keep(n) for n in range(len(ok))):  # nothing computed: the record columns do not exist at all
+        results = results[[c for c in results if c in params]]
+    results.to_csv(dst / "results.csv", index=False)
+    gone_keys = set(pd.read_csv(src / "results.csv").key[gone])
+    for table in src.glob("*.csv"):
+        if table.name in ("results.csv", "runs.csv"):
+            continue
+        frame = pd.read_csv(table)
+        frame = frame[~frame.key.isin(gone_keys)] if "key" in frame else frame.iloc[[i for i in range(len(frame)) if keep(i)]]
+        if len(frame):
+            frame.to_csv(dst / table.name, index=False)
+    return dst
+
+
+@pytest.mark.parametrize("name", sorted(figures.FIGURES))
+def test_a_figure_draws_from_a_table_with_missing_cells(name, tmp_path):
+    """`make figures` after a sweep that computed only some cells: the figure draws what is there."""
+    fig = figures.FIGURES[name]
+    _results_with_missing_cells(tmp_path, str(Path(fig.source).parent), keep=lambda n: n % 3 != 1)
+    written = figures.build([name], out=tmp_path / "figs", root=tmp_path)
+    assert [p.name for p in written] == [f"{name}.png", f"{name}.csv"]
+    assert len(pd.read_csv(tmp_path / "figs" / f"{name}.csv")) > 0
+
+
+@pytest.mark.parametrize("name", sorted(figures.FIGURES))
+def test_a_figure_of_a_table_with_no_computed_cell_is_skipped_and_says_so(name, tmp_path, capsys):
+    fig = figures.FIGURES[name]
+    _results_with_missing_cells(tmp_path, str(Path(fig.source).parent), keep=lambda n: False)
+    assert figures.build([name], out=tmp_path / "figs", root=tmp_path) == []
+    out = capsys.readouterr().out
+    assert f"{name}: skipped" in out and fig.sweep in out
+
+
+@pytest.mark.parametrize("name", sorted(figures.README_TABLES))
+def test_a_readme_table_renders_from_a_table_with_missing_cells(name, tmp_path):
+    table = figures.README_TABLES[name]
+    _results_with_missing_cells(tmp_path, str(Path(table.source).parent), keep=lambda n: n % 3 != 1)
+    text = figures.readme_tables(tmp_path, [name])[name]
+    assert "|" in text and "cells ok" in text
+    _results_with_missing_cells(tmp_path / "none", str(Path(table.source).parent), keep=lambda n: False)
+    assert "No cell of this table has been computed" in figures.readme_tables(tmp_path / "none", [name])[name]

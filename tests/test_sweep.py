@@ -51,7 +51,8 @@ def test_changed_parameters_run_again(tmp_path):
     spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1}, {"x": 2, "delay": 0.01}]))
     results = sweep.run_sweep(spec, progress=False)
     assert [runs(tmp_path, x) for x in (1, 2)] == [1, 2]
-    assert len(results) == 2 and (results.status == "ok").all()
+    assert list(results.status) == ["ok", "ok", "retired"]  # the old x=2 row is kept, out of every figure
+    assert list(results.delay.fillna(0)) == [0, 0.01, 0] and results.stale_reason[2] == sweep.NOT_IN_SPEC
 
 
 def test_point_keys_are_stable_and_depend_on_parameters(tmp_path):
@@ -391,3 +392,36 @@ def test_local_workers_share_the_cores_out_instead_of_each_taking_all(monkeypatc
     assert sweep.worker_env(4, cpus=2)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert sweep.worker_env(2, cpus=2)["OMP_NUM_THREADS"] == "3"
+
+
+def test_a_reduced_run_keeps_committed_rows_whose_keys_no_longer_match(tmp_path):
+    """The make-run failure: the notebook's code changed since the committed rows were computed
+    (one comment), so none of their keys is a point's key any more. A reduced run recomputes its
+    point and keeps every other committed row, marked stale with the reason; nothing is lost."""
+    import shutil
+    notebook = tmp_path / "probe.ipynb"
+    shutil.copy(ROOT / PROBE, notebook)
+    path = write_spec(tmp_path, [{"x": x} for x in (1, 2, 3)])
+    raw = {**yaml.safe_load(path.read_text()), "notebook": str(notebook), "reduced": {"points": [{"x": 2}]}}
+    path.write_text(yaml.safe_dump(raw))
+    committed = sweep.run_sweep(sweep.SweepSpec.load(path), progress=False)
+    shutil.rmtree(tmp_path / "out" / "points")  # a fresh clone: the committed tables only
+    nb = json.loads(notebook.read_text())
+    nb["cells"][1]["source"] = ["# a comment added since\n"] + nb["cells"][1]["source"]
+    notebook.write_text(json.dumps(nb))
+    spec = sweep.SweepSpec.load(path)
+    assert not set(spec.point_key(p) for p in spec.points) & set(committed.key)
+    again = sweep.run_sweep(spec, progress=False, reduced=True)
+    assert [runs(tmp_path, x) for x in (1, 2, 3)] == [1, 2, 1]
+    assert list(again.status) == ["ok"] * 3 and list(again.square) == [1, 4, 9] and list(again.x) == [1, 2, 3]
+    assert list(again.stale) == [True, False, True]
+    assert list(again.key[[0, 2]]) == list(committed.key[[0, 2]])  # kept under the key it was computed with
+    for i in (0, 2):
+        assert again.stale_reason[i] == sweep.NOTEBOOK_CHANGED.format(old=committed.key[i], new=spec.point_key({**spec.parameters, "x": i + 1}))
+    assert len(pd.read_csv(tmp_path / "out" / "rows.csv")) == 6  # their table records too
+    assert "3/3 points ok (2 computed with an earlier version of the notebook)" in sweep.summary_line(again, spec)
+    # and a spec that drops a point keeps its committed row, retired, out of the figures
+    path.write_text(yaml.safe_dump({**raw, "points": [{"x": 1}, {"x": 2}], "reduced": {"points": []}}))
+    fewer = sweep.run_sweep(sweep.SweepSpec.load(path), progress=False, reduced=True)
+    assert list(fewer.status) == ["ok", "ok", "retired"] and list(fewer.square) == [1, 4, 9]
+    assert fewer.stale_reason[2] == sweep.NOT_IN_SPEC
