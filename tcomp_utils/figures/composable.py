@@ -1,0 +1,98 @@
+"""Composable fine-tuning (seed 002): the four figures (BLEU, time, curves, units) and the README table."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .markdown import _markdown
+
+
+COMPOSABLE_ARMS = {"baseline": "pruned, model-level only", "composed": "composed from module-level fine-tuned units"}
+
+
+def composable_bleu(summary: pd.DataFrame):
+    """Seed 002's table as a figure: per configuration, validation BLEU before model-level
+    fine-tuning and test BLEU after it, for the baseline and the composed model; the dense model's
+    test BLEU dashed."""
+    long = pd.concat([summary.assign(arm=arm, before=summary[f"val_bleu_before_{arm}"],
+                                     after=summary[f"test_bleu_{arm}"])
+                      for arm in COMPOSABLE_ARMS], ignore_index=True)
+    long["arm"] = long.arm.map(COMPOSABLE_ARMS)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, col, title in ((axes[0], "before", "before model-level fine-tuning (validation)"),
+                           (axes[1], "after", "after model-level fine-tuning (test)")):
+        sns.barplot(data=long, x="configuration", y=col, hue="arm", ax=ax, hue_order=list(COMPOSABLE_ARMS.values()))
+        if "dense_test_bleu" in summary:
+            ax.axhline(summary.dense_test_bleu.iloc[0], color="0.3", ls="--", lw=1)
+        ax.set(xlabel="configuration (attention rate, linear rate)", ylabel="BLEU", title=title)
+        ax.tick_params(axis="x", rotation=30)
+    axes[0].get_legend().remove()
+    axes[1].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Does composing module-level fine-tuned units start and end better than pruning alone?", y=1.02)
+    return fig, long[["configuration", "arm", "before", "after"]].round(3)
+
+
+def composable_time(parts: pd.DataFrame):
+    """The set's training seconds with and without composition, by part."""
+    wide = parts.pivot_table(index="pipeline", columns="part", values="seconds", sort=False).fillna(0)
+    fig, ax = plt.subplots(figsize=(9, 2.6))
+    wide.plot.barh(stacked=True, ax=ax)
+    ax.set(xlabel="training seconds (evaluations excluded)", ylabel="",
+           title="Fine-tuning time for the whole set of configurations: is composing faster?")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig, parts
+
+
+def composable_curves(model_log: pd.DataFrame):
+    """Model-level fine-tuning per configuration, the composed model against its baseline: the
+    training loss (moving mean of 20 steps) and validation BLEU by step."""
+    log = model_log.assign(arm=model_log.arm.map(COMPOSABLE_ARMS))
+    train = log[log.kind == "train"].copy()
+    train["value"] = train.groupby(["configuration", "arm"]).loss.transform(lambda s: s.rolling(20, min_periods=1).mean())
+    evals = log[log.kind == "eval"].assign(value=lambda d: d.val_bleu)
+    long = pd.concat([train.assign(curve="training loss (moving mean)"), evals.assign(curve="validation BLEU")])
+    grid = sns.relplot(data=long, x="step", y="value", hue="arm", col="configuration", row="curve", kind="line",
+                       height=2.3, aspect=1.1, facet_kws=dict(sharey="row", margin_titles=True),
+                       hue_order=list(COMPOSABLE_ARMS.values()))
+    grid.set_titles(col_template="{col_name}", row_template="{row_name}")
+    grid.set_axis_labels("model-level step", "")
+    sns.move_legend(grid, "lower center", bbox_to_anchor=(0.45, -0.08), ncol=2, title=None)
+    grid.figure.suptitle("Model-level fine-tuning: composed from fine-tuned units vs pruned only", y=1.03)
+    return grid.figure, long[["configuration", "arm", "curve", "step", "value"]].round(4)
+
+
+def composable_units(unit_log: pd.DataFrame):
+    """Module-level fine-tuning: each unit's MSE to the original module's output relative to its
+    first step, the median and interquartile range over the units of one kind and rate."""
+    kind_rate = unit_log.unit.str.extract(r"@(?P<kind>.+?)(?P<rate>0\.\d+|0)$")
+    log = unit_log.assign(kind=kind_rate.kind, rate=kind_rate.rate.astype(float))
+    first = log.sort_values("step").groupby("unit").loss.transform("first")
+    log["relative MSE"] = log.loss / first
+    log["units"] = log.kind.map({"heads": "heads", "l1": "L1"}).fillna(log.kind) + " at " + log.rate.map("{:g}".format)
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    sns.lineplot(data=log, x="step", y="relative MSE", hue="units", hue_order=sorted(log.units.unique()),
+                 estimator="median", errorbar=("pi", 50), ax=ax)
+    ax.set(yscale="log", xlabel="module-level step", ylabel="MSE / MSE at step 1",
+           title=f"Module-level fine-tuning of the {log.unit.nunique()} units (median, IQR)")
+    ax.legend(fontsize=7, ncol=2)
+    table = log.groupby(["units", "step"])["relative MSE"].median().rename("median_relative_mse").reset_index()
+    return fig, table.round(4)
+
+
+def _composable_readme(summary: pd.DataFrame) -> str:
+    """One row per configuration: its rates, shared units, stored size, BLEU before and after
+    model-level fine-tuning (baseline / composed), and the steps and training seconds the composed
+    model needed to reach its baseline's final validation BLEU."""
+    def pair(a: float, b: float, fmt: str = "{:.2f}") -> str:
+        return f"{fmt.format(a)} / {fmt.format(b)}"
+    rows = [{"configuration": r.configuration, "attention": r.attention, "linear": r.linear,
+             "units (shared)": f"{int(r.units)} ({int(r.shared_units)})", "stored numbers": f"{100 * r.param_fraction:.1f} %",
+             "MB": f"{r.MB:.2f}",
+             "val BLEU before": pair(r.val_bleu_before_baseline, r.val_bleu_before_composed),
+             "test BLEU after": pair(r.test_bleu_baseline, r.test_bleu_composed),
+             "steps to baseline": "not reached" if pd.isna(r.steps_to_baseline) else f"{int(r.steps_to_baseline)}",
+             "seconds: baseline / composed to baseline": pair(r.train_seconds_baseline, r.seconds_to_baseline, "{:.0f}")
+             if not pd.isna(r.seconds_to_baseline) else f"{r.train_seconds_baseline:.0f} / -"}
+            for r in summary.itertuples()]
+    return _markdown(pd.DataFrame(rows), numeric=7)

@@ -1,0 +1,114 @@
+"""Offline compression of the tweet task model (seed 000): the accuracy-vs-ratio and fine-tuning
+figures and the README table."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .markdown import _bold_best, _markdown
+
+
+def _label(results: pd.DataFrame) -> pd.Series:
+    return results.method + " (" + results["mode"] + ")"
+
+
+def _finetune_steps(results: pd.DataFrame) -> pd.Series:
+    """The fine-tuning steps parameter of each cell (absent: 0, offline only)."""
+    return results["finetune_steps"].fillna(0) if "finetune_steps" in results else pd.Series(0, index=results.index)
+
+
+ROLE_ORDER = ["qkv", "ffn", "embeddings"]
+
+
+def _offline_accuracy(results: pd.DataFrame):
+    """Seed 000's table: test accuracy with no fine-tuning, rows method × roles × mode, columns ratio;
+    error bars: the cell's 95 % bootstrap interval (where recorded)."""
+    ok = results[(results.status == "ok") & (_finetune_steps(results) == 0)].copy()
+    ok["variant"] = _label(ok)
+    ok["test accuracy (%)"] = 100 * ok.test_accuracy
+    baseline = 100 * ok.baseline_test_accuracy.iloc[0]
+    ratios = sorted(ok.ratio.unique())
+    cols = [r for r in ROLE_ORDER if r in set(ok.roles)]
+    grid = sns.relplot(data=ok, x="ratio", y="test accuracy (%)", hue="variant", style="variant", col="roles",
+                       col_order=cols, kind="line", markers=True, dashes=False, height=3.6, aspect=1.15)
+    has_ci = "test_accuracy_lo" in ok and ok.test_accuracy_lo.notna().any()
+    palette = {t.get_text(): h.get_color() for t, h in zip(grid.legend.texts, grid.legend.legend_handles)} if has_ci else {}
+    for role, ax in zip(cols, grid.axes.flat):
+        ax.axhline(baseline, color="0.3", ls="--", lw=1)
+        ax.text(ratios[-1], baseline, " uncompressed", va="bottom", ha="right", fontsize=8, color="0.3")
+        if has_ci:
+            for variant, d in ok[(ok.roles == role) & ok.test_accuracy_lo.notna()].groupby("variant"):
+                d = d.sort_values("ratio")
+                ax.fill_between(d.ratio, 100 * d.test_accuracy_lo, 100 * d.test_accuracy_hi, alpha=0.12,
+                                color=palette.get(variant), lw=0)
+        ax.set_xscale("log")
+        ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
+        ax.minorticks_off()
+    grid.set_titles("{col_name}")
+    grid.set_axis_labels("compression ratio of stored numbers", "test accuracy (%)")
+    grid.figure.suptitle("Offline compression of the tweet-sentiment task model: accuracy vs ratio, no fine-tuning"
+                         + (" (bands: 95 % bootstrap intervals)" if has_ci else ""), y=1.04)
+    values = ["test_accuracy"] + [c for c in ("test_accuracy_lo", "test_accuracy_hi", "test_accuracy_std",
+                                              "test_macro_f1", "test_majority_share") if c in ok]
+    table = ok.pivot_table(index=["roles", "method", "mode"], columns="ratio", values=values).round(4)
+    table.columns = [f"ratio_{r:g}" if v == "test_accuracy" else f"ratio_{r:g}_{v[len('test_'):]}" for v, r in table.columns]
+    return grid.figure, table.reset_index()
+
+
+def offline_twin_accuracy(results: pd.DataFrame, cells: pd.DataFrame) -> pd.Series:
+    """The test accuracy before fine-tuning of each fine-tuned cell in ``cells``: that of its offline
+    twin in ``results`` (same method, mode, roles and ratio, no fine-tuning), first seed (the model a
+    fine-tuned cell trains); NaN where the twin is missing."""
+    off = results[(results.status == "ok") & (_finetune_steps(results) == 0)]
+    first = off.test_accuracy_seeds.astype(str).str.split(";").str[0].astype(float)
+    key = ["method", "mode", "roles", "ratio"]
+    lookup = dict(zip(map(tuple, off[key].itertuples(index=False)), first))
+    return pd.Series([lookup.get(tuple(k), float("nan")) for k in cells[key].itertuples(index=False)], index=cells.index)
+
+
+def _offline_finetune(results: pd.DataFrame):
+    """The seed's downstream protocol on the smaller grid: offline (the twin cell) vs after a short fine-tuning."""
+    tuned = results[(results.status == "ok") & (_finetune_steps(results) > 0)].copy()
+    tuned["variant"] = _label(tuned) + " " + tuned.roles + " ×" + tuned.ratio.map("{:g}".format)
+    tuned["offline_test_accuracy"] = offline_twin_accuracy(results, tuned)
+    data = tuned[["variant", "method", "mode", "roles", "ratio", "finetune_steps", "offline_test_accuracy",
+                  "finetuned_test_accuracy"]].sort_values("finetuned_test_accuracy").reset_index(drop=True)
+    long = data.melt(id_vars="variant", value_vars=["offline_test_accuracy", "finetuned_test_accuracy"],
+                     var_name="when", value_name="accuracy")
+    long["when"] = long.when.map({"offline_test_accuracy": "offline", "finetuned_test_accuracy":
+                                  f"after {int(data.finetune_steps.iloc[0])} fine-tuning steps"})
+    long["test accuracy (%)"] = 100 * long.accuracy
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(data) + 1.2))
+    sns.barplot(data=long, y="variant", x="test accuracy (%)", hue="when", ax=ax)
+    ax.axvline(100 * tuned.baseline_test_accuracy.iloc[0], color="0.3", ls="--", lw=1, label="uncompressed")
+    ax.set(ylabel="", xlim=(40, 100), title="Short fine-tuning recovers what offline compression loses")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig, data
+
+
+METHOD_ORDER = ["svd", "ae", "pruning", "asvd", "fwsvd", "tucker", "kronecker", "falcon"]
+MODE_ORDER = ["separated", "concatenated", "qkv", "qkv-concatenated"]
+
+
+def _offline_table(results: pd.DataFrame) -> str:
+    """Rows roles × method × mode, columns ratio: test accuracy (%) with its 95 % bootstrap interval
+    (for the autoencoder, of the mean over its seeds) where recorded; † where every prediction is the
+    majority class; the best of each role group and ratio in bold."""
+    _, table = _offline_accuracy(results)
+    table = table.assign(r=table.roles.map({r: i for i, r in enumerate(["ffn", "qkv", "embeddings"])}),
+                         m=table.method.map(METHOD_ORDER.index),
+                         o=table["mode"].map(MODE_ORDER.index)).sort_values(["r", "m", "o"])
+    ratios = [c for c in table if c.startswith("ratio_") and c.removeprefix("ratio_").replace(".", "").isdigit()]
+    parts = []
+    for _, group in table.groupby("r", sort=True):
+        cells = _bold_best(100 * group[ratios], lower=False, fmt="{:.1f}")
+        for c in ratios:
+            if f"{c}_accuracy_lo" in group:
+                lo, hi = 100 * group[f"{c}_accuracy_lo"], 100 * group[f"{c}_accuracy_hi"]
+                cells[c] = [v if pd.isna(a) else f"{v} ({a:.1f}–{b:.1f})" for v, a, b in zip(cells[c], lo, hi)]
+            if f"{c}_majority_share" in group:
+                cells[c] = [v + "†" if share >= 1 else v for v, share in zip(cells[c], group[f"{c}_majority_share"])]
+        parts.append(pd.concat([group[["roles", "method", "mode"]], cells], axis=1))
+    frame = pd.concat(parts).rename(columns={c: "×" + c.removeprefix("ratio_") for c in ratios})
+    return _markdown(frame, numeric=len(ratios))

@@ -1,0 +1,133 @@
+"""Structured pruning of the encoder (tweet task model) and of the decoder (smollm2-135m): the
+figures and the README tables."""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import pandas as pd
+import seaborn as sns
+
+from .markdown import _bold_best, _markdown
+
+
+PRUNING_ORDER = ["id", "fisher", "magnitude", "random"]
+PRUNING_LABELS = {"id": "ID (STAT)", "fisher": "Fisher masks (Kwon)", "magnitude": "magnitude", "random": "random"}
+
+
+def _pruning_encoder(results: pd.DataFrame):
+    """Structured pruning of the task model: test accuracy against the MAC fraction kept, one line
+    per method (bands: 95 % bootstrap intervals), and the time each pruning took."""
+    ok = results[results.status == "ok"].copy()
+    dense = ok[ok.method == "dense"].iloc[0]
+    pruned = ok[ok.method != "dense"].assign(method=lambda d: pd.Categorical(d.method, PRUNING_ORDER, ordered=True))
+    pruned = pruned.sort_values(["method", "mu"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    for i, (method, d) in enumerate(pruned.groupby("method", observed=True)):
+        color = sns.color_palette()[i]
+        axes[0].plot(d.macs_ratio, 100 * d.test_accuracy, "o-", color=color, label=PRUNING_LABELS[method])
+        axes[0].fill_between(d.macs_ratio, 100 * d.test_accuracy_lo, 100 * d.test_accuracy_hi, color=color, alpha=0.15, lw=0)
+        axes[1].plot(d.macs_ratio, d.prune_seconds, "o-", color=color)
+    axes[0].axhline(100 * dense.test_accuracy, color="0.3", ls="--", lw=1)
+    axes[0].set(xlabel="MACs per token kept (fraction of dense, 128 tokens)", ylabel="test accuracy (%)",
+                title="Accuracy vs MAC budget, no retraining")
+    axes[0].invert_xaxis()
+    axes[0].legend(fontsize=8)
+    axes[1].set(xlabel="MACs kept (fraction)", ylabel="seconds to prune", yscale="log", title="Time to prune")
+    axes[1].invert_xaxis()
+    fig.suptitle("Structured pruning of the tweet task model (heads and FFN neurons removed physically)", y=1.02)
+    cols = ["method", "mu", "macs_ratio", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi", "test_macro_f1",
+            "test_majority_share", "prune_seconds"]
+    return fig, ok[cols].sort_values(["method", "mu"], ascending=[True, False]).round(4)
+
+
+def _pruning_encoder_table(results: pd.DataFrame) -> str:
+    """Rows method, columns mu: test accuracy (%) with its 95 % bootstrap interval (the best of each
+    budget in bold), and the median seconds each method took to prune."""
+    _, t = _pruning_encoder(results)
+    pruned = t[t.method != "dense"]
+    acc = pruned.pivot_table(index="method", columns="mu", values="test_accuracy").reindex(PRUNING_ORDER)
+    lo = pruned.pivot_table(index="method", columns="mu", values="test_accuracy_lo").reindex(PRUNING_ORDER)
+    hi = pruned.pivot_table(index="method", columns="mu", values="test_accuracy_hi").reindex(PRUNING_ORDER)
+    mus = sorted(acc.columns, reverse=True)
+    cells = _bold_best(100 * acc[mus], lower=False, fmt="{:.1f}")
+    for m in mus:
+        cells[m] = [f"{v} ({100 * a:.1f}–{100 * b:.1f})" for v, a, b in zip(cells[m], lo[m], hi[m])]
+    cells.columns = [f"μ = {m:g}" for m in mus]
+    seconds = pruned.groupby("method").prune_seconds.median().reindex(PRUNING_ORDER)
+    frame = pd.concat([pd.DataFrame({"method": [PRUNING_LABELS[m] for m in PRUNING_ORDER]}),
+                       cells.reset_index(drop=True),
+                       pd.DataFrame({"seconds to prune": [f"{v:.1f}" for v in seconds]})], axis=1)
+    dense = t[t.method == "dense"].iloc[0]
+    return (_markdown(frame, numeric=len(mus) + 1)
+            + f"\n\nDense: {100 * dense.test_accuracy:.1f} % ({100 * dense.test_accuracy_lo:.1f}–"
+              f"{100 * dense.test_accuracy_hi:.1f}).")
+
+
+DECODER_TEXTS = {"novel": "Pride and Prejudice (novel)", "jargon": "Jargon File"}
+
+
+def _pruning_decoder(results: pd.DataFrame):
+    """Structured pruning of smollm2-135m: held-out perplexity of each text against the MAC fraction
+    kept, one line per method, solid without and dashed with 4-bit GPTQ on top (dense: grey); and
+    perplexity against the bytes stored, where pruning, quantization and both meet."""
+    ok = results[results.status == "ok"].copy()
+    ok["MB"] = ok.bytes_after / 1e6
+    ok["gptq_bits"] = ok.gptq_bits.astype(int)
+    dense = ok[ok.method == "dense"].set_index("gptq_bits")
+    pruned = ok[ok.method != "dense"].sort_values(["method", "gptq_bits", "mu"])
+    colors = {m: sns.color_palette()[i] for i, m in enumerate(PRUNING_ORDER)}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.0))
+    for ax, (text, title) in zip(axes, DECODER_TEXTS.items()):
+        for (method, bits), d in pruned.groupby(["method", "gptq_bits"]):
+            ax.plot(d.macs_ratio, d[f"perplexity_{text}"], "o-" if not bits else "s--", color=colors[method],
+                    label=PRUNING_LABELS[method] + (f" + GPTQ {bits}-bit" if bits else ""))
+        for bits, row in dense.iterrows():
+            ax.axhline(row[f"perplexity_{text}"], color="0.3", ls="-" if not bits else "--", lw=1)
+            ax.text(0.99, row[f"perplexity_{text}"], "dense" + (f" + GPTQ {bits}-bit" if bits else ""), fontsize=8,
+                    color="0.3", va="bottom", ha="right", transform=ax.get_yaxis_transform())
+        ax.set(xlabel="MACs per token kept (fraction of dense, 128 tokens)", ylabel="perplexity", yscale="log",
+               title=title)
+        ax.invert_xaxis()
+    axes[0].legend(fontsize=8)
+    for (method, bits), d in ok.groupby(["method", "gptq_bits"]):
+        axes[2].plot(d.MB, d.perplexity_novel, "o-" if not bits else "s--", color=colors.get(method, "0.3"))
+    axes[2].set(xlabel="MB stored", ylabel="perplexity (novel)", xscale="log", yscale="log",
+                title="Perplexity vs bytes: prune, quantize, both")
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    sparse = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else "")
+    for axis in [ax.yaxis for ax in axes] + [axes[2].xaxis]:
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(sparse)
+    fig.suptitle("Structured pruning of smollm2-135m, no retraining (heads and FFN neurons removed physically)", y=1.02)
+    cols = ["method", "gptq_bits", "mu", "macs_ratio", "params_ratio", "MB", "perplexity_novel", "perplexity_jargon",
+            "prune_seconds", "gptq_seconds"]
+    table = ok.reindex(columns=cols).sort_values(["method", "gptq_bits", "mu"], ascending=[True, True, False])
+    return fig, table.round(4)
+
+
+def _pruning_decoder_table(results: pd.DataFrame) -> str:
+    """Rows text × GPTQ bits × method, columns mu: held-out perplexity (the best of each budget, text
+    and bit width in bold), then the MB stored at the smallest budget and the median seconds to prune; the
+    dense model, with and without GPTQ, below."""
+    _, t = _pruning_decoder(results)
+    pruned = t[t.method != "dense"].assign(variant=lambda d: [
+        PRUNING_LABELS[m] + (f" + GPTQ {b}-bit" if b else "") for m, b in zip(d.method, d.gptq_bits)])
+    mus = sorted(pruned.mu.unique(), reverse=True)
+    parts = []
+    for text in DECODER_TEXTS:
+        for _, same_bits in pruned.groupby("gptq_bits"):
+            order = [v for m in PRUNING_ORDER for v in same_bits[same_bits.method == m].variant.unique()]
+            ppl = same_bits.pivot_table(index="variant", columns="mu", values=f"perplexity_{text}").reindex(order)[mus]
+            cells = _bold_best(ppl, lower=True, fmt="{:.2f}")
+            cells.columns = [f"μ = {m:g}" for m in mus]
+            parts.append(pd.concat([pd.DataFrame({"text": text, "method": order}), cells.reset_index(drop=True)],
+                                   axis=1))
+    frame = pd.concat(parts, ignore_index=True)
+    low = pruned[pruned.mu == mus[-1]].set_index("variant")
+    frame[f"MB at μ = {mus[-1]:g}"] = [f"{low.MB[v]:.1f}" if v in low.index else "-" for v in frame.method]
+    seconds = pruned.groupby("variant").prune_seconds.median()
+    frame["seconds to prune"] = [f"{seconds[v]:.0f}" if v in seconds else "-" for v in frame.method]
+    dense = t[t.method == "dense"].set_index("gptq_bits")
+    line = "; ".join(f"{'fp32' if not b else f'GPTQ {b}-bit'} {r.perplexity_novel:.2f} (novel), "
+                     f"{r.perplexity_jargon:.2f} (Jargon File), {r.MB:.1f} MB" for b, r in dense.iterrows())
+    return _markdown(frame, numeric=len(mus) + 2) + f"\n\nDense: {line}."
