@@ -12,6 +12,8 @@ A sweep spec is a YAML file under ``papermill_runs/``::
     # points: [{model: minilm-l6, seq_len: 128}, ...]   # ... or an explicit list (or both)
     reduced:                             # optional: the subset `make run` (--reduced) computes
       points: [{model: minilm-l6, seq_len: 128}]   # (an empty list: none; no key: every point)
+    reproduce: {rtol: 1e-3, ignore: [ratio]}  # optional: how close make run's recomputed points must
+                                         # come to the committed rows (tcomp_utils.reproduce)
     output: papermill_runs/budget_axis   # default: papermill_runs/<name>
 
 Each point is identified by a stable hash of (the notebook's code, profile, parameters): its executed
@@ -67,7 +69,8 @@ from tqdm.auto import tqdm
 from .runner import (PROFILES, REPO_ROOT, NotebookError, execute_point, notebook_label, notebook_parameters,
                      package_digest, write_result)
 
-SPEC_KEYS = {"name", "notebook", "profile", "parameters", "grid", "points", "reduced", "output"}
+SPEC_KEYS = {"name", "notebook", "profile", "parameters", "grid", "points", "reduced", "output", "reproduce"}
+REPRODUCE_KEYS = {"rtol", "atol", "ignore"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -128,6 +131,7 @@ class SweepSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)
     reduced: list[dict[str, Any]] | None = None  # the subset `make run` computes (None: every point)
+    reproduce: dict[str, Any] = field(default_factory=dict)  # make run's tolerance: rtol, atol, ignore (columns)
     duplicates: int = 0  # points listed more than once (run once)
     parameter_names: tuple[str, ...] = ()  # what the notebook's parameters cell defines
 
@@ -172,6 +176,12 @@ class SweepSpec:
                 raise SweepSpecError(f"{path}: 'reduced' must be a mapping with a 'grid' and/or 'points' (the subset "
                                      "that `make run` computes)")
             reduced = _expand(reduced, path, "reduced: ")
+        reproduce = raw.get("reproduce") or {}
+        if not isinstance(reproduce, dict) or not set(reproduce) <= REPRODUCE_KEYS or not all(
+                isinstance(reproduce.get(k, 0.0), (int, float)) and reproduce.get(k, 0.0) >= 0 for k in ("rtol", "atol")) \
+                or not isinstance(reproduce.get("ignore", []), list):
+            raise SweepSpecError(f"{path}: 'reproduce' must map rtol and atol to numbers >= 0 and ignore to a list of "
+                                 f"columns (allowed keys: {sorted(REPRODUCE_KEYS)}), got {reproduce!r:.120}")
         fixed = raw.get("parameters") or {}
         if not isinstance(fixed, dict):
             raise SweepSpecError(f"{path}: 'parameters' must be a mapping, got {fixed!r:.80}")
@@ -196,7 +206,7 @@ class SweepSpec:
             reduced = list({ident(p): p for p in reduced}.values())
         out = Path(output or raw.get("output") or f"papermill_runs/{name}")
         spec = cls(name=name, notebook=notebook, profile=profile, output=out if out.is_absolute() else REPO_ROOT / out,
-                   parameters=fixed, points=unique, reduced=reduced)
+                   parameters=fixed, points=unique, reduced=reduced, reproduce=reproduce)
         spec.duplicates, spec.parameter_names = len(points) - len(unique), tuple(allowed)
         return spec
 
@@ -243,17 +253,17 @@ def _done(record_path: Path, keep_stale: bool = False) -> bool:
 
 def _committed_done(spec: SweepSpec, keep_stale: bool = False) -> set[str]:
     """Keys of the committed ``results.csv`` rows that are ``ok`` and current (any, ``keep_stale``)."""
-    before = _previous(spec.output / "results.csv")
+    before = read_table(spec.output / "results.csv")
     if before is None or not {"key", "status", "code_hash"} <= set(before.columns):
         return set()
     rows = before[before.status == "ok"].to_dict("records")
     return {r["key"] for r in rows if keep_stale or not is_stale(r)}
 
 
-def _last_seconds(spec: SweepSpec, keys: list[str]) -> dict[str, float]:
+def last_seconds(spec: SweepSpec, keys: list[str]) -> dict[str, float]:
     """The time each point took when last run (its record, else its row in the committed results
     table); infinite when never run, so that unknown points are scheduled first."""
-    before = _previous(spec.output / "results.csv")
+    before = read_table(spec.output / "results.csv")
     table = ({k: v for k, v in zip(before.key, before.elapsed_s)}
              if before is not None and {"key", "elapsed_s"} <= set(before.columns) else {})
     out = {}
@@ -276,65 +286,88 @@ def worker_env(workers: int, cpus: int | None = None) -> dict[str, str]:
     return {v: os.environ.get(v, per) for v in THREAD_VARIABLES}
 
 
+def pending_points(spec: SweepSpec, reduced: bool = False, keep_stale: bool = False,
+                   resume: bool = False) -> list[tuple[str, dict[str, Any]]]:
+    """The ``(key, point)`` pairs of ``spec`` that must run (missing, failed, or computed with other
+    package code unless ``keep_stale``; only the ``reduced`` subset with ``reduced``; with
+    ``resume``, a point with no record here whose committed row is ok is done), longest first."""
+    points_dir = spec.output / "points"
+    todo = spec.reduced if reduced and spec.reduced is not None else spec.points
+    committed = _committed_done(spec, keep_stale) if resume else set()
+    pending = [(k, p) for k, p in ((spec.point_key(p), p) for p in todo)
+               if not _done(points_dir / f"{k}.json", keep_stale)
+               and not (k in committed and not (points_dir / f"{k}.json").exists())]
+    last = last_seconds(spec, [k for k, _ in pending])
+    return sorted(pending, key=lambda kp: -last[kp[0]])  # longest first, so that no long point starts last
+
+
+def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int = 0, scheduler: str | None = None,
+               bar: Any = None, saved: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+    """Execute ``(spec, key, point)`` jobs (of one spec or several) in the given order, writing each
+    point's executed notebook and record as it finishes. Returns the keys saved, per spec name (also
+    filled into ``saved`` as they finish, so that an interrupted caller still knows them).
+
+    ``workers=0`` and no ``scheduler``: one after another in this process; ``workers=N``: a local
+    Dask cluster of N single-threaded worker processes; ``scheduler``: an existing Dask scheduler."""
+    saved = {} if saved is None else saved
+    sources = {spec.name: json.loads(spec.notebook.read_text(encoding="utf-8")) for spec, _, _ in jobs}
+
+    def save(spec: SweepSpec, key: str, point: dict[str, Any], result: dict[str, Any]) -> None:
+        write_result(result, spec.output / "points" / f"{key}.ipynb", spec.output / "points" / f"{key}.json",
+                     {"sweep": spec.name, "key": key, "notebook": notebook_label(spec.notebook),
+                      "parameters": spec.point_parameters(point)})
+        saved.setdefault(spec.name, []).append(key)
+        if bar is not None:
+            bar.update(1)
+            if result["status"] != "ok":
+                bar.write(f"point {spec.name} {key} {point} failed: {result['error']}")
+
+    for spec, _, _ in jobs:
+        (spec.output / "points").mkdir(parents=True, exist_ok=True)
+    if jobs and (workers or scheduler):
+        from dask.distributed import Client, LocalCluster, as_completed
+
+        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                      dashboard_address=None, env=worker_env(workers))
+        try:
+            with Client(scheduler or cluster) as client:
+                futures = {client.submit(execute_point, sources[spec.name], spec.point_parameters(p),
+                                         str(spec.notebook.parent), pure=False, key=f"{spec.name}-{k}"): (spec, k, p)
+                           for spec, k, p in jobs}
+                for future in as_completed(futures):
+                    save(*futures[future], future.result())
+        finally:
+            if cluster is not None:
+                cluster.close()
+    else:
+        for spec, key, point in jobs:
+            save(spec, key, point, execute_point(sources[spec.name], spec.point_parameters(point),
+                                                 str(spec.notebook.parent)))
+    return saved
+
+
 def run_sweep(spec: SweepSpec, workers: int = 0, scheduler: str | None = None, progress: bool = True,
               keep_stale: bool = False, reduced: bool = False, resume: bool = False) -> pd.DataFrame:
-    """Run every pending point of ``spec`` (missing, failed, or computed with other package code
-    unless ``keep_stale``); only the spec's ``reduced`` subset with ``reduced``; with ``resume``, a
-    point without a record here whose committed row is ok (and current) is not pending. Returns the
-    gathered results table of every point (see :func:`gather`).
+    """Run every pending point of ``spec`` (see :func:`pending_points`) and return the gathered
+    results table of every point (see :func:`gather`).
 
     ``workers=0`` and no ``scheduler``: points run one after another in this process.
     ``workers=N``: a local Dask cluster of N single-threaded worker processes.
     ``scheduler``: the address of an existing Dask scheduler (its workers need this package
     and the notebook's data; results come back to this process, which writes every file).
     """
-    points_dir = spec.output / "points"
-    points_dir.mkdir(parents=True, exist_ok=True)
-    todo = spec.reduced if reduced and spec.reduced is not None else spec.points
-    keys = [spec.point_key(p) for p in todo]
-    committed = _committed_done(spec, keep_stale) if resume else set()
-    pending = [(k, p) for k, p in zip(keys, todo) if not _done(points_dir / f"{k}.json", keep_stale)
-               and not (k in committed and not (points_dir / f"{k}.json").exists())]
-    last = _last_seconds(spec, [k for k, _ in pending])
-    pending.sort(key=lambda kp: -last[kp[0]])  # longest first, so that no long point starts last
-    source = json.loads(spec.notebook.read_text(encoding="utf-8"))
-    cwd = str(spec.notebook.parent)
-    bar = tqdm(total=len(keys), initial=len(keys) - len(pending), desc=f"sweep {spec.name}", disable=not progress)
-
-    saved: list[str] = []
-
-    def save(key: str, point: dict[str, Any], result: dict[str, Any]) -> None:
-        write_result(result, points_dir / f"{key}.ipynb", points_dir / f"{key}.json",
-                     {"sweep": spec.name, "key": key, "notebook": notebook_label(spec.notebook),
-                      "parameters": spec.point_parameters(point)})
-        saved.append(key)
-        bar.update(1)
-        if result["status"] != "ok":
-            bar.write(f"point {key} {point} failed: {result['error']}")
-
+    (spec.output / "points").mkdir(parents=True, exist_ok=True)
+    pending = pending_points(spec, reduced, keep_stale, resume)
+    total = len(spec.reduced if reduced and spec.reduced is not None else spec.points)
+    bar = tqdm(total=total, initial=total - len(pending), desc=f"sweep {spec.name}", disable=not progress)
+    saved: dict[str, list[str]] = {}
     started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     try:
-        if pending and (workers or scheduler):
-            from dask.distributed import Client, LocalCluster, as_completed
-
-            cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                          dashboard_address=None, env=worker_env(workers))
-            try:
-                with Client(scheduler or cluster) as client:
-                    futures = {client.submit(execute_point, source, spec.point_parameters(p), cwd, pure=False,
-                                             key=f"{spec.name}-{k}"): (k, p) for k, p in pending}
-                    for future in as_completed(futures):
-                        save(*futures[future], future.result())
-            finally:
-                if cluster is not None:
-                    cluster.close()
-        else:
-            for key, point in pending:
-                save(key, point, execute_point(source, spec.point_parameters(point), cwd))
+        run_points([(spec, k, p) for k, p in pending], workers, scheduler, bar, saved)
     finally:  # an interrupted run is logged too: its wall time and the points it finished
         bar.close()
         if pending:
-            log_run(spec, started, time.perf_counter() - clock, scheduler or workers, saved, reduced)
+            log_run(spec, started, time.perf_counter() - clock, scheduler or workers, saved.get(spec.name, []), reduced)
     return gather(spec)
 
 
@@ -349,12 +382,12 @@ def log_run(spec: SweepSpec, started: dt.datetime, wall_s: float, workers: int |
            "cell_s": round(sum(float(r.get("elapsed_s") or 0) for r in recs), 1),
            "ok": sum(r.get("status") == "ok" for r in recs)}
     path = spec.output / "runs.csv"
-    log = pd.concat([_previous(path), pd.DataFrame([row])], ignore_index=True)
-    _write_csv(log, path)
+    log = pd.concat([read_table(path), pd.DataFrame([row])], ignore_index=True)
+    write_csv(log, path)
     return log
 
 
-def _previous(path: Path) -> pd.DataFrame | None:
+def read_table(path: Path) -> pd.DataFrame | None:
     try:
         return pd.read_csv(path) if path.is_file() else None
     except (OSError, ValueError, pd.errors.ParserError):
@@ -377,7 +410,7 @@ def _same_value(a: Any, b: Any) -> bool:
     return str(a) == str(b)
 
 
-def _row_is_point(row: dict, point: dict[str, Any], spec: SweepSpec) -> bool:
+def row_is_point(row: dict, point: dict[str, Any], spec: SweepSpec) -> bool:
     """Whether a committed row holds ``point``: the same profile and the same value (or none) of
     every parameter the notebook defines."""
     names = [n for n in spec.parameter_names if n != "profile"] or list(point)
@@ -395,7 +428,7 @@ def gather(spec: SweepSpec) -> pd.DataFrame:
     with status ``retired`` (so no figure draws it); both are marked ``stale``, with the reason in
     ``stale_reason``. ``stale`` also says a row's
     ``code_hash`` is not that of the current sources of the modules it loaded (``code_modules``)."""
-    before = _previous(spec.output / "results.csv")
+    before = read_table(spec.output / "results.csv")
     kept = {}
     if before is not None and {"key", "status"} <= set(before.columns):
         kept = {r["key"]: r for r in before[before.status.isin(["ok", RETIRED])].to_dict("records")}
@@ -419,7 +452,7 @@ def gather(spec: SweepSpec) -> pd.DataFrame:
                 keep(kept[key], point, None)
                 continue
             older = next((r for k, r in kept.items() if k not in kept_keys and r["status"] == "ok"
-                          and _row_is_point(r, point, spec)), None)
+                          and row_is_point(r, point, spec)), None)
             if older is not None:
                 keep(older, point, NOTEBOOK_CHANGED.format(old=older["key"], new=key))
                 continue
@@ -441,23 +474,23 @@ def gather(spec: SweepSpec) -> pd.DataFrame:
         rows.append(row)
     matched = {r["key"] for r in rows}
     for key, row in kept.items():  # committed results of points the spec no longer has
-        if key not in matched and not any(_row_is_point(row, p, spec) for p in spec.points):
+        if key not in matched and not any(row_is_point(row, p, spec) for p in spec.points):
             keep({**row, "status": RETIRED}, None, NOT_IN_SPEC)
     results = pd.DataFrame(rows)
-    _write_csv(results, spec.output / "results.csv")
+    write_csv(results, spec.output / "results.csv")
     names = set(tables) | ({p.stem for p in spec.output.glob("*.csv") if p.name not in ("results.csv", "runs.csv")}
                            if kept_keys else set())
     for name in names:
         frame = pd.DataFrame(tables.get(name, []))
-        old = _previous(spec.output / f"{name}.csv") if kept_keys else None
+        old = read_table(spec.output / f"{name}.csv") if kept_keys else None
         if old is not None and "key" in old:
             frame = pd.concat([old[old.key.isin(kept_keys)], frame], ignore_index=True)
         if len(frame):
-            _write_csv(frame, spec.output / f"{name}.csv")
+            write_csv(frame, spec.output / f"{name}.csv")
     return results
 
 
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     frame.to_csv(tmp, index=False)
     tmp.replace(path)
@@ -477,7 +510,7 @@ def summary_line(results: pd.DataFrame, spec: SweepSpec) -> str:
                                if retired else "") + f"; results: {spec.output / 'results.csv'}")
 
 
-def _stop_on_signals() -> None:
+def stop_on_signals() -> None:
     """SIGINT and SIGTERM stop a sweep as Ctrl-C does, so it logs its run (a shell starts a
     background job with SIGINT ignored, and SIGTERM would skip the logging)."""
     def stop(signum, frame):
@@ -502,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="count points whose committed results row is ok (and current) as done: finish a grid "
                              "begun in another clone")
     args = parser.parse_args(argv)
-    _stop_on_signals()
+    stop_on_signals()
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
     try:

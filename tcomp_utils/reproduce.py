@@ -1,0 +1,210 @@
+"""Recompute every table's representative points and say whether the numbers came out the same.
+
+    python -m tcomp_utils.reproduce [SPEC ...] [--profile default|smoke] [--workers N] [--runs DIR]
+
+For each sweep spec (default: every ``papermill_runs/*.yaml``) the points of its ``reduced`` list
+are recomputed, all specs' points together on ``--workers`` single-threaded workers (longest
+first), gathered into the spec's results table as a sweep does (the other cells keep their
+committed rows), and compared with the row each point had in that table before the run (the
+committed row on a fresh clone; found by key, else by parameters when the notebook's code has
+changed since). Every numeric column is compared except measured times and memory (columns
+named ``*_s``, ``*_seconds``, ``seconds_*``, ``*_ms``, ``*_mb``) and the bookkeeping columns;
+a value reproduces when ``|now - committed| <= atol + rtol * |committed|`` (the spec's
+``reproduce: {rtol, atol, ignore}``, default rtol 1e-3, atol 1e-9). It prints one line per table
+and a summary ("reproduced 14 of 14 points within tolerance"), names every mismatch with both
+values, writes the outcome of every point to ``<runs>/reproduction.csv`` (or ``--summary``) and exits 1 when a
+point failed or did not reproduce.
+
+``make run`` runs it on the default profile; ``make verify`` on the smoke profile with
+``--runs papermill_runs/smoke``, against smoke-sized reference rows committed there (seconds per
+point, for CI).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from . import sweep
+from .runner import PROFILES, REPO_ROOT
+
+RUNS = REPO_ROOT / "papermill_runs"
+MEASURED = re.compile(r"(_s|_seconds|_ms|_mb)$|^seconds(_|$)")  # times and memory: measured, never reproduced
+BOOKKEEPING = {"key", "status", "error", "code_hash", "code_modules", "stale", "stale_reason", "profile"}
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-9
+
+
+@dataclass
+class Outcome:
+    """One recomputed point against its committed row."""
+
+    table: str
+    key: str
+    point: dict[str, Any]
+    status: str  # reproduced | differs | failed | no committed row
+    compared: int = 0  # numeric values compared
+    largest: float = 0.0  # largest relative difference |now - committed| / max(|committed|, tiny)
+    largest_column: str | None = None
+    differences: list[tuple[str, Any, Any]] = field(default_factory=list)  # (column, committed, now)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number
+
+
+def compare_rows(committed: dict[str, Any], now: dict[str, Any], rtol: float = DEFAULT_RTOL,
+                 atol: float = DEFAULT_ATOL, ignore: tuple[str, ...] | list[str] = (),
+                 parameters: tuple[str, ...] | list[str] = ()) -> tuple[int, float, str | None, list[tuple[str, Any, Any]]]:
+    """Compare the numeric columns of two results rows (bookkeeping, measured-time/memory,
+    ``ignore`` and ``parameters`` columns left out). A column one row has and the other lacks (or
+    holds NaN in) is a difference. Returns (values compared, largest relative difference, its
+    column, the differences beyond ``atol + rtol * |committed|`` as (column, committed, now))."""
+    skip = BOOKKEEPING | set(ignore) | set(parameters)
+    compared, largest, where, differences = 0, 0.0, None, []
+    for column in sorted(set(committed) | set(now)):
+        if column in skip or MEASURED.search(column):
+            continue
+        a, b = _number(committed.get(column)), _number(now.get(column))
+        if a is None and b is None:
+            continue  # not a number in either row (text, or a column neither has)
+        a_nan, b_nan = a is None or math.isnan(a), b is None or math.isnan(b)
+        if a_nan or b_nan:
+            if a_nan != b_nan:
+                differences.append((column, committed.get(column), now.get(column)))
+            continue
+        compared += 1
+        rel = abs(b - a) / max(abs(a), 1e-12)
+        if abs(b - a) > 0 and rel > largest:
+            largest, where = rel, column
+        if abs(b - a) > atol + rtol * abs(a):
+            differences.append((column, a, b))
+    return compared, largest, where, differences
+
+
+def _committed_row(before: pd.DataFrame | None, key: str, point: dict[str, Any],
+                   spec: sweep.SweepSpec) -> dict[str, Any] | None:
+    if before is None or "status" not in before:
+        return None
+    ok = before[before.status == "ok"].to_dict("records")
+    return next((r for r in ok if r.get("key") == key), None) or next(
+        (r for r in ok if sweep.row_is_point(r, point, spec)), None)
+
+
+def reproduce(specs: list[sweep.SweepSpec], workers: int = 0, progress: bool = True) -> list[Outcome]:
+    """Recompute the reduced points of ``specs`` (all together on ``workers``), gather each spec's
+    table and compare every recomputed point with its row from before the run."""
+    before = {s.name: sweep.read_table(s.output / "results.csv") for s in specs}
+    todo = [(s, s.point_key(p), p) for s in specs for p in (s.reduced if s.reduced is not None else s.points)]
+    pending = [(s, k, p) for s in specs for k, p in sweep.pending_points(s, reduced=True)]
+    last = {(s.name, k): v for s in specs for k, v in sweep.last_seconds(s, [k for t, k, _ in pending if t is s]).items()}
+    pending.sort(key=lambda j: -last[j[0].name, j[1]])  # longest first over every table
+    bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc="make run", disable=not progress)
+    started, clock, saved = dt.datetime.now(dt.timezone.utc), time.perf_counter(), {}
+    try:
+        sweep.run_points(pending, workers, None, bar, saved)
+    finally:
+        bar.close()
+        for s in specs:
+            if saved.get(s.name):
+                sweep.log_run(s, started, time.perf_counter() - clock, workers, saved[s.name], reduced=True)
+    outcomes = []
+    for s in specs:
+        gathered = {r["key"]: r for r in sweep.gather(s).to_dict("records")}
+        tol = {"rtol": s.reproduce.get("rtol", DEFAULT_RTOL), "atol": s.reproduce.get("atol", DEFAULT_ATOL),
+               "ignore": s.reproduce.get("ignore", [])}
+        for spec, key, point in (t for t in todo if t[0] is s):
+            now = gathered.get(key, {"status": "missing"})
+            if now.get("status") != "ok":
+                outcomes.append(Outcome(s.name, key, point, "failed", differences=[("error", None, now.get("error"))]))
+                continue
+            old = _committed_row(before[s.name], key, point, s)
+            if old is None:
+                outcomes.append(Outcome(s.name, key, point, "no committed row"))
+                continue
+            n, largest, column, diffs = compare_rows(old, now, parameters=s.parameter_names, **tol)
+            outcomes.append(Outcome(s.name, key, point, "differs" if diffs else "reproduced", n, largest, column, diffs))
+    return outcomes
+
+
+def report(outcomes: list[Outcome]) -> str:
+    """One line per table, every mismatch with both values, then the summary line."""
+    lines = []
+    for table in dict.fromkeys(o.table for o in outcomes):
+        mine = [o for o in outcomes if o.table == table]
+        done = [o for o in mine if o.status == "reproduced"]
+        worst = max(mine, key=lambda o: o.largest)
+        lines.append(f"{table}: {len(done)} of {len(mine)} points reproduced"
+                     + (f" (largest relative difference {worst.largest:.2g}, {worst.largest_column})"
+                        if worst.largest_column else " (identical)"))
+        for o in mine:
+            if o.status != "reproduced":
+                what = "; ".join(f"{c}: committed {a!r}, now {b!r}" for c, a, b in o.differences) or o.status
+                lines.append(f"  {o.status}: {o.point}: {what}")
+    ok = sum(o.status == "reproduced" for o in outcomes)
+    lines.append(f"reproduced {ok} of {len(outcomes)} points within tolerance, in {len(set(o.table for o in outcomes))} "
+                 f"tables")
+    return "\n".join(lines)
+
+
+def outcomes_frame(outcomes: list[Outcome]) -> pd.DataFrame:
+    return pd.DataFrame([{"table": o.table, "key": o.key, "point": str(o.point), "status": o.status,
+                          "values_compared": o.compared, "largest_relative_difference": o.largest,
+                          "largest_column": o.largest_column,
+                          "differences": "; ".join(f"{c}: {a!r} -> {b!r}" for c, a, b in o.differences)}
+                         for o in outcomes])
+
+
+def load_specs(paths: list[str], profile: str, runs: Path | None) -> list[sweep.SweepSpec]:
+    """The specs with at least one reduced point; with ``runs``, each spec's output is ``runs/<name>``."""
+    specs = []
+    for path in paths:
+        spec = sweep.SweepSpec.load(path, profile, (runs / Path(path).stem) if runs else None)
+        if spec.reduced is None or spec.reduced:
+            specs.append(spec)
+    return specs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tcomp_utils.reproduce", description=__doc__.splitlines()[0])
+    parser.add_argument("specs", nargs="*", help="sweep specs (default: every papermill_runs/*.yaml)")
+    parser.add_argument("--profile", choices=PROFILES, default=None, help="override the specs' own")
+    parser.add_argument("--workers", type=int, default=0, help="single-threaded workers (0: one after another here)")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="folder of the sweeps' outputs (default: each spec's own; make verify: papermill_runs/smoke)")
+    parser.add_argument("--summary", type=Path, default=None,
+                        help="where the outcome of every point goes (default: <runs>/reproduction.csv)")
+    args = parser.parse_args(argv)
+    if args.workers < 0:
+        parser.error(f"--workers must be >= 0, got {args.workers}")
+    paths = args.specs or sorted(str(p) for p in RUNS.glob("*.yaml"))
+    try:
+        specs = load_specs(paths, args.profile, args.runs)
+    except sweep.SweepSpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    sweep.stop_on_signals()
+    outcomes = reproduce(specs, args.workers)
+    out = args.summary or (args.runs or RUNS) / "reproduction.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sweep.write_csv(outcomes_frame(outcomes), out)
+    print(report(outcomes))
+    return 0 if all(o.status == "reproduced" for o in outcomes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
