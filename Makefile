@@ -8,15 +8,15 @@ STAMP  := $(VENV)/.tcomp-installed
 PROFILE ?= default
 
 SPECS  := $(sort $(wildcard papermill_runs/*.yaml))
-# make run leaves out the atlas (its --reduced subset of five points would take make run past 30 minutes)
-RUN_SPECS := $(filter-out papermill_runs/atlas.yaml,$(SPECS))
 SPEC   ?= papermill_runs/budget_axis.yaml
 SWEEP_ARGS ?=
+WORKERS ?= 2
 
-.PHONY: help install assets test test-fast run reproduce sweep figures lab bench
+.PHONY: help install assets test test-fast run verify reproduce sweep figures lab bench
 
 help:
-	@echo "make run    - every README table and figure on reduced default grids (about 29 minutes on 2 cores)"
+	@echo "make run    - every table's representative points recomputed and compared with the committed rows, then make figures"
+	@echo "make verify - the same on smoke-sized points against the rows committed in papermill_runs/smoke (CI)"
 	@echo "make reproduce [SWEEP_ARGS='--workers 4'] - the complete grids of every table, then make figures"
 	@echo "make lab    - JupyterLab on notebooks/ with the project's environment"
 	@echo "make sweep SPEC=papermill_runs/x.yaml [SWEEP_ARGS='--workers 2'] - one sweep"
@@ -45,10 +45,14 @@ test: assets
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -x -q -m "not slow"
 
-# the reduced grid of each spec (its `reduced:` key; none for the notebooks 02, 03, 05); the other cells keep their committed rows
+# the reduced points of every spec (its `reduced:` key), recomputed on $(WORKERS) workers and compared with the
+# committed rows (tcomp_utils.reproduce prints what reproduced); the other cells keep their committed rows
 run: assets
-	for spec in $(RUN_SPECS); do $(PY) -m tcomp_utils.sweep $$spec --profile $(PROFILE) --reduced $(SWEEP_ARGS) || exit 1; done
-	$(MAKE) figures
+	$(PY) -m tcomp_utils.reproduce --profile $(PROFILE) --workers $(WORKERS); status=$$?; $(MAKE) figures && exit $$status
+
+# make run's path on smoke-sized points: recompute, compare with papermill_runs/smoke, draw every figure and table
+verify: assets
+	$(PY) -m tcomp_utils.reproduce --profile smoke --workers $(WORKERS) --runs papermill_runs/smoke --figures
 
 reproduce: assets
 	for spec in $(SPECS); do $(PY) -m tcomp_utils.sweep $$spec --profile $(PROFILE) $(SWEEP_ARGS) || exit 1; done

@@ -16,8 +16,9 @@ values, writes the outcome of every point to ``<runs>/reproduction.csv`` (or ``-
 point failed or did not reproduce.
 
 ``make run`` runs it on the default profile; ``make verify`` on the smoke profile with
-``--runs papermill_runs/smoke``, against smoke-sized reference rows committed there (seconds per
-point, for CI).
+``--runs papermill_runs/smoke --figures``, against smoke-sized reference rows committed there
+(seconds per point, for CI), then draws every figure and README table from those tables as
+``make figures`` would (into a temporary folder), so the whole make-run path is exercised.
 """
 from __future__ import annotations
 
@@ -105,6 +106,32 @@ def _committed_row(before: pd.DataFrame | None, key: str, point: dict[str, Any],
         (r for r in ok if sweep.row_is_point(r, point, spec)), None)
 
 
+# the embedded models the tables train or convert once and cache: made before any worker starts, so
+# that two workers never train the same model, and timed apart from the points
+ONE_TIME = {"smoke": (("task model", "minilm-l6-tweets-smoke"), ("translation model", "transformer-de-en-smoke"),
+                      ("converted decoder", "smollm2-135m")),
+            "default": (("task model", "minilm-l6-tweets"), ("translation model", "transformer-de-en"),
+                        ("converted decoder", "smollm2-135m"))}
+
+
+def prepare_models(profile: str) -> dict[str, float]:
+    """Train (or convert) and cache the profile's embedded models that are not cached yet; returns
+    the seconds each took (about 0 when it was cached already). The paper profile's come from a hub."""
+    from . import models, task_models, translation
+
+    load = {"task model": lambda n: task_models.get_task_model(n, progress=False),
+            "translation model": lambda n: translation.get_translation_model(n, progress=False),
+            "converted decoder": lambda n: models.load_model(n, "causal-lm")}
+    seconds = {}
+    for kind, name in ONE_TIME.get(profile, ()):
+        start = time.perf_counter()
+        load[kind](name)
+        seconds[name] = time.perf_counter() - start
+        print(f"one-time: {kind} {name} ready in {seconds[name] / 60:.1f} min" +
+              (" (cached)" if seconds[name] < 60 else " (trained or converted now, cached for later runs)"), flush=True)
+    return seconds
+
+
 def reproduce(specs: list[sweep.SweepSpec], workers: int = 0, progress: bool = True) -> list[Outcome]:
     """Recompute the reduced points of ``specs`` (all together on ``workers``), gather each spec's
     table and compare every recomputed point with its row from before the run."""
@@ -179,6 +206,23 @@ def load_specs(paths: list[str], profile: str, runs: Path | None) -> list[sweep.
     return specs
 
 
+def draw_from(runs: Path) -> tuple[list[Path], dict[str, str]]:
+    """Every figure and README table whose sweep has a results table under ``runs`` (a folder laid
+    out as ``papermill_runs/``), drawn into a temporary folder; returns the files drawn and the tables."""
+    import tempfile
+
+    from . import figures
+
+    with tempfile.TemporaryDirectory(prefix="tcomp-verify-") as tmp:
+        root = Path(tmp)
+        (root / "papermill_runs").symlink_to(runs.resolve(), target_is_directory=True)
+        has = lambda source: (root / source).parent.joinpath("results.csv").is_file()  # noqa: E731
+        names = [n for n, f in figures.FIGURES.items() if has(f.source)]
+        drawn = figures.build(names, root / "figures", root) if names else []
+        tables = figures.readme_tables(root, [n for n, t in figures.README_TABLES.items() if has(t.source)])
+        return [p.relative_to(root) for p in drawn], tables
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tcomp_utils.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("specs", nargs="*", help="sweep specs (default: every papermill_runs/*.yaml)")
@@ -188,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the sweeps' outputs (default: each spec's own; make verify: papermill_runs/smoke)")
     parser.add_argument("--summary", type=Path, default=None,
                         help="where the outcome of every point goes (default: <runs>/reproduction.csv)")
+    parser.add_argument("--models", action=argparse.BooleanOptionalAction, default=True,
+                        help="train or convert the profile's embedded models first, timed apart (default: yes)")
+    parser.add_argument("--figures", action="store_true",
+                        help="then draw every figure and README table from the --runs tables (make verify)")
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
@@ -198,11 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     sweep.stop_on_signals()
+    if args.models and specs:
+        prepare_models(args.profile or specs[0].profile)
     outcomes = reproduce(specs, args.workers)
     out = args.summary or (args.runs or RUNS) / "reproduction.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     sweep.write_csv(outcomes_frame(outcomes), out)
     print(report(outcomes))
+    if args.figures:
+        drawn, tables = draw_from(args.runs or RUNS)
+        print(f"drew {len(drawn) // 2} figures and {len(tables)} README tables from {args.runs or RUNS}")
     return 0 if all(o.status == "reproduced" for o in outcomes) else 1
 
 
