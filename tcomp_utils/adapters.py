@@ -28,6 +28,12 @@ and, inside one layer, where each role's modules are. Two ways to get one:
 Fused projections (GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``) and GPT-2's
 ``Conv1D`` layers are made ordinary per-role ``nn.Linear`` layers by :func:`prepare` (exact:
 the same numbers, split by rows), so every method sees one module per role.
+
+Why one module of ~540 lines: the explicit table, layout inference and :func:`prepare` build and
+read the same :class:`Adapter`/:class:`Stack` types and call one another (inference makes an
+adapter, :func:`prepare` asks :func:`get_adapter` what to split); split apart they would import
+each other in a cycle. What a compressed module promises (read by inference) is in
+:mod:`tcomp_utils.contract`; choosing and replacing modules is :mod:`tcomp_utils.targeting`.
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+
+from .contract import CompressedModule, linear_shape
 
 ROLES = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out", "embeddings")
 CROSS_ROLES = ("cross_query", "cross_key", "cross_value", "cross_attn_out")
@@ -349,8 +357,6 @@ _PER_SEQUENCE = ("pooler", "pre_classifier", "classifier")
 
 
 def _is_linear_like(module: nn.Module) -> bool:
-    from .budget import CompressedModule, linear_shape
-
     return linear_shape(module) is not None or (isinstance(module, CompressedModule) and hasattr(module, "in_features"))
 
 

@@ -20,42 +20,13 @@ which are counted once, at their first path, with no layer.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
 
 import pandas as pd
 import torch
 from torch import nn
 
 from . import adapters
-
-
-@dataclass(frozen=True)
-class Footprint:
-    """Counts of one module: ``params`` (numbers), ``bytes`` (stored), ``macs`` (per token)."""
-
-    params: int
-    bytes: int
-    macs: float
-
-    def __add__(self, other: "Footprint") -> "Footprint":
-        return Footprint(self.params + other.params, self.bytes + other.bytes, self.macs + other.macs)
-
-    @property
-    def megabytes(self) -> float:
-        return self.bytes / 1e6
-
-
-@runtime_checkable
-class CompressedModule(Protocol):
-    """What a compressed module implements so the budget counter can count it.
-
-    ``tcomp_footprint`` returns its stored parameters, stored bytes (codes, scales, zero
-    points, indices included) and MACs for one token. Such modules also expose ``in_features``
-    and ``out_features`` like ``nn.Linear`` so attention head counts can be read from them.
-    """
-
-    def tcomp_footprint(self) -> Footprint: ...
+from .contract import CompressedModule, Footprint, linear_shape  # noqa: F401 (re-exported: defined there)
 
 
 class BudgetError(ValueError):
@@ -110,20 +81,6 @@ def compressed_footprint(module: "CompressedModule") -> Footprint:
             seen.add(id(child))
             total = total + child.tcomp_footprint()
     return total
-
-
-def linear_shape(module: nn.Module) -> tuple[int, int] | None:
-    """``(in, out)`` of a dense linear map: ``nn.Linear``, or HF's ``Conv1D`` (GPT-2; weight in × out)."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    if type(module).__name__ == "Conv1D" and getattr(module, "weight", None) is not None:
-        return tuple(module.weight.shape)
-    return None
-
-
-def tensor_bytes(numel: int, bits: int) -> int:
-    """Bytes to store ``numel`` numbers of ``bits`` bits each, packed (rounded up to a byte)."""
-    return math.ceil(numel * bits / 8)
 
 
 def dense_bytes(t: torch.Tensor) -> int:

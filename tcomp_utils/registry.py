@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from . import adapters, budget, timing
+from .targeting import check_finite, module_row  # noqa: F401 (re-exported for method modules)
 
 Handler = Callable[[nn.Module, "MethodConfig", "list[dict] | None", bool], list[dict]]
 
@@ -300,29 +301,6 @@ class CompressionReport:
         return out | {"seconds": self.seconds}
 
 
-def _counts(module: nn.Module) -> tuple[int, int]:
-    if isinstance(module, budget.CompressedModule):
-        fp = budget.compressed_footprint(module)
-        return fp.params, fp.bytes
-    return (sum(p.numel() for p in module.parameters()), sum(budget.dense_bytes(t) for t in module.parameters())
-            + sum(budget.dense_bytes(t) for t in module.buffers()))
-
-
-def module_row(rm: adapters.RoleModule, old: nn.Module, new: nn.Module, sharing: int = 1, **extra: Any) -> dict:
-    """The report row of ``old`` replaced by ``new``: shape, parameters and bytes before/after (a
-    factor ``new.shared`` used by ``sharing`` modules is spread over them), and ``extra`` columns."""
-    params_before, bytes_before = _counts(old)
-    params_after, bytes_after = _counts(new)
-    shared = getattr(new, "shared", None)
-    if isinstance(shared, budget.CompressedModule):
-        fp = shared.tcomp_footprint()
-        params_after, bytes_after = params_after + fp.params / sharing, bytes_after + fp.bytes / sharing
-    n_in, n_out = budget.linear_shape(old) or (getattr(old, "embedding_dim", None), getattr(old, "num_embeddings", None))
-    return dict(path=rm.path, role=rm.role, stack=rm.stack, layer=rm.layer, **{"in": n_in, "out": n_out},
-                params_before=params_before, params_after=params_after, bytes_before=bytes_before,
-                bytes_after=bytes_after, **extra)
-
-
 def check_calibration(calibration: Any, model: nn.Module | None = None) -> list[dict] | None:
     """Calibration must be a list (or iterable) of ``model(**batch)`` dicts holding ``input_ids``:
     2-D integer tensors (batch × tokens) within the vocabulary, each mask shaped like its ids."""
@@ -354,14 +332,6 @@ def check_calibration(calibration: Any, model: nn.Module | None = None) -> list[
                 raise ValueError(f"calibration batch {i}: {mask_key} has shape {tuple(getattr(mask, 'shape', ()))}, "
                                  f"but {ids_key} has {tuple(ids.shape)}: the mask must mark each token")
     return batches
-
-
-def check_finite(targets: list[adapters.RoleModule]) -> None:
-    """Every targeted module's weights must be finite (NaN or inf would poison the result)."""
-    for rm in targets:
-        for name, p in rm.module.named_parameters():
-            if not torch.isfinite(p).all():
-                raise ValueError(f"{rm.path}.{name} holds NaN or inf values: nothing was changed")
 
 
 def _restore(model: nn.Module, original: list[tuple[str, nn.Module]]) -> list[str]:

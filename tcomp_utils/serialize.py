@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import adapters, registry
-from .budget import CompressedModule
+from .contract import CompressedModule
 
 DESCRIPTION = "tcomp.json"
 WEIGHTS = "model.safetensors"

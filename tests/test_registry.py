@@ -178,6 +178,81 @@ def test_the_core_imports_no_method_module():
     assert "tcomp_utils.registry" in imported and "tcomp_utils.budget" in imported  # methods build on the core
 
 
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(("tcomp_utils",) + (parts[:-1] if parts[-1] == "__init__" else parts))
+
+
+def _package_imports(path: Path) -> list[tuple[str, tuple[str, ...], ast.AST]]:
+    """``(module, names, node)`` for every import of a package module by the file at ``path``, at
+    any depth (imports inside functions too); relative imports resolved; ``from pkg import mod``
+    names the module ``pkg.mod`` with no names."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    modules = {_module_name(p) for p in PACKAGE.rglob("*.py")}
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(a.name, (), node) for a in node.names if a.name in modules]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            if base not in modules:
+                continue
+            names = tuple(a.name for a in node.names if f"{base}.{a.name}" not in modules)
+            out += [(f"{base}.{a.name}", (), node) for a in node.names if f"{base}.{a.name}" in modules]
+            if names:
+                out.append((base, names, node))
+    return out
+
+
+def test_the_package_has_no_import_cycle():
+    graph = {_module_name(p): {m for m, _, _ in _package_imports(p)} - {_module_name(p)} for p in PACKAGE.rglob("*.py")}
+    assert len(graph) > 20 and "tcomp_utils.budget" in graph["tcomp_utils.registry"]
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycle = path[path.index(nxt):] + [nxt]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if nxt not in state:
+                visit(nxt)
+        path.pop()
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+
+
+def test_methods_share_code_only_through_public_names():
+    """A method module imports no private name (leading underscore) from another module of the
+    package, nor reaches one through a package module it imported (``structured._Layer``)."""
+    found = []
+    for path in sorted((PACKAGE / "methods").glob("*.py")):
+        own = _module_name(path)
+        imported = _package_imports(path)
+        found += [f"{path.name}: from {m} import {n}" for m, names, _ in imported if m != own
+                  for n in names if n.startswith("_")]
+        bound = {}  # local name -> package module, for `from . import structured` / `import tcomp_utils.x as y`
+        for m, names, node in imported:
+            if not names:
+                for a in node.names:
+                    if m.endswith("." + a.name) or m == a.name:
+                        bound[a.asname or a.name.split(".")[-1]] = m
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                    and bound[node.value.id] != own and node.attr.startswith("_") and not node.attr.startswith("__")):
+                found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not found, "methods use private names of other modules:\n" + "\n".join(found)
+
+
 def test_the_source_index_names_every_built_in_method_and_module_class():
     from tcomp_utils import registry
     registry.discover()

@@ -35,6 +35,11 @@ over all rows costs more than the layer's matmul on a short input), re-building 
 change; while training with gradients it reconstructs on every call so that fine-tuning trains the
 codes and the decoder. So an autoencoder saves **storage, not compute**: the MACs per token are
 those of the dense layer. :class:`AEEmbedding` decodes, per call, only the rows looked up.
+
+Why one module of ~570 lines: the latent budget, the compressed modules, the joint training of
+seeds and the handler are one method whose parts change together (the stored-number count of
+:func:`stored_numbers` is what the modules store and what the training fits); module selection,
+replacement and the report row are the core's (:mod:`tcomp_utils.targeting`).
 """
 from __future__ import annotations
 
@@ -51,8 +56,9 @@ from tqdm.auto import tqdm
 
 from .. import adapters, capture
 from ..budget import BudgetError, CompressedLinear, Footprint, as_parameter, check_ratio, dense_bytes
-from ..registry import (CompressionReport, ConfigError, MethodConfig, check_choice, check_finite, check_int, compress,
-                        module_row, register_method, register_module)
+from ..registry import (CompressionReport, ConfigError, MethodConfig, check_choice, check_int, compress,
+                        register_method, register_module)
+from ..targeting import MEASURED, module_row, replace, stacks_of, targets
 from ..timing import phase
 
 SELECTIONS = ("output_error", "weight_error", "last")
@@ -466,34 +472,6 @@ def _matrix(rm: adapters.RoleModule) -> torch.Tensor:
     return rm.module.weight.detach()
 
 
-def _targets(model: nn.Module, config: MethodConfig) -> list[adapters.RoleModule]:
-    """The targeted ``nn.Linear`` / ``nn.Embedding`` modules (uncompressed, finite)."""
-    roles = config.roles if config.roles is not None else config.target_roles(model)
-    flat = [rm for role in adapters.expand_roles(roles) for rm in adapters.find_modules(model, role, config.layers)]
-    for rm in flat:
-        if type(rm.module) not in (nn.Linear, nn.Embedding):
-            raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear or nn.Embedding: "
-                            "it is already compressed or cannot be compressed this way")
-    if not flat:
-        raise ValueError(f"no module to compress for roles {roles} and layers {config.layers}")
-    check_finite(flat)
-    return flat
-
-
-def stacks_of(targets: list[adapters.RoleModule], mode: str) -> list[list[adapters.RoleModule]]:
-    """Groups compressed together: each module alone (``separated``), or each role of each layer
-    stack across its layers (``concatenated``; an embedding table is always alone)."""
-    if mode == "separated":
-        return [[rm] for rm in targets]
-    groups: dict[tuple, list] = {}
-    for rm in targets:
-        groups.setdefault((rm.role, rm.stack) if rm.layer is not None else (rm.path,), []).append(rm)
-    for group in groups.values():
-        if len({tuple(_matrix(rm).shape) for rm in group}) > 1:
-            raise BudgetError(f"concatenated needs matrices of one shape; {[rm.path for rm in group]} differ")
-    return list(groups.values())
-
-
 def _held_out(model: nn.Module, groups: list[_Group], calibration: list[dict]) -> None:
     """Fill each group's Gram matrices (linear layers) or token counts (tables) from calibration."""
     linears = [rm for g in groups for rm in g.rms if isinstance(rm.module, nn.Linear)]
@@ -546,9 +524,9 @@ def compress_seeds(model: nn.Module, config: AEConfig, seeds: int, calibration: 
 @register_method("ae", AEConfig, family="autoencoder")
 def _autoencoder(model, config: AEConfig, calibration, progress) -> list[dict]:
     """Autoencoder over the rows of each matrix (or of one role stacked across layers); latents and decoder stored."""
-    targets = _targets(model, config)
     groups = []
-    for rms in stacks_of(targets, config.mode):  # every budget before any training
+    found = targets(model, config.target_roles(model), config.layers)
+    for rms in stacks_of(found, config.mode):  # every budget before any training
         rows = torch.cat([_matrix(rm) for rm in rms]).float()
         x = latent_size(rows.shape[0], rows.shape[1], config.ratio, config.decoder_widths, config.enforce_norm)
         groups.append(_Group(rms, rows, x, decoder_widths_for(x, config.decoder_widths)))
@@ -587,17 +565,9 @@ def _autoencoder(model, config: AEConfig, calibration, progress) -> list[dict]:
             new[rm.path] = (AEEmbedding(lat, fit["decoder"], nrm, m.padding_idx) if isinstance(m, nn.Embedding)
                             else AELinear(lat, fit["decoder"], nrm, m.bias))
         for rm in g.rms:
-            w = _matrix(rm)
-            err = (torch.linalg.matrix_norm(w - new[rm.path].weight_matrix().detach()) / torch.linalg.matrix_norm(w)).item()
             rows_out.append(module_row(rm, rm.module, new[rm.path], sharing=len(g.rms), rank=new[rm.path].rank_label,
-                                       rel_error=err, held_out_error=fit["held_out_error"], epoch_kept=fit["epoch"],
+                                       rel_error=MEASURED, held_out_error=fit["held_out_error"], epoch_kept=fit["epoch"],
                                        train_seconds=seconds / len(g.rms)))
         for rm in g.rms:
-            _replace(model, rm, new[rm.path])
+            replace(model, rm, new[rm.path])
     return rows_out
-
-
-def _replace(model: nn.Module, rm: adapters.RoleModule, new: nn.Module) -> None:
-    """Put ``new`` at every path of ``rm.module`` (a table may be reachable by several names)."""
-    for path in [p for p, sub in model.named_modules(remove_duplicate=False) if sub is rm.module]:
-        adapters.set_module(model, path, new)

@@ -12,7 +12,7 @@ adapter works):
 
 * ``heads`` on an attention block (``{stack}.{layer}.self_attn`` or ``.cross_attn``): head-wise L1
   structured pruning, heads ranked by the L1 norm of their rows of Q, K and V, the
-  ``rate × heads`` (rounded half up) smallest removed *physically* (:func:`tcomp_utils.methods.structured.apply_plans`:
+  ``rate × heads`` (rounded half up) smallest removed *physically* (:func:`tcomp_utils.methods.heads.apply_plans`:
   narrower Q/K/V, the output projection's columns of those heads dropped, the head count lowered).
   Module-level fine-tuning trains the kept Q/K/V rows; the output projection is not part of this
   unit (it is its own ``l1`` site) and stays as it is while they train.
@@ -34,6 +34,11 @@ configurations that use it.
     configurations:
       - {name: a25-l30, attention: 0.25, linear: 0.3}
       - {name: deep, attention: {"*": 0.25, "decoder.*": 0.5}, linear: 0.3}   # fnmatch patterns, later wins
+
+Why one module of ~690 lines: it is seed 002's whole protocol (sites, units, configuration files,
+composition, module-level fine-tuning, unit files, the pipeline and its time accounting), whose
+parts share the unit and site types; head removal is the shared public API of
+:mod:`tcomp_utils.methods.heads`, L1 sparsity storage that of :mod:`tcomp_utils.methods.pruning`.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from .. import adapters, capture, trainer
+from .heads import HeadUnits, LayerPlan, PrunableLayer, apply_plans
 
 KINDS = ("heads", "l1")
 ATTENTION_BLOCKS = {"self_attn": ("query", "key", "value", "attn_out"),
@@ -307,18 +313,15 @@ def _check_heads_supported(model: nn.Module, site: Site) -> None:
 
 def remove_heads(root: nn.Module, site: Site, kept: np.ndarray, head_dim: int) -> None:
     """Remove every head of ``site`` (paths relative to ``root``) not in ``kept``, in place, with
-    :func:`tcomp_utils.methods.structured.apply_plans`: Q/K/V rows, the output projection's columns (and its L1
+    :func:`tcomp_utils.methods.heads.apply_plans`: Q/K/V rows, the output projection's columns (and its L1
     mask's, when it has one) and the head count."""
-    from . import structured
-
     roles = tuple(site.paths)
     rms = [adapters.RoleModule(site.paths[r], r, site.stack, site.layer, root.get_submodule(site.paths[r]))
            for r in roles]
     n = rms[0].module.out_features // head_dim
     mask = getattr(rms[3].module, "weight_mask", None)
-    layer = structured._Layer(site.stack, site.layer, root.get_submodule(_attention_path(site)), *rms)
-    structured.apply_plans(root, [layer], [structured._Heads(head_dim, n, n)],
-                           [structured.LayerPlan(heads=np.asarray(kept))])
+    layer = PrunableLayer(site.stack, site.layer, root.get_submodule(_attention_path(site)), *rms)
+    apply_plans(root, [layer], [HeadUnits(head_dim, n, n)], [LayerPlan(heads=np.asarray(kept))])
     if mask is not None:  # the output projection keeps its L1 mask on the columns that remain
         new = root.get_submodule(site.paths[roles[3]])
         adapters.set_module(root, site.paths[roles[3]], _masked_linear(new.weight.detach(), new.bias,
@@ -536,21 +539,6 @@ def save_payload(path: str | os.PathLike, unit: Unit, payload: dict) -> Path:
     torch.save({"unit": [unit.site, unit.kind, unit.rate], "state": state}, tmp)
     Path(tmp).replace(path)
     return path
-
-
-def load_payload(path: str | os.PathLike) -> tuple[Unit, dict]:
-    """Read a unit file written by :func:`save_payload`: ``(unit, payload)``."""
-    data = torch.load(path, weights_only=False)
-    unit, state = Unit(*data["unit"]), data["state"]
-    if unit.kind == "l1":
-        return unit, {"linear": _masked_linear(state["weight"], state["bias"], state["mask"])}
-    payload = {"kept": np.asarray(state["kept"])}
-    for n in ("query", "key", "value"):
-        w = state[n]["weight"]
-        lin = nn.Linear(w.shape[1], w.shape[0], bias="bias" in state[n])
-        lin.load_state_dict(state[n])
-        payload[n] = lin
-    return unit, payload
 
 
 def timed(fn, *args, **kwargs) -> tuple[Any, float]:

@@ -38,10 +38,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import adapters, capture
+from .. import adapters, capture, targeting
 from ..budget import BudgetError, check_ratio
-from ..registry import (CompressionReport, ConfigError, MethodConfig, check_choice, check_finite, check_int,
-                        compress, method_config, module_row, register_method)
+from ..registry import (CompressionReport, ConfigError, MethodConfig, check_choice, check_int, compress, method_config,
+                        register_method)
+from ..targeting import MEASURED, by_role, module_row, replace
 from .lowrank import LowRankEmbedding, LowRankLinear, check_rank, rank_for_ratio, stacked_svd
 from .tensor_factors import FalconLinear, KroneckerLinear, check_tucker_ranks, tucker_linears, tucker_ranks_for_ratio
 
@@ -70,6 +71,10 @@ class FactorizationConfig(MethodConfig):
             check_ratio(self.ratio)
         else:
             self.check_rank()
+        if (self.roles is not None and "embeddings" in adapters.expand_roles(self.roles)
+                and not (self.method == "svd" and self.mode == "separated")):
+            raise ConfigError(f"{self.method} ({self.mode}) factorizes linear layers; 'embeddings' is not one "
+                              "(the embedding table is factorized by svd, separated)")
 
     def check_rank(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
@@ -157,23 +162,15 @@ class FalconConfig(FactorizationConfig):
 
 
 # --------------------------------------------------------------------------------------- helpers
-def _targets(model: nn.Module, config: FactorizationConfig) -> dict[str, list[adapters.RoleModule]]:
+def _factorizable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or type(module) is nn.Embedding  # a table: svd, separated only (validate)
+
+
+def _selected(model: nn.Module, config: FactorizationConfig) -> dict[str, list[adapters.RoleModule]]:
+    """The core's :func:`~tcomp_utils.targeting.targets` of ``config``, by role."""
     roles = config.target_roles(model)
-    if "embeddings" in roles and not (config.method == "svd" and config.mode == "separated"):
-        raise ConfigError(f"{config.method} ({config.mode}) factorizes linear layers; 'embeddings' is not one "
-                          "(the embedding table is factorized by svd, separated)")
-    targets = {role: adapters.find_modules(model, role, config.layers) for role in roles}
-    for rms in targets.values():
-        for rm in rms:
-            if rm.role == "embeddings" and type(rm.module) is nn.Embedding:
-                continue
-            if not isinstance(rm.module, nn.Linear):
-                raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear: "
-                                "it is already compressed or cannot be factorized")
-    if not any(targets.values()):
-        raise ValueError(f"no module to factorize for roles {roles} and layers {config.layers}")
-    check_finite(_flat(targets))
-    return targets
+    return by_role(targeting.targets(model, roles, config.layers, accept=_factorizable, wants="an nn.Linear",
+                           action="factorize"), roles)
 
 
 def _flat(targets: dict[str, list[adapters.RoleModule]]) -> list[adapters.RoleModule]:
@@ -188,12 +185,10 @@ def _apply(model: nn.Module, targets: dict[str, list[adapters.RoleModule]], plan
     for paths, build in tqdm(plan, desc=desc, disable=not progress):
         new = build()
         for p, module in new.items():
-            old = model.get_submodule(p)
-            w = old.weight.detach()
-            err = (torch.linalg.matrix_norm(w - module.weight_matrix().detach()) / torch.linalg.matrix_norm(w)).item()
-            rows.append(module_row(by_path[p], old, module, sharing=len(new), rank=module.rank_label, rel_error=err))
+            rows.append(module_row(by_path[p], model.get_submodule(p), module, sharing=len(new), rank=module.rank_label,
+                                   rel_error=MEASURED))
         for p, module in new.items():
-            adapters.set_module(model, p, module)
+            replace(model, p, module)
     return rows
 
 
@@ -212,7 +207,7 @@ def _separated_svd(targets, config, scales_in: dict | None = None, scales_out: d
     scales_out = {} if scales_out is None else scales_out
 
     def build(rm: adapters.RoleModule, r: int) -> dict[str, nn.Module]:
-        if isinstance(rm.module, nn.Embedding):  # svd only (see _targets)
+        if isinstance(rm.module, nn.Embedding):  # svd only (see FactorizationConfig.validate)
             return {rm.path: LowRankEmbedding.from_embedding(rm.module, r)}
         return {rm.path: LowRankLinear.from_linear(rm.module, r, scales_in.get(rm.path), scales_out.get(rm.path))}
 
@@ -254,7 +249,7 @@ def fisher_row_scales(model: nn.Module, targets: list[adapters.RoleModule], cali
 @register_method("svd", SVDConfig, family="factorization")
 def _svd(model, config: SVDConfig, calibration, progress) -> list[dict]:
     """Truncated SVD per module or stacked across layers."""
-    targets = _targets(model, config)
+    targets = _selected(model, config)
     if config.mode == "separated":
         plan = _separated_svd(targets, config)
     else:  # concatenated: each role (and stack) across its layers
@@ -273,7 +268,7 @@ def _svd(model, config: SVDConfig, calibration, progress) -> list[dict]:
 @register_method("asvd", ASVDConfig, family="factorization")
 def _asvd(model, config: ASVDConfig, calibration, progress) -> list[dict]:
     """Activation-aware SVD (input channels weighted by mean|x|^α)."""
-    targets, scales = _targets(model, config), {}
+    targets, scales = _selected(model, config), {}
     plan = _separated_svd(targets, config, scales_in=scales)  # budgets checked before the calibration pass
     scales.update(activation_scales(model, _flat(targets), calibration, config.alpha))
     return _apply(model, targets, plan, progress, "asvd")
@@ -282,7 +277,7 @@ def _asvd(model, config: ASVDConfig, calibration, progress) -> list[dict]:
 @register_method("fwsvd", FWSVDConfig, family="factorization")
 def _fwsvd(model, config: FWSVDConfig, calibration, progress) -> list[dict]:
     """Fisher-weighted SVD (output rows weighted by √Fisher of the task loss)."""
-    targets, scales = _targets(model, config), {}
+    targets, scales = _selected(model, config), {}
     plan = _separated_svd(targets, config, scales_out=scales)
     scales.update(fisher_row_scales(model, _flat(targets), calibration))
     return _apply(model, targets, plan, progress, "fwsvd")
@@ -313,7 +308,7 @@ def _tucker_grids(targets: dict, mode: str) -> list[np.ndarray]:
 @register_method("tucker", TuckerConfig, family="factorization")
 def _tucker(model, config: TuckerConfig, calibration, progress) -> list[dict]:
     """Tucker of stacked weights (one role across layers, Q/K/V in a layer, or both)."""
-    targets = _targets(model, config)
+    targets = _selected(model, config)
     plan = []
     for grid_paths in _tucker_grids(targets, config.mode):
         grid = np.empty(grid_paths.shape, dtype=object)
@@ -333,7 +328,7 @@ def _tucker(model, config: TuckerConfig, calibration, progress) -> list[dict]:
 @register_method("kronecker", KroneckerConfig, family="factorization")
 def _kronecker(model, config: KroneckerConfig, calibration, progress) -> list[dict]:
     """Sums of Kronecker products, optionally refined on calibration inputs."""
-    targets = _targets(model, config)
+    targets = _selected(model, config)
     flat = _flat(targets)
     shape = tuple(config.shape) if config.shape else None
     budgets = {rm.path: KroneckerLinear.plan(rm.module.out_features, rm.module.in_features, config.ratio,
@@ -355,7 +350,7 @@ def default_groups(n_in: int) -> int:
 @register_method("falcon", FalconConfig, family="factorization")
 def _falcon(model, config: FalconConfig, calibration, progress) -> list[dict]:
     """FALCON-style depthwise × pointwise factorization."""
-    targets = _targets(model, config)
+    targets = _selected(model, config)
     plan = []
     for rm in _flat(targets):
         lin = rm.module
@@ -366,17 +361,8 @@ def _falcon(model, config: FalconConfig, calibration, progress) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------------- convenience
-def factorize(model: nn.Module, method: str, roles: list[str] | str | None = None, ratio: float | None = None,
-              rank: int | list[int] | None = None, mode: str | None = None, calibration: list[dict] | None = None,
-              layers: list[int] | None = None, seq_len: int = 128, progress: bool = False,
-              **options) -> CompressionReport:
-    """``compress(model, method_config(method, roles=..., ratio=..., ...), calibration)``: the
-    factorization ``method`` by name, with its config fields as keyword arguments (``options``:
-    ``alpha``, ``groups``, ``shape``, ``refine_steps``, ``lr``, ``lead_ranks``)."""
-    fields = dict(roles=roles, ratio=ratio, rank=rank, layers=layers, **options)
-    if mode is not None:
-        fields["mode"] = mode
-    config = method_config(method, **fields)
-    if not isinstance(config, FactorizationConfig):
-        raise ConfigError(f"{method!r} is not a factorization method")
-    return compress(model, config, calibration, progress=progress, seq_len=seq_len)
+def factorize(model: nn.Module, method: str, roles: list[str] | str | None = None, *, calibration: list[dict] | None = None,
+              seq_len: int = 128, progress: bool = False, **fields) -> CompressionReport:
+    """``compress(model, method_config(method, roles=roles, **fields), calibration)``: a method by
+    name with its config fields as keyword arguments (``ratio``, ``rank``, ``mode``, ``layers``, ...)."""
+    return compress(model, method_config(method, roles=roles, **fields), calibration, progress=progress, seq_len=seq_len)

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from ..registry import ConfigError, MethodConfig, check_int, register_method
 from ..timing import phase
-from .structured import LayerPlan, apply_plans, capture_rows, check_budget, prunable_layers
+from .heads import LayerPlan, apply_plans
+from .structured import capture_rows, check_budget, prunable_layers
 
 
 @dataclass

@@ -32,10 +32,9 @@ from torch import nn
 from torch.nn.utils import prune
 from tqdm.auto import tqdm
 
-from .. import adapters
 from ..budget import BudgetError, CompressedLinear, Footprint, as_parameter, check_ratio, dense_bytes
-from ..registry import ConfigError, MethodConfig, check_choice, module_row, register_method, register_module
-from .autoencoder import _replace, _targets, stacks_of
+from ..registry import ConfigError, MethodConfig, check_choice, register_method, register_module
+from ..targeting import MEASURED, module_row, replace, stacks_of, targets
 
 
 def kept_weights(rows: int, cols: int, ratio: float, count_indices: bool = True, n_matrices: int = 1) -> int:
@@ -199,7 +198,7 @@ class PruneConfig(MethodConfig):
 @register_method("pruning", PruneConfig, family="pruning",
                  description="Magnitude pruning (per module or one threshold per role across layers), stored as CSR")
 def _prune(model, config: PruneConfig, calibration, progress) -> list[dict]:
-    groups = stacks_of(_targets(model, config), config.mode)
+    groups = stacks_of(targets(model, config.target_roles(model), config.layers), config.mode)
     plans = []
     for rms in groups:  # every budget first
         rows, cols = rms[0].module.weight.shape
@@ -219,8 +218,6 @@ def _prune(model, config: PruneConfig, calibration, progress) -> list[dict]:
             m = rm.module
             new = (SparseEmbedding.from_dense(c.weight, m.padding_idx) if isinstance(m, nn.Embedding)
                    else SparseLinear.from_dense(c.weight, m.bias))
-            w = m.weight.detach()
-            err = (torch.linalg.matrix_norm(w - new.weight_matrix().detach()) / torch.linalg.matrix_norm(w)).item()
-            out.append(module_row(rm, m, new, rank=new.rank_label, rel_error=err, nnz=new.nnz))
-            _replace(model, rm, new)
+            out.append(module_row(rm, m, new, rank=new.rank_label, rel_error=MEASURED, nnz=new.nnz))
+            replace(model, rm, new)
     return out

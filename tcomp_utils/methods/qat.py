@@ -36,7 +36,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .. import adapters
-from ..registry import ConfigError, MethodConfig, check_choice, check_finite, module_row, register_method
+from ..registry import ConfigError, MethodConfig, check_choice, register_method
+from ..targeting import MEASURED, check_finite, module_row, replace, targets
 from .quant_grid import FP16_TINY
 from .quantized import SignMagEmbedding, SignMagLinear, signmag_value
 
@@ -161,21 +162,15 @@ class SignMagConfig(MethodConfig):
         return FakeQuant(self.quantizer, self.bits if self.quantizer == "seed" else None)
 
 
-def _targets(model: nn.Module, config: SignMagConfig) -> list[adapters.RoleModule]:
-    roles = config.target_roles(model)
-    out, seen = [], set()
-    for role in roles:
-        for rm in adapters.find_modules(model, role, config.layers):
-            if id(rm.module) in seen:
-                continue
-            seen.add(id(rm.module))
-            if not isinstance(rm.module, (nn.Linear, nn.Embedding)):
-                raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear or "
-                                "nn.Embedding: it is already compressed or cannot be quantized this way")
-            out.append(rm)
-    if not out:
-        raise ValueError(f"no module to quantize for roles {roles} and layers {config.layers}")
-    return out
+def _selected(model: nn.Module, config: SignMagConfig) -> list[adapters.RoleModule]:
+    """The core's :func:`~tcomp_utils.targeting.targets` of ``config`` (each module once; weights
+    being trained may be fake-quantized, so finiteness is checked by the callers)."""
+    return targets(model, config.target_roles(model), config.layers, accept=_quantizable, action="quantize",
+                   unique=True, finite=False)
+
+
+def _quantizable(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Embedding))  # a fake-quantized one (a parametrized subclass) too
 
 
 def _original(module: nn.Module) -> torch.Tensor:
@@ -191,19 +186,14 @@ def prepare(model: nn.Module, config: SignMagConfig) -> list[adapters.RoleModule
     if not isinstance(config, SignMagConfig):
         raise TypeError(f"prepare needs a SignMagConfig, got {type(config).__name__}")
     adapters.prepare(model)
-    targets = _targets(model, config)
-    for rm in targets:
+    found = _selected(model, config)
+    for rm in found:
         if parametrize.is_parametrized(rm.module, "weight"):
             raise ValueError(f"{rm.path} already has a fake quantizer; prepare a model once")
-    check_finite(targets)
-    for rm in targets:
+    check_finite(found)
+    for rm in found:
         parametrize.register_parametrization(rm.module, "weight", config.fake_quant())
-    return targets
-
-
-def fake_quantized(model: nn.Module) -> list[str]:
-    """Paths of the modules of ``model`` whose weight carries a fake quantizer."""
-    return [p for p, m in model.named_modules() if parametrize.is_parametrized(m, "weight")]
+    return found
 
 
 # --------------------------------------------------------------------------------------- packing
@@ -211,8 +201,8 @@ def fake_quantized(model: nn.Module) -> list[str]:
                  description="seed 003's sign-magnitude quantizer or binary weights, packed (after QAT or as PTQ)")
 def _signmag(model: nn.Module, config: SignMagConfig, calibration, progress) -> list[dict]:
     """Pack every target at its nearest levels (what the fake quantizer gives in evaluation)."""
-    targets = _targets(model, config)
-    for rm in targets:
+    found = _selected(model, config)
+    for rm in found:
         fq = rm.module.parametrizations.weight[0] if parametrize.is_parametrized(rm.module, "weight") else None
         if fq is not None and (fq.quantizer, fq.bits) != (config.quantizer, config.fake_quant().bits):
             raise ValueError(f"{rm.path} was trained with quantizer {fq.quantizer!r} bits {fq.bits}, but is to be "
@@ -220,7 +210,7 @@ def _signmag(model: nn.Module, config: SignMagConfig, calibration, progress) -> 
         if not torch.isfinite(_original(rm.module)).all():
             raise ValueError(f"{rm.path} ({rm.role}) has non-finite weights")
     rows = []
-    for rm in targets:
+    for rm in found:
         m, w = rm.module, _original(rm.module).detach()
         negative, magnitude, scales = config.fake_quant().codes(w, stochastic=False)
         if isinstance(m, nn.Embedding):
@@ -229,8 +219,7 @@ def _signmag(model: nn.Module, config: SignMagConfig, calibration, progress) -> 
             new = SignMagLinear.from_codes(negative, magnitude, scales, config.mag_bits, m.bias)
         if parametrize.is_parametrized(m, "weight"):
             parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
-        err = (torch.linalg.matrix_norm(w.float() - new.weight_matrix()) / torch.linalg.matrix_norm(w.float())).item()
-        rows.append(module_row(rm, m, new, bits=1 + config.mag_bits, quantizer=config.quantizer, rel_error=err))
-        for path in [p for p, sub in model.named_modules(remove_duplicate=False) if sub is m]:
-            adapters.set_module(model, path, new)
+        rows.append(module_row(rm, m, new, weight=w.float(), bits=1 + config.mag_bits, quantizer=config.quantizer,
+                               rel_error=MEASURED))
+        replace(model, rm, new)
     return rows

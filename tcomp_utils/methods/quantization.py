@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from .. import adapters, capture
 from ..timing import phase
-from ..registry import (CompressionReport, ConfigError, MethodConfig, check_finite, compress, method_config,
-                        module_row, register_method)
+from .. import targeting
+from ..registry import CompressionReport, ConfigError, MethodConfig, compress, method_config, register_method
+from ..targeting import check_finite, module_row, replace
 from .gptq import HessianAccumulator, check_options, gptq
 from .quant_grid import QuantGrid, rtn
 from .lowrank import LowRankLinear
@@ -94,38 +95,24 @@ class GPTQConfig(QuantConfig):
             raise ConfigError(str(err)) from None
 
 
-def _targets(model: nn.Module, roles: list[str], layers: list[int] | None, lm_head: bool) -> list[adapters.RoleModule]:
-    found = []
-    for role in roles:
-        found += adapters.find_modules(model, role, None if role == "embeddings" else layers)
-    if lm_head:
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        if not isinstance(head, nn.Linear):
-            raise ValueError(f"lm_head=True but {type(model).__name__} has no linear output head")
-        path = next(p for p, m in model.named_modules() if m is head)
-        found.append(adapters.RoleModule(path, "lm_head", None, None, head))
-    for rm in found:
-        if rm.role == "embeddings":
-            if not isinstance(rm.module, nn.Embedding):
-                raise TypeError(f"{rm.path} (embeddings) is a {type(rm.module).__name__}, not an nn.Embedding")
-        elif isinstance(rm.module, LowRankLinear):
-            if rm.module.shared is not None:
-                raise TypeError(f"{rm.path} ({rm.role}) is a low-rank layer whose right factor is shared across "
-                                "layers (mode 'concatenated'): only layers with their own factors can be quantized")
-        elif not isinstance(rm.module, nn.Linear):
-            raise TypeError(f"{rm.path} ({rm.role}) is a {type(rm.module).__name__}, not an nn.Linear or a low-rank "
-                            "layer: it is already compressed in another way or cannot be quantized")
-    if not found:
-        raise ValueError(f"no module to quantize for roles {roles} and layers {layers}")
+def _quantizable(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.Embedding)) or (isinstance(module, LowRankLinear) and module.shared is None)
+
+
+def _lm_head(model: nn.Module) -> adapters.RoleModule:
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not lm_head and isinstance(head, nn.Linear) and any(
-            rm.role == "embeddings" and rm.module.weight is head.weight for rm in found):
+    if not isinstance(head, nn.Linear):
+        raise ValueError(f"lm_head=True but {type(model).__name__} has no linear output head")
+    return adapters.RoleModule(next(p for p, m in model.named_modules() if m is head), "lm_head", None, None, head)
+
+
+def _warn_if_tied(model: nn.Module, found: list[adapters.RoleModule]) -> None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, nn.Linear) and any(rm.role == "embeddings" and rm.module.weight is head.weight for rm in found):
         # the head keeps the float table: the tie is broken and the quantized table is stored beside it
         warnings.warn(f"{type(model).__name__}'s output head is tied to its token table: quantizing the table "
                       "leaves the head's float32 copy stored beside it (the tie is broken); pass lm_head=True to "
                       "quantize the head too", stacklevel=3)
-    check_finite(found)
-    return found
 
 
 def _quantize_layer(linear: nn.Linear, config: QuantConfig, grid: QuantGrid, H: torch.Tensor | None) -> tuple[QuantLinear, dict]:
@@ -145,12 +132,12 @@ def _quantize_layer(linear: nn.Linear, config: QuantConfig, grid: QuantGrid, H: 
 
 
 def _errors(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor | None) -> dict:
-    """The relative weight error and, given the input Hessian, the relative output error
+    """What :func:`tcomp_utils.targeting.module_row` measures the relative weight error on (``weight``,
+    ``approx``) and, given the input Hessian, the relative output error
     sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ)), as sums of products (no out × out matrix)."""
-    dW = W - W_hat
-    row = dict(rel_error=(dW.norm() / W.norm()).item(), output_error=float("nan"))
+    row = dict(weight=W, approx=W_hat, output_error=float("nan"))
     if H is not None:
-        H = H.float()
+        dW, H = W - W_hat, H.float()
         num, den = ((dW @ H) * dW).sum(), ((W @ H) * W).sum()
         row["output_error"] = (num / den).clamp(min=0).sqrt().item() if den > 0 else float("nan")
     return row
@@ -181,8 +168,7 @@ def _quantize_embedding(table: nn.Embedding, grid: QuantGrid) -> tuple[QuantEmbe
     t0 = time.perf_counter()
     W = table.weight.detach().float()
     qw = rtn(W, grid)
-    dW = W - qw.dequantize()
-    row = dict(rel_error=(dW.norm() / W.norm()).item(), output_error=float("nan"))
+    row = _errors(W, qw.dequantize(), None)
     return QuantEmbedding.from_quantized(qw, table.padding_idx), row | {"seconds": time.perf_counter() - t0}
 
 
@@ -202,7 +188,7 @@ def _shared_gram_sink(acc: dict[str, HessianAccumulator]) -> Callable[[str, torc
 
 
 def _calibrated_pass(model: nn.Module, targets: list[adapters.RoleModule], calibration: list[dict],
-                     replace: Callable[[adapters.RoleModule, torch.Tensor], None], bar: tqdm,
+                     quantize_one: Callable[[adapters.RoleModule, torch.Tensor], None], bar: tqdm,
                      true_sequential: bool = False) -> None:
     """Quantize ``targets`` block by block in forward order, each on the inputs the already
     quantized blocks (and, with ``true_sequential``, layer groups) give it, then the LM head (if
@@ -215,23 +201,29 @@ def _calibrated_pass(model: nn.Module, targets: list[adapters.RoleModule], calib
             with phase("hessians"):
                 step.run(group, _shared_gram_sink(acc), stop=True)
             for rm in group:
-                replace(rm, acc[rm.path].H)
+                quantize_one(rm, acc[rm.path].H)
                 bar.update()
     for rm in targets:
         if rm.role == "lm_head":
             acc = HessianAccumulator(rm.module.in_features)
             with phase("hessians"):
                 capture.stream(model, [rm], calibration, lambda path, x: acc.add(x))
-            replace(rm, acc.H)
+            quantize_one(rm, acc.H)
             bar.update()
 
 
 def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | None, progress: bool) -> list[dict]:
     grid = config.grid()
-    targets = _targets(model, config.target_roles(model), config.layers, config.lm_head)
+    targets = targeting.targets(model, config.target_roles(model), config.layers, accept=_quantizable,
+                                extra=(_lm_head(model),) if config.lm_head else (), action="quantize", finite=False,
+                                wants="an nn.Linear, an nn.Embedding or a low-rank layer with its own factors (not "
+                                      "one whose right factor is shared across layers: mode 'concatenated')")
+    if not config.lm_head:
+        _warn_if_tied(model, targets)
+    check_finite(targets)
     rows = []
 
-    def replace(rm: adapters.RoleModule, H: torch.Tensor | None) -> None:
+    def quantize_one(rm: adapters.RoleModule, H: torch.Tensor | None) -> None:
         m = rm.module
         try:
             if rm.role == "embeddings":
@@ -246,25 +238,22 @@ def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | N
                              f"raise damp or give more calibration data ({err})") from None
         # every path to the module, and for a table every embedding tied to its weight (T5's
         # encoder/decoder embed_tokens share the `shared` table): they all use the one quantized table
-        same = [p for p, sub in model.named_modules(remove_duplicate=False)
-                if sub is m or (rm.role == "embeddings" and isinstance(sub, nn.Embedding) and sub.weight is m.weight)]
-        for path in same:
-            adapters.set_module(model, path, q)
+        replace(model, rm, q, tied_weights=rm.role == "embeddings")
         rows.append(module_row(rm, m, q, **row))
 
     # embeddings first (a look-up table has no input Hessian: always round-to-nearest), so the
     # blocks are calibrated on what the quantized table gives them
     for rm in targets:
         if rm.role == "embeddings":
-            replace(rm, None)
+            quantize_one(rm, None)
     layers_todo = [rm for rm in targets if rm.role != "embeddings"]
     with tqdm(total=len(layers_todo), desc=f"{config.method} {grid.describe()}", disable=not progress) as bar:
         if not calibration:
             for rm in layers_todo:
-                replace(rm, None)
+                quantize_one(rm, None)
                 bar.update()
         else:
-            _calibrated_pass(model, layers_todo, calibration, replace, bar, getattr(config, "true_sequential", False))
+            _calibrated_pass(model, layers_todo, calibration, quantize_one, bar, getattr(config, "true_sequential", False))
     return rows
 
 
@@ -275,13 +264,11 @@ register_method("gptq", GPTQConfig, family="quantization",
 
 
 def quantize(model: nn.Module, method: str = "gptq", bits: int = 4, group_size: int | None = None,
-             calibration: list[dict] | None = None, progress: bool = True, **options) -> CompressionReport:
-    """``compress(model, method_config(method, bits=..., group_size=..., ...), calibration)`` for
-    ``method`` ``"rtn"`` or ``"gptq"``; ``options`` are the config's other fields (``roles``,
+             calibration: list[dict] | None = None, progress: bool = True, **fields) -> CompressionReport:
+    """``compress(model, method_config(method, bits=bits, group_size=group_size, **fields), calibration)``
+    for ``method`` ``"rtn"`` or ``"gptq"``; ``fields`` are the config's other fields (``roles``,
     ``layers``, ``symmetric``, ``lm_head``, ``block_size``, ``damp``, ``act_order``, ``static_groups``,
     ``true_sequential``)."""
     if method not in ("rtn", "gptq"):
         raise ConfigError(f"unknown quantization method {method!r}; allowed: rtn, gptq")
-    config = method_config(method, bits=bits, group_size=group_size, **options)
-    return compress(model, config, calibration, progress=progress)
-
+    return compress(model, method_config(method, bits=bits, group_size=group_size, **fields), calibration, progress=progress)

@@ -51,6 +51,10 @@ naming the smallest reachable ``mu``.
 heads and their key/value head) is the unit, because HF's attention repeats each key/value head
 for a fixed number of query heads; pruning query heads unevenly inside groups would need copies
 of key/value heads. So smollm2-135m (9 query heads over 3 key/value heads) prunes 3 units per layer.
+
+The head and neuron surgery itself (the layers' units, the plans, narrower layers put in place)
+is the public API of :mod:`tcomp_utils.methods.heads`, shared with Fisher and composable pruning;
+this module (a little over 400 lines, most of it this write-up) orders units and splits the budget.
 """
 from __future__ import annotations
 
@@ -62,10 +66,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import adapters, budget, capture
+from .. import adapters, budget, capture, targeting
 from ..budget import BudgetError
-from ..registry import ConfigError, MethodConfig, check_choice, check_int, module_row, register_method
+from ..registry import ConfigError, MethodConfig, check_choice, check_int, register_method
 from ..timing import phase
+from .heads import HeadUnits, LayerPlan, PrunableLayer, apply_plans, head_units
 
 CRITERIA = ("id", "magnitude", "random")
 ERRORS = ("stream", "absolute", "relative")
@@ -111,93 +116,33 @@ class StructuredConfig(MethodConfig):
 
 
 # ------------------------------------------------------------------------------------ the layers
-@dataclass
-class _Layer:
-    """One layer's prunable units: attention (q/k/v/o role modules) and FFN (ffn_in list, ffn_out)."""
-
-    stack: str
-    layer: int
-    attention: nn.Module | None = None   # the module holding the head count (parent of the query)
-    query: adapters.RoleModule | None = None
-    key: adapters.RoleModule | None = None
-    value: adapters.RoleModule | None = None
-    attn_out: adapters.RoleModule | None = None
-    ffn_in: tuple[adapters.RoleModule, ...] = ()
-    ffn_out: adapters.RoleModule | None = None
-
-
-def _layers(model: nn.Module, config: StructuredConfig) -> list[_Layer]:
+def _layers(model: nn.Module, config: StructuredConfig) -> list[PrunableLayer]:
     """The layers to prune, with their role modules; architecture errors before anything changes."""
     adapter = adapters.get_adapter(model)
     if adapter.family != "encoder" and adapter.family != "decoder":
         raise adapters.UnsupportedArchitectureError(
             f"structured pruning supports encoders and decoder-only models, not a {adapter.family} model "
             f"({getattr(model.config, 'model_type', type(model).__name__)})")
-    found: dict[tuple, _Layer] = {}
     wanted = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
     for role in wanted:
         if role not in adapter.roles():
             raise adapters.UnsupportedArchitectureError(f"{adapter.family} model_type "
                                                         f"{model.config.model_type!r} has no {role} role")
-        for rm in adapters.find_modules(model, role, config.layers):
-            if type(rm.module) is not nn.Linear:
-                raise TypeError(f"{rm.path} ({role}) is a {type(rm.module).__name__}, not an nn.Linear: "
-                                "structured pruning needs the dense layers")
-            entry = found.setdefault((rm.stack, rm.layer), _Layer(rm.stack, rm.layer))
-            if role == "ffn_in":
-                entry.ffn_in = (*entry.ffn_in, rm)
-            else:
-                setattr(entry, role, rm)
+    found: dict[tuple, PrunableLayer] = {}
+    for rm in targeting.targets(model, wanted, config.layers, accept=lambda m: type(m) is nn.Linear, finite=False,
+                                wants="an nn.Linear (structured pruning needs the dense layers)", action="prune"):
+        entry = found.setdefault((rm.stack, rm.layer), PrunableLayer(rm.stack, rm.layer))
+        if rm.role == "ffn_in":
+            entry.ffn_in = (*entry.ffn_in, rm)
+        else:
+            setattr(entry, rm.role, rm)
     layers = list(found.values())
-    if not layers:
-        raise ValueError(f"no layer to prune (layers={config.layers})")
     for entry in layers:
         entry.attention = model.get_submodule(entry.query.path.rsplit(".", 1)[0])
     return layers
 
 
-@dataclass
-class _Heads:
-    """Head structure of one layer: ``units`` prunable units of ``per_unit`` query heads (1, or a
-    grouped-query group), each with one key/value head when grouped."""
-
-    head_dim: int
-    n_heads: int
-    n_kv: int
-
-    @property
-    def grouped(self) -> bool:
-        return self.n_kv < self.n_heads
-
-    @property
-    def units(self) -> int:
-        return self.n_kv if self.grouped else self.n_heads
-
-    @property
-    def per_unit(self) -> int:
-        return self.n_heads // self.units
-
-    def q_cols(self, unit: int) -> slice:
-        """Columns of the attention output (rows of Q) of ``unit``."""
-        w = self.per_unit * self.head_dim
-        return slice(unit * w, (unit + 1) * w)
-
-    def kv_rows(self, unit: int) -> slice:
-        return slice(unit * self.head_dim, (unit + 1) * self.head_dim) if self.grouped else self.q_cols(unit)
-
-
-def _heads_of(model: nn.Module, entry: _Layer) -> _Heads:
-    declared = adapters.head_structure(model)
-    d = declared.head_dim
-    n_heads = entry.query.module.out_features // d
-    n_kv = entry.key.module.out_features // d
-    if n_heads % n_kv:
-        raise adapters.UnsupportedArchitectureError(f"layer {entry.layer}: {n_heads} query heads over {n_kv} key/value "
-                                                    "heads are not equal groups")
-    return _Heads(d, n_heads, n_kv)
-
-
-def _unit_macs(entry: _Layer, heads: _Heads, seq_len: int) -> tuple[float, float]:
+def _unit_macs(entry: PrunableLayer, heads: HeadUnits, seq_len: int) -> tuple[float, float]:
     """MACs per token of one head unit and of one neuron of ``entry`` (the budget counter's rules:
     ``in × out`` per linear layer, ``2·s·d`` per head for the attention core)."""
     hidden = entry.query.module.in_features
@@ -268,7 +213,7 @@ def id_neurons(z: np.ndarray, w_next: np.ndarray) -> UnitOrder:
     return UnitOrder(perm, error, fold, scale)
 
 
-def id_heads(c: np.ndarray, w_next: np.ndarray, heads: _Heads) -> UnitOrder:
+def id_heads(c: np.ndarray, w_next: np.ndarray, heads: HeadUnits) -> UnitOrder:
     """Block-pivoted QR of the attention output projection's inputs C (rows × heads·d), columns
     scaled by the next weight's column norms; folding by least squares on the unscaled columns."""
     scaled = c * np.linalg.norm(w_next, axis=0)
@@ -304,7 +249,7 @@ def _scored(scores: np.ndarray) -> UnitOrder:
     return UnitOrder(order, np.sqrt(dropped / dropped[0]) if dropped[0] > 0 else dropped)
 
 
-def _magnitude(entry: _Layer, heads: _Heads) -> tuple[UnitOrder, UnitOrder]:
+def _magnitude(entry: PrunableLayer, heads: HeadUnits) -> tuple[UnitOrder, UnitOrder]:
     w_in = [rm.module.weight.detach().double() for rm in entry.ffn_in]
     neuron = torch.sqrt(sum(w.pow(2).sum(1) for w in w_in)) * entry.ffn_out.module.weight.detach().double().norm(dim=0)
     q, k, v, o = (rm.module.weight.detach().double() for rm in (entry.query, entry.key, entry.value, entry.attn_out))
@@ -373,87 +318,12 @@ def allocate(curves: list[tuple[np.ndarray, float]], target_saving: float) -> li
     return min(options, key=saving)
 
 
-# ---------------------------------------------------------------------------------- shrinking
-def _linear(weight: torch.Tensor, bias: torch.Tensor | None, like: nn.Linear) -> nn.Linear:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=like.weight.device,
-                      dtype=like.weight.dtype)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if bias is not None:
-            layer.bias.copy_(bias)
-    return layer
-
-
-def _rows(rm: adapters.RoleModule, idx: torch.Tensor) -> nn.Linear:
-    m = rm.module
-    return _linear(m.weight.detach()[idx], m.bias.detach()[idx] if m.bias is not None else None, m)
-
-
-def _cols(rm: adapters.RoleModule, idx: torch.Tensor, weight: np.ndarray | None) -> nn.Linear:
-    m = rm.module
-    w = torch.from_numpy(weight).to(m.weight.dtype) if weight is not None else m.weight.detach()[:, idx]
-    return _linear(w, m.bias.detach() if m.bias is not None else None, m)
-
-
-def _set_heads(attention: nn.Module, heads: _Heads, kept_units: int) -> None:
-    """Lower the head counts an attention module keeps as attributes (HF names differ by family)."""
-    n_q = kept_units * heads.per_unit
-    for name, value in (("num_attention_heads", n_q), ("num_heads", n_q), ("n_heads", n_q),
-                        ("all_head_size", n_q * heads.head_dim), ("inner_dim", n_q * heads.head_dim),
-                        ("num_key_value_heads", kept_units if heads.grouped else n_q)):
-        if isinstance(getattr(attention, name, None), int):
-            setattr(attention, name, value)
-
-
-@dataclass
-class LayerPlan:
-    """What to keep in one layer: head units and neurons (None: all), in the order their columns
-    are stacked, the next layer's new weight for them (None: the kept columns as they are) and the
-    error the criterion gives the choice."""
-
-    heads: np.ndarray | None = None
-    attn_out: np.ndarray | None = None
-    head_error: float = 0.0
-    neurons: np.ndarray | None = None
-    ffn_out: np.ndarray | None = None
-    neuron_error: float = 0.0
-
-
-def apply_plans(model: nn.Module, layers: list[_Layer], structure: list[_Heads], plans: list[LayerPlan]) -> list[dict]:
-    """Replace the pruned layers by narrower ``nn.Linear`` layers and lower the head counts (every
-    decision is made before: nothing here can fail half-way). One report row per replaced module."""
-    out = []
-    for e, h, plan in zip(layers, structure, plans):
-        if plan.heads is not None:
-            units = plan.heads
-            q_idx = torch.from_numpy(np.concatenate([np.arange(h.q_cols(u).start, h.q_cols(u).stop) for u in units]))
-            kv_idx = torch.from_numpy(np.concatenate([np.arange(h.kv_rows(u).start, h.kv_rows(u).stop) for u in units]))
-            new = {"query": _rows(e.query, q_idx), "key": _rows(e.key, kv_idx), "value": _rows(e.value, kv_idx),
-                   "attn_out": _cols(e.attn_out, q_idx, plan.attn_out)}
-            for role, layer in new.items():
-                rm = getattr(e, role)
-                out.append(module_row(rm, rm.module, layer, rank=f"{len(units)}/{h.units} heads",
-                                      rel_error=plan.head_error, units_kept=len(units), units_before=h.units,
-                                      unit="head"))
-                adapters.set_module(model, rm.path, layer)
-            _set_heads(e.attention, h, len(units))
-        if plan.neurons is not None:
-            n = e.ffn_out.module.in_features
-            idx = torch.from_numpy(np.asarray(plan.neurons).copy())
-            new = [(rm, _rows(rm, idx)) for rm in e.ffn_in] + [(e.ffn_out, _cols(e.ffn_out, idx, plan.ffn_out))]
-            for rm, layer in new:
-                out.append(module_row(rm, rm.module, layer, rank=f"{len(idx)}/{n} neurons", rel_error=plan.neuron_error,
-                                      units_kept=len(idx), units_before=n, unit="neuron"))
-                adapters.set_module(model, rm.path, layer)
-    return out
-
-
-def prunable_layers(model: nn.Module, config) -> tuple[list[_Layer], list[_Heads], list[tuple[float, float]],
+def prunable_layers(model: nn.Module, config) -> tuple[list[PrunableLayer], list[HeadUnits], list[tuple[float, float]],
                                                       float, float]:
     """The layers, their head structures and unit MACs, the dense MACs and the MACs to remove;
     a budget that cannot be met is a :class:`BudgetError` naming the smallest reachable ``mu``."""
     layers = _layers(model, config)
-    structure = [_heads_of(model, e) for e in layers]
+    structure = [head_units(model, e) for e in layers]
     macs = [_unit_macs(e, h, config.seq_len) for e, h in zip(layers, structure)]
     dense = budget.footprint(model, config.seq_len).macs
     prune_heads, prune_neurons = config.units in ("both", "heads"), config.units in ("both", "neurons")
@@ -467,7 +337,7 @@ def prunable_layers(model: nn.Module, config) -> tuple[list[_Layer], list[_Heads
     return layers, structure, macs, dense, target_saving
 
 
-def capture_rows(model: nn.Module, layers: list[_Layer], calibration: list[dict],
+def capture_rows(model: nn.Module, layers: list[PrunableLayer], calibration: list[dict],
                  per_stream: bool = False) -> dict[str, np.ndarray]:
     """``{path: M}``: for what each layer's attention output and second FFN projection receive on
     the calibration tokens (X, tokens × features, padding dropped), a square root M of ``XᵀX``
