@@ -24,7 +24,7 @@ import torch
 
 from tcomp_utils import adapters, models
 from tcomp_utils.metrics import latency
-from tcomp_utils.methods.autoencoder import _Group, decoder_widths_for, fit_modules, train_autoencoders
+from tcomp_utils.methods.autoencoder import RowGroup, decoder_widths_for, fit_modules, train_autoencoders
 from tcomp_utils.registry import compress, method_config
 
 from bench_common import setup, show
@@ -51,8 +51,8 @@ def main() -> None:
             together = float("nan")
             if ratio == 10:  # the same autoencoder with seeds 0, 1, 2 in one batched training
                 start = time.perf_counter()
-                group = _Group(groups[0], torch.cat([rm.module.weight.detach() for rm in groups[0]]).float(),
-                               fit["latent"], decoder_widths_for(fit["latent"], config.decoder_widths), [None] * len(groups[0]))
+                group = RowGroup(groups[0], torch.cat([rm.module.weight.detach() for rm in groups[0]]).float(),
+                                 fit["latent"], decoder_widths_for(fit["latent"], config.decoder_widths), [None] * len(groups[0]))
                 train_autoencoders(group, [dataclasses.replace(config, seed=s) for s in range(3)])
                 together = time.perf_counter() - start
             start = time.perf_counter()

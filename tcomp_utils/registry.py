@@ -349,10 +349,13 @@ def _restore(model: nn.Module, original: list[tuple[str, nn.Module]]) -> list[st
 
 
 def compress(model: nn.Module, config: MethodConfig, calibration: list[dict] | None = None, *,
-             progress: bool = True, seq_len: int = 128) -> CompressionReport:
+             progress: bool = True, seq_len: int = 128, handler: Handler | None = None) -> CompressionReport:
     """Apply ``config``'s method to ``model`` in place (``copy.deepcopy`` first to keep the
     original) and return a :class:`CompressionReport`. Every check (roles, budgets, calibration)
-    happens before the first module changes; a failed check leaves the model untouched."""
+    happens before the first module changes; a failed check leaves the model untouched.
+    ``handler``: called in place of the method's registered handler, with the same arguments (a
+    method's entry point that shares work among several calls passes its handler with that state
+    bound, e.g. ``functools.partial(handler, shared=...)``)."""
     entry = _METHODS.get(getattr(type(config), "method", ""))
     if not isinstance(config, MethodConfig) or entry is None or entry.config is not type(config):
         raise UnknownMethodError(f"{type(config).__name__} is not a registered method config; registered: "
@@ -369,7 +372,7 @@ def compress(model: nn.Module, config: MethodConfig, calibration: list[dict] | N
     original = [(p, m) for p, m in model.named_modules(remove_duplicate=False) if p]
     try:
         with timing.recording() as phases:
-            rows = entry.handler(model, config, calibration, progress)
+            rows = (handler or entry.handler)(model, config, calibration, progress)
     except Exception as err:
         restored = _restore(model, original)
         if restored:  # the model is as it was; say so in the error
