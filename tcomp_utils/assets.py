@@ -18,7 +18,6 @@ Importing this module makes no network call. Command line::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -29,7 +28,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .files import REPO_ROOT, sha256_file
+
 MANIFEST = "manifest.json"
 
 
@@ -152,14 +152,6 @@ def get_asset(name: str) -> Asset:
         raise UnknownAssetError(
             f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}"
         ) from None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fetch_hint(name: str, force: bool = False) -> str:

@@ -36,7 +36,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import sweep
-from .runner import PROFILES, REPO_ROOT
+from .files import REPO_ROOT, write_csv_atomic
+from .runner import PROFILES
 
 RUNS = REPO_ROOT / "papermill_runs"
 MEASURED = re.compile(r"(_s|_seconds|_ms|_mb)$|^seconds(_|$)")  # times and memory: measured, never reproduced
@@ -127,8 +128,8 @@ def prepare_models(profile: str) -> dict[str, float]:
         start = time.perf_counter()
         load[kind](name)
         seconds[name] = time.perf_counter() - start
-        print(f"one-time: {kind} {name} ready in {seconds[name] / 60:.1f} min" +
-              (" (cached)" if seconds[name] < 60 else " (trained or converted now, cached for later runs)"), flush=True)
+        print(f"one-time: {kind} {name} ready in {seconds[name]:.0f} s (loaded from the cache, or made now and "
+              "cached for later runs)", flush=True)
     return seconds
 
 
@@ -177,7 +178,7 @@ def report(outcomes: list[Outcome]) -> str:
         worst = max(mine, key=lambda o: o.largest)
         lines.append(f"{table}: {len(done)} of {len(mine)} points reproduced"
                      + (f" (largest relative difference {worst.largest:.2g}, {worst.largest_column})"
-                        if worst.largest_column else " (identical)"))
+                        if worst.largest_column else " (every value identical)" if done else ""))
         for o in mine:
             if o.status != "reproduced":
                 what = "; ".join(f"{c}: committed {a!r}, now {b!r}" for c, a, b in o.differences) or o.status
@@ -234,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the outcome of every point goes (default: <runs>/reproduction.csv)")
     parser.add_argument("--models", action=argparse.BooleanOptionalAction, default=True,
                         help="train or convert the profile's embedded models first, timed apart (default: yes)")
+    parser.add_argument("--models-only", action="store_true",
+                        help="only train or convert the profile's embedded models (make test, before its workers start)")
     parser.add_argument("--figures", action="store_true",
                         help="then draw every figure and README table from the --runs tables (make verify)")
     args = parser.parse_args(argv)
@@ -246,13 +249,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     sweep.stop_on_signals()
-    if args.models and specs:
-        prepare_models(args.profile or specs[0].profile)
+    one_time = {}
+    if args.models_only or (args.models and specs):
+        one_time = prepare_models(args.profile or (specs[0].profile if specs else "default"))
+    if args.models_only:
+        return 0
+    started, clock = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     outcomes = reproduce(specs, args.workers)
     out = args.summary or (args.runs or RUNS) / "reproduction.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sweep.write_csv(outcomes_frame(outcomes), out)
+    write_csv_atomic(outcomes_frame(outcomes), out)
+    log = out.with_name(f"{out.stem}_runs.csv")  # one row per run: when, how long, how many reproduced
+    row = {"started": started.isoformat(timespec="seconds"), "wall_s": round(time.perf_counter() - clock, 1),
+           "one_time_s": round(sum(one_time.values()), 1), "workers": args.workers, "points": len(outcomes),
+           "reproduced": sum(o.status == "reproduced" for o in outcomes), "tables": len({o.table for o in outcomes})}
+    write_csv_atomic(pd.concat([sweep.read_table(log), pd.DataFrame([row])], ignore_index=True), log)
     print(report(outcomes))
+    print(f"{row['wall_s'] / 60:.1f} min for the points on {args.workers} worker(s), after {row['one_time_s'] / 60:.1f} "
+          "min making the embedded models")
     if args.figures:
         drawn, tables = draw_from(args.runs or RUNS)
         print(f"drew {len(drawn) // 2} figures and {len(tables)} README tables from {args.runs or RUNS}")

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from . import records
+from .files import REPO_ROOT, write_json_atomic
 
 PROFILES = ("smoke", "default", "paper")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
 
@@ -149,8 +149,8 @@ def execute_point(notebook: dict, parameters: dict[str, Any], cwd: str | None = 
 
 def write_result(result: dict[str, Any], notebook_out: Path, record_out: Path, meta: dict[str, Any]) -> None:
     """Write the executed notebook, then the record file (the record is the 'done' marker)."""
-    records.write_json_atomic(notebook_out, result["executed"])
-    records.write_json_atomic(record_out, {
+    write_json_atomic(notebook_out, result["executed"])
+    write_json_atomic(record_out, {
         **meta, "status": result["status"], "error": result["error"], "records": result["records"],
         "elapsed_s": result["elapsed_s"], "code_hash": result.get("code_hash"),
         "code_modules": result.get("code_modules"), "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -13,7 +13,6 @@ transformers' auto mappings for the config's ``model_type``, never from an arbit
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ from torch import nn
 
 from . import adapters, registry
 from .contract import CompressedModule
+from .files import sha256_file
 
 DESCRIPTION = "tcomp.json"
 WEIGHTS = "model.safetensors"
@@ -157,7 +157,7 @@ def save_compressed(model: nn.Module, folder: str | os.PathLike, overwrite: bool
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
         safetensors.torch.save_model(model, str(tmp / WEIGHTS))
-        description["sha256"] = {WEIGHTS: _sha256(tmp / WEIGHTS)}
+        description["sha256"] = {WEIGHTS: sha256_file(tmp / WEIGHTS)}
         (tmp / DESCRIPTION).write_text(json.dumps(description, indent=1))
         if folder.exists():  # empty, or a previous save (only our two files): swap it out
             old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-old-"))
@@ -170,14 +170,6 @@ def save_compressed(model: nn.Module, folder: str | os.PathLike, overwrite: bool
         if tmp.exists():
             shutil.rmtree(tmp)
     return folder
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fit_shapes(model: nn.Module, weights: Path) -> None:
@@ -212,7 +204,7 @@ def load_compressed(folder: str | os.PathLike, device: str = "cpu") -> nn.Module
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{folder / DESCRIPTION} is not a valid description ({type(err).__name__}: {err})") from None
     expected = description.get("sha256", {}).get(WEIGHTS)
-    if expected is not None and _sha256(folder / WEIGHTS) != expected:
+    if expected is not None and sha256_file(folder / WEIGHTS) != expected:
         raise ValueError(f"{folder / WEIGHTS} does not match the SHA-256 recorded in {DESCRIPTION}: the file is damaged "
                          "or was changed after saving")
     model = _build(description)

@@ -11,14 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from . import assets, metrics, models, tasks, trainer
+from . import assets, files, metrics, models, tasks, trainer
 
 TRAINING_CODE_VERSION = 1  # bump when the training loop changes what it produces
 
@@ -221,17 +219,12 @@ def get_task_model(name: str = "minilm-l6-tweets", recipe: Recipe | None = None,
     key = recipe.key()
     root = task_model_dir()
     folder = root / f"{name}-{key}"
-    if retrain or not (folder / "metrics.json").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
-            tmp = Path(tmp)
-            result = train(recipe, tmp, progress=progress)
-            (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
-            (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
-            tmp.mkdir()  # let TemporaryDirectory clean up an empty folder
+    def build(tmp: Path) -> None:
+        result = train(recipe, tmp, progress=progress)
+        (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
+        (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
+
+    files.build_folder(folder, build, rebuild=retrain)
     model, tokenizer = models.load_model(str(folder), "sequence-classification")
     info = TaskModelInfo(name, key, folder, json.loads((folder / "recipe.json").read_text()),
                          json.loads((folder / "metrics.json").read_text()))

@@ -28,7 +28,6 @@ resumable and to test on all of them.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from dataclasses import dataclass, field

@@ -32,7 +32,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -40,7 +39,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import assets, metrics, tasks, trainer
+from . import assets, files, metrics, tasks, trainer
 
 TRAINING_CODE_VERSION = 1  # bump when training or the tokenizer changes what it produces
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
@@ -310,17 +309,14 @@ def get_translation_model(name: str = "transformer-de-en", recipe: TranslationRe
     root = translation_model_dir()
     folder = root / f"{name}-{key}"
     if retrain or not (folder / "metrics.json").is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        ckpt = root / f".ckpt-{name}-{key}"
-        with tempfile.TemporaryDirectory(dir=root, prefix=f".{name}-") as tmp:
-            tmp = Path(tmp)
+        ckpt = root / f".ckpt-{name}-{key}"  # a stopped training resumes from here
+
+        def build(tmp: Path) -> None:
             result = make(recipe, tmp, checkpoint_dir=ckpt, progress=progress)
             (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
             (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
-            tmp.mkdir()  # let TemporaryDirectory clean up an empty folder
+
+        files.build_folder(folder, build, rebuild=True)
         shutil.rmtree(ckpt, ignore_errors=True)
     model = AutoModelForSeq2SeqLM.from_pretrained(folder)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)

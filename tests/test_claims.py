@@ -626,7 +626,7 @@ def test_the_offline_grid_cell_times_in_the_readme():
     reduced = {spec.point_key(p) for p in spec.reduced}
     minutes = lambda rows: rows.elapsed_s.sum() / 60  # noqa: E731
     ae, kron = minutes(r[r.method == "ae"]), minutes(r[r.method == "kronecker"])
-    assert len(reduced) == 6 and reduced <= set(r.key)
+    assert len(reduced) == 5 and reduced <= set(r.key)
     # the complete grid's wall time: the last logged runs that computed it, each cell once (the log
     # keeps earlier runs of older code above them)
     runs = pd.read_csv(ROOT / "papermill_runs" / "offline_compression" / "runs.csv")
@@ -639,12 +639,8 @@ def test_the_offline_grid_cell_times_in_the_readme():
     says(README, f"`make sweep SPEC=papermill_runs/offline_compression.yaml` ({len(r)} cells, {wall:.0f} minutes on 2 cores")
     says(README, f"the autoencoder's {(r.method == 'ae').sum()} cells take {ae:.0f} of the {minutes(r):.0f} minutes "
                  f"of cell time, the Kronecker cells {kron:.0f}",
-         f"the {len(reduced)} cells of its `make run` share take {minutes(r[r.key.isin(reduced)]):.0f} minutes of cell time")
-    share = runs[runs.reduced.astype(bool)].iloc[-1]  # the last logged run of the make-run share alone
-    assert share.points_run == len(reduced) and int(share.workers) == 2
-    minutes_, seconds_ = divmod(round(share.wall_s), 60)
-    says(README, f"the 6 cells of its `make run` share take {minutes(r[r.key.isin(reduced)]):.0f} minutes of cell time, "
-                 f"{minutes_} min {seconds_} s on the 2 workers", f"({minutes_} min {seconds_} s run again on its own")
+         f"the {len(reduced)} cells of its `make run` share took {minutes(r[r.key.isin(reduced)]):.0f} minutes of cell "
+         "time when the grid was computed")
 
 
 # ---- structured pruning (issue 15) -------------------------------------------------------------

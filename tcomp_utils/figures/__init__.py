@@ -30,5 +30,6 @@ from .pruning import (DECODER_TEXTS, PRUNING_LABELS, PRUNING_ORDER, _pruning_dec
                       _pruning_encoder, _pruning_encoder_table)
 from .qat import QAT_FLOAT, QAT_PROTOCOLS, QAT_TARGETS, _qat_cells, _qat_readme, _qat_table
 from .readme import _BLOCK, _provenance, readme_tables, update_readme
+from .errors import NothingToDraw
 from .registry import FIGURES, README_TABLES, REPO_ROOT, Figure, ReadmeTable, build, computed_cells
 from .students import STUDENT_OBJECTIVES, _student_readme, _student_table, student_cells

@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from .errors import NothingToDraw
 from .markdown import _bold_best, _markdown
 
 
@@ -70,6 +71,8 @@ def offline_twin_accuracy(results: pd.DataFrame, cells: pd.DataFrame) -> pd.Seri
 def _offline_finetune(results: pd.DataFrame):
     """The seed's downstream protocol on the smaller grid: offline (the twin cell) vs after a short fine-tuning."""
     tuned = results[(results.status == "ok") & (_finetune_steps(results) > 0)].copy()
+    if tuned.empty:
+        raise NothingToDraw("no fine-tuned cell")
     tuned["variant"] = _label(tuned) + " " + tuned.roles + " ×" + tuned.ratio.map("{:g}".format)
     tuned["offline_test_accuracy"] = offline_twin_accuracy(results, tuned)
     data = tuned[["variant", "method", "mode", "roles", "ratio", "finetune_steps", "offline_test_accuracy",

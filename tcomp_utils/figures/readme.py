@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..files import write_text_atomic
+from .errors import NothingToDraw
 from .registry import README_TABLES, REPO_ROOT, ReadmeTable, computed_cells
 
 _BLOCK = re.compile(r"(<!-- table: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
@@ -28,10 +30,13 @@ def readme_tables(root: Path = REPO_ROOT, names: list[str] | None = None) -> dic
     """Every README table (or the ``names``) as the markdown ``make figures`` writes between its
     markers; a table whose sweep has no computed cell yet says so and which sweep makes it."""
     def body(t: ReadmeTable) -> str:
-        if computed_cells(t.source, root):
+        make = f"run `make sweep SPEC=papermill_runs/{t.source.split('/')[1]}.yaml`"
+        if not computed_cells(t.source, root):
+            return f"_No cell of this table has been computed yet: {make}._"
+        try:
             return t.render(pd.read_csv(root / t.source))
-        return (f"_No cell of this table has been computed yet: run `make sweep SPEC=papermill_runs/"
-                f"{t.source.split('/')[1]}.yaml`._")
+        except NothingToDraw as why:
+            return f"_Not yet: {why}; {make}._"
     return {name: f"{body(t)}\n\n{_provenance(t, root)}\n"
             for name, t in README_TABLES.items() if names is None or name in names}
 
@@ -48,7 +53,5 @@ def update_readme(readme: Path, root: Path = REPO_ROOT, check: bool = False) -> 
     changed = [m["name"] for m in _BLOCK.finditer(text) if m["name"] in tables and m["body"] != tables[m["name"]]]
     if changed and not check:
         new = _BLOCK.sub(lambda m: m[1] + tables.get(m["name"], m["body"]) + m[4], text)
-        tmp = readme.with_name(f".{readme.name}.tmp")
-        tmp.write_text(new, encoding="utf-8")
-        tmp.replace(readme)
+        write_text_atomic(readme, new)
     return changed

@@ -10,9 +10,11 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from ..files import REPO_ROOT, write_csv_atomic
 from .atlas import ATLAS_QUESTIONS, _atlas_readme, atlas_figure
 from .baselines import _baselines_by_role, _baselines_table, _footprints_table
 from .budget_axis import _budget_axis
+from .errors import NothingToDraw
 from .composable import _composable_readme, composable_bleu, composable_curves, composable_time, composable_units
 from .gptq import _gptq_readme, _gptq_table
 from .offline import _offline_accuracy, _offline_finetune, _offline_table
@@ -21,7 +23,6 @@ from .qat import _qat_readme, _qat_table
 from .students import _student_readme, _student_table
 from .style import style
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,15 @@ def build(names: list[str] | None = None, out: Path | None = None, root: Path = 
             print(f"{fig_spec.name}: skipped, no computed cell in {fig_spec.source} yet "
                   f"(make sweep SPEC={fig_spec.sweep})")
             continue
-        fig, data = fig_spec.draw(pd.read_csv(root / fig_spec.source))
+        try:
+            fig, data = fig_spec.draw(pd.read_csv(root / fig_spec.source))
+        except NothingToDraw as why:
+            print(f"{fig_spec.name}: skipped, {why} in {fig_spec.source} yet (make sweep SPEC={fig_spec.sweep})")
+            continue
         png, csv = out / f"{fig_spec.name}.png", out / f"{fig_spec.name}.csv"
         fig.savefig(png.with_name(f".{png.name}.tmp.png"))
         png.with_name(f".{png.name}.tmp.png").replace(png)
-        data.to_csv(csv.with_name(f".{csv.name}.tmp"), index=False, float_format="%.6g")
-        csv.with_name(f".{csv.name}.tmp").replace(csv)
+        write_csv_atomic(data, csv, float_format="%.6g")
         plt.close(fig)
         written += [png, csv]
     return written

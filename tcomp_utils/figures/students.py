@@ -5,6 +5,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from .errors import NothingToDraw
 from .markdown import _bold_best, _markdown
 
 
@@ -18,6 +19,8 @@ def student_cells(results: pd.DataFrame) -> pd.DataFrame:
     (stored numbers, MACs per token, measured latency)."""
     ok = results[results.status == "ok"]
     teacher = ok[ok.student == "teacher"]
+    if not len(teacher) and "teacher_test_accuracy" not in ok:
+        raise NothingToDraw("no teacher cell and no untrained student cell (where the teacher is measured)")
     teacher_acc = float(teacher.test_accuracy.iloc[0]) if len(teacher) else float(ok.teacher_test_accuracy.median())
     rows = []
     for name, g in ok[ok.student != "teacher"].groupby("student", sort=False):
