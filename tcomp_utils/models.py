@@ -8,9 +8,12 @@ a folder (plus a GGUF file name where the weights are GGUF) or left as a hub id,
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +79,41 @@ def resolve(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+_GGUF_LOCK = threading.RLock()  # the patch below is process-wide: one GGUF load at a time
+
+
+@contextlib.contextmanager
+def _gguf_parsed_once():
+    """Within one GGUF load, parse each GGUF file once and build each tensor-name map once.
+
+    transformers parses the file anew for the tokenizer, the config and the weights (tens of seconds
+    each for a 49k-token vocabulary) and rebuilds gguf's name map for every module of the model;
+    both are read-only, so the same objects are handed out again (what is loaded does not change)."""
+    try:
+        import gguf
+    except ImportError:  # transformers says what is missing
+        yield
+        return
+    with _GGUF_LOCK:
+        reader_cls, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+        readers: dict = {}
+
+        def reader(path, mode="r"):
+            if mode != "r":
+                return reader_cls(path, mode)
+            key = os.path.realpath(path)
+            if key not in readers:
+                readers[key] = reader_cls(path, mode)
+            return readers[key]
+
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(name_map)
+        try:
+            yield
+        finally:
+            gguf.GGUFReader, gguf.get_tensor_name_map = reader_cls, name_map
+            readers.clear()
+
+
 def converted_dir(name: str) -> Path:
     """Where an embedded GGUF model is kept once converted to safetensors (by the asset's SHA-256)."""
     em = EMBEDDED_MODELS[name]
@@ -90,8 +128,9 @@ def _converted(name: str) -> str:
     folder = converted_dir(name)
     if not (folder / "config.json").is_file():
         where, gguf = resolve(name)
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, dtype=torch.float32)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(where, gguf_file=gguf)
+        with _gguf_parsed_once():
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, dtype=torch.float32)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(where, gguf_file=gguf)
         config = loaded.config
         if hasattr(config, "quantization_config"):  # the weights are de-quantized: a plain fp32 model now
             del config.quantization_config
@@ -139,8 +178,9 @@ def load_model(
     auto = getattr(transformers, TASK_CLASSES[task])
     extra = {"num_labels": num_labels} if num_labels is not None else {}
     try:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kwargs)
-        model = auto.from_pretrained(where, dtype=dtype, **kwargs, **extra)
+        with _gguf_parsed_once() if gguf else contextlib.nullcontext():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kwargs)
+            model = auto.from_pretrained(where, dtype=dtype, **kwargs, **extra)
     except (OSError, ValueError) as err:
         if name in EMBEDDED_MODELS or Path(where).is_dir():
             raise

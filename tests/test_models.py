@@ -72,3 +72,16 @@ def test_a_gguf_by_path_loads_like_the_embedded_name(tmp_path):
     with torch.no_grad():
         logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], 49152) and torch.isfinite(logits).all()
+    embedded, embedded_tok = models.load_model("smollm2-135m", "causal-lm")  # its converted copy (`make test` makes it first)
+    assert torch.equal(embedded_tok("It is a truth universally acknowledged", return_tensors="pt").input_ids, ids)
+    with torch.no_grad():
+        assert torch.equal(embedded(ids).logits, logits)
+
+
+def test_a_gguf_load_parses_once_and_leaves_gguf_as_it_was():
+    gguf = pytest.importorskip("gguf")
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with models._gguf_parsed_once():
+        assert gguf.GGUFReader is not reader
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
