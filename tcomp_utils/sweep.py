@@ -171,9 +171,11 @@ def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int =
                                                       dashboard_address=None, env=worker_env(workers))
         try:
             with Client(scheduler or cluster) as client:
+                # priority keeps the given order (Dask would otherwise start them in no set order)
                 futures = {client.submit(execute_point, sources[spec.name], spec.point_parameters(p),
-                                         str(spec.notebook.parent), pure=False, key=f"{spec.name}-{k}"): (spec, k, p)
-                           for spec, k, p in jobs}
+                                         str(spec.notebook.parent), pure=False, key=f"{spec.name}-{k}",
+                                         priority=len(jobs) - i): (spec, k, p)
+                           for i, (spec, k, p) in enumerate(jobs)}
                 for future in as_completed(futures):
                     save(*futures[future], future.result())
         finally:
