@@ -142,14 +142,10 @@ def reproduce(specs: list[sweep.SweepSpec], workers: int = 0, progress: bool = T
     last = {(s.name, k): v for s in specs for k, v in sweep.last_seconds(s, [k for t, k, _ in pending if t is s]).items()}
     pending.sort(key=lambda j: -last[j[0].name, j[1]])  # longest first over every table
     bar = tqdm(total=len(todo), initial=len(todo) - len(pending), desc="make run", disable=not progress)
-    started, clock, saved = dt.datetime.now(dt.timezone.utc), time.perf_counter(), {}
-    try:
-        sweep.run_points(pending, workers, None, bar, saved)
+    try:  # logged as a whole in reproduction_runs.csv, not in each sweep's runs.csv (its complete sittings)
+        sweep.run_points(pending, workers, None, bar)
     finally:
         bar.close()
-        for s in specs:
-            if saved.get(s.name):
-                sweep.log_run(s, started, time.perf_counter() - clock, workers, saved[s.name], reduced=True)
     outcomes = []
     for s in specs:
         gathered = {r["key"]: r for r in sweep.gather(s).to_dict("records")}
