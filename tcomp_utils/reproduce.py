@@ -194,10 +194,14 @@ def outcomes_frame(outcomes: list[Outcome]) -> pd.DataFrame:
 
 
 def load_specs(paths: list[str], profile: str, runs: Path | None) -> list[sweep.SweepSpec]:
-    """The specs with at least one reduced point; with ``runs``, each spec's output is ``runs/<name>``."""
+    """The specs with at least one reduced point; with ``runs``, each spec's output is ``runs/<name>``
+    and holds only its reduced points (a folder of make-verify references, not the complete grid:
+    no row of it is ever 'missing')."""
     specs = []
     for path in paths:
         spec = sweep.SweepSpec.load(path, profile, (runs / Path(path).stem) if runs else None)
+        if runs is not None and spec.reduced is not None:
+            spec.points = spec.reduced
         if spec.reduced is None or spec.reduced:
             specs.append(spec)
     return specs
