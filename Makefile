@@ -39,10 +39,10 @@ install: $(STAMP)
 assets: $(STAMP)
 	$(PY) -m tcomp_utils.assets fetch
 
-# the smoke models are trained once before the two pytest workers start (so they never train one twice);
+# the smoke models are trained once, side by side, before the two pytest workers start (so they never train one twice);
 # each worker runs torch on one thread (two workers on 2 cores); --dist loadfile keeps a notebook's cells (one kernel) on one worker
 test: assets
-	$(PY) -m tcomp_utils.reproduce --profile smoke --models-only
+	$(PY) -m tcomp_utils.reproduce --profile smoke --models-only --workers $(WORKERS)
 	TCOMP_PROFILE=smoke OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
 		-p no:cacheprovider -n $(WORKERS) --dist loadfile --durations=10
 

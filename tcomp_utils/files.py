@@ -45,7 +45,8 @@ def write_csv_atomic(frame: Any, path: str | os.PathLike, **to_csv: Any) -> None
 def build_folder(folder: str | os.PathLike, build: Callable[[Path], None], rebuild: bool = False,
                  marker: str = "metrics.json") -> Path:
     """``folder`` made once: unless it holds ``marker`` already (and not ``rebuild``), ``build(tmp)``
-    fills a temporary sibling, which then replaces the folder whole. Returns the folder."""
+    fills a temporary sibling, which then replaces the folder whole (or, when another process
+    finished the same folder meanwhile and this is no ``rebuild``, is dropped). Returns the folder."""
     folder = Path(folder)
     if rebuild or not (folder / marker).is_file():
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -53,6 +54,8 @@ def build_folder(folder: str | os.PathLike, build: Callable[[Path], None], rebui
             built = Path(tmp) / "built"
             built.mkdir()
             build(built)
+            if not rebuild and (folder / marker).is_file():
+                return folder  # a concurrent build finished first: keep the folder readers may have open
             if folder.exists():
                 shutil.rmtree(folder)
             built.rename(folder)

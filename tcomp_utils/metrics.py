@@ -20,6 +20,8 @@ from sklearn import metrics as skm
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import timing
+
 
 def accuracy(labels: Sequence[int], preds: Sequence[int]) -> float:
     """Fraction of predictions equal to the labels."""
@@ -225,19 +227,14 @@ def latency(fn: Callable[[], object], runs: int = 20, warmup: int = 3, threads: 
     """
     if runs < 1 or warmup < 0:
         raise ValueError(f"need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}")
-    before = torch.get_num_threads()
-    threads = threads or before
-    torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                fn()
-            times = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-    finally:
-        torch.set_num_threads(before)
+    threads = threads or torch.get_num_threads()
+    with timing.torch_threads(threads), torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
     q = statistics.quantiles(times, n=10) if runs > 1 else [times[0]] * 9
     return LatencyResult(statistics.median(times), q[0], q[-1], runs, threads)

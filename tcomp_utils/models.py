@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import adapters, assets
+from . import adapters, assets, files
 
 TASK_CLASSES = {
     "base": "AutoModel",
@@ -136,18 +134,8 @@ def _converted(name: str) -> str:
             del config.quantization_config
         model = type(loaded)(config).to(torch.float32)
         model.load_state_dict(loaded.state_dict())
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
-        try:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            if folder.exists():  # a concurrent conversion finished first: keep it
-                shutil.rmtree(tmp)
-            else:
-                tmp.rename(folder)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp)
+        files.build_folder(folder, lambda tmp: (model.save_pretrained(tmp, safe_serialization=True),
+                                                tokenizer.save_pretrained(tmp)), marker="config.json")
     return str(folder)
 
 

@@ -18,7 +18,7 @@ from .runner import PROFILES, REPO_ROOT, NotebookError, notebook_parameters
 
 
 SPEC_KEYS = {"name", "notebook", "profile", "parameters", "grid", "points", "reduced", "output", "reproduce"}
-REPRODUCE_KEYS = {"rtol", "atol", "ignore"}
+REPRODUCE_KEYS = {"rtol", "atol", "ignore", "known_difference"}
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -79,7 +79,8 @@ class SweepSpec:
     parameters: dict[str, Any] = field(default_factory=dict)
     points: list[dict[str, Any]] = field(default_factory=list)
     reduced: list[dict[str, Any]] | None = None  # the subset `make run` computes (None: every point)
-    reproduce: dict[str, Any] = field(default_factory=dict)  # make run's tolerance: rtol, atol, ignore (columns)
+    reproduce: dict[str, Any] = field(default_factory=dict)  # make run's tolerance: rtol, atol, ignore (columns),
+    # known_difference ({profile: why its committed rows cannot be recomputed exactly})
     duplicates: int = 0  # points listed more than once (run once)
     parameter_names: tuple[str, ...] = ()  # what the notebook's parameters cell defines
 
@@ -127,9 +128,13 @@ class SweepSpec:
         reproduce = raw.get("reproduce") or {}
         if not isinstance(reproduce, dict) or not set(reproduce) <= REPRODUCE_KEYS or not all(
                 isinstance(reproduce.get(k, 0.0), (int, float)) and reproduce.get(k, 0.0) >= 0 for k in ("rtol", "atol")) \
-                or not isinstance(reproduce.get("ignore", []), list):
-            raise SweepSpecError(f"{path}: 'reproduce' must map rtol and atol to numbers >= 0 and ignore to a list of "
-                                 f"columns (allowed keys: {sorted(REPRODUCE_KEYS)}), got {reproduce!r:.120}")
+                or not isinstance(reproduce.get("ignore", []), list) \
+                or not isinstance(reproduce.get("known_difference", {}), dict) \
+                or not set(reproduce.get("known_difference", {})) <= set(PROFILES) \
+                or not all(isinstance(v, str) and v.strip() for v in reproduce.get("known_difference", {}).values()):
+            raise SweepSpecError(f"{path}: 'reproduce' must map rtol and atol to numbers >= 0, ignore to a list of "
+                                 f"columns and known_difference to {{profile: reason}} with profiles in {sorted(PROFILES)} "
+                                 f"(allowed keys: {sorted(REPRODUCE_KEYS)}), got {reproduce!r:.120}")
         fixed = raw.get("parameters") or {}
         if not isinstance(fixed, dict):
             raise SweepSpecError(f"{path}: 'parameters' must be a mapping, got {fixed!r:.80}")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import assets, files, metrics, models, tasks, trainer
+from . import assets, files, metrics, models, tasks, timing, trainer
 
 TRAINING_CODE_VERSION = 1  # bump when the training loop changes what it produces
 
@@ -220,7 +220,8 @@ def get_task_model(name: str = "minilm-l6-tweets", recipe: Recipe | None = None,
     root = task_model_dir()
     folder = root / f"{name}-{key}"
     def build(tmp: Path) -> None:
-        result = train(recipe, tmp, progress=progress)
+        with timing.torch_threads(timing.TRAINING_THREADS):  # the same model on every machine
+            result = train(recipe, tmp, progress=progress)
         (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
         (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
 

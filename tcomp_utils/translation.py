@@ -39,7 +39,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from . import assets, files, metrics, tasks, trainer
+from . import assets, files, metrics, tasks, timing, trainer
 
 TRAINING_CODE_VERSION = 1  # bump when training or the tokenizer changes what it produces
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
@@ -312,7 +312,8 @@ def get_translation_model(name: str = "transformer-de-en", recipe: TranslationRe
         ckpt = root / f".ckpt-{name}-{key}"  # a stopped training resumes from here
 
         def build(tmp: Path) -> None:
-            result = make(recipe, tmp, checkpoint_dir=ckpt, progress=progress)
+            with timing.torch_threads(timing.TRAINING_THREADS):  # the same model on every machine
+                result = make(recipe, tmp, checkpoint_dir=ckpt, progress=progress)
             (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
             (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
 

@@ -52,3 +52,41 @@ def test_a_spec_with_a_bad_tolerance_is_refused(tmp_path):
     path.write_text(yaml.safe_dump({**raw, "reproduce": {"rtol": -1}}))
     with pytest.raises(sweep.SweepSpecError, match="'reproduce' must map rtol and atol"):
         sweep.SweepSpec.load(path)
+
+
+def test_a_known_difference_is_reported_with_its_reason_and_passes_only_in_its_profile(tmp_path, capsys):
+    path = write_spec(tmp_path, [{"x": x} for x in (1, 2)])
+    raw = yaml.safe_load(path.read_text())
+    why = "the committed rows' model cannot be retrained bit for bit"
+    path.write_text(yaml.safe_dump({**raw, "reduced": {"points": [{"x": 2}]},
+                                    "reproduce": {"known_difference": {"smoke": why}}}))
+    sweep.run_sweep(sweep.SweepSpec.load(path), progress=False)
+    shutil.rmtree(tmp_path / "out" / "points")
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    table.loc[table.x == 2, "square"] = 5
+    table.to_csv(tmp_path / "out" / "results.csv", index=False)
+    summary = tmp_path / "reproduction.csv"
+    assert reproduce.main([str(path), "--summary", str(summary), "--no-models", "--profile", "smoke"]) == 0
+    out = capsys.readouterr().out
+    assert f"'x': 2}}: square: committed 5.0, now 4.0 (known: {why})" in out and "  known difference: {" in out
+    assert ("reproduced 0 of 1 points within tolerance, in 1 tables; 1 known difference(s), each stated in its "
+            "spec\n") in out
+    assert pd.read_csv(summary).reason[0] == why
+    # the same difference where the reason is stated for another profile only fails the run
+    path.write_text(yaml.safe_dump({**raw, "reduced": {"points": [{"x": 2}]},
+                                    "reproduce": {"known_difference": {"default": why}}}))
+    shutil.rmtree(tmp_path / "out" / "points")
+    table.to_csv(tmp_path / "out" / "results.csv", index=False)
+    assert reproduce.main([str(path), "--summary", str(summary), "--no-models", "--profile", "smoke"]) == 1
+    assert pd.read_csv(summary).status[0] == "differs"
+
+
+def test_a_known_difference_needs_a_profile_and_a_reason(tmp_path):
+    import pytest
+    path = write_spec(tmp_path, [{"x": 1}])
+    raw = yaml.safe_load(path.read_text())
+    for bad in ({"known_difference": "why"}, {"known_difference": {"nightly": "why"}},
+                {"known_difference": {"default": ""}}):
+        path.write_text(yaml.safe_dump({**raw, "reproduce": bad}))
+        with pytest.raises(sweep.SweepSpecError, match="known_difference to {profile: reason}"):
+            sweep.SweepSpec.load(path)

@@ -182,3 +182,36 @@ def test_predictions_come_back_in_input_order_from_batches_sorted_by_token_count
     alone = metrics.predict_classifier(model, tok, texts, batch_size=1, max_length=16)
     assert batched.shape == (40, model.config.num_labels)
     assert abs(batched - alone).max() < 1e-4
+
+
+def test_a_task_model_is_the_same_whatever_thread_count_the_caller_runs(tmp_path, monkeypatch):
+    """Training runs on timing.TRAINING_THREADS threads, so a model made beside other work (or on a
+    bigger machine) equals the one the committed tables were computed with; the caller's count is restored."""
+    import torch
+
+    from tcomp_utils import timing
+
+    monkeypatch.setattr(task_models, "task_model_dir", lambda: tmp_path / "task_models")
+    tiny = task_models.Recipe(train_examples=32, eval_examples=32, batch_size=16)
+    weights, seen = [], []
+    real_train = task_models.train
+
+    def train(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real_train(*a, **k)
+
+    monkeypatch.setattr(task_models, "train", train)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            model, _, _ = task_models.get_task_model("tiny", tiny, retrain=True, progress=False)
+            assert torch.get_num_threads() == threads
+            weights.append({k: v.clone() for k, v in model.state_dict().items()})
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [timing.TRAINING_THREADS] * 2
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        with timing.torch_threads(0):
+            pass
