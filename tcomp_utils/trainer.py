@@ -13,8 +13,10 @@ training, distillation, module-level fine-tuning. What changes between them is t
 * AdamW with no weight decay on biases and norm weights of any architecture (every parameter of
   fewer than two dimensions, and every parameter of a module whose class is a norm: LayerNorm,
   T5LayerNorm, LlamaRMSNorm...), a warm-up schedule, gradient-norm clipping.
-* A progress bar with the loss; a log row per step (step, epoch, loss, components, learning rate,
-  gradient norm) and one per evaluation, returned as a table for loss plots.
+* A progress bar with the loss (and the best evaluation metric so far); a log row per step (step,
+  epoch, loss, components, learning rate, gradient norm) and one per evaluation (with the training
+  wall seconds so far, ``elapsed_s``, across resumed sittings), returned as a table for loss plots
+  and learning curves.
 * Early stopping on ``evaluate(model) -> {metric: value}`` every ``eval_every`` steps, keeping the
   best weights; checkpoints every ``checkpoint_every`` steps (model, optimizer, schedule, RNG,
   step, logs, best so far) written atomically, from which a stopped run resumes and ends with the
@@ -257,7 +259,7 @@ def train(model: nn.Module, data: Batches | Sequence[Any], config: TrainConfig, 
     optim = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
     sched = make_schedule(optim, config, total)
     device = next(model.parameters()).device
-    step, log, evaluations = 0, [], []
+    step, log, evaluations, earlier = 0, [], [], 0.0
     best, best_step, best_state, bad_evals, stopped = None, None, None, 0, False
     ckpt = Path(config.checkpoint_dir) / "state.pt" if config.checkpoint_dir else None
     resumed = bool(ckpt and ckpt.is_file())
@@ -274,13 +276,15 @@ def train(model: nn.Module, data: Batches | Sequence[Any], config: TrainConfig, 
         step, log, evaluations = state["step"], state["log"], state["evaluations"]
         best, best_step, best_state, bad_evals = state["best"], state["best_step"], state["best_state"], state["bad_evals"]
         stopped = state["stopped"]
+        earlier = state.get("elapsed", 0.0)  # training seconds of the sittings before this one
 
     def checkpoint() -> None:
         _save_checkpoint(Path(config.checkpoint_dir), {
             "total": total, "model": model.state_dict(), "optim": optim.state_dict(), "sched": sched.state_dict(),
             "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "step": step, "log": log, "evaluations": evaluations, "best": best,
-            "best_step": best_step, "best_state": best_state, "bad_evals": bad_evals, "stopped": stopped})
+            "best_step": best_step, "best_state": best_state, "bad_evals": bad_evals, "stopped": stopped,
+            "elapsed": earlier + time.perf_counter() - start})
 
     start = time.perf_counter()
     bar = tqdm(total=total, initial=step, desc=config.desc, disable=not config.progress)
@@ -304,12 +308,14 @@ def train(model: nn.Module, data: Batches | Sequence[Any], config: TrainConfig, 
                         "grad_norm": float(norm) if norm is not None else None,
                         **{k: float(v) for k, v in parts.items()}})
             bar.update(1)
-            bar.set_postfix(loss=f"{value.item():.3f}")
+            bar.set_postfix(loss=f"{value.item():.3f}", **({config.metric: f"{best:.4g}"} if best is not None else {}))
             if config.eval_every and (step % config.eval_every == 0 or step == total):
                 scores = evaluate(model)
                 model.train()
                 evaluations.append({"step": step, **scores})
-                log.append({"kind": "eval", "step": step, "epoch": epoch, **scores})
+                # wall seconds of training so far, evaluations included (a learning curve's time axis)
+                log.append({"kind": "eval", "step": step, "epoch": epoch,
+                            "elapsed_s": round(earlier + time.perf_counter() - start, 3), **scores})
                 if config.metric is not None:
                     if config.metric not in scores:
                         raise KeyError(f"evaluate() returned {sorted(scores)}, not the early-stopping metric "

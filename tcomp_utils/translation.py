@@ -44,6 +44,8 @@ from . import assets, files, metrics, tasks, timing, trainer
 TRAINING_CODE_VERSION = 1  # bump when training or the tokenizer changes what it produces
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 ARCHITECTURES = ("transformer", "t5")
+# the embedded translation tasks and the asset that holds their pairs (part of a recipe's cache key)
+TASK_ASSETS = {"de-en": "de-en", "en-de": "de-en", "help-en-de": "libreoffice-help", "help-de-en": "libreoffice-help"}
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,11 @@ class TranslationRecipe:
                              f"!= {self.d_model}")
 
     def key(self) -> str:
-        """Cache key: the recipe, the pairs' SHA-256 and the training code version."""
-        blob = json.dumps([dataclasses.asdict(self), assets.get_asset("de-en").sha256, TRAINING_CODE_VERSION],
-                          sort_keys=True)
+        """Cache key: the recipe, the pairs' SHA-256 (an embedded task's asset; a hub task's name) and
+        the training code version."""
+        asset = TASK_ASSETS.get(self.task)
+        blob = json.dumps([dataclasses.asdict(self), assets.get_asset(asset).sha256 if asset else self.task,
+                           TRAINING_CODE_VERSION], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -294,13 +298,18 @@ def make(recipe: TranslationRecipe, out_dir: Path, checkpoint_dir: Path | None =
     return out
 
 
+def load_folder(folder: str | Path) -> tuple[nn.Module, object]:
+    """``(model, tokenizer)`` saved by :func:`make` in ``folder``."""
+    from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
+
+    return AutoModelForSeq2SeqLM.from_pretrained(folder), PreTrainedTokenizerFast.from_pretrained(folder)
+
+
 def get_translation_model(name: str = "transformer-de-en", recipe: TranslationRecipe | None = None,
                           retrain: bool = False, progress: bool = True) -> tuple[nn.Module, object, TranslationModelInfo]:
     """Load the cached translation model of ``recipe`` (default: the named recipe), training it
     first when it is not cached (or ``retrain``). Returns ``(model, tokenizer, info)``. Training
     writes into a temporary folder renamed into place only when complete."""
-    from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
-
     if recipe is None:
         if name not in RECIPES:
             raise KeyError(f"unknown translation model {name!r}; known: {', '.join(RECIPES)} (or pass a recipe)")
@@ -319,8 +328,7 @@ def get_translation_model(name: str = "transformer-de-en", recipe: TranslationRe
 
         files.build_folder(folder, build, rebuild=True)
         shutil.rmtree(ckpt, ignore_errors=True)
-    model = AutoModelForSeq2SeqLM.from_pretrained(folder)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder)
+    model, tokenizer = load_folder(folder)
     info = TranslationModelInfo(name, key, folder, json.loads((folder / "recipe.json").read_text()),
                                 json.loads((folder / "metrics.json").read_text()))
     return model, tokenizer, info

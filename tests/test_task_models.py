@@ -15,9 +15,24 @@ def test_recipe_key_changes_with_the_recipe():
 
 @pytest.mark.slow
 def test_cached_model_is_reused_and_changed_recipe_retrains(tmp_path, monkeypatch):
+    import torch
+
+    from tcomp_utils import timing
+
     monkeypatch.setattr(task_models, "task_model_dir", lambda: tmp_path / "task_models")
     tiny = task_models.Recipe(train_examples=32, eval_examples=32, batch_size=16)
-    model, tok, info = task_models.get_task_model("tiny", tiny, progress=False)
+    threads, real_train = [], task_models.train
+    monkeypatch.setattr(task_models, "train", lambda *a, **k: threads.append(torch.get_num_threads()) or real_train(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the caller's count: training runs on the pinned one (the same model everywhere)
+    try:
+        model, tok, info = task_models.get_task_model("tiny", tiny, progress=False)
+        assert threads == [timing.TRAINING_THREADS] and torch.get_num_threads() == 2  # and the caller's is restored
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="at least 1, got 0"):
+        with timing.torch_threads(0):
+            pass
     assert info.metrics["steps"] == 2 and info.metrics["test_examples"] == 32
     assert (info.path / "model.safetensors").is_file() and info.recipe["train_examples"] == 32
     from tcomp_utils import metrics, tasks
@@ -183,35 +198,3 @@ def test_predictions_come_back_in_input_order_from_batches_sorted_by_token_count
     assert batched.shape == (40, model.config.num_labels)
     assert abs(batched - alone).max() < 1e-4
 
-
-def test_a_task_model_is_the_same_whatever_thread_count_the_caller_runs(tmp_path, monkeypatch):
-    """Training runs on timing.TRAINING_THREADS threads, so a model made beside other work (or on a
-    bigger machine) equals the one the committed tables were computed with; the caller's count is restored."""
-    import torch
-
-    from tcomp_utils import timing
-
-    monkeypatch.setattr(task_models, "task_model_dir", lambda: tmp_path / "task_models")
-    tiny = task_models.Recipe(train_examples=32, eval_examples=32, batch_size=16)
-    weights, seen = [], []
-    real_train = task_models.train
-
-    def train(*a, **k):
-        seen.append(torch.get_num_threads())
-        return real_train(*a, **k)
-
-    monkeypatch.setattr(task_models, "train", train)
-    before = torch.get_num_threads()
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            model, _, _ = task_models.get_task_model("tiny", tiny, retrain=True, progress=False)
-            assert torch.get_num_threads() == threads
-            weights.append({k: v.clone() for k, v in model.state_dict().items()})
-    finally:
-        torch.set_num_threads(before)
-    assert seen == [timing.TRAINING_THREADS] * 2
-    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
-    with pytest.raises(ValueError, match="at least 1, got 0"):
-        with timing.torch_threads(0):
-            pass

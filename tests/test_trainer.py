@@ -45,6 +45,7 @@ def test_a_run_stopped_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_
     torch.manual_seed(123)  # whatever the RNG now holds, the checkpoint's state is restored
     result = train(resumed_model, ListBatches(_batches(), seed=3), TrainConfig(**config, **ckpt))
     assert result.resumed and result.steps == 14
+    assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=False)["elapsed"] > result.seconds  # both sittings
     assert list(result.log.step) == list(range(1, 15))  # the log of steps 1-5 came from the checkpoint
     for (name, a), b in zip(unbroken.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), name
@@ -74,7 +75,9 @@ def test_logs_have_one_row_per_step_and_per_evaluation():
     steps = result.log[result.log.kind == "train"]
     assert list(steps.step) == [1, 2, 3, 4, 5, 6] and list(steps.epoch) == [0, 0, 0, 1, 1, 1]
     assert steps[["loss", "lr", "grad_norm", "logit_mean"]].notna().all().all()
-    assert list(result.log[result.log.kind == "eval"].step) == [3, 6]
+    evals = result.log[result.log.kind == "eval"]
+    assert list(evals.step) == [3, 6]
+    assert 0 < evals.elapsed_s.iloc[0] <= evals.elapsed_s.iloc[1] <= result.seconds + 0.1  # a learning curve's time axis
     lr = list(steps.lr)  # linear schedule: warm-up (0 steps at 6 % of 6) then linear decay to 0
     assert lr[0] == pytest.approx(1e-3) and all(a > b for a, b in zip(lr, lr[1:]))
 

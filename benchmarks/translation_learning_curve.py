@@ -1,0 +1,114 @@
+"""Learning curves of English→German translation on the LibreOffice help corpus (task ``help-en-de``):
+train recipe variants from scratch (no cache) and record validation BLEU against training minutes,
+then test BLEU in-domain (the help test pages) and out-of-domain (the Ding dictionary sentences,
+task ``en-de``), so that a reader sees where a 2-core CPU gets to and how fast.
+
+    python benchmarks/translation_learning_curve.py d256-lr2e-3 d128-lr2e-3      # variants, one after another
+    python benchmarks/translation_learning_curve.py --plot                        # the figure from the CSV
+
+Each variant's rows are appended to ``benchmarks/results/translation_learning_curve.csv`` (one row
+per validation, then one ``final`` row with the test scores); run two invocations side by side on
+2 cores, one thread each (``--threads 1``, the default, as one sweep worker).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tcomp_utils import files, tasks, translation  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results" / "translation_learning_curve.csv"
+# the base of every variant: a Marian-style Transformer (post-norm, shared 8k unigram vocabulary),
+# about 100 pairs (~2,000 tokens) a batch, bf16 matmuls, validation BLEU twice an epoch, no early stop
+BASE = translation.TranslationRecipe(
+    task="help-en-de", vocab_size=8000, d_model=256, d_ff=1024, num_layers=3, num_decoder_layers=3, num_heads=4,
+    d_kv=64, batch_size=96, epochs=4, lr=2e-3, warmup_steps=800, max_length=64, eval_every=200, val_examples=500,
+    eval_examples=None, patience=None, precision="bf16")
+SMALL = dict(d_model=128, d_ff=512, d_kv=32)
+VARIANTS = {
+    "d256-lr2e-3": {},
+    "d256-lr1e-3": dict(lr=1e-3),
+    "d128-lr2e-3": SMALL,
+    "d128-lr4e-3": dict(SMALL, lr=4e-3),
+    "d256-6layers-lr1e-3": dict(num_layers=6, num_decoder_layers=6, lr=1e-3),
+}
+
+
+def run(name: str, threads: int) -> pd.DataFrame:
+    """Train variant ``name`` once; its learning-curve rows and its final row."""
+    recipe = dataclasses.replace(BASE, **VARIANTS[name])
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = translation.make(recipe, Path(tmp), progress=True)
+        log = pd.read_csv(Path(tmp) / "log.csv")
+        model, tok = translation.load_folder(Path(tmp))
+    ding = tasks.load_task("en-de")
+    ood, _ = translation.evaluate(model, tok, ding["test"], ding.spec, None, recipe.max_length)
+    fields = dict(variant=name, d_model=recipe.d_model, layers=recipe.num_layers, lr=recipe.lr,
+                  batch_size=recipe.batch_size, parameters=out["parameters"], threads=threads)
+    curve = log[log.kind == "eval"][["step", "epoch", "elapsed_s", "val_bleu", "val_chrf"]].assign(kind="validation", **fields)
+    final = dict(kind="final", step=out["steps"], elapsed_s=out["train_time_s"], **fields,
+                 total_s=round(time.perf_counter() - start, 1),
+                 test_bleu=out["test_bleu"], test_chrf=out["test_chrf"], test_examples=out["test_examples"],
+                 validation_bleu=out["validation_bleu"], ood_bleu=ood["bleu"], ood_chrf=ood["chrf"],
+                 ood_examples=ood["examples"], bleu_signature=out["test_bleu_signature"])
+    return pd.concat([curve, pd.DataFrame([final])], ignore_index=True)
+
+
+def plot(csv: Path) -> Path:
+    """BLEU against training minutes, one line per variant (validation), test BLEU marked at the end."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = pd.read_csv(csv)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, part in rows.groupby("variant", sort=False):
+        curve = part[part.kind == "validation"]
+        line, = ax.plot(curve.elapsed_s / 60, curve.val_bleu, marker="o", ms=3,
+                        label=f"{name} ({int(part.parameters.iloc[0]) / 1e6:.1f} M)")
+        for _, f in part[part.kind == "final"].iterrows():
+            ax.plot(f.elapsed_s / 60, f.test_bleu, "*", ms=10, color=line.get_color())
+            ax.plot(f.elapsed_s / 60, f.ood_bleu, "x", ms=7, color=line.get_color())
+    ax.axhline(25, color="0.5", ls="--", lw=1, label="goal: test BLEU 25")
+    ax.set(xlabel="training minutes (1 thread, evaluations included)", ylabel="BLEU (en→de)",
+           title="validation BLEU (lines); test in-domain (*) and Ding out-of-domain (x)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = csv.with_suffix(".png")
+    fig.savefig(out, dpi=120)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variants", nargs="*", help=f"of {', '.join(VARIANTS)}")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--plot", action="store_true", help="draw the figure from --out")
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    for name in args.variants:
+        rows = run(name, args.threads)
+        before = pd.read_csv(args.out) if args.out.is_file() else None  # re-read: another run may have appended
+        files.write_csv_atomic(pd.concat([before, rows], ignore_index=True) if before is not None else rows, args.out)
+        print(rows.tail(1).T.to_string())
+    if args.plot:
+        print(plot(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
