@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.tcomp-installed
+LAB_STAMP := $(VENV)/.tcomp-lab-installed
 PROFILE ?= default
 
 SPECS  := $(sort $(wildcard papermill_runs/*.yaml))
@@ -29,7 +30,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,lab]"
+	$(PY) -m pip install --quiet -e ".[dev]"
 	# strip notebook outputs on `git add` (executed copies are build products)
 	if git rev-parse --git-dir >/dev/null 2>&1; then $(VENV)/bin/nbstripout --install; fi
 	touch $(STAMP)
@@ -62,7 +63,12 @@ reproduce: assets
 	for spec in $(SPECS); do $(PY) -m tcomp_utils.sweep $$spec --profile $(PROFILE) $(SWEEP_ARGS) || exit 1; done
 	$(MAKE) figures
 
-lab: assets
+# JupyterLab only for make lab: the tests and the reproduction run notebooks without it
+$(LAB_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,lab]"
+	touch $(LAB_STAMP)
+
+lab: assets $(LAB_STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
 sweep: assets

@@ -11,8 +11,9 @@ changed since). Every numeric column is compared except measured times and memor
 named ``*_s``, ``*_seconds``, ``seconds_*``, ``*_ms``, ``*_mb``) and the bookkeeping columns;
 a value reproduces when ``|now - committed| <= atol + rtol * |committed|`` (the spec's
 ``reproduce: {rtol, atol, ignore}``, default rtol 1e-3, atol 1e-9). A spec whose committed rows
-cannot be recomputed exactly says why under ``reproduce: {known_difference: {profile: reason}}``:
-its differing points are reported as known differences, with both values and the reason. It
+cannot be recomputed exactly says why under ``reproduce: {known_difference: {profile: {reason:
+..., where: {parameter: value}}}}``: its differing points that match ``where`` (all, without it)
+are reported as known differences, with both values and the reason. It
 prints one line per table and a summary ("reproduced 14 of 14 points within tolerance"), names
 every mismatch with both values, writes the outcome of every point to ``<runs>/reproduction.csv``
 (or ``--summary``) and exits 1 when a point failed or differed without a stated reason.
@@ -59,7 +60,7 @@ class Outcome:
     largest: float = 0.0  # largest relative difference |now - committed| / max(|committed|, tiny)
     largest_column: str | None = None
     differences: list[tuple[str, Any, Any]] = field(default_factory=list)  # (column, committed, now)
-    reason: str = ""  # a known difference: why (the spec's reproduce.known_difference for its profile)
+    reason: str = ""  # a known difference: why (the spec's reproduce.known_difference for its profile and point)
 
 
 def _number(value: Any) -> float | None:
@@ -180,7 +181,9 @@ def reproduce(specs: list[sweep.SweepSpec], workers: int = 0, progress: bool = T
                 outcomes.append(Outcome(s.name, key, point, "no committed row"))
                 continue
             n, largest, column, diffs = compare_rows(old, now, parameters=s.parameter_names, **tol)
-            known = s.reproduce.get("known_difference", {}).get(s.profile, "") if diffs else ""
+            known = s.reproduce.get("known_difference", {}).get(s.profile, {})
+            known = known["reason"] if diffs and known and all(
+                point.get(k) == v for k, v in known.get("where", {}).items()) else ""
             status = "known difference" if known else "differs" if diffs else "reproduced"
             outcomes.append(Outcome(s.name, key, point, status, n, largest, column, diffs, known))
     return outcomes

@@ -26,6 +26,12 @@ class SweepSpecError(NotebookError):
     pass
 
 
+def _known_differences_ok(known: Any) -> bool:
+    return isinstance(known, dict) and set(known) <= set(PROFILES) and all(
+        isinstance(v, dict) and set(v) <= {"reason", "where"} and isinstance(v.get("reason"), str)
+        and v["reason"].strip() and isinstance(v.get("where", {}), dict) for v in known.values())
+
+
 def read_notebook(path: Path) -> dict:
     """A notebook's JSON; a file that is not a notebook raises :class:`SweepSpecError` saying so."""
     try:
@@ -80,7 +86,8 @@ class SweepSpec:
     points: list[dict[str, Any]] = field(default_factory=list)
     reduced: list[dict[str, Any]] | None = None  # the subset `make run` computes (None: every point)
     reproduce: dict[str, Any] = field(default_factory=dict)  # make run's tolerance: rtol, atol, ignore (columns),
-    # known_difference ({profile: why its committed rows cannot be recomputed exactly})
+    # known_difference ({profile: {reason, where}}: why the committed rows of the points matching
+    # ``where`` (every point when absent) cannot be recomputed exactly)
     duplicates: int = 0  # points listed more than once (run once)
     parameter_names: tuple[str, ...] = ()  # what the notebook's parameters cell defines
 
@@ -129,12 +136,11 @@ class SweepSpec:
         if not isinstance(reproduce, dict) or not set(reproduce) <= REPRODUCE_KEYS or not all(
                 isinstance(reproduce.get(k, 0.0), (int, float)) and reproduce.get(k, 0.0) >= 0 for k in ("rtol", "atol")) \
                 or not isinstance(reproduce.get("ignore", []), list) \
-                or not isinstance(reproduce.get("known_difference", {}), dict) \
-                or not set(reproduce.get("known_difference", {})) <= set(PROFILES) \
-                or not all(isinstance(v, str) and v.strip() for v in reproduce.get("known_difference", {}).values()):
+                or not _known_differences_ok(reproduce.get("known_difference", {})):
             raise SweepSpecError(f"{path}: 'reproduce' must map rtol and atol to numbers >= 0, ignore to a list of "
-                                 f"columns and known_difference to {{profile: reason}} with profiles in {sorted(PROFILES)} "
-                                 f"(allowed keys: {sorted(REPRODUCE_KEYS)}), got {reproduce!r:.120}")
+                                 "columns and known_difference to {profile: {reason: text, where: {parameter: value}}} "
+                                 f"with profiles in {sorted(PROFILES)} (allowed keys: {sorted(REPRODUCE_KEYS)}), "
+                                 f"got {reproduce!r:.160}")
         fixed = raw.get("parameters") or {}
         if not isinstance(fixed, dict):
             raise SweepSpecError(f"{path}: 'parameters' must be a mapping, got {fixed!r:.80}")

@@ -59,7 +59,7 @@ def test_a_known_difference_is_reported_with_its_reason_and_passes_only_in_its_p
     raw = yaml.safe_load(path.read_text())
     why = "the committed rows' model cannot be retrained bit for bit"
     path.write_text(yaml.safe_dump({**raw, "reduced": {"points": [{"x": 2}]},
-                                    "reproduce": {"known_difference": {"smoke": why}}}))
+                                    "reproduce": {"known_difference": {"smoke": {"reason": why}}}}))
     sweep.run_sweep(sweep.SweepSpec.load(path), progress=False)
     shutil.rmtree(tmp_path / "out" / "points")
     table = pd.read_csv(tmp_path / "out" / "results.csv")
@@ -72,21 +72,23 @@ def test_a_known_difference_is_reported_with_its_reason_and_passes_only_in_its_p
     assert ("reproduced 0 of 1 points within tolerance, in 1 tables; 1 known difference(s), each stated in its "
             "spec\n") in out
     assert pd.read_csv(summary).reason[0] == why
-    # the same difference where the reason is stated for another profile only fails the run
-    path.write_text(yaml.safe_dump({**raw, "reduced": {"points": [{"x": 2}]},
-                                    "reproduce": {"known_difference": {"default": why}}}))
-    shutil.rmtree(tmp_path / "out" / "points")
-    table.to_csv(tmp_path / "out" / "results.csv", index=False)
-    assert reproduce.main([str(path), "--summary", str(summary), "--no-models", "--profile", "smoke"]) == 1
-    assert pd.read_csv(summary).status[0] == "differs"
+    # the same difference where the reason is stated for another profile, or for other points, fails the run
+    for known in ({"default": {"reason": why}}, {"smoke": {"reason": why, "where": {"x": 1}}}):
+        path.write_text(yaml.safe_dump({**raw, "reduced": {"points": [{"x": 2}]},
+                                        "reproduce": {"known_difference": known}}))
+        shutil.rmtree(tmp_path / "out" / "points")
+        table.to_csv(tmp_path / "out" / "results.csv", index=False)
+        assert reproduce.main([str(path), "--summary", str(summary), "--no-models", "--profile", "smoke"]) == 1
+        assert pd.read_csv(summary).status[0] == "differs"
 
 
 def test_a_known_difference_needs_a_profile_and_a_reason(tmp_path):
     import pytest
     path = write_spec(tmp_path, [{"x": 1}])
     raw = yaml.safe_load(path.read_text())
-    for bad in ({"known_difference": "why"}, {"known_difference": {"nightly": "why"}},
-                {"known_difference": {"default": ""}}):
+    for bad in ({"known_difference": "why"}, {"known_difference": {"nightly": {"reason": "why"}}},
+                {"known_difference": {"default": {"reason": ""}}}, {"known_difference": {"default": "why"}},
+                {"known_difference": {"default": {"reason": "why", "where": ["x"]}}}):
         path.write_text(yaml.safe_dump({**raw, "reproduce": bad}))
-        with pytest.raises(sweep.SweepSpecError, match="known_difference to {profile: reason}"):
+        with pytest.raises(sweep.SweepSpecError, match="known_difference to {profile: {reason: text, where"):
             sweep.SweepSpec.load(path)
