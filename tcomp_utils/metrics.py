@@ -149,6 +149,61 @@ def bootstrap_interval(labels: Sequence[int], preds, metric: str = "accuracy", n
     return float(lo), float(hi)
 
 
+@dataclass(frozen=True)
+class PairedInterval:
+    """A difference ``a − b`` of one metric on the same test examples, with its paired percentile
+    bootstrap interval (the same resampled examples for both systems) and the verdict read from it."""
+
+    difference: float
+    lo: float
+    hi: float
+    level: float
+    resamples: int
+
+    @property
+    def verdict(self) -> str:
+        """``"≈"`` when the interval covers 0 (not distinguishable), else ``"above"`` or ``"below"``."""
+        return "above" if self.lo > 0 else "below" if self.hi < 0 else "≈"
+
+
+def _bleu_statistics(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Per-sentence BLEU sufficient statistics (sacrebleu's defaults): rows of
+    ``[sys_len, ref_len, correct_1..4, total_1..4]``, summable over any subset of sentences."""
+    bleu_ = sacrebleu.metrics.BLEU()
+    rows = []
+    for h, r in zip(hypotheses, references):
+        s = bleu_.sentence_score(h, [r])
+        rows.append([s.sys_len, s.ref_len, *s.counts, *s.totals])
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _bleu_from_statistics(stats: np.ndarray) -> float:
+    return sacrebleu.metrics.BLEU.compute_bleu(stats[2:6].tolist(), stats[6:10].tolist(), int(stats[0]), int(stats[1]),
+                                               smooth_method="exp").score
+
+
+def paired_bleu_interval(hypotheses_a: Sequence[str], hypotheses_b: Sequence[str], references: Sequence[str],
+                         n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> PairedInterval:
+    """Corpus BLEU of system ``a`` minus that of ``b`` on the same ``references`` (sacrebleu's
+    defaults: 13a, exp smoothing) and its paired bootstrap interval: each resample draws test
+    sentences with replacement and scores both systems on the same draw, so the spread of the test
+    sample that both share cancels (Koehn 2004). BLEU points."""
+    if not len(hypotheses_a) == len(hypotheses_b) == len(references):
+        raise ValueError(f"need one hypothesis of each system per reference, got {len(hypotheses_a)}, "
+                         f"{len(hypotheses_b)} and {len(references)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    a, b = _bleu_statistics(hypotheses_a, references), _bleu_statistics(hypotheses_b, references)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, len(references), len(references))
+        diffs[i] = _bleu_from_statistics(a[idx].sum(0)) - _bleu_from_statistics(b[idx].sum(0))
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return PairedInterval(_bleu_from_statistics(a.sum(0)) - _bleu_from_statistics(b.sum(0)), float(lo), float(hi),
+                          level, n_resamples)
+
+
 def majority_share(preds: Sequence[int], majority: int) -> float:
     """Share of predictions equal to the ``majority`` class (1.0: the classifier has collapsed onto it)."""
     p = np.asarray(preds)

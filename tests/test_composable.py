@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from tcomp_utils import adapters, budget
+from tcomp_utils import budget
 from tcomp_utils.methods import composable
 from tcomp_utils.methods.composable import CompositionError, Unit
 from tcomp_utils.methods.pruning import SparseLinear
@@ -103,13 +103,21 @@ def test_a_malformed_configuration_is_a_clear_error_naming_the_entry(entry, mess
         composable.resolve([entry], _model())
 
 
-def test_a_rate_that_removes_every_head_and_t5_heads_are_refused():
+def test_a_rate_that_removes_every_head_is_refused_and_t5_heads_are_pruned():
+    """T5's heads share one position bias across layers; each pruned attention takes its kept
+    heads' columns of it (tests/test_t5_heads.py checks the outputs)."""
     with pytest.raises(CompositionError, match="encoder.0.self_attn: rate 0.9 removes all 4 heads"):
         model = _model()
         composable.prune_unit(model, Unit("encoder.0.self_attn", "heads", 0.9))
     t5 = tiny_t5()
-    with pytest.raises(adapters.UnsupportedArchitectureError, match="relative position bias"):
-        composable.prune_unit(t5, Unit("encoder.0.self_attn", "heads", 0.5))
+    (config,) = composable.resolve([{"name": "t", "attention": {"encoder.0.*": 0.5}, "linear": 0.0}], t5)
+    payloads = {u.key: composable.prune_unit(t5, u) for u in config.units}
+    assert len(payloads["encoder.0.self_attn@heads0.5"]["kept"]) == 2
+    composed = composable.compose(t5, config, payloads)
+    attention = composed.get_submodule("encoder.block.0.layer.0.SelfAttention")
+    assert attention.n_heads == 2 and attention.relative_attention_bias.weight.shape == (32, 4)
+    ids = torch.randint(3, 100, (2, 6))
+    assert _logits(composed, {"input_ids": ids, "decoder_input_ids": ids}).shape == (2, 6, 100)
 
 
 def test_heads_with_the_smallest_qkv_l1_norm_go_and_removing_them_is_exact():

@@ -118,3 +118,28 @@ def test_bootstrap_interval_macro_f1_and_majority_share():
         m.bootstrap_interval(labels, collapsed, n_resamples=200, seed=3)
     with pytest.raises(ValueError, match="99 predictions per run for 100 labels"):
         m.bootstrap_interval(labels, collapsed[:99])
+
+
+def test_paired_bleu_interval_is_the_corpus_difference_with_a_paired_bootstrap():
+    import sacrebleu
+
+    from tcomp_utils import metrics
+
+    refs = [f"the {w} sat on the mat number {i} today" for i, w in enumerate(["cat", "dog", "bird", "fox"] * 25)]
+    good = [r if i % 3 else r.replace("mat", "rug") for i, r in enumerate(refs)]
+    bad = [r.replace("sat on", "is near").replace("today", "") for r in refs]
+    got = metrics.paired_bleu_interval(good, bad, refs, n_resamples=200)
+    exact = sacrebleu.corpus_bleu(good, [refs]).score - sacrebleu.corpus_bleu(bad, [refs]).score
+    assert abs(got.difference - exact) < 1e-9  # the same corpus BLEU as sacrebleu's
+    assert got.lo <= got.difference <= got.hi and got.lo > 0 and got.verdict == "above"
+    swapped = metrics.paired_bleu_interval(bad, good, refs, n_resamples=200)
+    assert abs(swapped.difference + got.difference) < 1e-9 and swapped.verdict == "below"
+    assert abs(swapped.lo + got.hi) < 1e-9 and abs(swapped.hi + got.lo) < 1e-9  # the same draws, mirrored
+    same = metrics.paired_bleu_interval(good, good, refs, n_resamples=50)
+    assert (same.difference, same.lo, same.hi, same.verdict) == (0.0, 0.0, 0.0, "≈")
+    # systems that differ on a tenth of the sentences: a narrower interval than systems that differ on all
+    close = [g if i % 10 else b for i, (g, b) in enumerate(zip(good, bad))]
+    paired = metrics.paired_bleu_interval(good, close, refs, n_resamples=300)
+    with pytest.raises(ValueError, match="one hypothesis of each system per reference"):
+        metrics.paired_bleu_interval(good[:-1], bad, refs)
+    assert paired.hi - paired.lo < got.hi - got.lo

@@ -4,9 +4,10 @@ fine-tuning the pruned module on its own, putting units into a model, and unit f
 * ``heads`` (an attention block): head-wise L1 structured pruning, heads ranked by the L1 norm of
   their rows of Q, K and V, the ``rate × heads`` (rounded half up) smallest removed *physically*
   (:func:`tcomp_utils.methods.heads.apply_plans`: narrower Q/K/V, the output projection's columns
-  of those heads dropped, the head count lowered). Module-level fine-tuning trains the kept Q/K/V
-  rows; the output projection is not part of this unit (it is its own ``l1`` site) and stays as it
-  is while they train.
+  of those heads dropped, the head count lowered; a T5/mT5 attention also adds only its kept
+  heads' columns of the stack's shared position bias, :mod:`tcomp_utils.methods.t5_heads`).
+  Module-level fine-tuning trains the kept Q/K/V rows; the output projection is not part of this
+  unit (it is its own ``l1`` site) and stays as it is while they train.
 * ``l1`` (a linear layer): L1 unstructured pruning with ``torch.nn.utils.prune.l1_unstructured``;
   the mask stays on through both fine-tunings, so pruned weights stay zero, and :func:`to_sparse`
   finally makes it permanent and stores the matrix sparse
@@ -34,6 +35,7 @@ from torch.nn.utils import prune
 
 from .. import adapters, capture, trainer
 from .composable_sites import CompositionError, Configuration, Site, Unit, sites
+from . import t5_heads
 from .heads import HeadUnits, LayerPlan, PrunableLayer, apply_plans
 
 
@@ -72,10 +74,11 @@ def _head_rows(kept: np.ndarray, head_dim: int) -> torch.Tensor:
 
 def _check_heads_supported(model: nn.Module, site: Site) -> None:
     attention = model.get_submodule(site.attention_path)
-    if hasattr(attention, "relative_attention_bias"):
+    if t5_heads.shares_position_bias(attention) and not t5_heads.supported(attention):
         raise adapters.UnsupportedArchitectureError(
-            f"{site.id}: this attention's heads share one relative position bias across layers (T5), so removing "
-            "heads in one layer would misalign the others; prune its linear layers (l1) only")
+            f"{site.id}: this attention ({type(attention).__name__}) shares one relative position bias across its "
+            "layers and is not a T5 or mT5 attention, so removing its heads would misalign the others; prune its "
+            "linear layers (l1) only")
     heads = adapters.head_structure(model)
     if heads.n_kv_heads != heads.n_heads:
         raise adapters.UnsupportedArchitectureError(f"{site.id}: grouped-query attention is not supported by "
@@ -83,15 +86,21 @@ def _check_heads_supported(model: nn.Module, site: Site) -> None:
 
 
 def remove_heads(root: nn.Module, site: Site, kept: np.ndarray, head_dim: int) -> None:
-    """Remove every head of ``site`` (paths relative to ``root``) not in ``kept``, in place, with
-    :func:`tcomp_utils.methods.heads.apply_plans`: Q/K/V rows, the output projection's columns (and its L1
-    mask's, when it has one) and the head count."""
+    """Remove every head of ``site`` (paths relative to ``root``) not in ``kept`` (indices among its
+    current heads, ascending), in place, with :func:`tcomp_utils.methods.heads.apply_plans`: Q/K/V
+    rows, the output projection's columns (and its L1 mask's, when it has one) and the head count.
+    A T5/mT5 attention first becomes :class:`tcomp_utils.methods.t5_heads.HeadPrunedT5Attention`
+    (or its mT5 twin), which adds its kept heads' columns of the stack's shared position bias and
+    passes the full-head bias on."""
     roles = tuple(site.paths)
     rms = [adapters.RoleModule(site.paths[r], r, site.stack, site.layer, root.get_submodule(site.paths[r]))
            for r in roles]
     n = rms[0].module.out_features // head_dim
     mask = getattr(rms[3].module, "weight_mask", None)
-    layer = PrunableLayer(site.stack, site.layer, root.get_submodule(site.attention_path), *rms)
+    attention = root.get_submodule(site.attention_path)
+    if t5_heads.supported(attention):  # checked before anything changes: apply_plans cannot fail half-way
+        t5_heads.keep_heads(attention, kept)
+    layer = PrunableLayer(site.stack, site.layer, attention, *rms)
     apply_plans(root, [layer], [HeadUnits(head_dim, n, n)], [LayerPlan(heads=np.asarray(kept))])
     if mask is not None:  # the output projection keeps its L1 mask on the columns that remain
         new = root.get_submodule(site.paths[roles[3]])
@@ -111,7 +120,7 @@ def l1_prune(linear: nn.Linear, rate: float) -> nn.Linear:
 
 def _masked_linear(weight: torch.Tensor, bias: torch.Tensor | None, mask: torch.Tensor) -> nn.Linear:
     """A new ``nn.Linear`` of ``weight`` with ``torch.nn.utils.prune``'s mask ``mask`` on it."""
-    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    lin = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         lin.weight.copy_(weight)
         if bias is not None:
@@ -139,7 +148,8 @@ def prune_unit(model: nn.Module, unit: Unit) -> dict:
     out = {"kept": kept}
     for role, name in zip(tuple(site.paths)[:3], ("query", "key", "value")):
         m = model.get_submodule(site.paths[role])
-        layer = nn.Linear(m.in_features, len(rows), bias=m.bias is not None)
+        layer = nn.Linear(m.in_features, len(rows), bias=m.bias is not None, device=m.weight.device,
+                          dtype=m.weight.dtype)
         with torch.no_grad():
             layer.weight.copy_(m.weight.detach()[rows])
             if m.bias is not None:
