@@ -41,10 +41,10 @@ assets: $(STAMP)
 	$(PY) -m tcomp_utils.assets fetch
 
 # the smoke models are trained once, side by side, before the two pytest workers start (so they never train one twice);
-# each worker runs torch on one thread (two workers on 2 cores); --dist loadfile keeps a notebook's cells (one kernel) on one worker
+# each worker runs torch on one thread (two workers on 2 cores); --dist loadfile keeps a notebook's cells (one kernel) on one worker; the notebooks (the longest files) first, so that no long one starts last
 test: assets
 	$(PY) -m tcomp_utils.reproduce --profile smoke --models-only --workers $(WORKERS)
-	TCOMP_PROFILE=smoke OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
+	TCOMP_PROFILE=smoke OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest notebooks tests --nbval-lax --nbval-current-env \
 		-p no:cacheprovider -n $(WORKERS) --dist loadfile --durations=10
 
 test-fast: $(STAMP)
