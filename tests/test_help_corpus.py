@@ -174,3 +174,16 @@ def test_missing_corpus_names_its_build_script(monkeypatch, tmp_path):
     with pytest.raises(assets.AssetMissingError,
                        match=r"'libreoffice-help'.*missing.*python data/build_libreoffice_help\.py"):
         assets.asset_path("libreoffice-help")
+
+
+def test_the_readme_counts_of_the_leakage_filter_and_unseen_test_tokens(columns):
+    """The README's numbers: 396 pairs dropped by the leakage filter (the file's pairs less the splits'),
+    and 6.7 % of the German test tokens (lower-cased, whitespace-split) absent from the German training text."""
+    import gzip
+
+    with gzip.open(assets.asset_path("libreoffice-help"), "rt", encoding="utf-8") as fh:
+        pairs = sum(1 for _ in fh)
+    assert pairs == 37_346 and pairs - sum(len(v["en"]) for v in columns.values()) == 396
+    seen = {w for text in columns["train"]["de"] for w in text.lower().split()}
+    test_tokens = [w for text in columns["test"]["de"] for w in text.lower().split()]
+    assert f"{100 * sum(w not in seen for w in test_tokens) / len(test_tokens):.1f}" == "6.7"
