@@ -54,8 +54,9 @@ import os
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -115,15 +116,32 @@ def last_seconds(spec: SweepSpec, keys: list[str]) -> dict[str, float]:
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
+# every point runs on this many threads, wherever and however many at once: a float reduction split over
+# another number of threads sums in another order, and a point that amplifies rounding (GPTQ with
+# act-order) then gives another result (the tweet model's 4-bit act-order point: 90.3 % on one thread,
+# 90.05 % on two). More cores are used by more workers, not by more threads per point.
+POINT_THREADS = 1
 
-def worker_env(workers: int, cpus: int | None = None) -> dict[str, str]:
-    """The environment of each local worker (and so of the kernels it starts): the machine's
-    ``cpus`` shared out, ``cpus // workers`` threads each (at least one), so that N workers'
-    torch thread pools do not oversubscribe the cores (torch would give every kernel all of them,
-    and spinning OpenMP threads then slow each other down several times). A thread count set in
-    this process's environment is passed on unchanged."""
-    per = str(max(1, (cpus or os.cpu_count() or 1) // max(1, workers)))
-    return {v: os.environ.get(v, per) for v in THREAD_VARIABLES}
+
+def point_env() -> dict[str, str]:
+    """The thread variables of every point's kernel: :data:`POINT_THREADS` each, unless this process's
+    environment sets one (passed on unchanged: an explicit choice, e.g. to time a point on all cores)."""
+    return {v: os.environ.get(v, str(POINT_THREADS)) for v in THREAD_VARIABLES}
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """This process's environment (and so a kernel started in it) with ``values``; restored after."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def pending_points(spec: SweepSpec, reduced: bool = False, keep_stale: bool = False,
@@ -148,7 +166,7 @@ def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int =
     filled into ``saved`` as they finish, so that an interrupted caller still knows them).
 
     ``workers=0`` and no ``scheduler``: one after another in this process; ``workers=N``: a local
-    Dask cluster of N single-threaded worker processes; ``scheduler``: an existing Dask scheduler."""
+    Dask cluster of N worker processes; every point's kernel on :func:`point_env`'s threads; ``scheduler``: an existing Dask scheduler."""
     saved = {} if saved is None else saved
     sources = {spec.name: json.loads(spec.notebook.read_text(encoding="utf-8")) for spec, _, _ in jobs}
 
@@ -164,27 +182,28 @@ def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int =
 
     for spec, _, _ in jobs:
         (spec.output / "points").mkdir(parents=True, exist_ok=True)
-    if jobs and (workers or scheduler):
-        from dask.distributed import Client, LocalCluster, as_completed
+    with _environment(point_env()):  # inherited by kernels started here and by local worker processes
+        if jobs and (workers or scheduler):
+            from dask.distributed import Client, LocalCluster, as_completed
 
-        cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                      dashboard_address=None, env=worker_env(workers))
-        try:
-            with Client(scheduler or cluster) as client:
-                # priority keeps the given order (Dask would otherwise start them in no set order)
-                futures = {client.submit(execute_point, sources[spec.name], spec.point_parameters(p),
-                                         str(spec.notebook.parent), pure=False, key=f"{spec.name}-{k}",
-                                         priority=len(jobs) - i): (spec, k, p)
-                           for i, (spec, k, p) in enumerate(jobs)}
-                for future in as_completed(futures):
-                    save(*futures[future], future.result())
-        finally:
-            if cluster is not None:
-                cluster.close()
-    else:
-        for spec, key, point in jobs:
-            save(spec, key, point, execute_point(sources[spec.name], spec.point_parameters(point),
-                                                 str(spec.notebook.parent)))
+            cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                          dashboard_address=None)
+            try:
+                with Client(scheduler or cluster) as client:
+                    # priority keeps the given order (Dask would otherwise start them in no set order)
+                    futures = {client.submit(execute_point, sources[spec.name], spec.point_parameters(p),
+                                             str(spec.notebook.parent), pure=False, key=f"{spec.name}-{k}",
+                                             priority=len(jobs) - i): (spec, k, p)
+                               for i, (spec, k, p) in enumerate(jobs)}
+                    for future in as_completed(futures):
+                        save(*futures[future], future.result())
+            finally:
+                if cluster is not None:
+                    cluster.close()
+        else:
+            for spec, key, point in jobs:
+                save(spec, key, point, execute_point(sources[spec.name], spec.point_parameters(point),
+                                                     str(spec.notebook.parent)))
     return saved
 
 

@@ -384,14 +384,17 @@ def test_each_run_that_computes_points_is_logged_with_its_wall_time(tmp_path):
     assert pd.to_datetime(log.started).is_monotonic_increasing
 
 
-def test_local_workers_share_the_cores_out_instead_of_each_taking_all(monkeypatch):
+def test_every_point_runs_on_the_pinned_thread_count_locally_and_on_dask(tmp_path, monkeypatch):
     for v in sweep.THREAD_VARIABLES:
         monkeypatch.delenv(v, raising=False)
-    assert sweep.worker_env(2, cpus=2) == dict.fromkeys(sweep.THREAD_VARIABLES, "1")
-    assert sweep.worker_env(2, cpus=16)["OMP_NUM_THREADS"] == "8"
-    assert sweep.worker_env(4, cpus=2)["OMP_NUM_THREADS"] == "1"
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert sweep.worker_env(2, cpus=2)["OMP_NUM_THREADS"] == "3"
+    assert sweep.point_env() == dict.fromkeys(sweep.THREAD_VARIABLES, str(sweep.POINT_THREADS))
+    spec_path = write_spec(tmp_path, [{"x": 2}], record_threads=True)
+    for where, workers in (("local", 0), ("dask", 1)):
+        got = sweep.run_sweep(sweep.SweepSpec.load(spec_path, output=tmp_path / where), workers=workers, progress=False)
+        assert list(got.omp_threads) == [str(sweep.POINT_THREADS)], where
+    assert "OMP_NUM_THREADS" not in os.environ  # this process's environment is restored
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # an explicit choice is passed on
+    assert sweep.point_env()["OMP_NUM_THREADS"] == "3"
 
 
 def test_a_reduced_run_keeps_committed_rows_whose_keys_no_longer_match(tmp_path):
