@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,6 +142,28 @@ def _sub_seed(seed: int, key: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}/{key}".encode()).digest()[:8], "big") >> 1
 
 
+def token_ids(tokenizer, text: str) -> torch.Tensor:
+    """``text`` as token ids ``(tokens,)`` int64, cached on disk under ``$TCOMP_CACHE/token_ids`` by the
+    SHA-256 of the tokenizer's definition and the text (a 3 MB novel takes a CPU core 5-10 s to
+    tokenize; every notebook and test drawing calibration segments from it would pay that again)."""
+    import numpy as np
+
+    fast = getattr(tokenizer, "backend_tokenizer", None)
+    if fast is None:  # a slow tokenizer has no one-string definition to key on: tokenized every time
+        return tokenizer(text, return_tensors="pt").input_ids[0]
+    digest = hashlib.sha256(fast.to_str().encode())
+    digest.update(text.encode())
+    path = assets.cache_dir() / "token_ids" / f"{digest.hexdigest()[:24]}.npy"
+    if path.is_file():
+        return torch.from_numpy(np.load(path))
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.npy")
+    np.save(tmp, ids.numpy())
+    tmp.replace(path)  # whole or not at all
+    return ids
+
+
 def lm_segments(tokenizer, text: str | dict[str, str] | list[str], n: int = 32, length: int = 512,
                 batch_size: int = 4, seed: int = 0) -> list[dict]:
     """``n`` segments of ``length`` tokens at seeded random offsets of ``text`` (GPTQ's calibration
@@ -156,7 +179,7 @@ def lm_segments(tokenizer, text: str | dict[str, str] | list[str], n: int = 32, 
     if n < 1 or length < 2:
         raise ValueError(f"need n >= 1 segments of length >= 2 tokens, got n={n}, length={length}")
     if isinstance(text, str):
-        ids = tokenizer(text, return_tensors="pt").input_ids[0]
+        ids = token_ids(tokenizer, text)
         if len(ids) <= length:
             raise ValueError(f"the text has {len(ids)} tokens, too few for segments of {length}")
         segments = _windows(ids, n, length, seed)
@@ -168,7 +191,7 @@ def lm_segments(tokenizer, text: str | dict[str, str] | list[str], n: int = 32, 
         for i, (name, source) in enumerate(sources.items()):
             if not isinstance(source, str):
                 raise TypeError(f"source {name!r} is a {type(source).__name__}, not a text")
-            ids = tokenizer(source, return_tensors="pt").input_ids[0]
+            ids = token_ids(tokenizer, source)
             if len(ids) <= length:
                 raise ValueError(f"source {name!r} has {len(ids)} tokens, too few for segments of {length}")
             share = n // len(sources) + (i < n % len(sources))

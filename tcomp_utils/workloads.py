@@ -322,8 +322,9 @@ class TextPerplexityWorkload(Workload):
     def test_ids(self) -> dict[str, torch.Tensor]:
         """Each text's test split as token ids ``(tokens,)`` (cached)."""
         if not hasattr(self, "_test_ids"):
-            tok = self.tokenizer
-            self._test_ids = {name: tok(t.text("test"), return_tensors="pt").input_ids[0]
+            from . import task_models
+
+            self._test_ids = {name: task_models.token_ids(self.tokenizer, t.text("test"))
                               for name, t in self.texts().items()}
         return self._test_ids
 

@@ -198,3 +198,32 @@ def test_predictions_come_back_in_input_order_from_batches_sorted_by_token_count
     assert batched.shape == (40, model.config.num_labels)
     assert abs(batched - alone).max() < 1e-4
 
+
+
+def test_token_ids_are_cached_on_disk_by_tokenizer_and_text(tmp_path, monkeypatch):
+    import types
+
+    monkeypatch.setenv("TCOMP_CACHE", str(tmp_path))
+
+    class Tok:  # a fast tokenizer's surface: a one-string definition and a call that is counted
+        def __init__(self, definition):
+            self.backend_tokenizer, self.calls = types.SimpleNamespace(to_str=lambda: definition), 0
+
+        def __call__(self, text, return_tensors=None):
+            self.calls += 1
+            return types.SimpleNamespace(input_ids=torch.tensor([[ord(c) for c in text]]))
+
+    tok, text = Tok("v1"), "calibration text " * 10
+    first = task_models.token_ids(tok, text)
+    again = task_models.token_ids(tok, text)
+    assert torch.equal(first, again) and again.dtype == torch.int64 and tok.calls == 1  # read back from disk
+    assert torch.equal(first, torch.tensor([ord(c) for c in text]))
+    other = Tok("v2")  # another vocabulary: tokenized afresh, its own file
+    task_models.token_ids(other, text)
+    task_models.token_ids(tok, text + "!")  # another text: tokenized afresh
+    assert other.calls == 1 and tok.calls == 2
+    assert sorted(p.suffix for p in (tmp_path / "token_ids").iterdir()) == [".npy"] * 3  # no temporary left
+    slow = Tok("v1")
+    del slow.backend_tokenizer  # no definition to key on: tokenized every time, nothing written
+    task_models.token_ids(slow, text), task_models.token_ids(slow, text)
+    assert slow.calls == 2 and len(list((tmp_path / "token_ids").iterdir())) == 3
