@@ -28,8 +28,10 @@ help:
 
 # uv installs in about 20 s what pip takes about 2 minutes for (the same versions); it reads no pip
 # configuration, so it is told where pip finds local wheels (here, the CPU build of torch). pip if uv fails.
+# --compile-bytecode as pip does: without .pyc files (and with PYTHONDONTWRITEBYTECODE set, as on CI
+# machines) every kernel and subprocess compiles transformers and torch again (about 8 s each).
 FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
-INSTALL = $(VENV)/bin/uv pip install --quiet --python $(PY) $(foreach d,$(FIND_LINKS),--find-links $(d)) torch==2.13.0 -e $(1) \
+INSTALL = $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) $(foreach d,$(FIND_LINKS),--find-links $(d)) torch==2.13.0 -e $(1) \
 	|| ($(PY) -m pip install --quiet torch==2.13.0 && $(PY) -m pip install --quiet -e $(1))
 
 $(STAMP): pyproject.toml

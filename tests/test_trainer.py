@@ -1,5 +1,7 @@
 """The one trainer: exact resume from a checkpoint, early stopping with the best weights restored,
 no weight decay on norms and biases of any architecture, per-step logs, bare modules."""
+import types
+
 import pytest
 import torch
 from torch import nn
@@ -26,16 +28,23 @@ class Killed(Exception):
     pass
 
 
-def test_a_run_stopped_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_path):
+def test_a_run_stopped_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_path, monkeypatch):
+    # a clock that advances one second per training step: the elapsed times are exact, whatever the machine
+    clock = types.SimpleNamespace(now=0.0, perf_counter=lambda: clock.now)
+    monkeypatch.setattr(trainer, "time", clock)
+
+    def ticking(model, batch):
+        clock.now += 1
+        return model(**batch).loss
     config = dict(steps=14, lr=1e-3, warmup_steps=2, progress=False)
     unbroken = _fresh()
-    train(unbroken, ListBatches(_batches(), seed=3), TrainConfig(**config))
+    train(unbroken, ListBatches(_batches(), seed=3), TrainConfig(**config), loss=ticking)
 
     def dies_at_step_8(model, batch, calls=[0]):
         calls[0] += 1
         if calls[0] == 8:
             raise Killed
-        return model(**batch).loss
+        return ticking(model, batch)
 
     broken = _fresh()
     ckpt = dict(checkpoint_dir=tmp_path / "ckpt", checkpoint_every=5)
@@ -43,9 +52,10 @@ def test_a_run_stopped_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_
         train(broken, ListBatches(_batches(), seed=3), TrainConfig(**config, **ckpt), loss=dies_at_step_8)
     resumed_model = _fresh()  # a new process: fresh model, the checkpoint on disk
     torch.manual_seed(123)  # whatever the RNG now holds, the checkpoint's state is restored
-    result = train(resumed_model, ListBatches(_batches(), seed=3), TrainConfig(**config, **ckpt))
+    result = train(resumed_model, ListBatches(_batches(), seed=3), TrainConfig(**config, **ckpt), loss=ticking)
     assert result.resumed and result.steps == 14
-    assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=False)["elapsed"] > result.seconds  # both sittings
+    assert result.seconds == 9  # this sitting: steps 6-14
+    assert torch.load(tmp_path / "ckpt" / "state.pt", weights_only=False)["elapsed"] == 14  # both sittings' steps
     assert list(result.log.step) == list(range(1, 15))  # the log of steps 1-5 came from the checkpoint
     for (name, a), b in zip(unbroken.state_dict().items(), resumed_model.state_dict().values()):
         assert torch.equal(a, b), name
