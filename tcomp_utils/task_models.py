@@ -54,8 +54,10 @@ class Recipe:
 
 RECIPES = {
     "minilm-l6-tweets": Recipe(),
-    # small enough for CI, trained enough to beat the majority class clearly (91 % vs 77 % on its 256 test tweets)
-    "minilm-l6-tweets-smoke": Recipe(train_examples=512, eval_examples=256, epochs=2, lr=3e-4),
+    # small enough for CI (48 steps of 8 tweets: about 32 s on one thread), trained enough to beat the majority
+    # class clearly (88.7 % vs 77 % on its 256 test tweets, MCC 0.66; 2 epochs of 512 in batches of 32 took
+    # twice as long for 91.4 %)
+    "minilm-l6-tweets-smoke": Recipe(train_examples=384, eval_examples=256, epochs=1, batch_size=8, lr=3e-4),
 }
 
 
