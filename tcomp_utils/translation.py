@@ -2,10 +2,13 @@
 German–English pairs by a recipe, cached by the recipe's hash (no translation weights can be had
 offline; seed 003 trains its own Transformer from scratch too).
 
-* **Tokenizer**: a unigram subword model (SentencePiece's algorithm, from the ``tokenizers``
-  library) trained on both sides of the training split (one shared vocabulary of
-  ``vocab_size``), wrapped as a transformers fast tokenizer: ``<pad>`` = 0, ``</s>`` = 1 (appended
-  to every sequence), ``<unk>`` = 2, as T5's.
+* **Tokenizer** (``tokenizer``): a unigram subword model (SentencePiece's algorithm) or byte-pair
+  encoding, both from the ``tokenizers`` library, trained on both sides of the training split (one
+  shared vocabulary of ``vocab_size``), wrapped as a transformers fast tokenizer: ``<pad>`` = 0,
+  ``</s>`` = 1 (appended to every sequence), ``<unk>`` = 2, as T5's. The unigram trainer gives
+  another vocabulary on every run (even on one thread), so a unigram model cannot be remade bit for
+  bit; the BPE trainer gives the same vocabulary every time (tested), which the recipes of the help
+  corpus use.
 * **Model** (``architecture``): ``"transformer"``, the seed's vanilla Transformer (post-norm,
   sinusoidal positions, embeddings scaled by √d_model and shared by encoder and decoder), built as
   transformers' ``MarianMTModel`` from a ``MarianConfig``; or ``"t5"``, a ``T5ForConditionalGeneration``
@@ -23,8 +26,9 @@ offline; seed 003 trains its own Transformer from scratch too).
   sacrebleu on detokenized text (:func:`tcomp_utils.metrics.translation_scores`).
 
 Cached under ``$TCOMP_CACHE/translation_models/<name>-<key>/``: weights (safetensors), tokenizer,
-``recipe.json``, ``metrics.json`` and ``log.csv`` (the training log: loss and validation BLEU per
-step, for loss curves). An interrupted training resumes from ``.ckpt-<name>-<key>/``.
+``recipe.json``, ``metrics.json``, ``hypotheses.json`` (the greedy translations those metrics
+scored, per split) and ``log.csv`` (the training log: loss and validation BLEU per step, for loss
+curves). An interrupted training resumes from ``.ckpt-<name>-<key>/``.
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from . import assets, files, metrics, tasks, timing, trainer
 TRAINING_CODE_VERSION = 1  # bump when training or the tokenizer changes what it produces
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 ARCHITECTURES = ("transformer", "t5")
+TOKENIZERS = ("unigram", "bpe")
 # the embedded translation tasks and the asset that holds their pairs (part of a recipe's cache key)
 TASK_ASSETS = {"de-en": "de-en", "en-de": "de-en", "help-en-de": "libreoffice-help", "help-de-en": "libreoffice-help"}
 
@@ -52,7 +57,8 @@ TASK_ASSETS = {"de-en": "de-en", "en-de": "de-en", "help-en-de": "libreoffice-he
 class TranslationRecipe:
     """How the translation model is made. Sizes: ``vocab_size`` (shared subwords), ``d_model``,
     ``d_ff``, ``num_layers`` (encoder) / ``num_decoder_layers``, ``num_heads`` × ``d_kv`` (the
-    Transformer needs ``num_heads × d_kv = d_model``); ``architecture`` one of :data:`ARCHITECTURES`.
+    Transformer needs ``num_heads × d_kv = d_model``); ``architecture`` one of :data:`ARCHITECTURES`,
+    ``tokenizer`` one of :data:`TOKENIZERS`.
     Training: ``epochs`` over ``train_examples`` (None: the whole split) in batches of
     ``batch_size`` pairs of at most ``max_length`` tokens; peak ``lr`` after ``warmup_steps``,
     then ∝ 1/√step; BLEU on the first ``val_examples`` validation pairs every ``eval_every``
@@ -85,10 +91,13 @@ class TranslationRecipe:
     patience: int | None = 4
     precision: str = "bf16"
     seed: int = 0
+    tokenizer: str = "unigram"
 
     def __post_init__(self) -> None:
         if self.precision not in trainer.PRECISIONS:
             raise ValueError(f"precision={self.precision!r}; allowed: {', '.join(trainer.PRECISIONS)}")
+        if self.tokenizer not in TOKENIZERS:
+            raise ValueError(f"tokenizer={self.tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={self.architecture!r}; allowed: {', '.join(ARCHITECTURES)}")
         if self.architecture == "transformer" and self.num_heads * self.d_kv != self.d_model:
@@ -99,7 +108,10 @@ class TranslationRecipe:
         """Cache key: the recipe, the pairs' SHA-256 (an embedded task's asset; a hub task's name) and
         the training code version."""
         asset = TASK_ASSETS.get(self.task)
-        blob = json.dumps([dataclasses.asdict(self), assets.get_asset(asset).sha256 if asset else self.task,
+        fields = dataclasses.asdict(self)
+        if self.tokenizer == "unigram":  # recipes made before the field existed keep their keys (and cached models)
+            del fields["tokenizer"]
+        blob = json.dumps([fields, assets.get_asset(asset).sha256 if asset else self.task,
                            TRAINING_CODE_VERSION], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -131,21 +143,28 @@ class TranslationModelInfo:
 
 
 # --------------------------------------------------------------------------------------- tokenizer
-def train_tokenizer(texts: Sequence[str], vocab_size: int):
-    """A unigram subword tokenizer trained on ``texts`` (NFKC-normalised, words marked by ``▁``),
-    with T5's special tokens (``<pad>`` 0, ``</s>`` 1 appended to every sequence, ``<unk>`` 2), as
-    a ``transformers.PreTrainedTokenizerFast``."""
+def train_tokenizer(texts: Sequence[str], vocab_size: int, kind: str = "unigram"):
+    """A subword tokenizer (``kind``: ``"unigram"`` or ``"bpe"``) trained on ``texts``
+    (NFKC-normalised, words marked by ``▁``), with T5's special tokens (``<pad>`` 0, ``</s>`` 1
+    appended to every sequence, ``<unk>`` 2), as a ``transformers.PreTrainedTokenizerFast``."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < len(SPECIAL_TOKENS) + 1:
         raise ValueError(f"vocab_size must be > {len(SPECIAL_TOKENS)} (the special tokens), got {vocab_size}")
-    tok = Tokenizer(models.Unigram())
+    if kind not in TOKENIZERS:
+        raise ValueError(f"tokenizer kind {kind!r}; allowed: {', '.join(TOKENIZERS)}")
+    options = dict(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+    if kind == "bpe":
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        trainer_ = trainers.BpeTrainer(**options)
+    else:
+        tok = Tokenizer(models.Unigram())
+        trainer_ = trainers.UnigramTrainer(**options, unk_token="<unk>")
     tok.normalizer = normalizers.NFKC()
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(list(texts), trainers.UnigramTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), unk_token="<unk>", show_progress=False))
+    tok.train_from_iterator(list(texts), trainer_)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
                                                        special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
@@ -283,18 +302,22 @@ def make(recipe: TranslationRecipe, out_dir: Path, checkpoint_dir: Path | None =
     train_set = task["train"]
     if recipe.train_examples is not None and recipe.train_examples < len(train_set):
         train_set = train_set.select(range(recipe.train_examples))
-    tokenizer = train_tokenizer(list(train_set[src]) + list(train_set[tgt]), recipe.vocab_size)
+    tokenizer = train_tokenizer(list(train_set[src]) + list(train_set[tgt]), recipe.vocab_size, recipe.tokenizer)
     model = build_model(recipe, tokenizer)
     result = train_model(model, tokenizer, recipe, task, checkpoint_dir=checkpoint_dir, progress=progress,
                          desc=f"train {recipe.architecture} {recipe.task}")
     out = {"train_time_s": result.seconds, "steps": result.steps, "best_step": result.best_step,
            "parameters": sum(p.numel() for p in model.parameters()), "vocab": len(tokenizer)}
+    hypotheses = {}
     for split in ("validation", "test"):
-        scores, _ = evaluate(model, tokenizer, task[split], task.spec, recipe.eval_examples, recipe.max_length)
+        scores, hypotheses[split] = evaluate(model, tokenizer, task[split], task.spec, recipe.eval_examples,
+                                             recipe.max_length)
         out |= {f"{split}_{k}": v for k, v in scores.items()}
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     result.log.to_csv(out_dir / "log.csv", index=False)
+    # the recorded scores' translations, in split order: paired comparisons need them sentence by sentence
+    (out_dir / "hypotheses.json").write_text(json.dumps(hypotheses, ensure_ascii=False, indent=0))
     return out
 
 

@@ -3,6 +3,7 @@ BLEU/chrF, recipe caching, resumable training."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -46,6 +47,29 @@ def test_tokenizer_has_t5_special_tokens_and_round_trips_text():
     assert ids[-1] == tok.eos_token_id and tok.decode(ids, skip_special_tokens=True) == text
     with pytest.raises(ValueError, match="vocab_size must be > 3"):
         translation.train_tokenizer(["a b"], 3)
+
+
+def test_the_bpe_tokenizer_is_the_same_on_every_run_and_round_trips_text():
+    """BPE's trainer is deterministic (the unigram trainer is not): a recipe's model can be remade."""
+    task = tasks.load_task("help-en-de")
+    texts = task["train"]["en"][:1500] + task["train"]["de"][:1500]
+    first, second = (translation.train_tokenizer(texts, 600, kind="bpe") for _ in range(2))
+    assert first.backend_tokenizer.to_str() == second.backend_tokenizer.to_str() and len(first) == 600
+    assert (first.pad_token_id, first.eos_token_id, first.unk_token_id) == (0, 1, 2)
+    text = task["test"]["de"][0]
+    ids = first(text).input_ids
+    assert ids[-1] == first.eos_token_id and first.decode(ids, skip_special_tokens=True) == text
+    with pytest.raises(ValueError, match="tokenizer kind 'wordpiece'; allowed: unigram, bpe"):
+        translation.train_tokenizer(texts, 600, kind="wordpiece")
+
+
+def test_the_tokenizer_field_leaves_the_keys_of_unigram_recipes_unchanged():
+    recipe = translation.RECIPES["transformer-de-en"]
+    assert recipe.tokenizer == "unigram"
+    assert recipe.key() == "5acc9dbc47c7"  # the key of the cached model the committed rows came from
+    assert dataclasses.replace(recipe, tokenizer="bpe").key() != recipe.key()
+    with pytest.raises(ValueError, match="tokenizer='sentencepiece'; allowed: unigram, bpe"):
+        translation.TranslationRecipe(tokenizer="sentencepiece")
 
 
 def test_batches_mask_label_padding_and_the_smoothed_loss_is_the_cross_entropy():
@@ -93,6 +117,8 @@ def test_recipes_cache_and_reload_the_tokenizer_and_the_model(tmp_path, monkeypa
     model, tok, info = translation.get_translation_model("tiny", TINY, progress=False)
     assert info.metrics["steps"] == 8 and info.metrics["test_examples"] == 16 and (info.path / "log.csv").is_file()
     assert "tok:13a" in info.metrics["test_bleu_signature"]
+    saved = json.loads((info.path / "hypotheses.json").read_text())
+    assert [len(saved[s]) for s in ("validation", "test")] == [info.metrics["validation_examples"], 16]
 
     def no_training(*a, **k):
         raise AssertionError("a cached recipe must not retrain")
