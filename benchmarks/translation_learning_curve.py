@@ -8,13 +8,17 @@ task ``en-de``), so that a reader sees where a 2-core CPU gets to and how fast.
 
 Each variant's rows are appended to ``benchmarks/results/translation_learning_curve.csv`` (one row
 per validation, then one ``final`` row with the test scores); run two invocations side by side on
-2 cores, one thread each (``--threads 1``, the default, as one sweep worker).
+2 cores, one thread each (``--threads 1``, the default, as one sweep worker). Training checkpoints at
+every validation under ``$TCOMP_CACHE/learning_curve/`` (removed once the rows are written), so a long
+variant stopped in one sitting resumes in the next by the same command; the long variants use the BPE
+tokenizer, whose vocabulary is the same on every run (a resumed unigram run would get another one).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -24,7 +28,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tcomp_utils import files, tasks, translation  # noqa: E402
+from tcomp_utils import assets, files, tasks, translation  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "translation_learning_curve.csv"
 # the base of every variant: a Marian-style Transformer (post-norm, shared 8k unigram vocabulary),
@@ -42,17 +46,22 @@ VARIANTS = {
     "d128-lr2e-3": SMALL,
     "d128-lr4e-3": dict(SMALL, lr=4e-3),
     "d256-6layers-lr1e-3": dict(num_layers=6, num_decoder_layers=6, lr=1e-3),
+    # where does each size plateau? 8 epochs (about 3 h at d256, 2 h at d128 on one thread), validation
+    # twice an epoch
+    "d256-lr2e-3-8ep": dict(epochs=8, eval_every=172, tokenizer="bpe"),
+    "d128-lr4e-3-8ep": dict(SMALL, lr=4e-3, epochs=8, eval_every=172, tokenizer="bpe"),
 }
 
 
-def run(name: str, threads: int, overrides: dict | None = None) -> pd.DataFrame:
-    """Train variant ``name`` once (``overrides``: recipe fields set on top, e.g. for a quick check);
-    its learning-curve rows and its final row."""
+def run(name: str, threads: int, overrides: dict | None = None) -> tuple[pd.DataFrame, Path]:
+    """Train variant ``name`` once (``overrides``: recipe fields set on top, e.g. for a quick check),
+    resuming from its checkpoint; its learning-curve rows and its final row, and the checkpoint's folder."""
     recipe = dataclasses.replace(BASE, **{**VARIANTS[name], **(overrides or {})})
     torch.set_num_threads(threads)
+    ckpt = assets.cache_dir() / "learning_curve" / f".ckpt-{name}-{recipe.key()}"
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        out = translation.make(recipe, Path(tmp), progress=True)
+        out = translation.make(recipe, Path(tmp), checkpoint_dir=ckpt, progress=True)
         log = pd.read_csv(Path(tmp) / "log.csv")
         model, tok = translation.load_folder(Path(tmp))
     ding = tasks.load_task("en-de")
@@ -65,7 +74,7 @@ def run(name: str, threads: int, overrides: dict | None = None) -> pd.DataFrame:
                  test_bleu=out["test_bleu"], test_chrf=out["test_chrf"], test_examples=out["test_examples"],
                  validation_bleu=out["validation_bleu"], ood_bleu=ood["bleu"], ood_chrf=ood["chrf"],
                  ood_examples=ood["examples"], bleu_signature=out["test_bleu_signature"])
-    return pd.concat([curve, pd.DataFrame([final])], ignore_index=True)
+    return pd.concat([curve, pd.DataFrame([final])], ignore_index=True), ckpt
 
 
 def plot(csv: Path) -> Path:
@@ -121,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     for name in args.variants:
-        rows = run(name, args.threads, args.set)
+        rows, checkpoint = run(name, args.threads, args.set)
         before = pd.read_csv(args.out) if args.out.is_file() else None  # re-read: another run may have appended
         files.write_csv_atomic(pd.concat([before, rows], ignore_index=True) if before is not None else rows, args.out)
+        shutil.rmtree(checkpoint, ignore_errors=True)  # its rows are written: a rerun starts afresh
         print(rows.tail(1).T.to_string())
     if args.plot:
         print(plot(args.out))
