@@ -166,6 +166,43 @@ class PairedInterval:
         return "above" if self.lo > 0 else "below" if self.hi < 0 else "≈"
 
 
+def paired_interval(labels: Sequence, preds_a, preds_b, metric: str = "accuracy", n_resamples: int = 1000,
+                    level: float = 0.95, seed: int = 0, paired_runs: bool = False) -> PairedInterval:
+    """``metric`` of system ``a`` minus that of ``b`` on the same test ``labels``, with its paired
+    percentile bootstrap interval: each resample draws test examples with replacement and scores both
+    systems on that draw, so the test sample's own spread, which both share, cancels.
+
+    ``preds_a``/``preds_b``: one prediction per example, or runs × examples (seeds, calibration
+    draws); the statistic is then the mean over a system's runs, and each resample also draws each
+    system's runs with replacement, so the interval holds the spread across runs too (the same run
+    indices for both with ``paired_runs``: run i of ``a`` and of ``b`` share a seed or a draw)."""
+    y = np.asarray(labels)
+    a, b = np.atleast_2d(np.asarray(preds_a)), np.atleast_2d(np.asarray(preds_b))
+    if a.shape[1] != len(y) or b.shape[1] != len(y):
+        raise ValueError(f"need one prediction per label in every run: {a.shape[1]} (a) and {b.shape[1]} (b) "
+                         f"for {len(y)} labels")
+    if paired_runs and len(a) != len(b):
+        raise ValueError(f"paired_runs needs as many runs of a as of b, got {len(a)} and {len(b)}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    fn = METRICS[metric]
+    rng = np.random.default_rng(seed)
+
+    def mean_score(p: np.ndarray, runs: np.ndarray, idx: np.ndarray) -> float:
+        return float(np.mean([fn(y[idx], p[r][idx]) for r in runs]))
+
+    diffs = np.empty(n_resamples)
+    for i in range(n_resamples):
+        idx = rng.integers(0, len(y), len(y))
+        runs_a = rng.integers(0, len(a), len(a))
+        runs_b = runs_a if paired_runs else rng.integers(0, len(b), len(b))
+        diffs[i] = mean_score(a, runs_a, idx) - mean_score(b, runs_b, idx)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    everything = np.arange(len(y))
+    return PairedInterval(mean_score(a, np.arange(len(a)), everything) - mean_score(b, np.arange(len(b)), everything),
+                          float(lo), float(hi), level, n_resamples)
+
+
 def _bleu_statistics(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Per-sentence BLEU sufficient statistics (sacrebleu's defaults): rows of
     ``[sys_len, ref_len, correct_1..4, total_1..4]``, summable over any subset of sentences."""

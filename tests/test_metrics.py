@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -118,6 +119,36 @@ def test_bootstrap_interval_macro_f1_and_majority_share():
         m.bootstrap_interval(labels, collapsed, n_resamples=200, seed=3)
     with pytest.raises(ValueError, match="99 predictions per run for 100 labels"):
         m.bootstrap_interval(labels, collapsed[:99])
+
+
+def test_a_paired_interval_decides_where_the_marginal_intervals_overlap():
+    """A is right wherever B is, and on 8 more of 200 examples: the marginal intervals overlap, the
+    paired interval of the difference lies above 0; seeds that disagree make it cover 0 again."""
+    from tcomp_utils import metrics as m
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    wrong = (labels + 1) % 3
+    b = np.where(np.arange(200) < 150, labels, wrong)
+    a = np.where(np.arange(200) < 158, labels, wrong)
+    lo_a, hi_a = m.bootstrap_interval(labels, a, n_resamples=500)
+    lo_b, hi_b = m.bootstrap_interval(labels, b, n_resamples=500)
+    assert lo_a < hi_b  # the marginal intervals overlap: not decidable from them
+    got = m.paired_interval(labels, a, b, n_resamples=500)
+    assert got.difference == pytest.approx(0.04) and 0 < got.lo <= got.difference <= got.hi and got.verdict == "above"
+    assert m.paired_interval(labels, b, a, n_resamples=500).verdict == "below"
+    same = m.paired_interval(labels, a, a, "macro_f1", n_resamples=50)
+    assert (same.difference, same.lo, same.hi, same.verdict) == (0.0, 0.0, 0.0, "≈")
+    # three seeds of A, two of which are no better than B: the mean is still ahead, but the runs'
+    # spread is resampled too and the verdict is "not distinguishable"
+    c = np.where(np.arange(200) < 180, labels, wrong)
+    seeds = m.paired_interval(labels, [c, b, b], b, n_resamples=500)
+    assert seeds.difference == pytest.approx(0.15 / 3) and seeds.lo <= 0 < seeds.hi and seeds.verdict == "≈"
+    # paired runs (run i of both shares a seed): the same draws for both
+    assert m.paired_interval(labels, [a, a], [b, b], paired_runs=True, n_resamples=200).verdict == "above"
+    with pytest.raises(ValueError, match="paired_runs needs as many runs of a as of b, got 2 and 1"):
+        m.paired_interval(labels, [a, a], b, paired_runs=True)
+    with pytest.raises(ValueError, match=r"199 \(a\) and 200 \(b\) for 200 labels"):
+        m.paired_interval(labels, a[:199], b)
 
 
 def test_paired_bleu_interval_is_the_corpus_difference_with_a_paired_bootstrap():
