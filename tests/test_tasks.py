@@ -1,3 +1,5 @@
+from collections import Counter
+
 import pytest
 
 from tcomp_utils import tasks
@@ -19,6 +21,26 @@ def test_tweet_splits_are_fixed_disjoint_and_binary(tweets):
     assert again["test"]["text"][:50] == tweets["test"]["text"][:50]
     other = tasks.load_task("tweets", seed=1)
     assert other["test"]["text"][:50] != tweets["test"]["text"][:50]
+
+
+@pytest.mark.slow
+def test_the_three_class_tweets_have_their_counts_disjoint_splits_and_the_binary_task_is_unchanged(tweets):
+    three = tasks.load_task("tweets3")
+    assert three.spec.num_labels == 3 and three.spec.metrics[0] == "macro_f1"
+    assert {k: len(v) for k, v in three.splits.items()} == {"train": 34_197, "validation": 1_000, "test": 2_000}
+    counts = {k: Counter(v["label"]) for k, v in three.splits.items()}
+    assert sum(counts.values(), Counter()) == {0: 15_955, 1: 14_431, 2: 6_811}  # negative, neutral, positive
+    assert counts["test"] == {0: 826, 1: 812, 2: 362}  # majority 41.3 %
+    assert three["test"].features["label"].names == ["negative", "neutral", "positive"]
+    texts = {k: set(v["text"]) for k, v in three.splits.items()}
+    assert sum(len(t) for t in texts.values()) == 37_197  # no text twice, within or across splits
+    assert all(t == t.strip() for t in three["test"]["text"][:200])
+    assert tasks.load_task("tweets3", seed=1)["test"]["text"][:50] != three["test"]["text"][:50]
+    # the binary task keeps its tweets and its labels: the committed tables were computed on it
+    assert {k: len(v) for k, v in tweets.splits.items()} == {"train": 19_812, "validation": 1_000, "test": 2_000}
+    binary = dict(zip(tweets["test"]["text"], tweets["test"]["label"]))
+    shared = [(binary[t], lab) for t, lab in zip(three["train"]["text"], three["train"]["label"]) if t in binary]
+    assert shared and all(lab == 2 * b for b, lab in shared)  # negative 0 -> 0, positive 1 -> 2
 
 
 @pytest.mark.slow
@@ -66,5 +88,5 @@ def test_hub_tasks_are_declared_with_metrics():
 
 
 def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(tasks.UnknownTaskError, match=r"unknown task 'sst-2'.*embedded tasks: tweets, austen, jargon, de-en"):
+    with pytest.raises(tasks.UnknownTaskError, match=r"unknown task 'sst-2'.*embedded tasks: tweets, tweets3, austen, jargon, de-en"):
         tasks.load_task("sst-2")
