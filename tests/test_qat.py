@@ -2,6 +2,8 @@
 fake-quantized training and the packed storage."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -143,6 +145,34 @@ def test_stored_bytes_are_the_packed_bits(quantizer, bits, stored):
     model = nn.Sequential(packed)
     assert budget.footprint(model).bytes == 64 * 24 * stored // 8 + 2 * n_scales + 4 * 24
     assert budget.footprint(model).params == 64 * 24 + n_scales + 24
+
+
+def test_stochastic_rounding_at_packing_is_a_seeded_unbiased_draw_between_the_two_nearest_levels():
+    """The seed's re-quantization at evaluation: each magnitude is its level's floor or ceiling, drawn
+    with the fractional part as the probability (mean over draws -> the weight), seeded."""
+    torch.manual_seed(0)
+    base = tiny_bert()
+    w = base.bert.encoder.layer[0].attention.self.query.weight.detach().clone()
+    scale = qat.seed_scale(w, 2)
+    level = (w.abs() / scale).clamp(max=3)
+
+    def packed(seed: int) -> torch.Tensor:
+        model = copy.deepcopy(base)
+        compress(model, qat.SignMagConfig(roles="qkv", bits=2, rounding="stochastic", rounding_seed=seed),
+                 progress=False)
+        return model.bert.encoder.layer[0].attention.self.query.weight_matrix()
+
+    draws = torch.stack([packed(s) for s in range(40)])
+    magnitudes = draws.abs() / scale
+    assert torch.equal(packed(3), draws[3]) and not torch.equal(draws[0], draws[1])  # seeded, and a draw
+    assert ((magnitudes == level.floor()) | (magnitudes == level.ceil())).all()
+    assert (draws.mean(0) - w).abs().mean() < 0.25 * (draws[0] - w).abs().mean()  # unbiased: the mean nears w
+    nearest = qat.FakeQuant("seed", 2).eval()(w)
+    assert not torch.equal(draws[0], nearest)
+    with pytest.raises(ConfigError, match="rounding='stochastic' with quantizer='binary'"):
+        qat.SignMagConfig(quantizer="binary", bits=None, rounding="stochastic")
+    with pytest.raises(ConfigError, match="rounding"):
+        qat.SignMagConfig(bits=2, rounding="up")
 
 
 def test_packing_without_training_is_post_training_quantization_with_the_seed_grid():

@@ -21,6 +21,9 @@ packs each target (trained or not: without QAT it is post-training quantization 
 quantizer) into a :class:`~tcomp_utils.methods.quantized.SignMagLinear` /
 :class:`~tcomp_utils.methods.quantized.SignMagEmbedding` whose weight equals the fake quantizer's
 evaluation-mode output bit for bit, so the packed model computes what the QAT model evaluated.
+With ``rounding="stochastic"`` the packed magnitudes are drawn as in training instead (seeded by
+``rounding_seed``): the seed re-quantizes stochastically at evaluation too, so its rows are one such
+draw each; a stored model can only hold one, and several seeds give their spread.
 
 Targets as in the seed (:data:`TARGETS`): ``attention`` = the Q/K/V projections of every attention
 (self and cross), ``linear`` = every linear layer of the blocks (not the LM head: the seed keeps
@@ -42,6 +45,7 @@ from .quant_grid import FP16_TINY
 from .quantized import SignMagEmbedding, SignMagLinear, signmag_value
 
 QUANTIZERS = ("seed", "binary", "binary_scaled")
+ROUNDINGS = ("nearest", "stochastic")
 TARGETS = {
     "attention": ["query", "key", "value", "cross_query", "cross_key", "cross_value"],
     "linear": [*adapters.ROLE_GROUPS["linear"], *adapters.CROSS_ROLES],
@@ -113,9 +117,9 @@ class FakeQuant(nn.Module):
         super().__init__()
         self.quantizer, self.bits = quantizer, bits
 
-    def codes(self, w: torch.Tensor, stochastic: bool):
+    def codes(self, w: torch.Tensor, stochastic: bool, generator: torch.Generator | None = None):
         if self.quantizer == "seed":
-            return seed_codes(w, self.bits, stochastic)
+            return seed_codes(w, self.bits, stochastic, generator)
         return binary_codes(w, self.quantizer == "binary_scaled")
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
@@ -134,17 +138,24 @@ class SignMagConfig(MethodConfig):
     """The seed's quantizer (``quantizer="seed"``, ``bits`` magnitude bits in [1, 8]: b + 1 stored
     bits a weight) or binary weights (``"binary"``, ``"binary_scaled"``; ``bits`` None or 1) on
     ``roles`` (a role, group or list: :func:`target_roles` gives the seed's targets; None: every
-    linear role).
+    linear role). ``rounding`` of the stored magnitudes: ``"nearest"`` (what the QAT model evaluates)
+    or ``"stochastic"`` (the seed's re-quantization at evaluation: one draw, seeded by ``rounding_seed``).
     ``prepare(model, config)`` trains with it; ``compress(model, config)`` stores it packed."""
 
     quantizer: str = "seed"
     bits: int | None = 8
+    rounding: str = "nearest"
+    rounding_seed: int = 0
 
     MAX_BITS: ClassVar[int] = 8
 
     def validate(self) -> None:
         super().validate()
         check_choice("quantizer", self.quantizer, QUANTIZERS)
+        check_choice("rounding", self.rounding, ROUNDINGS)
+        if self.rounding == "stochastic" and self.quantizer != "seed":
+            raise ConfigError(f"rounding='stochastic' with quantizer={self.quantizer!r}: binary weights have no "
+                              "rounding (only the seed's quantizer rounds magnitudes)")
         if self.quantizer == "seed":
             if isinstance(self.bits, bool) or not isinstance(self.bits, int) or not 1 <= self.bits <= self.MAX_BITS:
                 raise ConfigError(f"bits must be an integer in [1, {self.MAX_BITS}] for the seed's quantizer "
@@ -200,7 +211,8 @@ def prepare(model: nn.Module, config: SignMagConfig) -> list[adapters.RoleModule
 @register_method("signmag", SignMagConfig, family="quantization",
                  description="seed 003's sign-magnitude quantizer or binary weights, packed (after QAT or as PTQ)")
 def _signmag(model: nn.Module, config: SignMagConfig, calibration, progress) -> list[dict]:
-    """Pack every target at its nearest levels (what the fake quantizer gives in evaluation)."""
+    """Pack every target at its nearest levels (what the fake quantizer gives in evaluation), or at
+    levels drawn stochastically (``rounding="stochastic"``, one seeded draw over the targets in order)."""
     found = _selected(model, config)
     for rm in found:
         fq = rm.module.parametrizations.weight[0] if parametrize.is_parametrized(rm.module, "weight") else None
@@ -210,9 +222,10 @@ def _signmag(model: nn.Module, config: SignMagConfig, calibration, progress) -> 
         if not torch.isfinite(_original(rm.module)).all():
             raise ValueError(f"{rm.path} ({rm.role}) has non-finite weights")
     rows = []
+    draw = torch.Generator().manual_seed(config.rounding_seed)
     for rm in found:
         m, w = rm.module, _original(rm.module).detach()
-        negative, magnitude, scales = config.fake_quant().codes(w, stochastic=False)
+        negative, magnitude, scales = config.fake_quant().codes(w, config.rounding == "stochastic", draw)
         if isinstance(m, nn.Embedding):
             new = SignMagEmbedding.from_codes(negative, magnitude, scales, config.mag_bits, m.padding_idx)
         else:
