@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import shutil
 import sys
@@ -28,7 +29,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tcomp_utils import assets, files, tasks, translation  # noqa: E402
+from tcomp_utils import assets, files, translation  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "translation_learning_curve.csv"
 # the base of every variant: a Marian-style Transformer (post-norm, shared 8k unigram vocabulary),
@@ -53,9 +54,11 @@ VARIANTS = {
 }
 
 
-def run(name: str, threads: int, overrides: dict | None = None) -> tuple[pd.DataFrame, Path]:
+def run(name: str, threads: int, overrides: dict | None = None, keep: Path = OUT.with_name(OUT.stem + "_hypotheses")
+        ) -> tuple[pd.DataFrame, Path]:
     """Train variant ``name`` once (``overrides``: recipe fields set on top, e.g. for a quick check),
-    resuming from its checkpoint; its learning-curve rows and its final row, and the checkpoint's folder."""
+    resuming from its checkpoint; its learning-curve rows and its final row, and the checkpoint's folder.
+    The translations the final row scored go to ``keep/<name>.json.gz`` (split -> translations)."""
     recipe = dataclasses.replace(BASE, **{**VARIANTS[name], **(overrides or {})})
     torch.set_num_threads(threads)
     ckpt = assets.cache_dir() / "learning_curve" / f".ckpt-{name}-{recipe.key()}"
@@ -63,9 +66,12 @@ def run(name: str, threads: int, overrides: dict | None = None) -> tuple[pd.Data
     with tempfile.TemporaryDirectory() as tmp:
         out = translation.make(recipe, Path(tmp), checkpoint_dir=ckpt, progress=True)
         log = pd.read_csv(Path(tmp) / "log.csv")
-        model, tok = translation.load_folder(Path(tmp))
-    ding = tasks.load_task("en-de")
-    ood, _ = translation.evaluate(model, tok, ding["test"], ding.spec, None, recipe.max_length)
+        # the translations the final row scored, kept for paired comparisons between variants
+        keep.mkdir(parents=True, exist_ok=True)
+        with gzip.GzipFile(keep / f"{name}.json.gz", "wb", mtime=0) as fh:
+            fh.write((Path(tmp) / "hypotheses.json").read_bytes())
+    # the Ding sentences (out of domain) are scored by make() for every help-corpus model
+    ood = {k: out[f"ood_test_{k}"] for k in ("bleu", "chrf", "examples")}
     fields = dict(variant=name, d_model=recipe.d_model, layers=recipe.num_layers, lr=recipe.lr,
                   batch_size=recipe.batch_size, parameters=out["parameters"], threads=threads)
     curve = log[log.kind == "eval"][["step", "epoch", "elapsed_s", "val_bleu", "val_chrf"]].assign(kind="validation", **fields)
@@ -130,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     for name in args.variants:
-        rows, checkpoint = run(name, args.threads, args.set)
+        rows, checkpoint = run(name, args.threads, args.set, args.out.with_name(args.out.stem + "_hypotheses"))
         before = pd.read_csv(args.out) if args.out.is_file() else None  # re-read: another run may have appended
         files.write_csv_atomic(pd.concat([before, rows], ignore_index=True) if before is not None else rows, args.out)
         shutil.rmtree(checkpoint, ignore_errors=True)  # its rows are written: a rerun starts afresh

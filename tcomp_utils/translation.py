@@ -26,8 +26,9 @@ offline; seed 003 trains its own Transformer from scratch too).
   sacrebleu on detokenized text (:func:`tcomp_utils.metrics.translation_scores`).
 
 Cached under ``$TCOMP_CACHE/translation_models/<name>-<key>/``: weights (safetensors), tokenizer,
-``recipe.json``, ``metrics.json``, ``hypotheses.json`` (the greedy translations those metrics
-scored, per split) and ``log.csv`` (the training log: loss and validation BLEU per step, for loss
+``recipe.json``, ``metrics.json`` (validation and test scores; for the help corpus also
+``ood_test_*``, on the Ding sentences in the same direction, out of domain), ``hypotheses.json``
+(the greedy translations those metrics scored, per split) and ``log.csv`` (the training log: loss and validation BLEU per step, for loss
 curves). An interrupted training resumes from ``.ckpt-<name>-<key>/``.
 """
 from __future__ import annotations
@@ -51,6 +52,8 @@ ARCHITECTURES = ("transformer", "t5")
 TOKENIZERS = ("unigram", "bpe")
 # the embedded translation tasks and the asset that holds their pairs (part of a recipe's cache key)
 TASK_ASSETS = {"de-en": "de-en", "en-de": "de-en", "help-en-de": "libreoffice-help", "help-de-en": "libreoffice-help"}
+# a task's out-of-domain test set: the Ding dictionary sentences in the same direction, for the help corpus
+OUT_OF_DOMAIN = {"help-en-de": "en-de", "help-de-en": "de-en"}
 
 
 @dataclass(frozen=True)
@@ -313,6 +316,10 @@ def make(recipe: TranslationRecipe, out_dir: Path, checkpoint_dir: Path | None =
         scores, hypotheses[split] = evaluate(model, tokenizer, task[split], task.spec, recipe.eval_examples,
                                              recipe.max_length)
         out |= {f"{split}_{k}": v for k, v in scores.items()}
+    if recipe.task in OUT_OF_DOMAIN:  # every test number has its out-of-domain twin (all of that test split)
+        other = tasks.load_task(OUT_OF_DOMAIN[recipe.task])
+        scores, hypotheses["ood_test"] = evaluate(model, tokenizer, other["test"], other.spec, None, recipe.max_length)
+        out |= {f"ood_test_{k}": v for k, v in scores.items()} | {"ood_task": OUT_OF_DOMAIN[recipe.task]}
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     result.log.to_csv(out_dir / "log.csv", index=False)

@@ -140,6 +140,24 @@ def test_recipes_cache_and_reload_the_tokenizer_and_the_model(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == [info.path.name]  # nothing half-written, no checkpoint left
 
 
+def test_a_help_corpus_model_is_remade_bit_for_bit_and_scored_out_of_domain_too(tmp_path, monkeypatch):
+    """BPE vocabulary + one pinned thread: made twice, the same weights and the same translations; its
+    metrics carry the Ding sentences' BLEU (out of domain), with the translations they scored."""
+    monkeypatch.setattr(translation, "translation_model_dir", lambda: tmp_path)
+    recipe = dataclasses.replace(TINY, task="help-en-de", tokenizer="bpe")
+    model, _, info = translation.get_translation_model("tiny-help", recipe, progress=False)
+    ding = tasks.load_task("en-de")["test"]
+    assert info.metrics["ood_task"] == "en-de" and info.metrics["ood_test_examples"] == len(ding)
+    saved = json.loads((info.path / "hypotheses.json").read_text())
+    assert len(saved["ood_test"]) == len(ding)
+    assert metrics.translation_scores(saved["ood_test"], ding["de"])["bleu"] == info.metrics["ood_test_bleu"]
+    again, _, info2 = translation.get_translation_model("tiny-help", recipe, retrain=True, progress=False)
+    untimed = lambda m: {k: v for k, v in m.items() if k != "train_time_s"}  # noqa: E731
+    assert untimed(info2.metrics) == untimed(info.metrics)
+    for (name, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 @pytest.mark.slow
 def test_a_stopped_training_resumes_from_its_checkpoint_and_ends_as_an_unbroken_one(tmp_path, monkeypatch):
     task = tasks.load_task("de-en")
