@@ -1,4 +1,5 @@
 """`make figures` rebuilds the committed figures from the committed results, with no model."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +30,40 @@ def test_figures_rebuild_from_committed_results_without_models(tmp_path):
         assert committed.is_file(), f"figures/{name}.csv is not committed"
         pd.testing.assert_frame_equal(pd.read_csv(csv), pd.read_csv(committed))
         assert (ROOT / "figures" / f"{name}.png").is_file()
+
+
+def _axes_without_no_skill(fig) -> list[str]:
+    """The accuracy or F1 axes of ``fig`` that lack the no-skill line."""
+    from tcomp_utils.figures.no_skill import NO_SKILL_GID
+    missing = []
+    for ax in fig.axes:
+        label = f"{ax.get_xlabel()} {ax.get_ylabel()}"
+        if re.search(r"accuracy|\bF1\b", label, re.IGNORECASE) and not any(
+                line.get_gid() == NO_SKILL_GID for line in ax.lines):
+            missing.append(label.strip() or ax.get_title())
+    return missing
+
+
+def test_every_accuracy_or_f1_axis_draws_the_no_skill_line():
+    import matplotlib.pyplot as plt
+    from tcomp_utils.figures.no_skill import majority_accuracy, no_skill_line
+
+    fig, (bare, marked) = plt.subplots(1, 2)  # the check itself: it finds a bare accuracy axis
+    bare.set_ylabel("test accuracy (%)")
+    marked.set_xlabel("macro F1")
+    no_skill_line(marked, majority_accuracy("tweets3"), axis="x")
+    assert _axes_without_no_skill(fig) == ["test accuracy (%)"]
+    plt.close(fig)
+    checked = 0
+    for name, f in figures.FIGURES.items():
+        try:
+            fig, _ = f.draw(pd.read_csv(ROOT / f.source))
+        except figures.NothingToDraw:
+            continue
+        assert not _axes_without_no_skill(fig), (name, _axes_without_no_skill(fig))
+        checked += sum(bool(re.search("accuracy", f"{ax.get_xlabel()} {ax.get_ylabel()}", re.I)) for ax in fig.axes)
+        plt.close(fig)
+    assert checked >= 9  # offline (2), GPTQ, structured pruning, students (2), atlas (3)
 
 
 def test_every_figure_names_an_existing_sweep():

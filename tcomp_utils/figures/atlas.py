@@ -10,6 +10,7 @@ import pandas as pd
 import seaborn as sns
 
 from .markdown import _markdown
+from .no_skill import ENCODER_TASK, majority_accuracy, no_skill_line
 
 
 ATLAS_QUESTIONS = {"bytes": "Which family keeps the most quality per stored byte?",
@@ -43,6 +44,8 @@ def atlas_figure(axis: str) -> Callable[[pd.DataFrame], tuple[plt.Figure, pd.Dat
             ax.xaxis.set_minor_formatter(plain)
             if atlas.lower_is_better(metric):
                 ax.set_yscale("log")
+            elif "accuracy" in metric:  # a classifier's panel
+                no_skill_line(ax, majority_accuracy(ENCODER_TASK))
             ax.axvline(1, color="0.6", lw=0.8)
         if len(families) > 1:
             axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")

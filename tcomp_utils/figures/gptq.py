@@ -6,6 +6,7 @@ import pandas as pd
 import seaborn as sns
 
 from .markdown import _bold_best, _markdown
+from .no_skill import ENCODER_TASK, majority_accuracy, no_skill_line
 
 
 def _bits(ok: pd.DataFrame) -> pd.Series:
@@ -57,6 +58,8 @@ def _gptq_table(results: pd.DataFrame):
         ax.set(xticks=sorted(d.bits.unique()), xlabel="bits per weight (codes)", ylabel=label, title=model)
         if lower:
             ax.set_yscale("log")
+        else:  # the task model's accuracy
+            no_skill_line(ax, majority_accuracy(ENCODER_TASK))
     for ax in axes[1:]:
         ax.get_legend().remove()
     fig.suptitle("Post-training quantization: RTN vs GPTQ (all linear layers; embeddings in fp32)", y=1.02)

@@ -7,6 +7,7 @@ import seaborn as sns
 
 from .errors import NothingToDraw
 from .markdown import _bold_best, _markdown
+from .no_skill import ENCODER_TASK, majority_accuracy, no_skill_line
 
 
 STUDENT_OBJECTIVES = {"none": "untrained", "ce": "CE", "kd": "KD", "pkd": "PKD (best β)"}
@@ -48,7 +49,8 @@ def _student_table(results: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.7, 1]})
     sns.barplot(data=long, x="student", y="test accuracy (%)", hue="objective", ax=axes[0])
     axes[0].tick_params(axis="x", rotation=30)
-    lo = max(0.0, long["test accuracy (%)"].min() - 5)
+    majority = majority_accuracy(ENCODER_TASK)
+    lo = max(0.0, min(long["test accuracy (%)"].min(), majority) - 5)
     axes[0].set(ylim=(lo, 101), xlabel="", title="accuracy by training objective")
     # one row above the bars (the best reach the teacher's line, about 90 %)
     sns.move_legend(axes[0], "upper center", ncol=4, fontsize=8, title=None, frameon=True)
@@ -60,9 +62,10 @@ def _student_table(results: pd.DataFrame):
         axes[1].annotate(r.student, (r.latency, r["PKD (best β)"]), fontsize=7, rotation=25 if up else -25,
                          xytext=(3, 3) if up else (3, -3), textcoords="offset points", va="bottom" if up else "top")
     axes[1].set(xlabel="latency / teacher (CPU, 1 thread)", ylabel="PKD test accuracy (%)", title="accuracy vs time",
-                ylim=(pkd.min() - 3, pkd.max() + 4), xlim=(cells.latency.min() - 0.1, cells.latency.max() + 0.35))
+                ylim=(min(pkd.min(), majority) - 3, pkd.max() + 4), xlim=(cells.latency.min() - 0.1, cells.latency.max() + 0.35))
     for ax in axes:
         ax.axhline(cells.attrs["teacher_accuracy"], color="0.3", ls="--", lw=1)
+        no_skill_line(ax, majority)
     fig.suptitle("Which low-rank student keeps the teacher's accuracy once distilled, and at what speed?", y=1.02)
     return fig, cells.round(4)
 
