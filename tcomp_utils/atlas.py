@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from .majority import no_skill_quality
 from .pareto import pareto_mask
 
 # footprint axis -> (column, its dense column, label of the fraction of dense)
@@ -28,8 +29,10 @@ def lower_is_better(metric: str) -> bool:
 
 def points(results: pd.DataFrame) -> pd.DataFrame:
     """The ``ok`` rows with each footprint as a fraction of the dense model's (``bytes_frac``,
-    ``macs_frac``, ``latency_frac``, ``memory_frac``) and ``quality_loss``: how much worse than the
-    dense point of the same model (accuracy points lost, or perplexity increase in %)."""
+    ``macs_frac``, ``latency_frac``, ``memory_frac``), ``quality_loss``: how much worse than the
+    dense point of the same model (accuracy points lost, or perplexity increase in %), and
+    ``no_skill``: an accuracy at or below the majority class's (such a point learnt nothing: it is
+    never on a front nor a winner)."""
     ok = results[results.status == "ok"].copy()
     for axis, (col, dense, _) in AXES.items():
         ok[f"{axis}_frac"] = ok[col] / ok[dense]
@@ -37,16 +40,18 @@ def points(results: pd.DataFrame) -> pd.DataFrame:
     base = ok.model.map(dense_quality)
     lower = ok.quality_metric.map(lower_is_better)
     ok["quality_loss"] = (ok.quality / base - 1).mul(100).where(lower, base - ok.quality)
+    floor = ok.quality_metric.map(no_skill_quality)
+    ok["no_skill"] = floor.notna() & (ok.quality <= floor)
     return ok.reset_index(drop=True)
 
 
 def front(pts: pd.DataFrame, axis: str) -> pd.DataFrame:
     """The Pareto front of each model on ``axis`` (a key of :data:`AXES`) against quality, sorted by
-    the axis: the points that no other point of the same model beats on both."""
+    the axis: the points above no skill that no other point of the same model beats on both."""
     if axis not in AXES:
         raise KeyError(f"unknown axis {axis!r}; allowed: {', '.join(AXES)}")
     out = []
-    for _, g in pts.groupby("model", sort=False):
+    for _, g in pts[~pts.no_skill].groupby("model", sort=False):
         lower = lower_is_better(g.quality_metric.iloc[0])
         mask = pareto_mask(g, minimize=[f"{axis}_frac"] + (["quality"] if lower else []),
                            maximize=[] if lower else ["quality"])
@@ -64,7 +69,7 @@ def winners(pts: pd.DataFrame, axis: str, factors: Sequence[float]) -> pd.DataFr
     for model, g in pts.groupby("model", sort=False):
         lower = lower_is_better(g.quality_metric.iloc[0])
         for k in factors:
-            within = g[g[f"{axis}_frac"] <= 1 / k + 1e-9]
+            within = g[(g[f"{axis}_frac"] <= 1 / k + 1e-9) & ~g.no_skill]
             if within.empty:
                 rows.append({"model": model, "factor": k})
                 continue

@@ -53,6 +53,21 @@ def test_winners_take_the_best_quality_within_each_budget_and_leave_unreached_on
     assert won.loc[("dec", 2), "pipeline"] == "e"  # lower perplexity wins
 
 
+def test_a_point_at_or_below_no_skill_is_never_on_a_front_nor_a_winner():
+    """An encoder point at the majority class's accuracy with the fewest bytes and MACs of all would
+    head both fronts and win every budget; it learnt nothing, so it does neither (and is flagged)."""
+    from tcomp_utils.majority import majority_accuracy
+
+    results = _results()
+    dead = dict(results.iloc[1], pipeline="collapsed", quality=majority_accuracy(), bytes=2.0, macs_per_token=1.0)
+    pts = atlas.points(pd.concat([results, pd.DataFrame([dead])], ignore_index=True))
+    assert pts.set_index("pipeline").no_skill.to_dict() == {p: p == "collapsed" for p in pts.pipeline}
+    for axis in ("bytes", "macs"):
+        assert "collapsed" not in set(atlas.front(pts, axis).pipeline)
+    won = atlas.winners(pts, "bytes", [8, 20]).set_index(["model", "factor"])
+    assert won.loc[("enc", 8), "pipeline"] == "b" and pd.isna(won.loc[("enc", 20), "pipeline"])
+
+
 def test_the_atlas_figures_and_readme_table_render_from_the_points():
     from tcomp_utils import figures
 

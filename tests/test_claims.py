@@ -1133,6 +1133,18 @@ def test_student_table_claims():
 REPRESENTED_BY = {"composable_table": "composable_config"}
 
 
+def test_the_atlas_names_its_points_at_or_below_no_skill():
+    from tcomp_utils import atlas
+    from tcomp_utils.majority import majority_accuracy
+
+    pts = atlas.points(table("atlas", "results"))
+    dead = pts[pts.no_skill]
+    assert sorted(dead.pipeline) == ["ae(ratio=10, roles='ffn')", "ae(ratio=3, roles='ffn')", "pruning(ratio=10)",
+                                     "svd(ratio=10)"]
+    assert (dead.model == "minilm-l6-tweets").all() and dead[dead.family == "autoencoder"].quality.max() < 32
+    says(README, f"majority class's ({majority_accuracy():.1f} % of the", f"winner ({len(dead)} tweet points")
+
+
 def test_make_run_represents_every_table_and_says_whether_it_reproduced():
     from tcomp_utils import figures, reproduce
     specs = reproduce.load_specs(sorted(str(p) for p in (ROOT / "papermill_runs").glob("*.yaml")), None, None)

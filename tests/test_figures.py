@@ -46,7 +46,8 @@ def _axes_without_no_skill(fig) -> list[str]:
 
 def test_every_accuracy_or_f1_axis_draws_the_no_skill_line():
     import matplotlib.pyplot as plt
-    from tcomp_utils.figures.no_skill import majority_accuracy, no_skill_line
+    from tcomp_utils.figures.no_skill import no_skill_line
+    from tcomp_utils.majority import majority_accuracy
 
     fig, (bare, marked) = plt.subplots(1, 2)  # the check itself: it finds a bare accuracy axis
     bare.set_ylabel("test accuracy (%)")

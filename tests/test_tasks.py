@@ -46,7 +46,7 @@ def test_the_three_class_tweets_have_their_counts_disjoint_splits_and_the_binary
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["tweets", "tweets3"])
 def test_the_figures_majority_counts_are_those_of_the_test_splits(task):
-    from tcomp_utils.figures.no_skill import TEST_MAJORITY
+    from tcomp_utils.majority import TEST_MAJORITY
     labels = tasks.load_task(task)["test"]["label"]
     assert TEST_MAJORITY[task] == (max(Counter(labels).values()), len(labels))
 

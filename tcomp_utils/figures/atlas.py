@@ -9,8 +9,9 @@ import matplotlib.ticker
 import pandas as pd
 import seaborn as sns
 
+from ..majority import majority_accuracy
 from .markdown import _markdown
-from .no_skill import ENCODER_TASK, majority_accuracy, no_skill_line
+from .no_skill import no_skill_line
 
 
 ATLAS_QUESTIONS = {"bytes": "Which family keeps the most quality per stored byte?",
@@ -45,7 +46,11 @@ def atlas_figure(axis: str) -> Callable[[pd.DataFrame], tuple[plt.Figure, pd.Dat
             if atlas.lower_is_better(metric):
                 ax.set_yscale("log")
             elif "accuracy" in metric:  # a classifier's panel
-                no_skill_line(ax, majority_accuracy(ENCODER_TASK))
+                no_skill_line(ax, majority_accuracy())
+            dead = g[g.no_skill]
+            if len(dead):  # learnt nothing: marked, never on the front
+                ax.scatter(dead[x], dead.quality, marker="x", color="0.2", s=40, zorder=3,
+                           label=f"at or below no skill ({len(dead)})")
             ax.axvline(1, color="0.6", lw=0.8)
         if len(families) > 1:
             axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")

@@ -5,8 +5,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from ..majority import majority_accuracy
 from .markdown import _bold_best, _markdown
-from .no_skill import ENCODER_TASK, majority_accuracy, no_skill_line
+from .no_skill import no_skill_line
 
 
 def _bits(ok: pd.DataFrame) -> pd.Series:
@@ -59,7 +60,7 @@ def _gptq_table(results: pd.DataFrame):
         if lower:
             ax.set_yscale("log")
         else:  # the task model's accuracy
-            no_skill_line(ax, majority_accuracy(ENCODER_TASK))
+            no_skill_line(ax, majority_accuracy())
     for ax in axes[1:]:
         ax.get_legend().remove()
     fig.suptitle("Post-training quantization: RTN vs GPTQ (all linear layers; embeddings in fp32)", y=1.02)

@@ -6,9 +6,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from ..majority import majority_accuracy
 from .errors import NothingToDraw
 from .markdown import _bold_best, _markdown
-from .no_skill import ENCODER_TASK, majority_accuracy, no_skill_line
+from .no_skill import no_skill_line
 
 
 def _label(results: pd.DataFrame) -> pd.Series:
@@ -36,7 +37,7 @@ def _offline_accuracy(results: pd.DataFrame):
                        col_order=cols, kind="line", markers=True, dashes=False, height=3.6, aspect=1.15)
     has_ci = "test_accuracy_lo" in ok and ok.test_accuracy_lo.notna().any()
     palette = {t.get_text(): h.get_color() for t, h in zip(grid.legend.texts, grid.legend.legend_handles)} if has_ci else {}
-    majority = majority_accuracy(ENCODER_TASK)
+    majority = majority_accuracy()
     for role, ax in zip(cols, grid.axes.flat):
         ax.axhline(baseline, color="0.3", ls="--", lw=1)
         ax.text(ratios[-1], baseline, " uncompressed", va="bottom", ha="right", fontsize=8, color="0.3")
@@ -89,7 +90,7 @@ def _offline_finetune(results: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(data) + 1.2))
     sns.barplot(data=long, y="variant", x="test accuracy (%)", hue="when", ax=ax)
     ax.axvline(100 * tuned.baseline_test_accuracy.iloc[0], color="0.3", ls="--", lw=1, label="uncompressed")
-    no_skill_line(ax, majority_accuracy(ENCODER_TASK), axis="x")
+    no_skill_line(ax, majority_accuracy(), axis="x")
     ax.set(ylabel="", xlim=(40, 100), title="Short fine-tuning recovers what offline compression loses")
     ax.legend(loc="lower right", fontsize=8)
     return fig, data

@@ -7,8 +7,9 @@ import matplotlib.ticker
 import pandas as pd
 import seaborn as sns
 
+from ..majority import majority_accuracy
 from .markdown import _bold_best, _markdown
-from .no_skill import ENCODER_TASK, majority_accuracy, no_skill_line
+from .no_skill import no_skill_line
 
 
 PRUNING_ORDER = ["id", "fisher", "magnitude", "random"]
@@ -30,7 +31,7 @@ def _pruning_encoder(results: pd.DataFrame):
         axes[1].plot(d.macs_ratio, d.prune_seconds, "o-", color=color)
     for accuracy in dense.test_accuracy[:1]:
         axes[0].axhline(100 * accuracy, color="0.3", ls="--", lw=1)
-    no_skill_line(axes[0], majority_accuracy(ENCODER_TASK))
+    no_skill_line(axes[0], majority_accuracy())
     axes[0].set(xlabel="MACs per token kept (fraction of dense, 128 tokens)", ylabel="test accuracy (%)",
                 title="Accuracy vs MAC budget, no retraining")
     axes[0].invert_xaxis()

@@ -5,9 +5,10 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from ..majority import majority_accuracy
 from .errors import NothingToDraw
 from .markdown import _bold_best, _markdown
-from .no_skill import ENCODER_TASK, majority_accuracy, no_skill_line
+from .no_skill import no_skill_line
 
 
 STUDENT_OBJECTIVES = {"none": "untrained", "ce": "CE", "kd": "KD", "pkd": "PKD (best β)"}
@@ -49,7 +50,7 @@ def _student_table(results: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.7, 1]})
     sns.barplot(data=long, x="student", y="test accuracy (%)", hue="objective", ax=axes[0])
     axes[0].tick_params(axis="x", rotation=30)
-    majority = majority_accuracy(ENCODER_TASK)
+    majority = majority_accuracy()
     lo = max(0.0, min(long["test accuracy (%)"].min(), majority) - 5)
     axes[0].set(ylim=(lo, 101), xlabel="", title="accuracy by training objective")
     # one row above the bars (the best reach the teacher's line, about 90 %)
