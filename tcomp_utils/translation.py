@@ -7,8 +7,8 @@ offline; seed 003 trains its own Transformer from scratch too).
   shared vocabulary of ``vocab_size``), wrapped as a transformers fast tokenizer: ``<pad>`` = 0,
   ``</s>`` = 1 (appended to every sequence), ``<unk>`` = 2, as T5's. The unigram trainer gives
   another vocabulary on every run (even on one thread), so a unigram model cannot be remade bit for
-  bit; the BPE trainer gives the same vocabulary every time (tested), which the recipes of the help
-  corpus use.
+  bit; the BPE trainer gives the same vocabulary every time (tested), so the help-corpus models use it
+  (``tokenizer="bpe"``).
 * **Model** (``architecture``): ``"transformer"``, the seed's vanilla Transformer (post-norm,
   sinusoidal positions, embeddings scaled by √d_model and shared by encoder and decoder), built as
   transformers' ``MarianMTModel`` from a ``MarianConfig``; or ``"t5"``, a ``T5ForConditionalGeneration``
@@ -28,8 +28,8 @@ offline; seed 003 trains its own Transformer from scratch too).
 Cached under ``$TCOMP_CACHE/translation_models/<name>-<key>/``: weights (safetensors), tokenizer,
 ``recipe.json``, ``metrics.json`` (validation and test scores; for the help corpus also
 ``ood_test_*``, on the Ding sentences in the same direction, out of domain), ``hypotheses.json``
-(the greedy translations those metrics scored, per split) and ``log.csv`` (the training log: loss and validation BLEU per step, for loss
-curves). An interrupted training resumes from ``.ckpt-<name>-<key>/``.
+(the greedy translations those metrics scored, per split) and ``log.csv`` (the training log: loss
+and validation BLEU per step, for loss curves). An interrupted training resumes from ``.ckpt-<name>-<key>/``.
 """
 from __future__ import annotations
 
