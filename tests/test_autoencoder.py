@@ -280,3 +280,38 @@ def test_compress_seeds_gives_what_compress_gives_per_seed_and_leaves_the_model(
     assert runs[0][1].phases["training"] > 0 and "capture" not in runs[1][1].phases
     with pytest.raises(ConfigError, match="seeds"):
         compress_seeds(model, cfg, 0)
+
+
+def test_early_stopping_stops_each_seed_after_patience_scorings_without_a_new_best():
+    """With ``patience`` p a seed stops once p held-out scorings in a row have not beaten the best by
+    ``min_improvement``; it keeps its lowest-error epoch; seeds trained together stop where they
+    stop alone; without patience every epoch runs (what the committed tables used)."""
+    from tcomp_utils.methods.autoencoder import RowGroup, decoder_widths_for, train_autoencoder, train_autoencoders
+    torch.manual_seed(0)
+    rows = torch.randn(40, 24) / 5
+    group = RowGroup([type("RM", (), {"module": nn.Linear(24, 40), "role": "layer"})()], rows, 5,
+                     decoder_widths_for(5, [2.0, 4.0]), [None])
+    fast = dict(select="weight_error", epochs=60, batch_size=8, lr=0.01, lr_step=5, lr_gamma=0.5)
+    configs = [method_config("ae", ratio=3, seed=s, patience=3, min_improvement=0.01, **fast) for s in (0, 7, 3)]
+    together = train_autoencoders(group, configs)
+    for c, fit in zip(configs, together):
+        errors = [h["held_out_error"] for h in fit["history"]]
+        assert fit["epochs_run"] == len(errors) < 60  # stopped early
+        best, last_gain = errors[0], 0  # the rule replayed on the recorded errors
+        for e, err in enumerate(errors[1:], 1):
+            if err < best * 0.99:
+                last_gain = e
+            best = min(best, err)
+        assert len(errors) == last_gain + 3 + 1
+        assert fit["held_out_error"] == min(errors) == errors[fit["epoch"]]
+        alone = train_autoencoder(group, c)
+        assert (alone["epochs_run"], alone["epoch"]) == (fit["epochs_run"], fit["epoch"])
+        torch.testing.assert_close(alone["latents"], fit["latents"], rtol=1e-5, atol=1e-6)
+    assert len({f["epochs_run"] for f in together}) > 1  # each seed stops at an epoch of its own
+    assert train_autoencoder(group, method_config("ae", ratio=3, seed=0, **fast))["epochs_run"] == 60
+    with pytest.raises(ConfigError, match="patience=3 needs a held-out selection"):
+        method_config("ae", ratio=3, select="last", patience=3)
+    with pytest.raises(ConfigError, match="patience must be an integer >= 0, got -1"):
+        method_config("ae", ratio=3, patience=-1)
+    with pytest.raises(ConfigError, match=r"min_improvement must be a fraction in \[0, 1\), got 1.5"):
+        method_config("ae", ratio=3, patience=2, min_improvement=1.5)

@@ -81,6 +81,8 @@ class AEConfig(MethodConfig):
     lr_step: int = 10
     lr_gamma: float = 0.8
     select: str = "output_error"
+    patience: int = 0  # early stopping: stop after this many held-out scorings without a new best (0: never)
+    min_improvement: float = 1e-3  # ... a new best by at least this fraction of the best error
     seed: int = 0
 
     MODES: ClassVar[tuple[str, ...]] = ("separated", "concatenated")
@@ -108,6 +110,13 @@ class AEConfig(MethodConfig):
         check_int("batch_size", self.batch_size)
         check_int("lr_step", self.lr_step)
         check_int("seed", self.seed, low=0)
+        check_int("patience", self.patience, low=0)
+        if self.patience and self.select == "last":
+            raise ConfigError(f"patience={self.patience} needs a held-out selection (select='output_error' or "
+                              "'weight_error'); select='last' scores nothing to stop on")
+        if isinstance(self.min_improvement, bool) or not isinstance(self.min_improvement, (int, float)) \
+                or not 0 <= self.min_improvement < 1:
+            raise ConfigError(f"min_improvement must be a fraction in [0, 1), got {self.min_improvement!r}")
         for name, high in (("lr", None), ("lr_gamma", 1.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0 or (high is not None and v > high):
@@ -173,7 +182,8 @@ def _autoencoder(model, config: AEConfig, calibration, progress, together: Seeds
         for rm in g.rms:
             rows_out.append(module_row(rm, rm.module, new[rm.path], sharing=len(g.rms), rank=new[rm.path].rank_label,
                                        rel_error=MEASURED, held_out_error=fit["held_out_error"], epoch_kept=fit["epoch"],
-                                       train_seconds=seconds / len(g.rms)))
+                                       train_seconds=seconds / len(g.rms),
+                                       **({"epochs_run": fit["epochs_run"]} if config.patience else {})))
         for rm in g.rms:
             replace(model, rm, new[rm.path])
     return rows_out

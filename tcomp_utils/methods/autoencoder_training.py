@@ -20,7 +20,11 @@ a CPU, by S.
 scored (``select="output_error"``: the relative output error ``‖X(W − Ŵ)ᵀ‖ / ‖XWᵀ‖`` of the
 module(s) on calibration tokens, from their Gram matrix XᵀX; for an embedding table the error of
 the rows looked up, weighted by token frequency; ``"weight_error"``: ‖W − Ŵ‖_F / ‖W‖_F; ``"last"``:
-the last epoch) and the best epoch is kept.
+the last epoch) and the best epoch is kept. With ``patience`` p > 0 a seed stops once p scorings in
+a row have not improved on its best by the fraction ``min_improvement`` (early stopping; the best
+epoch is still the one kept; ``epochs`` is then the most it may train): its
+network keeps running in the joint step until every seed has stopped, but nothing after its stop is
+recorded or kept, so each seed stops where it would alone.
 """
 from __future__ import annotations
 
@@ -175,8 +179,9 @@ def train_autoencoders(group: RowGroup, configs: list[MethodConfig], progress: b
     parameters.
 
     Returns per config the kept ``decoder`` (:class:`AEDecoder`), ``latents`` (N × x), ``norms``
-    (N, or None), the per-epoch ``history`` (loss, held-out error), the kept ``epoch`` and its
-    ``held_out_error``."""
+    (N, or None), the per-epoch ``history`` (loss, held-out error) up to its stop, the kept
+    ``epoch`` and its ``held_out_error``, and ``epochs_run`` (fewer than ``epochs`` when early
+    stopping ended it)."""
     config = configs[0]
     if any(dataclasses.replace(c, seed=config.seed) != config for c in configs):
         raise ValueError("autoencoders trained together must share every setting but the seed")
@@ -199,6 +204,8 @@ def train_autoencoders(group: RowGroup, configs: list[MethodConfig], progress: b
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.lr_step, gamma=config.lr_gamma)
     histories: list[list[dict]] = [[] for _ in configs]
     best: list[dict[str, Any] | None] = [None] * len(configs)
+    stale = [0] * len(configs)         # held-out scorings since the seed's best
+    stopped: list[int | None] = [None] * len(configs)  # the epoch a seed stopped at (early stopping)
     for epoch in tqdm(range(config.epochs), desc=f"ae {group.rms[0].role} x{group.latent}", disable=not progress,
                       leave=False):
         total = torch.zeros(len(configs))
@@ -221,18 +228,27 @@ def train_autoencoders(group: RowGroup, configs: list[MethodConfig], progress: b
             latents, recon = everyone(params, buffers, target)
             recon = _rescaled(recon, norms_scaled * scale) if norms_scaled is not None else recon * scale
         for s, (h, loss_) in enumerate(zip(histories, losses)):
+            if stopped[s] is not None:  # trained on with the others, but no longer this seed's model
+                continue
             err = _held_out_error(group, recon[s])
             h.append(dict(epoch=epoch, loss=loss_, held_out_error=err))
+            stale[s] += 1
+            if best[s] is None or err < best[s]["error"] * (1 - config.min_improvement):
+                stale[s] = 0
             if best[s] is None or err < best[s]["error"] or config.select == "last":
                 best[s] = dict(error=err, epoch=epoch, latents=latents[s].clone(),
                                decoder={k.removeprefix("decoder."): of_seed(v, s).detach().clone()
                                         for k, v in params.items() if k.startswith("decoder.")})
+            if config.patience and stale[s] >= config.patience:
+                stopped[s] = epoch
+        if all(e is not None for e in stopped):
+            break
     norms = norms_scaled * scale if norms_scaled is not None else None
     fits = []
     for decoder, b, h in zip(decoders, best, histories):
         decoder.net.load_state_dict(b["decoder"])
         fits.append(dict(decoder=decoder, latents=b["latents"], norms=norms, history=h, epoch=b["epoch"],
-                         held_out_error=b["error"]))
+                         held_out_error=b["error"], epochs_run=len(h)))
     return fits
 
 
