@@ -280,3 +280,91 @@ def test_a_readme_table_renders_from_a_table_with_missing_cells(name, tmp_path):
     assert "|" in text and "cells ok" in text
     _results_with_missing_cells(tmp_path / "none", str(Path(table.source).parent), keep=lambda n: False)
     assert "No cell of this table has been computed" in figures.readme_tables(tmp_path / "none", [name])[name]
+
+
+def _offline_rows(variants) -> pd.DataFrame:
+    """Seed 000's offline cells (no fine-tuning) for each (method, mode, roles) of ``variants``."""
+    return pd.DataFrame([dict(status="ok", method=method, mode=mode, roles=roles, ratio=ratio, finetune_steps=None,
+                              test_accuracy=0.9 - 0.05 * k, baseline_test_accuracy=0.9)
+                         for method, mode, roles in variants for k, ratio in enumerate((2, 10))])
+
+
+def test_offline_figure_gives_each_method_one_colour_and_each_mode_one_line_style():
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+    from tcomp_utils.figures.offline import VARIANT_GID
+
+    variants = [(m, mode, roles) for roles in ("qkv", "ffn") for m in ("svd", "ae", "pruning", "tucker")
+                for mode in ("separated", "concatenated")] + [("tucker", "qkv", "qkv"), ("asvd", "separated", "ffn")]
+    fig, _ = figures._offline_accuracy(_offline_rows(variants))
+    lines = {tuple(line.get_gid().split(":")[1:]): line for ax in fig.axes for line in ax.lines
+             if (line.get_gid() or "").startswith(VARIANT_GID)}
+    assert set(lines) == {(roles, m, mode) for m, mode, roles in variants}  # one line per variant and panel
+    colour = {}
+    style = {}
+    for (_, method, mode), line in lines.items():
+        colour.setdefault(method, set()).add(matplotlib.colors.to_hex(line.get_color()))
+        style.setdefault(mode, set()).add((line.get_linestyle(), line.get_marker()))
+    assert all(len(c) == 1 for c in colour.values()), colour  # one colour per method, in every panel and mode
+    assert len({c.pop() for c in colour.values()}) == len(colour)  # and no two methods share one
+    assert all(len(s) == 1 for s in style.values()), style  # one line style and marker per mode
+    assert len({s.pop() for s in style.values()}) == len(style)
+    plt.close(fig)
+    with pytest.raises(ValueError, match=r"'nope'.*allowed: svd"):
+        figures._offline_accuracy(_offline_rows([("nope", "separated", "ffn")]))
+
+
+def test_atlas_perplexity_panel_clips_off_scale_points_at_the_edge_and_labels_them():
+    import matplotlib.pyplot as plt
+    from tcomp_utils import atlas
+    from tcomp_utils.figures.atlas import CLIPPED_GID, PERPLEXITY_CLIP
+
+    results = pd.read_csv(ROOT / "papermill_runs/atlas/results.csv")
+    pts = atlas.points(results)
+    for axis in figures.ATLAS_QUESTIONS:
+        fig, _ = figures.atlas_figure(axis)(results)
+        panels = 0
+        for ax in fig.axes:
+            g = pts[pts.model == ax.get_title()]
+            if g.empty or not atlas.lower_is_better(g.quality_metric.iloc[0]):
+                continue
+            panels += 1
+            clip = PERPLEXITY_CLIP * g.quality[g.pipeline == "dense"].iloc[0]
+            over = g[g.quality > clip].sort_values(f"{axis}_frac")
+            assert len(over) >= 3  # the committed SVD, ASVD and pruning points are off scale
+            low, high = ax.get_ylim()
+            assert high == pytest.approx(clip) and low <= g.quality.min()  # the informative range fills the axis
+            assert f"{PERPLEXITY_CLIP:g}× dense" in ax.get_ylabel()  # the cut is stated
+            marks = [c for c in ax.collections if c.get_gid() == CLIPPED_GID]
+            assert len(marks) == 1
+            xy = marks[0].get_offsets()
+            assert sorted(xy[:, 0]) == pytest.approx(list(over[f"{axis}_frac"]))
+            assert list(xy[:, 1]) == pytest.approx([clip] * len(over))  # drawn at the clip edge
+            texts = sorted((t for t in ax.texts if t.get_gid() == CLIPPED_GID), key=lambda t: t.xy[0])
+            assert [t.get_text() for t in texts] == [f"{q:.2g}" for q in over.quality]  # each labelled with its value
+            for c in ax.collections:  # nothing else drawn above the clip
+                if c.get_gid() != CLIPPED_GID and len(c.get_offsets()):
+                    assert max(c.get_offsets()[:, 1]) <= clip
+        assert panels == 1
+        plt.close(fig)
+
+
+def _composable_summary(**dense) -> pd.DataFrame:
+    return pd.DataFrame([dict(configuration=c, val_bleu_before_baseline=1.0, val_bleu_before_composed=1.5,
+                              test_bleu_baseline=3.2, test_bleu_composed=3.5, **dense) for c in ("a25-l30", "a50-l70")])
+
+
+def test_composable_bleu_draws_each_split_against_the_dense_models_score_on_that_split():
+    import matplotlib.pyplot as plt
+    from tcomp_utils.figures.composable import DENSE_GID
+
+    def references(fig) -> list[list[float]]:
+        return [[line.get_ydata()[0] for line in ax.lines if line.get_gid() == DENSE_GID] for ax in fig.axes[:2]]
+
+    fig, _ = figures.composable_bleu(_composable_summary(dense_val_bleu=2.1, dense_test_bleu=3.9))
+    assert references(fig) == [[2.1], [3.9]]  # validation against validation, test against test
+    plt.close(fig)
+    fig, _ = figures.composable_bleu(_composable_summary(dense_test_bleu=3.9))  # the committed summary's columns
+    assert references(fig) == [[], [3.9]]  # no test score drawn as the validation reference
+    assert any("not recorded" in t.get_text() for t in fig.axes[0].texts)  # and the panel says why it has none
+    plt.close(fig)

@@ -2,6 +2,7 @@
 the README table of its verdicts."""
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import matplotlib.pyplot as plt
@@ -14,6 +15,13 @@ from .markdown import _markdown
 from .no_skill import no_skill_line
 
 
+# A perplexity panel's axis ends at 4x its dense model's perplexity, i.e. 2 bits more cross-entropy per token
+# than dense (log2 4): a model that far off has lost most of what dense predicts, and only how far matters, so
+# a point beyond is drawn at that edge as an up-triangle with its value printed (gid CLIPPED_GID) and the
+# panel's axis spans the points still worth comparing.
+PERPLEXITY_CLIP = 4.0
+CLIPPED_GID = "off-scale"
+
 ATLAS_QUESTIONS = {"bytes": "Which family keeps the most quality per stored byte?",
                    "macs": "Which family keeps the most quality per MAC?",
                    "latency": "Which compressed models are really faster on a CPU (one thread)?"}
@@ -22,7 +30,8 @@ ATLAS_QUESTIONS = {"bytes": "Which family keeps the most quality per stored byte
 def atlas_figure(axis: str) -> Callable[[pd.DataFrame], tuple[plt.Figure, pd.DataFrame]]:
     """The atlas on one footprint ``axis`` (bytes, macs or latency, as a fraction of the dense
     model's): quality against it, one panel per model, one colour per family, the Pareto front
-    dashed; returns the figure and the front's points."""
+    dashed; a perplexity axis ends at :data:`PERPLEXITY_CLIP` × the dense model's, the points beyond
+    drawn at that edge with their values; returns the figure and the front's points."""
     from .. import atlas
 
     def draw(results: pd.DataFrame):
@@ -36,15 +45,23 @@ def atlas_figure(axis: str) -> Callable[[pd.DataFrame], tuple[plt.Figure, pd.Dat
         for i, (ax, model) in enumerate(zip(axes[0], models)):
             g, f = pts[pts.model == model], fr[fr.model == model]
             metric = g.quality_metric.iloc[0]
-            sns.scatterplot(data=g, x=x, y="quality", hue="family", hue_order=families, palette=palette, s=45, ax=ax,
-                            legend=i == len(models) - 1)
-            ax.plot(f[x], f.quality, color="0.25", lw=1, ls="--", zorder=0, label="Pareto front")
+            dense = g.quality[g.pipeline == "dense"]
+            clip = PERPLEXITY_CLIP * dense.iloc[0] if atlas.lower_is_better(metric) and len(dense) else None
+            over = g[g.quality > clip] if clip is not None else g.iloc[:0]  # off scale: drawn at the edge
+            shown = g.drop(over.index)
+            sns.scatterplot(data=shown, x=x, y="quality", hue="family", hue_order=families, palette=palette, s=45,
+                            ax=ax, legend=i == len(models) - 1)
+            ax.plot(f[x], f.quality.clip(upper=clip), color="0.25", lw=1, ls="--", zorder=0, label="Pareto front")
             ax.set(xscale="log", xlabel=atlas.AXES[axis][2], ylabel=metric, title=model)
             plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
             ax.xaxis.set_major_formatter(plain)
             ax.xaxis.set_minor_formatter(plain)
             if atlas.lower_is_better(metric):
                 ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(plain)
+                ax.yaxis.set_minor_formatter(plain)
+                if clip is not None:
+                    _clip_panel(ax, shown.quality.min(), over, x, clip, palette)
             elif "accuracy" in metric:  # a classifier's panel
                 no_skill_line(ax, majority_accuracy())
             dead = g[g.no_skill]
@@ -58,6 +75,24 @@ def atlas_figure(axis: str) -> Callable[[pd.DataFrame], tuple[plt.Figure, pd.Dat
         fig.tight_layout()
         return fig, fr[["model", "family", "pipeline", x, "quality", "quality_loss"]].round(4)
     return draw
+
+
+def _clip_panel(ax: plt.Axes, low: float, over: pd.DataFrame, x: str, clip: float, palette: dict) -> None:
+    """End the perplexity axis at ``clip``; draw the points ``over`` it at that edge, each an
+    up-triangle in its family's colour with its perplexity printed below (staggered: neighbours may
+    sit close on the x axis), and say so in the axis label."""
+    ax.set_ylim(low / 1.1, clip)
+    ax.grid(True, which="minor", axis="y")  # within one decade the log axis has no major tick to grid
+    ax.set_ylabel(f"{ax.get_ylabel()}\n▲ off scale: above {PERPLEXITY_CLIP:g}× dense "
+                  f"(+{math.log2(PERPLEXITY_CLIP):g} bits/token)")
+    if over.empty:
+        return
+    over = over.sort_values(x)
+    ax.scatter(over[x], [clip] * len(over), marker="^", s=70, c=[palette[f] for f in over.family], edgecolors="0.2",
+               zorder=4, clip_on=False, gid=CLIPPED_GID, label=f"off scale (> {PERPLEXITY_CLIP:g}× dense)")
+    for k, (xv, q) in enumerate(zip(over[x], over.quality)):
+        ax.annotate(f"{q:.2g}", (xv, clip), xytext=(0, -8 - 9 * (k % 2)), textcoords="offset points", ha="center",
+                    va="top", fontsize=7, color="0.2", gid=CLIPPED_GID)
 
 
 ATLAS_BUDGETS = (("bytes", (2, 4, 8), "fewer stored bytes"), ("macs", (1.5, 2), "fewer MACs per token"))

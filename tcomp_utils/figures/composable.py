@@ -9,23 +9,30 @@ from .markdown import _markdown
 
 
 COMPOSABLE_ARMS = {"baseline": "pruned, model-level only", "composed": "composed from module-level fine-tuned units"}
+DENSE_GID = "dense-reference"  # the gid of a panel's dense-model line, by which a test finds it
 
 
 def composable_bleu(summary: pd.DataFrame):
     """Seed 002's table as a figure: per configuration, validation BLEU before model-level
-    fine-tuning and test BLEU after it, for the baseline and the composed model; the dense model's
-    test BLEU dashed."""
+    fine-tuning and test BLEU after it, for the baseline and the composed model; each panel's dashed
+    line is the dense model's BLEU on that panel's split (``dense_val_bleu``, ``dense_test_bleu``),
+    and a panel whose dense score the summary lacks says so instead of drawing another split's."""
     long = pd.concat([summary.assign(arm=arm, before=summary[f"val_bleu_before_{arm}"],
                                      after=summary[f"test_bleu_{arm}"])
                       for arm in COMPOSABLE_ARMS], ignore_index=True)
     long["arm"] = long.arm.map(COMPOSABLE_ARMS)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
-    for ax, col, title in ((axes[0], "before", "before model-level fine-tuning (validation)"),
-                           (axes[1], "after", "after model-level fine-tuning (test)")):
+    for ax, col, split, dense in ((axes[0], "before", "validation", "dense_val_bleu"),
+                                  (axes[1], "after", "test", "dense_test_bleu")):
         sns.barplot(data=long, x="configuration", y=col, hue="arm", ax=ax, hue_order=list(COMPOSABLE_ARMS.values()))
-        if "dense_test_bleu" in summary:
-            ax.axhline(summary.dense_test_bleu.iloc[0], color="0.3", ls="--", lw=1)
-        ax.set(xlabel="configuration (attention rate, linear rate)", ylabel="BLEU", title=title)
+        if dense in summary and summary[dense].notna().any():
+            ax.axhline(summary[dense].dropna().iloc[0], color="0.3", ls="--", lw=1, label=f"dense model ({split})",
+                       gid=DENSE_GID)
+        else:
+            ax.text(0.01, 0.98, f"dense model's {split} BLEU not recorded", transform=ax.transAxes, ha="left",
+                    va="top", fontsize=8, color="0.3")
+        ax.set(xlabel="configuration (attention rate, linear rate)", ylabel="BLEU",
+               title=f"{col} model-level fine-tuning ({split})")
         ax.tick_params(axis="x", rotation=30)
     axes[0].get_legend().remove()
     axes[1].legend(fontsize=8, loc="lower left")

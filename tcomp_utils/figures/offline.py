@@ -5,6 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from matplotlib.lines import Line2D
 
 from ..majority import majority_accuracy
 from .errors import NothingToDraw
@@ -22,44 +23,72 @@ def _finetune_steps(results: pd.DataFrame) -> pd.Series:
 
 
 ROLE_ORDER = ["qkv", "ffn", "embeddings"]
+METHOD_ORDER = ["svd", "ae", "pruning", "asvd", "fwsvd", "tucker", "kronecker", "falcon"]
+MODE_ORDER = ["separated", "concatenated", "qkv", "qkv-concatenated"]
+# one colour per method, the same in every panel and run: tab10 without its grey (the reference lines' colour)
+# and olive (near green); the colorblind palette's orange/vermillion and two pinks read as one at this size.
+# One line style and marker per mode.
+METHOD_COLOURS = dict(zip(METHOD_ORDER, [sns.color_palette("tab10")[i] for i in (0, 1, 2, 3, 4, 5, 6, 9)]))
+MODE_STYLES = {"separated": ("-", "o"), "concatenated": ("--", "s"), "qkv": (":", "^"),
+               "qkv-concatenated": ("-.", "D")}
+VARIANT_GID = "offline-variant"  # a variant's line has the gid "offline-variant:<roles>:<method>:<mode>"
+
+
+def _check_known(cells: pd.DataFrame) -> None:
+    """Raise, naming them, on methods or modes the figure has no colour or line style for."""
+    for column, known in (("method", METHOD_ORDER), ("mode", MODE_ORDER)):
+        unknown = sorted(set(cells[column]) - set(known))
+        if unknown:
+            raise ValueError(f"offline results hold {column}(s) {unknown}; allowed: {', '.join(known)}")
 
 
 def _offline_accuracy(results: pd.DataFrame):
     """Seed 000's table: test accuracy with no fine-tuning, rows method × roles × mode, columns ratio;
-    error bars: the cell's 95 % bootstrap interval (where recorded)."""
+    one colour per method, one line style and marker per mode; error bars: the cell's 95 % bootstrap
+    interval (where recorded)."""
     ok = results[(results.status == "ok") & (_finetune_steps(results) == 0)].copy()
-    ok["variant"] = _label(ok)
+    _check_known(ok)
     ok["test accuracy (%)"] = 100 * ok.test_accuracy
     baseline = 100 * ok.baseline_test_accuracy.iloc[0]
     ratios = sorted(ok.ratio.unique())
     cols = [r for r in ROLE_ORDER if r in set(ok.roles)]
-    grid = sns.relplot(data=ok, x="ratio", y="test accuracy (%)", hue="variant", style="variant", col="roles",
-                       col_order=cols, kind="line", markers=True, dashes=False, height=3.6, aspect=1.15)
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.15 * len(cols), 3.6), sharey=True, squeeze=False)
     has_ci = "test_accuracy_lo" in ok and ok.test_accuracy_lo.notna().any()
-    palette = {t.get_text(): h.get_color() for t, h in zip(grid.legend.texts, grid.legend.legend_handles)} if has_ci else {}
     majority = majority_accuracy()
-    for role, ax in zip(cols, grid.axes.flat):
+    for role, ax in zip(cols, axes[0]):
         ax.axhline(baseline, color="0.3", ls="--", lw=1)
         ax.text(ratios[-1], baseline, " uncompressed", va="bottom", ha="right", fontsize=8, color="0.3")
         no_skill_line(ax, majority)
         ax.text(ratios[-1], majority, " majority class", va="bottom", ha="right", fontsize=8, color="0.45")
-        if has_ci:
-            for variant, d in ok[(ok.roles == role) & ok.test_accuracy_lo.notna()].groupby("variant"):
-                d = d.sort_values("ratio")
+        for (method, mode), d in ok[ok.roles == role].groupby(["method", "mode"]):
+            d = d.groupby("ratio", as_index=False).mean(numeric_only=True)  # a cell measured twice: its mean
+            ls, marker = MODE_STYLES[mode]
+            ax.plot(d.ratio, d["test accuracy (%)"], ls=ls, marker=marker, color=METHOD_COLOURS[method], lw=1.4,
+                    ms=5, gid=f"{VARIANT_GID}:{role}:{method}:{mode}")
+            if has_ci and d.test_accuracy_lo.notna().any():
+                d = d[d.test_accuracy_lo.notna()]
                 ax.fill_between(d.ratio, 100 * d.test_accuracy_lo, 100 * d.test_accuracy_hi, alpha=0.12,
-                                color=palette.get(variant), lw=0)
+                                color=METHOD_COLOURS[method], lw=0)
         ax.set_xscale("log")
         ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
         ax.minorticks_off()
-    grid.set_titles("{col_name}")
-    grid.set_axis_labels("compression ratio of stored numbers", "test accuracy (%)")
-    grid.figure.suptitle("Offline compression of the tweet-sentiment task model: accuracy vs ratio, no fine-tuning"
-                         + (" (bands: 95 % bootstrap intervals)" if has_ci else ""), y=1.04)
+        ax.set(title=role, xlabel="compression ratio of stored numbers")
+    axes[0][0].set_ylabel("test accuracy (%)")
+    methods = [m for m in METHOD_ORDER if m in set(ok.method)]
+    modes = [m for m in MODE_ORDER if m in set(ok["mode"])]
+    fig.tight_layout()
+    legend = dict(fontsize=8, title_fontsize=9, frameon=False)
+    fig.legend([Line2D([], [], color=METHOD_COLOURS[m], lw=2) for m in methods], methods, title="method (colour)",
+               loc="upper left", bbox_to_anchor=(1.0, 0.95), **legend)
+    fig.legend([Line2D([], [], color="0.2", ls=MODE_STYLES[m][0], marker=MODE_STYLES[m][1], lw=1.4) for m in modes],
+               modes, title="mode (line, marker)", loc="lower left", bbox_to_anchor=(1.0, 0.05), **legend)
+    fig.suptitle("Offline compression of the tweet-sentiment task model: accuracy vs ratio, no fine-tuning"
+                 + (" (bands: 95 % bootstrap intervals)" if has_ci else ""), y=1.04)
     values = ["test_accuracy"] + [c for c in ("test_accuracy_lo", "test_accuracy_hi", "test_accuracy_std",
                                               "test_macro_f1", "test_majority_share") if c in ok]
     table = ok.pivot_table(index=["roles", "method", "mode"], columns="ratio", values=values).round(4)
     table.columns = [f"ratio_{r:g}" if v == "test_accuracy" else f"ratio_{r:g}_{v[len('test_'):]}" for v, r in table.columns]
-    return grid.figure, table.reset_index()
+    return fig, table.reset_index()
 
 
 def offline_twin_accuracy(results: pd.DataFrame, cells: pd.DataFrame) -> pd.Series:
@@ -94,10 +123,6 @@ def _offline_finetune(results: pd.DataFrame):
     ax.set(ylabel="", xlim=(40, 100), title="Short fine-tuning recovers what offline compression loses")
     ax.legend(loc="lower right", fontsize=8)
     return fig, data
-
-
-METHOD_ORDER = ["svd", "ae", "pruning", "asvd", "fwsvd", "tucker", "kronecker", "falcon"]
-MODE_ORDER = ["separated", "concatenated", "qkv", "qkv-concatenated"]
 
 
 def _offline_table(results: pd.DataFrame) -> str:
