@@ -9,8 +9,12 @@ Conventions (state them with every table):
 * **MACs per token**: multiply-accumulates of the matrix products for one token of a sequence
   of ``seq_len`` tokens. A linear layer costs ``in × out``; attention adds, per query head of
   dimension d, ``2·s·d`` (scores Q·Kᵀ and the weighted sum of values, over all s keys: the
-  s² term, counted in full even for causal masks); embedding look-ups, norms and activations
-  count 0; modules applied once per sequence (pooler, classifier) count ``in × out / s``.
+  s² term, counted in full even for causal masks); a convolution costs ``in/groups × kernel
+  size × out`` per output position, one position per token (a ViT's patch embedding: kernel =
+  stride = patch, one position per patch token, and the class token, which has none, counts one);
+  embedding look-ups, norms, activations and added tables (positions, class tokens) count 0;
+  modules applied once per sequence (pooler, classifier) count ``in × out / s``. A module
+  holding weights of another kind is counted as 0 with a warning naming it.
 
 A compressed module reports its own counts by implementing the :class:`CompressedModule`
 protocol (``tcomp_footprint()``); the counter then does not look inside it, except for
@@ -20,6 +24,7 @@ which are counted once, at their first path, with no layer.
 from __future__ import annotations
 
 import math
+import warnings
 
 import pandas as pd
 import torch
@@ -99,11 +104,24 @@ def _own_tensors(module: nn.Module, seen: set[int]) -> tuple[int, int]:
     return params, nbytes
 
 
+def _conv_macs(conv: nn.Conv1d | nn.Conv2d | nn.Conv3d) -> int:
+    """MACs of one output position of a convolution: ``in/groups × kernel size × out``."""
+    return conv.in_channels // conv.groups * math.prod(conv.kernel_size) * conv.out_channels
+
+
+def _zero_macs(module: nn.Module) -> bool:
+    """Whether ``module``'s own weights do no matrix product: a look-up table, or vectors (norm
+    gains, biases, a class token) and position tables, applied elementwise or added."""
+    if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+        return True
+    return all(p.squeeze().ndim <= 1 or "position" in name for name, p in module.named_parameters(recurse=False))
+
+
 def module_table(model: nn.Module, seq_len: int = 128) -> pd.DataFrame:
     """Per-module footprint of ``model`` at sequence length ``seq_len`` (tokens).
 
-    One row per leaf that holds parameters or compute: linear layers, embeddings, norms,
-    compressed modules, and one ``attention core`` row per attention block for the s² MACs.
+    One row per leaf that holds parameters or compute: linear layers, convolutions, embeddings,
+    norms, compressed modules, and one ``attention core`` row per attention block for the s² MACs.
     Columns: ``path``, ``kind``, ``role``, ``stack``, ``layer``, ``params``, ``bytes``,
     ``macs_per_token``. The column sums are the model's totals (see :func:`footprint`).
     """
@@ -131,6 +149,8 @@ def module_table(model: nn.Module, seq_len: int = 128) -> pd.DataFrame:
     for _, m in model.named_modules(remove_duplicate=False):
         paths_of[id(m)] = paths_of.get(id(m), 0) + 1
     visited: set[int] = set()
+    unknown: list[str] = []  # modules with weights of a kind not counted (0 MACs, warned)
+    guessed: list[str] = []  # convolutions whose output positions per token are not known (warned)
 
     def visit(module: nn.Module, path: str) -> None:
         once = any(part in per_sequence for part in path.split("."))
@@ -151,12 +171,28 @@ def module_table(model: nn.Module, seq_len: int = 128) -> pd.DataFrame:
         if shape is not None:
             macs = shape[0] * shape[1]
             add(path, "Linear", params, nbytes, macs / seq_len if once else macs)
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            macs = _conv_macs(module)
+            if module.stride not in (module.kernel_size, (1,) * len(module.stride)):  # not patches nor per token
+                guessed.append(f"'{path}' ({type(module).__name__}, kernel {module.kernel_size}, "
+                               f"stride {module.stride})")
+            add(path, type(module).__name__, params, nbytes, macs / seq_len if once else macs)
         elif params:
+            if not _zero_macs(module):
+                unknown.append(f"'{path}' ({type(module).__name__})")
             add(path, type(module).__name__, params, nbytes, 0)
         for name, child in module.named_children():
             visit(child, f"{path}.{name}" if path else name)
 
     visit(model, "")
+    if unknown:
+        warnings.warn(f"the MAC counter does not know how to count {', '.join(unknown)}: counted as 0 MACs per "
+                      "token (their parameters and bytes are counted). It counts linear layers, convolutions, "
+                      "look-up tables, norms and added tables; a module of another kind can report its own counts "
+                      "with tcomp_footprint() (see tcomp_utils.contract.CompressedModule)", stacklevel=2)
+    if guessed:
+        warnings.warn(f"MACs of {', '.join(guessed)} counted for one output position per token: with a stride "
+                      "neither 1 nor the kernel's, its positions per token are not known", stacklevel=2)
     if adapter is not None:
         heads = adapter.heads(model.config)
         stacks = adapters.layer_stacks(model)

@@ -19,9 +19,15 @@ its LM head (every position when the batch has none). Inputs whose leading shape
   *now*, and after the caller is done (it may have compressed the block) the block is run again
   to give the next block its inputs. So each block is calibrated on the outputs of the blocks
   already compressed before it.
+
+**Checks.** Both ways check every batch's lengths against the model's absolute position tables
+(:func:`check_lengths`) before the first pass, so a too long batch is refused with its length,
+the limit and the fix instead of failing deep inside the model. Methods that run the model
+themselves call it too, and :func:`check_labels` when they use the model's own loss.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -52,6 +58,77 @@ def real_rows(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 def is_seq2seq(model: nn.Module) -> bool:
     return bool(getattr(getattr(model, "config", None), "is_encoder_decoder", False))
+
+
+# absolute position tables (learned or sinusoidal), by the names transformers gives them; models
+# with relative (T5), rotary (Llama) or ALiBi positions have none and no hard length limit
+_POSITION_TABLES = ("position_embeddings", "position_embedding", "wpe", "embed_positions")
+
+
+def position_limits(model: nn.Module) -> dict[str, int]:
+    """``{path: n}``: each absolute position table of ``model`` and the most tokens it covers."""
+    limits = {}
+    for path, module in model.named_modules():
+        parent, _, name = path.rpartition(".")
+        if not (isinstance(module, nn.Embedding) and name in _POSITION_TABLES):
+            continue
+        n = module.num_embeddings - getattr(module, "offset", 0)  # OPT, BART: position ids shifted by 2
+        roberta_like = hasattr(model.get_submodule(parent), "create_position_ids_from_input_ids")
+        if roberta_like and module.padding_idx is not None:
+            n -= module.padding_idx + 1  # RoBERTa: positions start after the padding id
+        limits[path] = n
+    return limits
+
+
+def check_lengths(model: nn.Module, batches: Iterable[dict]) -> None:
+    """Every batch's sequences must fit the model's absolute position tables (the encoder's or a
+    decoder-only model's for ``input_ids``; a seq2seq decoder's for ``decoder_input_ids``, else
+    ``labels``, which it is fed shifted)."""
+    limits = position_limits(model)
+    if not limits:
+        return
+    seq2seq = is_seq2seq(model)
+    for i, batch in enumerate(batches):
+        for path, limit in limits.items():
+            keys = ("decoder_input_ids", "labels") if seq2seq and "decoder" in path.split(".") else ("input_ids",)
+            key = next((k for k in keys if isinstance(batch.get(k), torch.Tensor) and batch[k].ndim == 2), None)
+            if key is not None and batch[key].shape[1] > limit:
+                raise ValueError(f"calibration batch {i}: {key} has {batch[key].shape[1]} tokens, but "
+                                 f"{type(model).__name__} has positions for at most {limit} ({path}); cut the "
+                                 f"calibration sequences to at most {limit} tokens (e.g. tokenizer(..., "
+                                 f"truncation=True, max_length={limit}))")
+
+
+def check_labels(model: nn.Module, batches: list[dict], method: str) -> None:
+    """For ``method``, driven by the model's own loss: every batch holds ``labels``; the model has
+    a task head that computes a loss from them (its forward takes ``labels``); integer labels are
+    classes it has (token ids of its vocabulary for a language model; -100 marks ignored positions)."""
+    if any("labels" not in b for b in batches):
+        raise ValueError(f"{method} needs calibration batches with 'labels' (the task's labels, or the input ids "
+                         "for a language model)")
+    name = type(model).__name__
+    if "labels" not in inspect.signature(model.forward).parameters:
+        raise ValueError(f"{method} needs the task loss, but {name} has no task head: it takes no 'labels' and "
+                         "returns no loss. Pass the model with its head (e.g. AutoModelForSequenceClassification "
+                         "for a classifier, AutoModelForCausalLM for a language model)")
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    if head is not None:  # a language model: labels are token ids
+        n = getattr(head, "out_features", None) or config.vocab_size
+        what = f"token ids of {name}'s vocabulary"
+    else:  # a classifier: integer labels are classes unless the config says regression / multi-label
+        n, problem = getattr(config, "num_labels", None), getattr(config, "problem_type", None)
+        if n is None or problem not in (None, "single_label_classification") or (problem is None and n == 1):
+            return
+        what = f"{name}'s {n} labels (config.num_labels)"
+    for i, b in enumerate(batches):
+        labels = b["labels"]
+        if not isinstance(labels, torch.Tensor) or labels.is_floating_point():
+            continue
+        bad = labels[(labels != -100) & ((labels < 0) | (labels >= n))]
+        if bad.numel():
+            raise ValueError(f"calibration batch {i}: label {int(bad[0])} is out of range: labels must be "
+                             f"{what}, 0..{n - 1} (or -100 for an ignored position)")
 
 
 def forward(model: nn.Module, batch: dict):
@@ -85,6 +162,8 @@ def stream(model: nn.Module, targets: list[adapters.RoleModule], batches: Iterab
            outputs: bool = False) -> None:
     """Run ``model`` on each batch and call ``sink(path, rows)`` with the real-token inputs (or
     outputs) of every target module, rows × features, batch after batch."""
+    batches = list(batches)
+    check_lengths(model, batches)
     seq2seq, current = is_seq2seq(model), {}
     handles = _hooks(targets, sink, lambda rm: token_mask(current["batch"], rm.stack, rm.role, seq2seq), outputs)
     was_training = model.training
@@ -266,6 +345,7 @@ def sequential(model: nn.Module, batches: list[dict], targets: list[adapters.Rol
     """Yield, stack by stack in forward order, each block holding one of ``targets`` (modules with
     a stack and a layer), with the inputs it receives from the blocks before it as they are when
     it is reached: blocks changed by the caller while they were yielded pass on their new outputs."""
+    check_lengths(model, batches)
     seq2seq = is_seq2seq(model)
     was_training = model.training
     model.eval()

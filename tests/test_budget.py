@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import pytest
 from torch import nn
@@ -108,3 +109,45 @@ def test_summarize_shares_add_up():
 def test_bad_sequence_length():
     with pytest.raises(ValueError, match="seq_len must be a positive"):
         budget.module_table(tiny_bert(), 0)
+
+
+def test_vit_patch_embedding_is_counted_per_patch_token():
+    """A ViT's patch embedding is a Conv2d with kernel = stride = patch: one output position per
+    patch token, each 3·p·p·hidden MACs (it counted 0, a quarter of this tiny ViT's MACs)."""
+    from transformers import ViTConfig, ViTModel
+
+    p, hidden, ffn, layers, s = 8, 32, 64, 2, (32 // 8) ** 2 + 1  # 16 patches and the class token
+    model = ViTModel(ViTConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
+                               intermediate_size=ffn, image_size=32, patch_size=p, num_channels=3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a ViT holds nothing the counter cannot count
+        table = budget.module_table(model, s)
+    conv = table[table.kind == "Conv2d"]
+    assert list(conv.path) == ["embeddings.patch_embeddings.projection"]
+    assert conv.macs_per_token.item() == 3 * p * p * hidden
+    per_layer = 4 * hidden * hidden + 2 * hidden * ffn + 2 * s * hidden  # Q, K, V, O, FFN, attention core
+    hand = 3 * p * p * hidden + layers * per_layer + hidden * hidden / s  # + the pooler, once per sequence
+    assert table.macs_per_token.sum() == pytest.approx(hand, rel=1e-12)
+
+
+def test_grouped_conv1d_is_counted_and_weights_the_counter_cannot_count_are_named():
+    """A grouped Conv1d costs in/groups·k·out per position; a module holding weights of a kind the
+    counter does not know (here nn.MultiheadAttention's in_proj_weight) and a strided convolution
+    whose positions per token are unknown are named in a warning, not silently counted."""
+    model = nn.Sequential(nn.Conv1d(4, 8, 3, padding=1, groups=2), nn.MultiheadAttention(8, 2),
+                          nn.Conv1d(8, 8, 4, stride=2))
+    with pytest.warns(UserWarning) as record:
+        table = budget.module_table(model, 10)
+    assert table.set_index("path").macs_per_token["0"] == 4 // 2 * 3 * 8
+    messages = " | ".join(str(w.message) for w in record)
+    assert "'1' (MultiheadAttention): counted as 0 MACs" in messages
+    assert "'2' (Conv1d, kernel (4,), stride (2,))" in messages
+
+
+@pytest.mark.parametrize("make", ["bert", "llama", "opt", "t5", "qwen2", "mistral", "gemma3_text", "phi3", "gpt2"])
+def test_every_covered_architecture_is_counted_without_a_warning(make):
+    from conftest import ARCHITECTURES
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        budget.footprint(ARCHITECTURES[make]())

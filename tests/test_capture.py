@@ -1,5 +1,6 @@
 """One calibration capture: padded batches give exactly the rows of the real tokens, on every path
 (one pass, streamed, block by block), for encoders, decoders and seq2seq models."""
+import pytest
 import torch
 
 from tcomp_utils import adapters, capture
@@ -146,3 +147,47 @@ def test_blocks_with_their_own_call_arguments_are_captured_on_every_batch():
     calls, hidden, other = _calls_per_block(model, batches, 0, 1)
     assert calls[1] == 3
     assert not capture._same(other[1][0], other[0][0])
+
+
+def test_position_limits_are_the_absolute_tables_and_none_for_relative_or_rotary_positions():
+    """BERT's and GPT-2's tables hold their positions; OPT's is shifted by 2 and RoBERTa's starts
+    after the padding id (64 rows: 62 tokens); T5 (relative) and Llama (rotary) have no limit."""
+    from transformers import RobertaConfig, RobertaModel
+    from conftest import tiny_gpt2, tiny_opt
+
+    roberta = RobertaModel(RobertaConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                         intermediate_size=64, max_position_embeddings=64))
+    assert capture.position_limits(tiny_bert()) == {"bert.embeddings.position_embeddings": 64}
+    assert capture.position_limits(tiny_gpt2()) == {"transformer.wpe": 64}
+    assert capture.position_limits(tiny_opt()) == {"model.decoder.embed_positions": 64}
+    assert capture.position_limits(roberta) == {"embeddings.position_embeddings": 62}
+    assert capture.position_limits(tiny_t5()) == {} and capture.position_limits(tiny_llama()) == {}
+
+
+def test_calibration_longer_than_the_positions_is_refused_before_any_pass():
+    """A 100-token batch on a 64-position BERT fails deep inside transformers; it is refused
+    first, naming its length, the limit and the fix, and no batch has run."""
+    torch.manual_seed(0)
+    model = tiny_bert()
+    targets = _targets(model, ["query"])
+    batches = [{"input_ids": torch.randint(1, 100, (2, 8))}, {"input_ids": torch.randint(1, 100, (2, 100))}]
+    seen = []
+    with pytest.raises(ValueError, match=r"batch 1: input_ids has 100 tokens.*at most 64 .*max_length=64"):
+        capture.stream(model, targets, batches, lambda p, x: seen.append(p))
+    assert seen == []
+    with pytest.raises(ValueError, match="100 tokens"):
+        next(capture.sequential(model, batches, targets))
+    capture.stream(model, targets, [{"input_ids": torch.randint(1, 100, (2, 64))}], lambda p, x: None)  # 64 fit
+
+
+def test_a_seq2seq_decoder_is_checked_against_its_own_table_and_rotary_models_are_not_limited():
+    from conftest import tiny_marian
+
+    torch.manual_seed(0)
+    marian = tiny_marian()
+    long_decoder = {"input_ids": torch.randint(1, 100, (1, 8)), "decoder_input_ids": torch.randint(1, 100, (1, 70))}
+    with pytest.raises(ValueError, match=r"decoder_input_ids has 70 tokens.*model\.decoder\.embed_positions"):
+        capture.check_lengths(marian, [long_decoder])
+    llama = tiny_llama()  # rotary: 80 tokens past max_position_embeddings=64 still run
+    capture.stream(llama, _targets(llama, ["query"]), [{"input_ids": torch.randint(1, 100, (1, 80))}],
+                   lambda p, x: None)

@@ -278,3 +278,27 @@ def test_factorized_t5_runs_its_forward():
     factorize(model, "svd", "ffn", ratio=2)
     with torch.no_grad():
         assert model(input_ids=ids, decoder_input_ids=ids).logits.shape == (2, 5, 100)
+
+
+def test_fwsvd_on_a_headless_encoder_is_refused_before_anything_changes():
+    """A plain BertModel takes labels in **kwargs and returns no loss: FWSVD failed with
+    "... has no attribute 'loss'"; it is refused up front, naming what to pass instead."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=64, max_position_embeddings=64))
+    state = copy.deepcopy(model.state_dict())
+    batches = [{"input_ids": torch.randint(0, 100, (2, 6)), "labels": torch.tensor([0, 1])}]
+    with pytest.raises(ValueError, match=r"Fisher-weighted SVD needs the task loss, but BertModel has no task head.*"
+                                         r"AutoModelForSequenceClassification"):
+        factorize(model, "fwsvd", ["ffn_out"], ratio=2, calibration=batches, progress=False)
+    assert not any(isinstance(m, LowRankLinear) for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    assert all(p.grad is None for p in model.parameters())  # no backward ran
+
+
+def test_fwsvd_labels_outside_the_classes_are_refused_by_value():
+    batches = [{"input_ids": torch.randint(0, 100, (2, 6)), "labels": torch.tensor([1, 7])}]
+    with pytest.raises(ValueError, match=r"label 7 is out of range: .*2 labels \(config.num_labels\), 0\.\.1"):
+        factorize(tiny_bert(), "fwsvd", ["ffn_out"], ratio=2, calibration=batches, progress=False)

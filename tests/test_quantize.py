@@ -532,3 +532,21 @@ def test_a_low_rank_layer_with_a_shared_factor_is_refused_before_anything_change
     factorize(model, "svd", roles="ffn_in", ratio=2, mode="concatenated", progress=False)
     with pytest.raises(TypeError, match="shared across layers"):
         quantize(model, "rtn", bits=8, progress=False)
+
+
+def test_gptq_calibration_longer_than_the_positions_is_refused_before_the_embeddings_change(monkeypatch):
+    """1,000 tokens on a 512-position BERT failed inside transformers (expanded size 1000 vs 512),
+    after the embedding table had been quantized; the length is now refused up front."""
+    from tcomp_utils.methods import quantization
+
+    torch.manual_seed(0)
+    model = tiny_bert()  # 64 positions
+    state = copy.deepcopy(model.state_dict())
+    monkeypatch.setattr(quantization, "_quantize_embedding",
+                        lambda *a: pytest.fail("the embedding table was quantized before the length check"))
+    batches = [{"input_ids": torch.randint(0, 100, (2, 100))}]
+    with pytest.raises(ValueError, match=r"input_ids has 100 tokens, but BertForSequenceClassification has positions "
+                                         r"for at most 64 .*max_length=64"):
+        quantize(model, "gptq", bits=4, calibration=batches, roles=["embeddings", "ffn"], progress=False)
+    assert not any(isinstance(m, (QuantLinear, QuantEmbedding)) for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())

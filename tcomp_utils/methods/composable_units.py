@@ -230,6 +230,8 @@ def record(model: nn.Module, batches: Iterable[dict], site_ids: Iterable[str]) -
     attention block's inputs and first output, a linear layer's. The model is not changed."""
     found = sites(model)
     wanted = {s: found[s] for s in site_ids}
+    batches = list(batches)
+    capture.check_lengths(model, batches)  # a too long batch named before any hook is placed
     calls: dict[str, list[Call]] = {s: [] for s in wanted}
     current: dict = {}
     hooks = []

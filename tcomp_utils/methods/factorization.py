@@ -231,9 +231,10 @@ def activation_scales(model: nn.Module, targets: list[adapters.RoleModule], cali
 
 
 def fisher_row_scales(model: nn.Module, targets: list[adapters.RoleModule], calibration: list[dict]) -> dict[str, torch.Tensor]:
-    """Per-output-row √(Σ grad²) (out,) of the task loss (batches must hold ``labels``)."""
-    if any("labels" not in batch for batch in calibration):
-        raise ValueError("Fisher-weighted SVD needs calibration batches with 'labels'")
+    """Per-output-row √(Σ grad²) (out,) of the task loss (batches must hold ``labels``; the model
+    needs a task head that returns a loss, see :func:`tcomp_utils.capture.check_labels`)."""
+    capture.check_labels(model, calibration, "Fisher-weighted SVD")
+    capture.check_lengths(model, calibration)
     sums = {rm.path: torch.zeros(rm.module.out_features, dtype=torch.float64) for rm in targets}
     for batch in calibration:
         model.zero_grad(set_to_none=True)

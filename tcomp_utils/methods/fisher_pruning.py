@@ -32,6 +32,7 @@ import scipy.sparse.linalg
 import torch
 from tqdm.auto import tqdm
 
+from .. import capture
 from ..registry import ConfigError, MethodConfig, check_int, register_method
 from ..timing import phase
 from .heads import LayerPlan, apply_plans
@@ -66,9 +67,8 @@ class FisherPruningConfig(MethodConfig):
 def mask_fisher(model, layers, structure, calibration, progress: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per layer, the empirical Fisher of the head-unit masks (units × units) and of the neuron
     masks (F × F): per-example gradients of the model's loss with respect to masks of ones."""
-    if any("labels" not in b for b in calibration):
-        raise ValueError("Fisher-mask pruning needs calibration batches with 'labels' (the task's labels, or the "
-                         "input ids for a language model)")
+    capture.check_labels(model, calibration, "Fisher-mask pruning")
+    capture.check_lengths(model, calibration)
     masks: dict[str, torch.Tensor] = {}
     fisher = [[np.zeros((h.units, h.units)), np.zeros((e.ffn_out.module.in_features,) * 2)]
               for e, h in zip(layers, structure)]

@@ -214,6 +214,8 @@ def _calibrated_pass(model: nn.Module, targets: list[adapters.RoleModule], calib
 
 def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | None, progress: bool) -> list[dict]:
     grid = config.grid()
+    if calibration:  # before the embedding table, quantized ahead of the calibrated pass, changes
+        capture.check_lengths(model, calibration)
     targets = targeting.targets(model, config.target_roles(model), config.layers, accept=_quantizable,
                                 extra=(_lm_head(model),) if config.lm_head else (), action="quantize", finite=False,
                                 wants="an nn.Linear, an nn.Embedding or a low-rank layer with its own factors (not "
