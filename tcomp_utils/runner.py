@@ -174,6 +174,8 @@ def run_notebook(notebook: str | os.PathLike, out_dir: str | os.PathLike | None 
     after its partial executed copy and its failed record were written.
     """
     notebook = Path(notebook).resolve()
+    if notebook.is_dir():
+        raise NotebookError(f"notebook {notebook} is a folder, not a notebook file: give one .ipynb file")
     if not notebook.is_file():
         raise FileNotFoundError(f"notebook {notebook} does not exist")
     params = {"profile": check_profile(profile), **(parameters or {})}

@@ -28,6 +28,11 @@ retried on the next run. At the end all points of the spec are gathered into
 ``<output>/results.csv`` (one row per point: parameters, status, error, code hash, scalar records)
 and each table-valued record ``R`` into ``<output>/R.csv``.
 
+Each point runs under a lock, ``<output>/points/<hash>.lock`` (see :class:`PointLock`): a second
+sweep of the same spec started meanwhile skips the points the first is running, saying so, and runs
+the others, so no point is computed twice; a lock left by a killed sweep never blocks. A sweep
+stopped by Ctrl-C or SIGTERM says what it kept and exits with 128 + the signal's number.
+
 Every run that computes points appends a row to ``<output>/runs.csv``: when it started, its wall
 time, the workers, how many points it ran of the spec's, and their summed cell time; the measured
 time of a complete grid is read there.
@@ -52,9 +57,10 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -64,6 +70,11 @@ from tqdm.auto import tqdm
 from .files import write_csv_atomic
 from .runner import execute_point, notebook_label, package_digest, write_result
 from .sweep_spec import SweepSpec, SweepSpecError  # noqa: F401 (re-exported: the spec's names)
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, points are not locked (see PointLock)
+    fcntl = None
 
 
 def _read_record(path: Path) -> dict | None:
@@ -159,15 +170,80 @@ def pending_points(spec: SweepSpec, reduced: bool = False, keep_stale: bool = Fa
     return sorted(pending, key=lambda kp: -last[kp[0]])  # longest first, so that no long point starts last
 
 
+class PointBusy(RuntimeError):
+    """A point whose lock another live process holds: it is running that point."""
+
+
+class PointLock:
+    """This process's exclusive lock on one point of a sweep, ``<output>/points/<key>.lock``: an
+    advisory ``flock`` held while the point runs, the file saying who holds it (pid, host, since
+    when) and removed on release. The operating system drops the lock of a process that dies, so
+    the file a killed sweep leaves (naming a dead pid) never blocks: the next sweep takes it over.
+    Where ``flock`` does not exist (Windows) points are not locked."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path, self._fd = Path(path), None
+
+    def holder(self) -> str:
+        """Who holds the lock, as its file says."""
+        try:
+            info = json.loads(self.path.read_text())
+            return f"process {info['pid']} on {info['host']} (since {info['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process"  # it has not written its name yet
+
+    def acquire(self) -> "PointLock":
+        """Take the lock or raise :class:`PointBusy` naming its holder and the lock file."""
+        if fcntl is None or self._fd is not None:
+            return self
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise PointBusy(f"{self.holder()} is running it (lock file {self.path})") from None
+            try:  # the holder we waited on may have removed the file between our open and our lock
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (nothing when not held)."""
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still locked, so no other process can lock this file
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "PointLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
 def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int = 0, scheduler: str | None = None,
                bar: Any = None, saved: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
     """Execute ``(spec, key, point)`` jobs (of one spec or several) in the given order, writing each
     point's executed notebook and record as it finishes. Returns the keys saved, per spec name (also
     filled into ``saved`` as they finish, so that an interrupted caller still knows them).
 
+    Each point runs under its :class:`PointLock`: a point that another process (a second sweep of
+    the same spec) is running is skipped with a line naming it, that process and the lock file, and
+    one that another process finished meanwhile is not run again.
+
     ``workers=0`` and no ``scheduler``: one after another in this process; ``workers=N``: a local
     Dask cluster of N worker processes; every point's kernel on :func:`point_env`'s threads; ``scheduler``: an existing Dask scheduler."""
     saved = {} if saved is None else saved
+    say = tqdm.write if bar is not None else print  # tqdm's write keeps the bar whole
     sources = {spec.name: json.loads(spec.notebook.read_text(encoding="utf-8")) for spec, _, _ in jobs}
 
     def save(spec: SweepSpec, key: str, point: dict[str, Any], result: dict[str, Any]) -> None:
@@ -180,30 +256,56 @@ def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int =
             if result["status"] != "ok":
                 bar.write(f"point {spec.name} {key} {point} failed: {result['error']}")
 
+    def claim(spec: SweepSpec, key: str, point: dict[str, Any]) -> PointLock | None:
+        """The point's lock, or None when another process is running the point or has finished it."""
+        try:
+            lock = PointLock(spec.output / "points" / f"{key}.lock").acquire()
+        except PointBusy as busy:
+            say(f"point {spec.name} {key} {point} skipped: {busy}; its record will be "
+                f"{spec.output / 'points' / f'{key}.json'} (run the sweep again once it has finished to gather it)",
+                file=sys.stderr)
+            return None
+        if _done(spec.output / "points" / f"{key}.json"):  # finished by another process since the list was made
+            lock.release()
+            if bar is not None:
+                bar.update(1)
+            return None
+        return lock
+
     for spec, _, _ in jobs:
         (spec.output / "points").mkdir(parents=True, exist_ok=True)
-    with _environment(point_env()):  # inherited by kernels started here and by local worker processes
-        if jobs and (workers or scheduler):
-            from dask.distributed import Client, LocalCluster, as_completed
+    with _environment(point_env()), ExitStack() as held:  # environment: inherited by kernels and local workers
+        if workers or scheduler:
+            claimed = {}
+            for spec, key, point in jobs:
+                if (lock := claim(spec, key, point)) is not None:
+                    claimed[spec.name, key] = held.enter_context(lock)
+            todo = [(spec, k, p) for spec, k, p in jobs if (spec.name, k) in claimed]
+            if todo:
+                from dask.distributed import Client, LocalCluster, as_completed
 
-            cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                          dashboard_address=None)
-            try:
-                with Client(scheduler or cluster) as client:
-                    # priority keeps the given order (Dask would otherwise start them in no set order)
-                    futures = {client.submit(execute_point, sources[spec.name], spec.point_parameters(p),
-                                             str(spec.notebook.parent), pure=False, key=f"{spec.name}-{k}",
-                                             priority=len(jobs) - i): (spec, k, p)
-                               for i, (spec, k, p) in enumerate(jobs)}
-                    for future in as_completed(futures):
-                        save(*futures[future], future.result())
-            finally:
-                if cluster is not None:
-                    cluster.close()
+                cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                              dashboard_address=None)
+                try:
+                    with Client(scheduler or cluster) as client:
+                        # priority keeps the given order (Dask would otherwise start them in no set order)
+                        futures = {client.submit(execute_point, sources[spec.name], spec.point_parameters(p),
+                                                 str(spec.notebook.parent), pure=False, key=f"{spec.name}-{k}",
+                                                 priority=len(todo) - i): (spec, k, p)
+                                   for i, (spec, k, p) in enumerate(todo)}
+                        for future in as_completed(futures):
+                            spec, key, point = futures[future]
+                            save(spec, key, point, future.result())
+                            claimed[spec.name, key].release()
+                finally:
+                    if cluster is not None:
+                        cluster.close()
         else:
             for spec, key, point in jobs:
-                save(spec, key, point, execute_point(sources[spec.name], spec.point_parameters(point),
-                                                     str(spec.notebook.parent)))
+                if (lock := claim(spec, key, point)) is not None:
+                    with lock:
+                        save(spec, key, point, execute_point(sources[spec.name], spec.point_parameters(point),
+                                                             str(spec.notebook.parent)))
     return saved
 
 
@@ -365,13 +467,32 @@ def summary_line(results: pd.DataFrame, spec: SweepSpec) -> str:
                                if retired else "") + f"; results: {spec.output / 'results.csv'}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """A sweep stopped by a signal (``signum``: SIGINT or SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
 def stop_on_signals() -> None:
-    """SIGINT and SIGTERM stop a sweep as Ctrl-C does, so it logs its run (a shell starts a
-    background job with SIGINT ignored, and SIGTERM would skip the logging)."""
+    """SIGINT and SIGTERM stop a sweep as Ctrl-C does (raising :class:`Interrupted`), so it logs
+    its run (a shell starts a background job with SIGINT ignored, and SIGTERM would skip the logging)."""
     def stop(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Interrupted(signum)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, stop)
+
+
+def interrupted_message(spec: SweepSpec, signum: int, reduced: bool = False, keep_stale: bool = False,
+                        resume: bool = False) -> str:
+    """What an interrupted sweep tells its user: what stopped, what is kept, how to go on."""
+    total = len(spec.reduced if reduced and spec.reduced is not None else spec.points)
+    left = len(pending_points(spec, reduced, keep_stale, resume))
+    return (f"sweep {spec.name} interrupted by {signal.Signals(signum).name}: {total - left} of its {total} points "
+            f"are finished and kept in {spec.output / 'points'} (the run is logged in {spec.output / 'runs.csv'}; a "
+            f"point that was running is not saved). Run the same command again to compute the {left} other(s): "
+            "finished points are skipped.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -400,8 +521,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if spec.duplicates:
         print(f"note: {spec.duplicates} point(s) listed more than once; each runs once", file=sys.stderr)
-    results = run_sweep(spec, workers=args.workers, scheduler=args.scheduler, keep_stale=args.keep_stale,
-                        reduced=args.reduced, resume=args.resume)
+    try:
+        results = run_sweep(spec, workers=args.workers, scheduler=args.scheduler, keep_stale=args.keep_stale,
+                            reduced=args.reduced, resume=args.resume)
+    except KeyboardInterrupt as err:  # a signal (see stop_on_signals): a message, not a traceback
+        signum = getattr(err, "signum", signal.SIGINT)
+        handlers = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:  # a second signal must not cut the message short
+            print(f"\n{interrupted_message(spec, signum, args.reduced, args.keep_stale, args.resume)}", file=sys.stderr)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        return 128 + signum  # the shell's status of a process stopped by that signal
     failed = results[results.status.isin(["failed", "unreadable"])]
     print(summary_line(results, spec))
     for _, row in failed.iterrows():

@@ -98,7 +98,10 @@ class SweepSpec:
         if not path.is_file():
             raise SweepSpecError(f"sweep spec {path} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise SweepSpecError(f"sweep spec {path} is not a text file (byte {err.start} is not UTF-8): a spec is "
+                                 "YAML text") from None
         except yaml.YAMLError as err:
             raise SweepSpecError(f"{path} is not valid YAML: {err}") from None
         if not isinstance(raw, dict):
@@ -116,7 +119,15 @@ class SweepSpec:
         profile = profile or raw.get("profile", "default")
         if profile not in PROFILES:
             raise SweepSpecError(f"{path}: unknown profile {profile!r}; allowed: {', '.join(PROFILES)}")
+        for key in ("notebook", "output"):  # output may be absent or null: papermill_runs/<name>
+            value = raw.get(key)
+            if (key == "notebook" or value is not None) and (not isinstance(value, str) or not value.strip()):
+                raise SweepSpecError(f"{path}: {key!r} must be a path (text: absolute, or relative to the repository), "
+                                     f"got {value!r} (a {type(value).__name__})")
         notebook = (REPO_ROOT / raw["notebook"]).resolve()
+        if notebook.is_dir():
+            raise SweepSpecError(f"{path}: notebook {raw['notebook']} is a folder, not a notebook file: 'notebook' "
+                                 "names one .ipynb file")
         if not notebook.is_file():
             raise SweepSpecError(f"{path}: notebook {raw['notebook']} does not exist")
         try:
@@ -164,7 +175,11 @@ class SweepSpec:
                 raise SweepSpecError(f"{path}: reduced point {outside[0]} is not a point of the complete grid")
             reduced = list({ident(p): p for p in reduced}.values())
         out = Path(output or raw.get("output") or f"papermill_runs/{name}")
-        spec = cls(name=name, notebook=notebook, profile=profile, output=out if out.is_absolute() else REPO_ROOT / out,
+        out = out if out.is_absolute() else REPO_ROOT / out
+        if out.exists() and not out.is_dir():
+            raise SweepSpecError(f"{path}: output {out} is a file, not a folder: 'output' (or --output) names the "
+                                 "folder that receives the points and the results table")
+        spec = cls(name=name, notebook=notebook, profile=profile, output=out,
                    parameters=fixed, points=unique, reduced=reduced, reproduce=reproduce)
         spec.duplicates, spec.parameter_names = len(points) - len(unique), tuple(allowed)
         return spec

@@ -274,3 +274,23 @@ def test_time_to_the_baselines_bleu_and_the_totals_count_each_unit_once():
     totals = composable.time_totals(summary, units, record_s=4.0)
     assert totals["without_s"] == 250.0 and totals["composed_model_s"] == 41.0 + 0.0 + 75.0
     assert totals["with_s"] == 4.0 + 6.0 + 116.0 and totals["saved_s"] == 250.0 - 126.0 and totals["matched"] == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"configurations:\n  - {name: a, attention: [0.25\n", r"conf.yaml is not valid YAML \(line \d+, column \d+\): "),
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", r"conf.yaml is not a text file \(byte \d+ is not UTF-8\): a configurations file "
+                                       "is YAML text"),
+    (b"configurations: !!python/object/apply:os.system ['echo hacked']\n",
+     r"conf.yaml \(line 1, column 17\): could not determine a constructor for the tag "
+     r".*python/object/apply:os.system'; "
+     r"a configurations file holds only plain YAML values .*no Python tags such as !!python/object"),
+])
+def test_an_unreadable_configurations_or_scheme_file_is_an_error_naming_it(tmp_path, content, message):
+    """Invalid YAML, a binary file and a Python tag each give a CompositionError naming the file,
+    where and what is allowed (not the YAML library's or the decoder's raw error)."""
+    path = tmp_path / "conf.yaml"
+    path.write_bytes(content)
+    with pytest.raises(CompositionError, match=message):
+        composable.load_configurations(path, _model())
+    with pytest.raises(CompositionError, match=message.replace("a configurations file", "a scheme file")):
+        composable.load_scheme(path, [])

@@ -85,11 +85,11 @@ def test_an_interrupted_sweep_logs_its_wall_time_and_finished_points(tmp_path, m
     assert [runs(tmp_path, x) for x in (1, 2, 3)] == [1, 1, 1]
 
 
-def _sweep_with_two_points_done(tmp_path):
+def _sweep_with_two_points_done(tmp_path, stderr=subprocess.DEVNULL):
     """A sweep of six slow points running in a subprocess, once two of them are recorded."""
     spec_path = write_spec(tmp_path, [{"x": x} for x in range(1, 7)], delay=1.0)
     proc = subprocess.Popen([sys.executable, "-m", "tcomp_utils.sweep", str(spec_path)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     points = tmp_path / "out" / "points"
     deadline = time.time() + 240
     while time.time() < deadline and len(list(points.glob("*.json"))) < 2:
@@ -117,6 +117,80 @@ def test_a_terminated_sweep_logs_the_points_it_finished(tmp_path):
     proc.wait(timeout=120)
     log = pd.read_csv(tmp_path / "out" / "runs.csv")
     assert len(log) == 1 and 2 <= log.points_run[0] < 6 and log.ok[0] == log.points_run[0]
+
+
+def test_a_terminated_sweep_says_what_it_kept_and_how_to_go_on_without_a_traceback(tmp_path):
+    """SIGTERM used to end the sweep with a KeyboardInterrupt traceback: now one message (what was
+    interrupted, that the finished points are kept, how to resume) and the status 128 + 15."""
+    with open(tmp_path / "stderr.txt", "w") as err:
+        _, proc, _ = _sweep_with_two_points_done(tmp_path, stderr=err)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    text = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 128 + signal.SIGTERM, text
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    found = re.search(r"sweep probe interrupted by SIGTERM: (\d) of its 6 points are finished and kept in (\S+) ", text)
+    assert found and 2 <= int(found[1]) < 6 and found[2] == str(tmp_path / "out" / "points"), text
+    left = 6 - int(found[1])
+    assert f"Run the same command again to compute the {left} other(s): finished points are skipped" in text
+
+
+def _hold_lock(path):
+    """Another process holding the lock of a point (as a second sweep running it does); it lets go
+    when its stdin closes."""
+    code = ("import sys\nfrom tcomp_utils import sweep\nwith sweep.PointLock(sys.argv[1]):\n"
+            "    print('held', flush=True)\n    sys.stdin.read()")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_point_another_process_is_running_is_skipped_naming_that_process_and_the_lock(tmp_path, capsys):
+    """Two sweeps of one spec used to both run every point: a point whose lock another live process
+    holds is now skipped with a line naming it, the process and the lock file; the others run, and
+    the point runs on the next sweep once the lock is released."""
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1}, {"x": 2}]))
+    key = spec.point_key(spec.points[0])
+    lock = tmp_path / "out" / "points" / f"{key}.lock"
+    lock.parent.mkdir(parents=True)
+    holder = _hold_lock(lock)
+    try:
+        results = sweep.run_sweep(spec, progress=False)
+        assert list(results.status) == ["missing", "ok"] and [runs(tmp_path, x) for x in (1, 2)] == [0, 1]
+        err = capsys.readouterr().err
+        assert re.search(rf"point probe {key} \{{.*'x': 1.*\}} skipped: process {holder.pid} on \S+ \(since [^)]+\) is "
+                         rf"running it \(lock file {re.escape(str(lock))}\); its record will be "
+                         rf"{re.escape(str(lock.with_suffix('.json')))}", err), err
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert not lock.exists()  # removed by its holder on release
+    results = sweep.run_sweep(spec, progress=False)
+    assert (results.status == "ok").all() and [runs(tmp_path, x) for x in (1, 2)] == [1, 1]
+
+
+def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
+    """A killed sweep leaves its lock file naming a pid that no longer runs: the next sweep takes it over."""
+    spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": 1}]))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock = tmp_path / "out" / "points" / f"{spec.point_key(spec.points[0])}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": "here", "since": "2020-01-01T00:00:00+00:00"}))
+    results = sweep.run_sweep(spec, progress=False)
+    assert list(results.status) == ["ok"] and runs(tmp_path, 1) == 1 and not lock.exists()
+
+
+def test_two_sweeps_of_one_spec_at_once_run_each_point_once(tmp_path):
+    spec_path = write_spec(tmp_path, [{"x": x} for x in range(1, 5)], delay=0.5)
+    procs = [subprocess.Popen([sys.executable, "-m", "tcomp_utils.sweep", str(spec_path)], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    for proc in procs:
+        proc.wait(timeout=300)
+    assert [runs(tmp_path, x) for x in range(1, 5)] == [1, 1, 1, 1]
+    results = sweep.run_sweep(sweep.SweepSpec.load(spec_path), progress=False)
+    assert (results.status == "ok").all() and [runs(tmp_path, x) for x in range(1, 5)] == [1, 1, 1, 1]
+    assert not list((tmp_path / "out" / "points").glob("*.lock"))
 
 
 def test_the_same_table_locally_and_on_dask(tmp_path):
@@ -180,6 +254,43 @@ def test_bad_specs_are_clear_errors(tmp_path, change, message):
     with pytest.raises((sweep.SweepSpecError, ValueError), match=message):
         sweep.SweepSpec.load(path)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"output": 5}, r"bad.yaml: 'output' must be a path \(text: absolute, or relative to the repository\), got 5 "
+                    r"\(a int\)"),
+    ({"output": ["a", "b"]}, r"bad.yaml: 'output' must be a path .*got \['a', 'b'\] \(a list\)"),
+    ({"notebook": 5}, r"bad.yaml: 'notebook' must be a path .*got 5 \(a int\)"),
+    ({"notebook": "notebooks"}, r"bad.yaml: notebook notebooks is a folder, not a notebook file: 'notebook' names one "
+                                r"\.ipynb file"),
+    ({"output": "FILE"}, r"bad.yaml: output .*taken.txt is a file, not a folder"),
+])
+def test_a_spec_with_a_bad_path_names_the_key_the_value_and_what_is_allowed(tmp_path, change, message):
+    """A non-text output or notebook path, a folder given as the notebook, a file given as the output
+    folder: each a SweepSpecError naming the spec file, the key and the value (not a raw TypeError,
+    nor 'does not exist' for a folder), before anything is written."""
+    (tmp_path / "taken.txt").write_text("x")
+    change = {k: str(tmp_path / "taken.txt") if v == "FILE" else v for k, v in change.items()}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"name": "bad", "notebook": PROBE, "points": [{"x": 1}], **change}))
+    with pytest.raises(sweep.SweepSpecError, match=message):
+        sweep.SweepSpec.load(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml", "taken.txt"]
+
+
+def test_the_runner_says_a_folder_is_not_a_notebook(tmp_path):
+    with pytest.raises(runner.NotebookError, match=f"notebook {re.escape(str(tmp_path))} is a folder, not a notebook "
+                                                   "file: give one .ipynb file"):
+        runner.run_notebook(tmp_path, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_binary_spec_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(sweep.SweepSpecError, match=r"sweep spec .*bin.yaml is not a text file \(byte \d+ is not "
+                                                    r"UTF-8\)"):
+        sweep.SweepSpec.load(path)
 
 
 def test_a_list_of_grids_concatenates_their_products_and_keys_follow_the_code(tmp_path):

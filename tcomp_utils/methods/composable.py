@@ -77,9 +77,34 @@ def write_configurations(path: str | os.PathLike, entries: Sequence[dict]) -> Pa
     return _write_yaml(path, {"configurations": list(entries)})
 
 
+YAML_VALUES = "plain YAML values (mappings, lists, strings, numbers, true/false, null)"
+
+
+def _read_yaml(path: str | os.PathLike, what: str) -> Any:
+    """The data of a user-edited YAML file (``what`` names it in errors). A file that is not UTF-8
+    text, not valid YAML, or holds a tag that safe loading refuses (``!!python/object``) is a
+    :class:`CompositionError` naming the file, the place and what is allowed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise CompositionError(f"{path} is not a text file (byte {err.start} is not UTF-8): a {what} file is YAML "
+                               "text") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err)
+        if isinstance(err, yaml.constructor.ConstructorError):  # refused by safe loading: never constructed
+            raise CompositionError(f"{path}{where}: {problem}; a {what} file holds only {YAML_VALUES}, no "
+                                   "Python tags such as !!python/object") from None
+        raise CompositionError(f"{path} is not valid YAML{where}: {problem}") from None
+
+
 def load_configurations(path: str | os.PathLike, model: nn.Module) -> list[Configuration]:
     """Read and validate a configurations file (``configurations:`` list)."""
-    data = yaml.safe_load(Path(path).read_text())
+    data = _read_yaml(path, "configurations")
     if not isinstance(data, dict) or not isinstance(data.get("configurations"), list):
         raise CompositionError(f"{path}: expected a mapping with a 'configurations' list")
     return resolve(data["configurations"], model)
@@ -106,7 +131,7 @@ def write_scheme(path: str | os.PathLike, scheme: pd.DataFrame) -> Path:
 def load_scheme(path: str | os.PathLike, configurations: Sequence[Configuration]) -> pd.DataFrame:
     """Read a scheme file and check it is the scheme of ``configurations``: the same units, each
     used by the same configurations (an edited scheme that disagrees is an error naming the entry)."""
-    data = yaml.safe_load(Path(path).read_text())
+    data = _read_yaml(path, "scheme")
     if not isinstance(data, dict) or not isinstance(data.get("units"), list):
         raise CompositionError(f"{path}: expected a mapping with a 'units' list")
     expected = {r.unit: r for r in build_scheme(configurations).itertuples()}
