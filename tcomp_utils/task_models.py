@@ -239,7 +239,9 @@ def get_task_model(name: str = "minilm-l6-tweets", recipe: Recipe | None = None,
     """Load the cached task model for ``recipe`` (default: the named recipe), training it first
     when it is not cached (or ``retrain``). Returns ``(model, tokenizer, info)``.
 
-    Training writes into a temporary folder that is renamed into place only when complete.
+    Training writes into a temporary folder that is renamed into place only when complete (and is
+    removed when training fails or is stopped, SIGTERM included). A cached model's files are
+    checked against the SHA-256s recorded when it was trained (:func:`tcomp_utils.files.verify_folder`).
     """
     if recipe is None:
         if name not in RECIPES:
@@ -254,7 +256,9 @@ def get_task_model(name: str = "minilm-l6-tweets", recipe: Recipe | None = None,
         (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
         (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
 
-    files.build_folder(folder, build, rebuild=retrain)
+    files.build_folder(folder, build, rebuild=retrain, rebuild_hint=(
+        f"retrain it with tcomp_utils.task_models.get_task_model({name!r}"
+        f"{'' if RECIPES.get(name) == recipe else ', recipe'}, retrain=True)"))
     model, tokenizer = models.load_model(str(folder), "sequence-classification")
     info = TaskModelInfo(name, key, folder, json.loads((folder / "recipe.json").read_text()),
                          json.loads((folder / "metrics.json").read_text()))

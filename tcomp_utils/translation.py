@@ -339,7 +339,9 @@ def get_translation_model(name: str = "transformer-de-en", recipe: TranslationRe
                           retrain: bool = False, progress: bool = True) -> tuple[nn.Module, object, TranslationModelInfo]:
     """Load the cached translation model of ``recipe`` (default: the named recipe), training it
     first when it is not cached (or ``retrain``). Returns ``(model, tokenizer, info)``. Training
-    writes into a temporary folder renamed into place only when complete."""
+    writes into a temporary folder renamed into place only when complete (removed when training
+    fails or is stopped, SIGTERM included; the checkpoint it resumes from is kept). A cached model's
+    files are checked against the SHA-256s recorded when it was trained."""
     if recipe is None:
         if name not in RECIPES:
             raise KeyError(f"unknown translation model {name!r}; known: {', '.join(RECIPES)} (or pass a recipe)")
@@ -347,16 +349,20 @@ def get_translation_model(name: str = "transformer-de-en", recipe: TranslationRe
     key = recipe.key()
     root = translation_model_dir()
     folder = root / f"{name}-{key}"
-    if retrain or not (folder / "metrics.json").is_file():
-        ckpt = root / f".ckpt-{name}-{key}"  # a stopped training resumes from here
+    ckpt = root / f".ckpt-{name}-{key}"  # a stopped training resumes from here
+    trained = []
 
-        def build(tmp: Path) -> None:
-            with timing.torch_threads(timing.TRAINING_THREADS):  # the same model on every machine
-                result = make(recipe, tmp, checkpoint_dir=ckpt, progress=progress)
-            (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
-            (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
+    def build(tmp: Path) -> None:
+        with timing.torch_threads(timing.TRAINING_THREADS):  # the same model on every machine
+            result = make(recipe, tmp, checkpoint_dir=ckpt, progress=progress)
+        (tmp / "recipe.json").write_text(json.dumps(dataclasses.asdict(recipe), indent=1))
+        (tmp / "metrics.json").write_text(json.dumps(result, indent=1))
+        trained.append(tmp)
 
-        files.build_folder(folder, build, rebuild=True)
+    files.build_folder(folder, build, rebuild=retrain, rebuild_hint=(
+        f"retrain it with tcomp_utils.translation.get_translation_model({name!r}"
+        f"{'' if RECIPES.get(name) == recipe else ', recipe'}, retrain=True)"))
+    if trained:  # the checkpoint this training resumed from is done with
         shutil.rmtree(ckpt, ignore_errors=True)
     model, tokenizer = load_folder(folder)
     info = TranslationModelInfo(name, key, folder, json.loads((folder / "recipe.json").read_text()),

@@ -87,3 +87,25 @@ def test_corrupted_committed_data_file(monkeypatch, tmp_path):
         fh.write(b"x")
     with pytest.raises(assets.AssetCorruptedError, match=r"'de-en'.*git checkout -- data/de_en_pairs\.tsv\.gz"):
         assets.asset_path("de-en")
+
+
+def test_a_damaged_manifest_is_named_by_verify_and_repaired_by_fetch(fake_asset, capsys):
+    path = assets.fetch("fake")
+    manifest = path / assets.MANIFEST
+    intact = manifest.read_bytes()
+    manifest.write_bytes(intact[: len(intact) // 2])  # truncated
+    with pytest.raises(assets.AssetCorruptedError, match=rf"asset 'fake': its manifest {manifest} is damaged "
+                                                         r"\(.*\); rebuild it with `python -m tcomp_utils\.assets "
+                                                         r"fetch fake --force`"):
+        assets.main(["verify", "fake"])
+    manifest.write_bytes(intact.replace(b'"files"', b'"filds"'))  # one flipped byte
+    with pytest.raises(assets.AssetCorruptedError, match=r"manifest.json is damaged \(no 'files' mapping"):
+        assets.asset_path("fake")
+    manifest.write_bytes(intact.replace(b"fake==1.0", b"fake==1.1"))
+    with pytest.raises(assets.AssetCorruptedError, match=r"'spec' is 'fake==1\.1', not 'fake==1\.0'"):
+        assets.asset_path("fake")
+    capsys.readouterr()
+    assert assets.fetch("fake") == path  # fetch rebuilds it, without --force
+    assert "manifest" in capsys.readouterr().err and manifest.read_bytes() == intact
+    assert assets.main(["verify", "fake"]) == 0
+    assert sorted(p.name for p in path.parent.iterdir()) == ["fake"]

@@ -128,3 +128,47 @@ def test_a_damaged_save_is_refused_on_load(tmp_path):
     (folder / serialize.DESCRIPTION).write_text('{"config": ')
     with pytest.raises(ValueError, match=r"m/tcomp.json is not a valid description \(JSONDecodeError"):
         serialize.load_compressed(folder)
+
+
+def test_a_description_without_the_weights_checksum_is_refused(tmp_path):
+    folder = serialize.save_compressed(tiny_bert(), tmp_path / "m")
+    description = json.loads((folder / serialize.DESCRIPTION).read_text())
+    weights = folder / serialize.WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a damaged weight that nothing could catch without the checksum
+    weights.write_bytes(bytes(data))
+    for sha256 in (None, {}, {serialize.WEIGHTS: None}):
+        broken = {k: v for k, v in description.items() if k != "sha256"}
+        if sha256 is not None:
+            broken["sha256"] = sha256
+        (folder / serialize.DESCRIPTION).write_text(json.dumps(broken))
+        with pytest.raises(ValueError, match=r"m/tcomp.json records no SHA-256 of model.safetensors \(key 'sha256'.*"
+                                             r"save the model again"):
+            serialize.load_compressed(folder)
+
+
+def test_a_model_class_that_does_not_fit_the_saved_weights_is_refused(tmp_path):
+    for model, wrong, right in [(tiny_bert(), "BertForMaskedLM", "BertForSequenceClassification"),
+                                (tiny_llama(), "LlamaForSequenceClassification", "LlamaForCausalLM")]:
+        folder = serialize.save_compressed(model, tmp_path / wrong)
+        description = json.loads((folder / serialize.DESCRIPTION).read_text())
+        (folder / serialize.DESCRIPTION).write_text(json.dumps({**description, "model_class": wrong}))
+        with pytest.raises(ValueError, match=rf"{wrong}/tcomp.json names model_class '{wrong}', whose architecture "
+                                             rf"does not fit the saved model.safetensors \(.*\); the .* classes that "
+                                             rf"fit it: .*{right}"):
+            serialize.load_compressed(folder)
+    with pytest.raises(ValueError, match=r"tensors it has no place for: .*'classifier.weight'"):
+        serialize.load_compressed(tmp_path / "BertForMaskedLM")
+    import safetensors.torch  # weights without the classifier the description's class has
+
+    folder = serialize.save_compressed(tiny_bert(), tmp_path / "headless")
+    weights = folder / serialize.WEIGHTS
+    tensors = safetensors.torch.load_file(str(weights))
+    safetensors.torch.save_file({k: v for k, v in tensors.items() if not k.startswith("classifier.")}, str(weights))
+    description = json.loads((folder / serialize.DESCRIPTION).read_text())
+    description["sha256"] = {serialize.WEIGHTS: serialize.sha256_file(weights)}
+    (folder / serialize.DESCRIPTION).write_text(json.dumps(description))
+    with pytest.raises(ValueError, match=r"names model_class 'BertForSequenceClassification', whose architecture does "
+                                         r"not fit the saved model.safetensors \(its tensors the file lacks: "
+                                         r"'classifier.bias', 'classifier.weight'\)"):
+        serialize.load_compressed(folder)

@@ -231,3 +231,63 @@ def test_token_ids_are_cached_on_disk_by_tokenizer_and_text(tmp_path, monkeypatc
     del slow.backend_tokenizer  # no definition to key on: tokenized every time, nothing written
     task_models.token_ids(slow, text), task_models.token_ids(slow, text)
     assert slow.calls == 2 and len(list((tmp_path / "token_ids").iterdir())) == 3
+
+
+def _tiny_training(recipe, out_dir, progress=True):
+    """Stands in for fine-tuning: a tiny BERT classifier and a tokenizer saved as train() saves them."""
+    from conftest import tiny_bert
+    from tcomp_utils import translation
+
+    tiny_bert().save_pretrained(out_dir, safe_serialization=True)
+    translation.train_tokenizer(["a good day", "a bad day"], 40, "bpe").save_pretrained(out_dir)
+    return {"steps": 1}
+
+
+def test_a_damaged_cached_task_model_is_refused_with_how_to_retrain_it(tmp_path, monkeypatch, capsys):
+    from tcomp_utils import files
+
+    monkeypatch.setattr(task_models, "task_model_dir", lambda: tmp_path)
+    monkeypatch.setattr(task_models, "train", _tiny_training)
+    _, _, info = task_models.get_task_model("minilm-l6-tweets-smoke", progress=False)
+    weights = info.path / "model.safetensors"
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached model must not be retrained")
+
+    monkeypatch.setattr(task_models, "train", no_training)
+    (info.path / files.CHECKSUMS).unlink()  # a model trained before checksums were recorded
+    task_models.get_task_model("minilm-l6-tweets-smoke", progress=False)
+    assert "recorded them now" in capsys.readouterr().err and (info.path / files.CHECKSUMS).is_file()
+    intact = weights.read_bytes()
+    for damaged in (intact[:-1] + bytes([intact[-1] ^ 1]), intact[: len(intact) // 2]):  # a flipped bit, truncated
+        weights.write_bytes(damaged)
+        with pytest.raises(files.CacheCorruptedError, match=rf"{weights} does not match the SHA-256 recorded .*; "
+                                                            r"retrain it with tcomp_utils\.task_models\.get_task_model"
+                                                            r"\('minilm-l6-tweets-smoke', retrain=True\)"):
+            task_models.get_task_model("minilm-l6-tweets-smoke", progress=False)
+    assert weights.read_bytes() == damaged  # nothing changed on disk
+    monkeypatch.setattr(task_models, "train", _tiny_training)
+    task_models.get_task_model("minilm-l6-tweets-smoke", retrain=True, progress=False)  # the fix the error names
+
+
+_TERMINATED_TRAINING = """
+import sys, time
+from pathlib import Path
+from tcomp_utils import task_models
+
+def train(recipe, out_dir, progress=True):
+    (out_dir / "model.safetensors").write_bytes(b"half")
+    print("building", flush=True)
+    time.sleep(120)
+
+task_models.task_model_dir = lambda: Path(sys.argv[1])
+task_models.train = train
+task_models.get_task_model("minilm-l6-tweets-smoke", progress=False)
+"""
+
+
+def test_sigterm_during_task_model_training_leaves_no_build_folder(tmp_path):
+    from test_files import terminated_while_building
+
+    assert terminated_while_building(_TERMINATED_TRAINING, str(tmp_path)) == 143
+    assert list(tmp_path.iterdir()) == []

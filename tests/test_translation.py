@@ -192,3 +192,62 @@ def test_a_recipe_with_an_unknown_precision_is_refused():
 def test_unknown_translation_model_name():
     with pytest.raises(KeyError, match="unknown translation model 'marian'"):
         translation.get_translation_model("marian")
+
+
+def _tiny_make(recipe, out_dir, checkpoint_dir=None, progress=True):
+    """Stands in for training: a tiny Transformer and its tokenizer saved as make() saves them."""
+    from conftest import tiny_marian
+
+    tiny_marian().save_pretrained(out_dir, safe_serialization=True)
+    translation.train_tokenizer(["ein guter Tag", "a good day"], 40, "bpe").save_pretrained(out_dir)
+    return {"steps": 1}
+
+
+def test_a_damaged_cached_translation_model_is_refused_with_how_to_retrain_it(tmp_path, monkeypatch, capsys):
+    from tcomp_utils import files
+
+    monkeypatch.setattr(translation, "translation_model_dir", lambda: tmp_path)
+    monkeypatch.setattr(translation, "make", _tiny_make)
+    _, _, info = translation.get_translation_model("tiny", TINY, progress=False)
+    weights = info.path / "model.safetensors"
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached model must not be retrained")
+
+    monkeypatch.setattr(translation, "make", no_training)
+    (info.path / files.CHECKSUMS).unlink()  # a model trained before checksums were recorded
+    translation.get_translation_model("tiny", TINY, progress=False)
+    assert "recorded them now" in capsys.readouterr().err and (info.path / files.CHECKSUMS).is_file()
+    intact = weights.read_bytes()
+    for damaged in (intact[:-1] + bytes([intact[-1] ^ 1]), intact[: len(intact) // 2]):  # a flipped bit, truncated
+        weights.write_bytes(damaged)
+        with pytest.raises(files.CacheCorruptedError, match=rf"{weights} does not match the SHA-256 recorded .*; "
+                                                            r"retrain it with tcomp_utils\.translation\."
+                                                            r"get_translation_model\('tiny', recipe, retrain=True\)"):
+            translation.get_translation_model("tiny", TINY, progress=False)
+    assert weights.read_bytes() == damaged  # nothing changed on disk
+
+
+_TERMINATED_TRAINING = """
+import sys, time
+from pathlib import Path
+from tcomp_utils import translation
+
+def make(recipe, out_dir, checkpoint_dir=None, progress=True):
+    checkpoint_dir.mkdir(parents=True)  # what a stopped training resumes from: kept
+    (out_dir / "model.safetensors").write_bytes(b"half")
+    print("building", flush=True)
+    time.sleep(120)
+
+translation.translation_model_dir = lambda: Path(sys.argv[1])
+translation.make = make
+translation.get_translation_model("transformer-de-en-smoke", progress=False)
+"""
+
+
+def test_sigterm_during_translation_training_leaves_no_build_folder_and_keeps_the_checkpoint(tmp_path):
+    from test_files import terminated_while_building
+
+    assert terminated_while_building(_TERMINATED_TRAINING, str(tmp_path)) == 143
+    key = translation.RECIPES["transformer-de-en-smoke"].key()
+    assert [p.name for p in tmp_path.iterdir()] == [f".ckpt-transformer-de-en-smoke-{key}"]
