@@ -25,11 +25,13 @@ and, inside one layer, where each role's modules are. Two ways to get one:
 * the **explicit table** :data:`ADAPTERS` (by ``model_type``), which overrides inference; add to
   it with ``register_adapter(Adapter(...))``.
 
-Fused projections (GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``) and GPT-2's
-``Conv1D`` layers are made ordinary per-role ``nn.Linear`` layers by :func:`prepare` (exact:
-the same numbers, split by rows), so every method sees one module per role.
+Fused projections (GPT-2's ``c_attn``, Phi-3's ``qkv_proj`` and ``gate_up_proj``, GPT-NeoX's and
+Falcon's ``query_key_value``, whose rows interleave the roles per head or per key/value group) and
+the linear layers that are not ``nn.Linear`` (GPT-2's ``Conv1D``, ``FalconLinear``) are made
+ordinary per-role ``nn.Linear`` layers by :func:`prepare` (exact: the same numbers, split by rows),
+so every method sees one module per role.
 
-Why one module of ~540 lines: the explicit table, layout inference and :func:`prepare` build and
+Why one module of ~620 lines: the explicit table, layout inference and :func:`prepare` build and
 read the same :class:`Adapter`/:class:`Stack` types and call one another (inference makes an
 adapter, :func:`prepare` asks :func:`get_adapter` what to split); split apart they would import
 each other in a cycle. What a compressed module promises (read by inference) is in
@@ -114,19 +116,39 @@ def _first_attr(obj, *names):
 
 
 @dataclass(frozen=True)
+class FusedLayout:
+    """The rows of a fused projection: ``groups`` repetitions of ``parts`` in order, each part
+    ``(name, role, rows per group)``. One group: the parts one after another (GPT-2's ``c_attn``:
+    all queries, all keys, all values); GPT-NeoX's ``query_key_value``: one group per head,
+    ``[q_h, k_h, v_h]``; Falcon's (new architecture): one per key/value head, its query heads then
+    its key and value. Pruning removes whole groups, so the rows per group never change."""
+
+    parts: tuple[tuple[str, str, int], ...]
+    groups: int = 1
+
+    @property
+    def rows(self) -> int:
+        return self.groups * sum(rows for _, _, rows in self.parts)
+
+
+@dataclass(frozen=True)
 class Stack:
     """One stack of identical layers: ``path`` to its ``nn.ModuleList`` (relative to the base
     model), each role's module paths inside a layer (alternatives that are absent are skipped,
     e.g. a T5 gated FFN's ``wi_0``/``wi_1`` instead of ``wi``), the query roles of its
-    attention blocks (used to count attention's s² MACs), and what :func:`prepare` converts:
-    ``fused`` (path in a layer → ``((part, role, rows), ...)``) and ``conv1d`` (paths of HF
-    ``Conv1D`` layers, made ``nn.Linear``)."""
+    attention blocks (used to count attention's s² MACs), what :func:`prepare` converts:
+    ``fused`` (path in a layer → its :class:`FusedLayout`) and ``conv1d`` (paths of linear layers
+    that are not ``nn.Linear``: HF ``Conv1D``, ``FalconLinear``; made ``nn.Linear``), and
+    ``post_norms``: role (``attn_out``, ``ffn_out``) → path of the norm its sublayer's output
+    passes through before it is added to the residual stream (Gemma's sandwich norms; none in
+    most architectures)."""
 
     path: str
     roles: dict[str, tuple[str, ...]]
     attention_queries: tuple[str, ...] = ("query",)
-    fused: dict[str, tuple[tuple[str, str, int], ...]] = field(default_factory=dict)
+    fused: dict[str, FusedLayout] = field(default_factory=dict)
     conv1d: tuple[str, ...] = ()
+    post_norms: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,7 +174,7 @@ class Adapter:
         return tuple(r for r in ROLES + CROSS_ROLES if r in names)
 
     def needs_prepare(self) -> bool:
-        """Whether fused projections or ``Conv1D`` layers must first be split by :func:`prepare`."""
+        """Whether fused projections or ``Conv1D``-like layers must first be split by :func:`prepare`."""
         return any(s.fused or s.conv1d for s in self.stacks.values())
 
 
@@ -286,7 +308,8 @@ def find_modules(model: nn.Module, role: str, layers: list[int] | None = None) -
     if adapter.needs_prepare():
         fused = sorted({p for s in adapter.stacks.values() for p in (*s.fused, *s.conv1d)})
         raise UnsupportedArchitectureError(
-            f"model_type {_model_type(model)!r} keeps fused projections or Conv1D layers ({', '.join(fused)}): call "
+            f"model_type {_model_type(model)!r} keeps fused projections or linear layers that are not nn.Linear "
+            f"({', '.join(fused)}): call "
             "tcomp_utils.adapters.prepare(model) first (it splits them into one nn.Linear per role, exactly; "
             "compress() and load_model() do it for you)")
     prefix = base_prefix(model)
@@ -352,6 +375,13 @@ _FFN_NAMES = {
 # fused projections: name -> the parts it is split into, in row order
 _FUSED_ATTENTION = ("qkv_proj", "c_attn")
 _FUSED_FFN = ("gate_up_proj",)
+# fused query/key/value projections whose row layout depends on the model type (see _qkv_layout)
+_FUSED_BY_TYPE = {"query_key_value": ("gpt_neox", "falcon")}
+# linear layers that are not nn.Linear: made nn.Linear by prepare()
+_TO_LINEAR = ("Conv1D", "FalconLinear")
+# the norm a layer applies to each sublayer's output before the residual add (sandwich norms);
+# only when the layer has a post-FFN norm: elsewhere (Llama) post_attention_layernorm is the pre-FFN norm
+_POST_NORMS = {"attn_out": "post_attention_layernorm", "ffn_out": "post_feedforward_layernorm"}
 _CROSS_MARKERS = ("cross", "encdec", "encoder_attn")
 _PER_SEQUENCE = ("pooler", "pre_classifier", "classifier")
 
@@ -396,8 +426,28 @@ def _infer_family(model: nn.Module) -> str:
     return "encoder" if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES else "decoder"
 
 
-def _layer_lists(base: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+def _fused_attention(model_type: str) -> tuple[str, ...]:
+    """Names of the fused query/key/value projections :func:`prepare` splits for ``model_type``."""
+    return _FUSED_ATTENTION + tuple(n for n, types in _FUSED_BY_TYPE.items() if model_type in types)
+
+
+def _unknown_fused(base: nn.Module, prefix: str) -> str:
+    """A clause naming the first fused attention projection of ``base`` (what a refusal found), or ""."""
+    for path, module in _linear_leaves(base):
+        name = path.rsplit(".", 1)[-1]
+        if name in (*_FUSED_ATTENTION, *_FUSED_BY_TYPE, "W_pack") or "qkv" in name.lower():
+            shape = linear_shape(module)
+            size = f"{shape[0]} in, {shape[1]} out" if shape else f"weight {tuple(module.weight.shape)}"
+            by_type = "; ".join(f"{n} of {', '.join(t)}" for n, t in _FUSED_BY_TYPE.items())
+            return (f" (it has {prefix}{path}, a {type(module).__name__} ({size}): a fused query/key/value "
+                    f"projection whose row layout is not known for this model type; split: "
+                    f"{', '.join(_FUSED_ATTENTION)} of any model, {by_type})")
+    return ""
+
+
+def _layer_lists(base: nn.Module, model_type: str = "") -> list[tuple[str, nn.ModuleList]]:
     """The outermost ``nn.ModuleList`` of identical blocks that hold an attention query projection."""
+    fused = _fused_attention(model_type)
     found: list[tuple[str, nn.ModuleList]] = []
     for path, module in base.named_modules():
         if not isinstance(module, nn.ModuleList) or len(module) == 0 or any(path.startswith(p + ".") for p, _ in found):
@@ -405,7 +455,7 @@ def _layer_lists(base: nn.Module) -> list[tuple[str, nn.ModuleList]]:
         if len({type(m) for m in module}) != 1:
             continue
         names = [p for p, _ in _linear_leaves(module[0])]
-        if any(_leaf_role(p) in ("query",) or p.rsplit(".", 1)[-1] in _FUSED_ATTENTION for p in names):
+        if any(_leaf_role(p) in ("query",) or p.rsplit(".", 1)[-1] in fused for p in names):
             found.append((path, module))
     return found
 
@@ -420,13 +470,14 @@ def infer_adapter(model: nn.Module) -> Adapter:
     prefix = base_prefix(model)
     base = model.get_submodule(prefix[:-1]) if prefix else model
     family = _infer_family(model)
-    lists = _layer_lists(base)
+    lists = _layer_lists(base, model_type)
     how_to = ("register one with tcomp_utils.adapters.register_adapter(Adapter(family=..., model_types=(...), "
               "stacks={...}, embeddings=(...))) mapping the roles to module paths (see tcomp_utils/adapters.py)")
     if not lists:
         raise UnsupportedArchitectureError(
             f"no architecture adapter for model_type {model_type!r}: found no list of transformer layers with an "
-            f"attention query projection (q_proj, query, q, qkv_proj, c_attn, ...) in {type(model).__name__}; {how_to}")
+            f"attention query projection (q_proj, query, q, qkv_proj, c_attn, ...) in {type(model).__name__}"
+            f"{_unknown_fused(base, prefix)}; {how_to}")
     heads = config_heads(config)
     stacks = {}
     for path, blocks in lists:
@@ -434,7 +485,7 @@ def infer_adapter(model: nn.Module) -> Adapter:
         if name in stacks:
             raise UnsupportedArchitectureError(f"model_type {model_type!r}: two layer stacks ({stacks[name].path}, "
                                                f"{path}) would both be the {name}; {how_to}")
-        stacks[name] = _infer_stack(path, blocks[0], heads, model_type, how_to)
+        stacks[name] = _infer_stack(path, blocks[0], config, heads, model_type, how_to)
     embeddings = model.get_input_embeddings()
     emb_path = next((p for p, m in base.named_modules() if m is embeddings), None)
     if emb_path is None:
@@ -444,28 +495,43 @@ def infer_adapter(model: nn.Module) -> Adapter:
                    per_sequence=per_sequence, inferred=True)
 
 
-def _infer_stack(path: str, block: nn.Module, heads: HeadStructure, model_type: str, how_to: str) -> Stack:
+def _qkv_layout(name: str, config, heads: HeadStructure, model_type: str) -> FusedLayout:
+    """The row layout of a fused query/key/value projection called ``name``: GPT-2's ``c_attn``
+    and Phi-3's ``qkv_proj`` stack all queries, then keys, then values; GPT-NeoX's and Falcon's
+    ``query_key_value`` hold, per key/value head, its query heads then its key and value (one
+    query head per group without grouped-query attention: ``[q_h, k_h, v_h]``), except Falcon's
+    multi-query layout (not ``new_decoder_architecture``), which stacks them like ``c_attn``."""
+    d, n, n_kv = heads.head_dim, heads.n_heads, heads.n_kv_heads
+    if name in _FUSED_BY_TYPE and not (model_type == "falcon" and config.multi_query
+                                       and not config.new_decoder_architecture):
+        return FusedLayout((("query", "query", n // n_kv * d), ("key", "key", d), ("value", "value", d)), n_kv)
+    return FusedLayout((("query", "query", n * d), ("key", "key", n_kv * d), ("value", "value", n_kv * d)))
+
+
+def _infer_stack(path: str, block: nn.Module, config, heads: HeadStructure, model_type: str, how_to: str) -> Stack:
     roles: dict[str, list[str]] = {}
-    fused: dict[str, tuple[tuple[str, str, int], ...]] = {}
+    fused: dict[str, FusedLayout] = {}
     conv1d = []
-    q, kv = heads.n_heads * heads.head_dim, heads.n_kv_heads * heads.head_dim
     for leaf, module in _linear_leaves(block):
         *parents, name = leaf.split(".")
-        if type(module).__name__ == "Conv1D":
+        if type(module).__name__ in _TO_LINEAR:
             conv1d.append(leaf)
-        if name in _FUSED_ATTENTION and _in_attention([p.lower() for p in parents]):
+        if name in _fused_attention(model_type) and _in_attention([p.lower() for p in parents]):
             out = module.weight.shape[1] if type(module).__name__ == "Conv1D" else module.out_features
-            if out != q + 2 * kv:
+            layout = _qkv_layout(name, config, heads, model_type)
+            if out != layout.rows:
+                sizes = " + ".join(f"{layout.groups} × {rows}" if layout.groups > 1 else str(rows)
+                                   for _, _, rows in layout.parts)
                 raise UnsupportedArchitectureError(
                     f"model_type {model_type!r}: fused projection {leaf} has {out} outputs, not query + key + value "
-                    f"= {q} + {kv} + {kv} (cross-attention or another layout); {how_to}")
-            fused[leaf] = (("query", "query", q), ("key", "key", kv), ("value", "value", kv))
+                    f"= {sizes} (cross-attention or another layout); {how_to}")
+            fused[leaf] = layout
             for part in ("query", "key", "value"):
                 roles.setdefault(part, []).append(f"{leaf}.{part}")
             continue
         if name in _FUSED_FFN:
             half = module.out_features // 2
-            fused[leaf] = (("gate", "ffn_in", half), ("up", "ffn_in", half))
+            fused[leaf] = FusedLayout((("gate", "ffn_in", half), ("up", "ffn_in", half)))
             roles.setdefault("ffn_in", []).extend([f"{leaf}.gate", f"{leaf}.up"])
             continue
         role = _leaf_role(leaf)
@@ -477,32 +543,42 @@ def _infer_stack(path: str, block: nn.Module, heads: HeadStructure, model_type: 
             f"model_type {model_type!r}: a layer of {path} has no linear layer for role(s) {', '.join(missing)} "
             f"(its linear layers: {', '.join(p for p, _ in _linear_leaves(block))}); {how_to}")
     queries = ("query", "cross_query") if "cross_query" in roles else ("query",)
-    return Stack(path, {r: tuple(p) for r, p in roles.items()}, queries, fused, tuple(c for c in conv1d
-                                                                                        if c not in fused))
+    children = dict(block.named_children())
+    post_norms = {r: n for r, n in _POST_NORMS.items() if n in children} if _POST_NORMS["ffn_out"] in children else {}
+    return Stack(path, {r: tuple(p) for r, p in roles.items()}, queries, fused,
+                 tuple(c for c in conv1d if c not in fused), post_norms)
 
 
 # ------------------------------------------------------------------------- fused projections
 class FusedProjection(nn.Module):
     """Several linear layers applied to the same input, their outputs concatenated: what a fused
-    projection (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``) computes, with one child per role."""
+    projection (GPT-2's ``c_attn``, Phi-3's ``qkv_proj``) computes, with one child per role.
+    ``widths``: for a projection whose roles are interleaved by group (GPT-NeoX's heads), each
+    part's outputs per group; the outputs are then interleaved back, group by group (as many groups
+    as the parts hold: after pruning whole groups, fewer)."""
 
-    def __init__(self, parts: dict[str, nn.Module]):
+    def __init__(self, parts: dict[str, nn.Module], widths: tuple[int, ...] | None = None):
         super().__init__()
         for name, module in parts.items():
             self.add_module(name, module)
         first = next(iter(parts.values()))
         self.in_features = first.in_features
         self.out_features = sum(m.out_features for m in parts.values())
+        self.widths = widths
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m(x) for m in self.children()], dim=-1)
+        outs = [m(x) for m in self.children()]
+        if self.widths is None:
+            return torch.cat(outs, dim=-1)
+        return torch.cat([o.unflatten(-1, (-1, w)) for o, w in zip(outs, self.widths)], dim=-1).flatten(-2)
 
 
 def _as_linear(module: nn.Module) -> nn.Linear:
-    """An ``nn.Linear`` computing what a ``Conv1D`` (weight in × out) or ``nn.Linear`` computes."""
-    if isinstance(module, nn.Linear):
+    """An ``nn.Linear`` computing what a ``Conv1D`` (weight in × out), a ``FalconLinear`` (an
+    ``nn.Linear`` with its own forward) or an ``nn.Linear`` computes."""
+    if type(module) is nn.Linear:
         return module
-    weight = module.weight.detach().T
+    weight = module.weight.detach().T if type(module).__name__ == "Conv1D" else module.weight.detach()
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=module.bias is not None,
                        device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
@@ -512,23 +588,27 @@ def _as_linear(module: nn.Module) -> nn.Linear:
     return linear
 
 
-def _split(module: nn.Module, parts: tuple[tuple[str, str, int], ...]) -> FusedProjection:
+def _split(module: nn.Module, layout: FusedLayout) -> FusedProjection:
     linear = _as_linear(module)
+    per_group = sum(rows for _, _, rows in layout.parts)
     children, start = {}, 0
-    for name, _, rows in parts:
-        part = nn.Linear(linear.in_features, rows, bias=linear.bias is not None,
+    for name, _, rows in layout.parts:
+        idx = torch.cat([torch.arange(g * per_group + start, g * per_group + start + rows)
+                         for g in range(layout.groups)])
+        part = nn.Linear(linear.in_features, len(idx), bias=linear.bias is not None,
                          device=linear.weight.device, dtype=linear.weight.dtype)
         with torch.no_grad():
-            part.weight.copy_(linear.weight[start:start + rows])
+            part.weight.copy_(linear.weight[idx])
             if linear.bias is not None:
-                part.bias.copy_(linear.bias[start:start + rows])
+                part.bias.copy_(linear.bias[idx])
         children[name], start = part, start + rows
-    return FusedProjection(children)
+    return FusedProjection(children, tuple(rows for _, _, rows in layout.parts) if layout.groups > 1 else None)
 
 
 def prepare(model: nn.Module) -> nn.Module:
-    """Split fused projections into one ``nn.Linear`` per role and turn ``Conv1D`` layers into
-    ``nn.Linear`` (in place; the same outputs up to float rounding; a no-op for most models)."""
+    """Split fused projections into one ``nn.Linear`` per role and turn ``Conv1D`` and
+    ``FalconLinear`` layers into ``nn.Linear`` (in place; the same outputs up to float rounding; a
+    no-op for most models)."""
     adapter = get_adapter(model)
     if not adapter.needs_prepare():
         return model
@@ -537,6 +617,6 @@ def prepare(model: nn.Module) -> nn.Module:
         for block in model.get_submodule(prefix + stack.path):
             for path in stack.conv1d:
                 set_module(block, path, _as_linear(block.get_submodule(path)))
-            for path, parts in stack.fused.items():
-                set_module(block, path, _split(block.get_submodule(path), parts))
+            for path, layout in stack.fused.items():
+                set_module(block, path, _split(block.get_submodule(path), layout))
     return model

@@ -257,9 +257,24 @@ class PerplexityResult:
     windows: int
 
 
+def bos_token_id(tokenizer) -> int | None:
+    """The BOS token id ``tokenizer`` puts before every text it encodes, or None when it adds none
+    (no BOS token, or one it does not add: SmolLM2's ``<|im_start|>``). Read off what it does, as
+    flags differ by tokenizer class: "a" encoded with its special tokens starts with the BOS id and
+    without them does not."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    with_special = tokenizer("a").input_ids
+    without = tokenizer("a", add_special_tokens=False).input_ids
+    added = len(with_special) > len(without) and with_special[0] == bos and (not without or without[0] != bos)
+    return int(bos) if added else None
+
+
 @torch.no_grad()
 def perplexity(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 512, stride: int | None = None,
-               max_tokens: int | None = None, progress: bool = True) -> PerplexityResult:
+               max_tokens: int | None = None, progress: bool = True,
+               bos_token_id: int | None = None) -> PerplexityResult:
     """Perplexity of a causal LM over a 1-D tensor of token ids.
 
     ``stride=None`` is the GPTQ protocol: non-overlapping windows of ``seq_len`` tokens (a final
@@ -267,32 +282,53 @@ def perplexity(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 512, st
     ``stride`` < ``seq_len``, windows of ``seq_len`` start every ``stride`` tokens and only the
     last ``stride`` tokens of each are scored (the earlier ones are context), as in the HF guide.
     ``max_tokens`` truncates the text first.
+
+    ``bos_token_id``: for a model trained with a BOS token before every text (Gemma; pass
+    :func:`bos_token_id` of its tokenizer, as the text-perplexity workloads do), every window
+    starts with it: the text's own leading BOS, if any, is dropped, each window is the BOS and
+    ``seq_len - 1`` text tokens, and every text token of a window is scored (the first one
+    predicted from the BOS alone), the BOS never. None (the default, and what a tokenizer that
+    adds no BOS gives): the windows are the text as it is, as above.
     """
     if seq_len < 2:
         raise ValueError(f"seq_len must be at least 2 tokens, got {seq_len}")
-    if stride is not None and not 0 < stride <= seq_len:
-        raise ValueError(f"stride must lie in (0, seq_len={seq_len}], got {stride}")
-    ids = input_ids.flatten()[: max_tokens or None]
+    if bos_token_id is not None and (isinstance(bos_token_id, bool) or not isinstance(bos_token_id, (int, np.integer))
+                                     or bos_token_id < 0):
+        raise ValueError(f"bos_token_id must be a token id (an int >= 0) or None, got {bos_token_id!r}")
+    lead = 0 if bos_token_id is None else 1  # positions the BOS takes in each window
+    width = seq_len - lead  # text tokens per window
+    if stride is not None and not 0 < stride <= width:
+        raise ValueError(f"stride must lie in (0, {'seq_len - 1' if lead else 'seq_len'}={width}], got {stride}"
+                         + (" (each window starts with the BOS token)" if lead else ""))
+    ids = input_ids.flatten()
+    if lead and len(ids) and ids[0] == bos_token_id:
+        ids = ids[1:]
+    ids = ids[: max_tokens or None]
     device = next(model.parameters()).device
     model.eval()
     total_nll, total_tokens, windows = 0.0, 0, 0
+    fresh = 1 - lead  # first scored text position of a window with nothing scored before it
     if stride is None:
-        spans = [(b, b + seq_len, 1) for b in range(0, len(ids) - seq_len + 1, seq_len)]
+        spans = [(b, b + width, fresh) for b in range(0, len(ids) - width + 1, width)]
     else:
         spans, prev_end = [], 0
-        for begin in range(0, len(ids) - 1, stride):
-            end = min(begin + seq_len, len(ids))
-            spans.append((begin, end, max(1, prev_end - begin)))  # first scored position in window
+        for begin in range(0, len(ids) - fresh, stride):
+            end = min(begin + width, len(ids))
+            spans.append((begin, end, max(fresh, prev_end - begin)))  # first scored text position in window
             prev_end = end
             if end == len(ids):
                 break
     if not spans:
-        raise ValueError(f"text of {len(ids)} tokens is shorter than one window of {seq_len}")
+        raise ValueError(f"text of {len(ids)} tokens is shorter than one window of {seq_len}"
+                         + (f" (the BOS token and {width} text tokens)" if lead else ""))
     for begin, end, first in tqdm(spans, desc="perplexity", disable=not progress):
-        window = ids[begin:end].unsqueeze(0).to(device)
+        window = ids[begin:end]
+        if lead:
+            window = torch.cat([window.new_tensor([bos_token_id]), window])
+        window = window.unsqueeze(0).to(device)
         logits = model(window).logits.float()
-        logp = torch.log_softmax(logits[0, first - 1 : -1], dim=-1)
-        target = window[0, first:]
+        logp = torch.log_softmax(logits[0, lead + first - 1 : -1], dim=-1)
+        target = window[0, lead + first:]
         total_nll -= logp.gather(1, target.unsqueeze(1)).sum().item()
         total_tokens += target.numel()
         windows += 1

@@ -343,9 +343,10 @@ class TextPerplexityWorkload(Workload):
         from . import metrics
 
         out: dict[str, float] = {}
+        bos = metrics.bos_token_id(self.tokenizer)  # every window starts with it when the tokenizer adds one (Gemma)
         for name, ids in self.test_ids().items():
             r = metrics.perplexity(model, ids, seq_len=self.profile.length, max_tokens=self.profile.eval_tokens,
-                                   progress=False)
+                                   progress=False, bos_token_id=bos)
             out |= {f"perplexity_{name}": r.perplexity, f"eval_tokens_{name}": r.tokens}
         return out
 

@@ -96,7 +96,27 @@ def tiny_gpt2(**kw):
     return GPT2LMHeadModel(GPT2Config(vocab_size=100, n_embd=48, n_layer=2, n_head=6, n_positions=64, **kw)).eval()
 
 
+def tiny_gpt_neox(**kw):
+    """GPT-NeoX: a fused query_key_value interleaved per head ([q_h, k_h, v_h]), parallel residual."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+    return GPTNeoXForCausalLM(GPTNeoXConfig(**{"vocab_size": 100, "hidden_size": 48, "num_hidden_layers": 2,
+                                               "num_attention_heads": 6, "intermediate_size": 96,
+                                               "max_position_embeddings": 64, **kw})).eval()
+
+
+def tiny_falcon(**kw):
+    """Falcon's new decoder architecture (a fused query_key_value holding, per key/value head, its 3
+    query heads then its key and value; FalconLinear layers). multi_query=True without
+    new_decoder_architecture: one shared key/value head, stacked after the queries; both False:
+    interleaved per head like GPT-NeoX."""
+    from transformers import FalconConfig, FalconForCausalLM
+    return FalconForCausalLM(FalconConfig(**{"vocab_size": 100, "hidden_size": 48, "num_hidden_layers": 2,
+                                             "num_attention_heads": 6, "new_decoder_architecture": True,
+                                             "num_kv_heads": 2, "bias": True, **kw})).eval()
+
+
 # architectures whose adapter is inferred from the module tree (no entry in the explicit table)
-INFERRED = {"gemma3_text": tiny_gemma3, "phi3": tiny_phi3, "gpt2": tiny_gpt2}
+INFERRED = {"gemma3_text": tiny_gemma3, "phi3": tiny_phi3, "gpt2": tiny_gpt2, "gpt_neox": tiny_gpt_neox,
+            "falcon": tiny_falcon}
 # every architecture the tests cover
 ARCHITECTURES = {**TINY, "qwen2": tiny_qwen2, "mistral": tiny_mistral, **INFERRED}

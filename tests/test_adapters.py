@@ -7,7 +7,8 @@ from torch import nn
 from tcomp_utils import adapters, budget, serialize
 from tcomp_utils.methods.factorization import factorize
 from tcomp_utils.methods.quantization import quantize
-from conftest import ARCHITECTURES, INFERRED, TINY, tiny_bert, tiny_gpt2, tiny_llama, tiny_opt, tiny_phi3, tiny_t5
+from conftest import (ARCHITECTURES, INFERRED, TINY, tiny_bert, tiny_falcon, tiny_gemma3, tiny_gpt2, tiny_gpt_neox,
+                      tiny_llama, tiny_opt, tiny_phi3, tiny_qwen2, tiny_t5)
 
 
 def test_bert_roles_map_to_expected_paths():
@@ -71,6 +72,12 @@ EXPECTED_LEAVES = {  # role -> last path components of its modules in one layer,
              "ffn_in": ["gate_up_proj.gate", "gate_up_proj.up"], "ffn_out": ["down_proj"]},
     "gpt2": {"query": ["c_attn.query"], "key": ["c_attn.key"], "value": ["c_attn.value"], "attn_out": ["attn.c_proj"],
              "ffn_in": ["c_fc"], "ffn_out": ["mlp.c_proj"]},
+    "gpt_neox": {"query": ["attention.query_key_value.query"], "key": ["attention.query_key_value.key"],
+                 "value": ["attention.query_key_value.value"], "attn_out": ["attention.dense"],
+                 "ffn_in": ["mlp.dense_h_to_4h"], "ffn_out": ["mlp.dense_4h_to_h"]},
+    "falcon": {"query": ["self_attention.query_key_value.query"], "key": ["self_attention.query_key_value.key"],
+               "value": ["self_attention.query_key_value.value"], "attn_out": ["self_attention.dense"],
+               "ffn_in": ["mlp.dense_h_to_4h"], "ffn_out": ["mlp.dense_4h_to_h"]},
 }
 
 
@@ -183,3 +190,48 @@ def test_conv1d_and_split_layers_are_counted_like_linears():
     adapters.prepare(model)
     assert budget.footprint(model) == before
     assert budget.footprint(tiny_phi3()).macs == budget.footprint(adapters.prepare(tiny_phi3())).macs
+
+
+FALCON_LAYOUTS = {  # Falcon's three query_key_value layouts, and GPT-NeoX's
+    "falcon-grouped": dict(),  # new_decoder_architecture: per key/value head, its 3 queries, key, value
+    "falcon-per-head": dict(new_decoder_architecture=False, multi_query=False, num_kv_heads=None),
+    "falcon-multi-query": dict(new_decoder_architecture=False, multi_query=True),
+}
+
+
+@pytest.mark.parametrize("name", [*FALCON_LAYOUTS, "gpt_neox"])
+def test_fused_query_key_value_is_split_into_one_linear_per_role_exactly(name):
+    torch.manual_seed(0)
+    model = tiny_gpt_neox() if name == "gpt_neox" else tiny_falcon(**FALCON_LAYOUTS[name])
+    batch = _inputs(name)
+    with torch.no_grad():
+        before = model(**batch).logits
+        adapters.prepare(model)
+        torch.testing.assert_close(model(**batch).logits, before, atol=1e-6, rtol=1e-6)
+    heads = adapters.head_structure(model)
+    for role, heads_of_role in (("query", heads.n_heads), ("key", heads.n_kv_heads), ("value", heads.n_kv_heads)):
+        found = adapters.find_modules(model, role)
+        assert [type(rm.module) for rm in found] == [nn.Linear] * 2
+        assert found[0].module.out_features == heads_of_role * heads.head_dim
+    assert all(type(rm.module) is nn.Linear for role in ("attn_out", "ffn_in", "ffn_out")  # FalconLinear made Linear
+               for rm in adapters.find_modules(model, role))
+    assert heads.n_kv_heads == {"falcon-grouped": 2, "falcon-multi-query": 1}.get(name, heads.n_heads)
+
+
+def test_an_unknown_fused_layout_is_refused_naming_the_layer_found():
+    from transformers import BloomConfig, BloomForCausalLM
+
+    bloom = BloomForCausalLM(BloomConfig(vocab_size=50, hidden_size=16, n_layer=1, n_head=2))
+    with pytest.raises(adapters.UnsupportedArchitectureError,
+                       match=r"model_type 'bloom'.*it has transformer\.h\.0\.self_attention\.query_key_value, a Linear "
+                             r"\(16 in, 48 out\).*query_key_value of gpt_neox, falcon"):
+        adapters.get_adapter(bloom)
+
+
+def test_post_sublayer_norms_are_named_only_where_a_layer_normalizes_its_sublayers_outputs():
+    # Gemma: post_attention_layernorm and post_feedforward_layernorm normalize each sublayer's output
+    # before the residual add; Llama-like layers' post_attention_layernorm is the FFN's input norm
+    assert adapters.get_adapter(tiny_gemma3()).stacks["decoder"].post_norms == {
+        "attn_out": "post_attention_layernorm", "ffn_out": "post_feedforward_layernorm"}
+    for model in (tiny_qwen2(), tiny_llama(), tiny_bert(), tiny_gpt_neox()):
+        assert all(not s.post_norms for s in adapters.get_adapter(model).stacks.values())

@@ -174,3 +174,88 @@ def test_paired_bleu_interval_is_the_corpus_difference_with_a_paired_bootstrap()
     with pytest.raises(ValueError, match="one hypothesis of each system per reference"):
         metrics.paired_bleu_interval(good[:-1], bad, refs)
     assert paired.hi - paired.lo < got.hi - got.lo
+
+
+# ---- perplexity windows that start with BOS ----------------------------------------------------
+def _tokenizer(adds_bos: bool, has_bos: bool = True):
+    """A word-level fast tokenizer over "w0 … w49"; BOS id 1, put before every text when ``adds_bos``
+    (as Gemma's does; SmolLM2's has a BOS token it never adds)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<bos>": 1, **{f"w{i}": i + 2 for i in range(50)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    if adds_bos:
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    special = {"unk_token": "<unk>", **({"bos_token": "<bos>"} if has_bos else {})}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special)
+
+
+class WindowLM(UniformLM):
+    """Uniform, and records every window it is fed."""
+
+    def __init__(self, vocab):
+        super().__init__(vocab)
+        self.windows = []
+
+    def forward(self, ids):
+        self.windows.append(ids[0].tolist())
+        return super().forward(ids)
+
+
+def test_bos_token_id_is_what_the_tokenizer_puts_before_a_text():
+    assert metrics.bos_token_id(_tokenizer(adds_bos=True)) == 1
+    assert metrics.bos_token_id(_tokenizer(adds_bos=False)) is None  # a BOS token it does not add
+    assert metrics.bos_token_id(_tokenizer(adds_bos=False, has_bos=False)) is None
+
+
+def test_with_bos_every_window_starts_with_it_and_it_is_never_scored():
+    tok = _tokenizer(adds_bos=True)
+    ids = tok(" ".join(f"w{i % 50}" for i in range(250)), return_tensors="pt").input_ids[0]
+    assert ids[0] == 1 and len(ids) == 251  # the text's own BOS, then 250 words
+    lm = WindowLM(52)
+    r = metrics.perplexity(lm, ids, seq_len=100, progress=False, bos_token_id=metrics.bos_token_id(tok))
+    assert [w[0] for w in lm.windows] == [1, 1] and all(len(w) == 100 for w in lm.windows)
+    assert lm.windows[0][1:] == ids[1:100].tolist() and lm.windows[1][1:] == ids[100:199].tolist()
+    assert (r.windows, r.tokens) == (2, 2 * 99)  # every text token of a window, the BOS never
+    assert r.perplexity == pytest.approx(52)
+    lm = WindowLM(52)  # strided: each of the 250 text tokens scored once, the first from the BOS alone
+    r = metrics.perplexity(lm, ids, seq_len=100, stride=50, progress=False, bos_token_id=1)
+    assert r.tokens == 250 and all(w[0] == 1 and 1 not in w[1:] for w in lm.windows)
+    with pytest.raises(ValueError, match=r"stride must lie in \(0, seq_len - 1=99\], got 100"):
+        metrics.perplexity(lm, ids, seq_len=100, stride=100, bos_token_id=1)
+    with pytest.raises(ValueError, match=r"bos_token_id must be a token id \(an int >= 0\) or None, got 'x'"):
+        metrics.perplexity(lm, ids, seq_len=100, bos_token_id="x")
+
+
+def test_without_bos_the_windows_are_the_text_as_it_is():
+    tok = _tokenizer(adds_bos=False)
+    ids = tok(" ".join(f"w{i % 50}" for i in range(250)), return_tensors="pt").input_ids[0]
+    lm = WindowLM(52)
+    r = metrics.perplexity(lm, ids, seq_len=100, progress=False, bos_token_id=metrics.bos_token_id(tok))
+    assert lm.windows == [ids[:100].tolist(), ids[100:200].tolist()] and r.tokens == 2 * 99
+
+
+@pytest.mark.parametrize("adds_bos", [True, False])
+def test_the_text_perplexity_workload_starts_windows_with_bos_when_its_tokenizer_adds_one(adds_bos):
+    from tcomp_utils import workloads
+
+    class Texts(workloads.TextPerplexityWorkload):
+        PROFILES = {"tiny": workloads.Profile("none", calibration=1, length=20, eval_tokens=None)}
+
+    tok, lm = _tokenizer(adds_bos), WindowLM(52)
+    wl = Texts("tiny")
+    wl._loaded = (lm, tok)
+    wl._test_ids = {t: tok(" ".join(f"w{i}" for i in range(45)), return_tensors="pt").input_ids[0] for t in wl.TEXTS}
+    scores = wl.scores(lm, set())
+    assert all((w[0] == 1) == adds_bos for w in lm.windows) and len(lm.windows) == 4
+    assert lm.windows[0][:2] == ([1, 2] if adds_bos else [2, 3])  # [BOS, w0] or [w0, w1]
+    assert scores["eval_tokens_novel"] == 2 * 19  # 2 windows: 19 text tokens after the BOS, or 19 after the first
+
+
+@pytest.mark.slow
+def test_the_embedded_decoders_tokenizer_adds_no_bos_so_its_perplexities_keep_their_protocol():
+    from tcomp_utils import workloads
+
+    assert metrics.bos_token_id(workloads.get("smollm2-135m", "smoke").tokenizer) is None

@@ -1,6 +1,7 @@
 """Structured pruning at a MAC budget (STAT's interpolative decomposition, magnitude, random)."""
 import copy
 
+import conftest
 import numpy as np
 import pytest
 import torch
@@ -9,6 +10,7 @@ from torch import nn
 
 from tcomp_utils import adapters, budget, capture, serialize
 from tcomp_utils.budget import BudgetError
+from tcomp_utils.methods import heads as head_surgery
 from tcomp_utils.methods import structured
 from tcomp_utils.registry import ConfigError, compress, method_config
 
@@ -379,3 +381,186 @@ def test_id_pruning_of_a_duplicated_head_keeps_the_outputs():
 def test_bad_fisher_pruning_options_are_clear_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         method_config("fisher_pruning", **options)
+
+
+# ---- every architecture still runs after pruning; refusals come before any change ------------------
+# what structured pruning refuses: seq2seq models, and heads of an attention that reads its head
+# count from the config every layer shares (Phi-3 slices its fused qkv at config.num_attention_heads)
+PHI3_HEADS = r"reads the head count from the model config \(config.num_attention_heads\).*units='neurons'"
+REFUSED = {**{("t5", units): "seq2seq" for units in structured.UNITS}, ("phi3", "heads"): PHI3_HEADS,
+           ("phi3", "both"): PHI3_HEADS}
+
+
+def _model_inputs(name: str, seed: int = 3) -> dict:
+    ids = torch.randint(1, 100, (2, 9), generator=torch.Generator().manual_seed(seed))
+    return dict(input_ids=ids, decoder_input_ids=ids) if name == "t5" else dict(input_ids=ids)
+
+
+@pytest.mark.parametrize("units", structured.UNITS)
+@pytest.mark.parametrize("name", sorted(conftest.ARCHITECTURES))
+def test_every_architecture_runs_after_pruning_or_is_refused_untouched(name, units):
+    torch.manual_seed(0)
+    model = adapters.prepare(conftest.ARCHITECTURES[name]())  # compress() prepares too: exact, not a change
+    inputs = _model_inputs(name)
+    with torch.no_grad():
+        dense = model(**inputs).logits
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    config = method_config("structured", mu=0.8, units=units)
+    if (name, units) in REFUSED:
+        with pytest.raises(adapters.UnsupportedArchitectureError, match=REFUSED[name, units]):
+            compress(model, config, batches(), progress=False)
+        after = model.state_dict()
+        assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
+        with torch.no_grad():
+            assert torch.equal(model(**inputs).logits, dense)
+        return
+    report = compress(model, config, batches(), progress=False)
+    assert report.after.macs < report.before.macs and (report.modules.units_kept < report.modules.units_before).any()
+    with torch.no_grad():
+        out = model(**inputs).logits
+    assert out.shape == dense.shape and torch.isfinite(out).all()
+
+
+HEAD_MODELS = {**{n: f for n, f in conftest.ARCHITECTURES.items() if n not in ("t5", "phi3")},
+               "falcon-per-head": lambda: conftest.tiny_falcon(new_decoder_architecture=False, multi_query=False,
+                                                              num_kv_heads=None)}
+
+
+@pytest.mark.parametrize("name", sorted(HEAD_MODELS))
+def test_removing_a_head_unit_computes_what_zeroing_its_output_columns_computes(name):
+    # a check of the head surgery and of the split fused projections (each part must hold its own
+    # heads' rows): dropping head unit 1 of every layer == the dense model without that unit's output
+    torch.manual_seed(0)
+    model = adapters.prepare(HEAD_MODELS[name]())
+    layers = structured._layers(model, method_config("structured"))
+    structure = [head_surgery.head_units(model, e) for e in layers]
+    reference = copy.deepcopy(model)
+    with torch.no_grad():
+        for e, h in zip(layers, structure):
+            reference.get_submodule(e.attn_out.path).weight[:, h.q_cols(1)] = 0
+    plans = [head_surgery.LayerPlan(heads=np.array([u for u in range(h.units) if u != 1])) for h in structure]
+    head_surgery.apply_plans(model, layers, structure, plans)
+    inputs = _model_inputs(name.split("-")[0])
+    with torch.no_grad():
+        torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits, atol=1e-5, rtol=1e-5)
+    assert all(adapters.find_modules(model, "query")[i].module.out_features == (h.units - 1) * h.per_unit * h.head_dim
+               for i, h in enumerate(structure))
+
+
+# ---- Gemma's sandwich norms: errors measured where the output enters the stream --------------------
+def _gemma(scale: float = 1.0) -> nn.Module:
+    """A tiny Gemma-3 whose layer-0 attention and FFN outputs are `scale` times larger: the norms
+    after them undo the scale (weights large enough that the norms' eps does not matter)."""
+    torch.manual_seed(0)
+    model = conftest.tiny_gemma3(initializer_range=0.2)
+    with torch.no_grad():
+        model.model.layers[0].self_attn.o_proj.weight *= scale
+        model.model.layers[0].mlp.down_proj.weight *= scale
+    return model
+
+
+def _real_batches(n: int = 6, seed: int = 0) -> list[dict]:
+    """`batches`, with no token 0 (the tiny Gemma's padding id: a zero embedding, a zero stream)."""
+    return [{**b, "input_ids": b["input_ids"].clamp_min(1)} for b in batches(n, seed)]
+
+
+@pytest.mark.parametrize("error", ["stream", "absolute"])
+def test_id_on_gemma_ignores_the_scale_its_post_norms_remove_and_keeps_every_layer(error):
+    held_out = _real_batches(2, seed=5)
+    kept = {}
+    for scale in (1 / 30, 1.0, 30.0):
+        model = _gemma(scale)
+        if scale != 1.0:  # the same function: the post-sublayer norms undo the scale
+            out, ref = logits(model, held_out), logits(_gemma(), held_out)
+            assert ((out - ref).norm() / ref.norm()).item() < 1e-3
+        report = compress(model, method_config("structured", mu=0.7, error=error), _real_batches(), progress=False)
+        kept[scale] = {(r.layer, r.unit): r.units_kept for r in report.modules.itertuples()}
+        neurons = [rm.module.in_features for rm in adapters.find_modules(model, "ffn_out")]
+        assert min(neurons) >= 96 // 3, (scale, neurons)  # the budget is spread: no layer collapses
+    assert kept[1 / 30] == kept[1.0] == kept[30.0]
+
+
+def test_post_norm_weighting_multiplies_each_row_by_the_norms_gain():
+    model = _gemma(3.0)
+    data = _real_batches(2)
+    layers = structured._layers(model, method_config("structured"))
+    rows = structured.capture_rows(model, layers, data, post_norm=True)
+    for e in layers:
+        block = model.model.layers[e.layer]
+        for rm, norm in ((e.attn_out, block.post_attention_layernorm), (e.ffn_out, block.post_feedforward_layernorm)):
+            norm_rm = adapters.RoleModule("norm", "post_norm", e.stack, e.layer, norm)
+            x = torch.cat([capture.capture_inputs(model, [rm], [b])[rm.path] for b in data]).double()
+            y = torch.cat([capture.capture_inputs(model, [norm_rm], [b])["norm"] for b in data])
+            with torch.no_grad():
+                gain = (norm(y).double().norm(dim=-1) / y.double().norm(dim=-1))[:, None]
+            m = rows[rm.path]
+            np.testing.assert_allclose(m.T @ m, ((x * gain).T @ (x * gain)).numpy(), rtol=1e-7, atol=1e-9)
+
+
+# units kept per replaced module and the held-out logits' sum and absolute sum, recorded before the
+# post-norm weighting existed: architectures without post-sublayer norms must prune exactly as before
+BEFORE_POST_NORMS = {
+    "bert": ([3, 3, 3, 3, 60, 60, 2, 2, 2, 2, 58, 58], 0.1154538169503212, 0.12683315202593803),
+    "llama": ([25, 25, 25, 22, 22, 22], 37.449125053296484, 1122.559020068692),
+    "opt": ([3, 3, 3, 3, 54, 54, 2, 2, 2, 2, 49, 49], 19.783711602191715, 843.5051979837801),
+    "qwen2": ([24, 24, 24, 23, 23, 23], 43.38253557286407, 1075.1675036246397),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEFORE_POST_NORMS))
+def test_architectures_without_post_norms_prune_as_before(name):
+    torch.manual_seed(0)
+    model = conftest.ARCHITECTURES[name]()
+    report = compress(model, method_config("structured", mu=0.7), batches(), progress=False)
+    out = logits(model, batches(2, seed=5)).double()
+    units, total, absolute = BEFORE_POST_NORMS[name]
+    assert list(report.modules.units_kept) == units
+    assert out.sum().item() == pytest.approx(total, rel=1e-4, abs=1e-5)
+    assert out.abs().sum().item() == pytest.approx(absolute, rel=1e-5)
+
+
+# ---- non-finite weights ---------------------------------------------------------------------------
+@pytest.mark.parametrize("criterion", structured.CRITERIA)
+def test_a_non_finite_weight_is_refused_naming_its_module_before_any_change(criterion):
+    torch.manual_seed(0)
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.up_proj\.weight holds NaN or inf"):
+        compress(model, method_config("structured", mu=0.8, criterion=criterion), batches(), progress=False)
+    after = model.state_dict()  # (NaN != NaN: compared with the NaN replaced)
+    assert state.keys() == after.keys()
+    assert all(torch.equal(state[k].nan_to_num(), after[k].nan_to_num()) for k in state)
+
+
+def test_non_finite_calibration_inputs_are_refused_naming_the_modules_before_any_change():
+    torch.manual_seed(0)
+    model = tiny_llama()
+    with torch.no_grad():  # not a pruned module: its NaN reaches the next layers' inputs
+        model.model.layers[1].input_layernorm.weight[3] = float("inf")
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"calibration inputs of model\.layers\.1\.self_attn\.o_proj.*NaN or inf"):
+        compress(model, method_config("structured", mu=0.8), batches(), progress=False)
+    assert {k: v.shape for k, v in model.state_dict().items()} == shapes
+
+
+def test_allocation_does_not_overshoot_by_a_head_when_neurons_can_close_the_gap():
+    head = (np.array([1.0, 0.05, 0.0]), 10.0)             # 2 units of 10 MACs; dropping one costs little
+    neurons = (np.array([(20 - k) / 20 for k in range(21)]), 1.0)  # 20 units of 1 MAC
+    # tau = 0.05 drops a head (10 MACs for a target of 5) and no neuron can be added back to close
+    # the 5 MACs of overshoot; keeping both heads and dropping 5 neurons lands on the budget
+    assert structured.allocate([head, neurons], target_saving=5.0) == [2, 15]
+
+
+@pytest.mark.parametrize("name", ["gpt2", "gpt_neox", "falcon", "phi3"])
+def test_families_with_fused_projections_prune_save_and_load(name, tmp_path):
+    torch.manual_seed(0)
+    model = conftest.ARCHITECTURES[name]()
+    units = "neurons" if name == "phi3" else "both"  # Phi-3's heads are refused (see REFUSED)
+    dense = budget.footprint(model).macs
+    compress(model, method_config("structured", mu=0.7, units=units), batches(), progress=False)
+    assert 0.69 * dense <= budget.footprint(model).macs <= 0.7 * dense + 1e-6
+    serialize.save_compressed(model, tmp_path / name)
+    data = batches(2, seed=5)
+    assert torch.equal(logits(serialize.load_compressed(tmp_path / name), data), logits(model, data))

@@ -11,6 +11,8 @@ head counts, one report row per replaced module.
 """
 from __future__ import annotations
 
+import inspect
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +29,7 @@ class PrunableLayer:
 
     stack: str
     layer: int
-    attention: nn.Module | None = None   # the module holding the head count (parent of the query)
+    attention: nn.Module | None = None   # the module holding the head count (see attention_path)
     query: adapters.RoleModule | None = None
     key: adapters.RoleModule | None = None
     value: adapters.RoleModule | None = None
@@ -66,6 +68,34 @@ class HeadUnits:
         return slice(unit * self.head_dim, (unit + 1) * self.head_dim) if self.grouped else self.q_cols(unit)
 
 
+def attention_path(model: nn.Module, query: adapters.RoleModule) -> str:
+    """Path of the attention module that holds the head count of ``query``: its parent, or the
+    parent of the fused projection it was split from (GPT-2's ``attn.c_attn.query``: ``attn``)."""
+    path = query.path.rsplit(".", 1)[0]
+    return path.rsplit(".", 1)[0] if isinstance(model.get_submodule(path), adapters.FusedProjection) else path
+
+
+# a forward that reads a head count from the model's config, which every layer shares: lowering
+# one layer's heads cannot reach it (Phi-3 slices its fused qkv output at config.num_attention_heads)
+_CONFIG_HEAD_COUNT = re.compile(r"\bconfig\.(num_attention_heads|num_key_value_heads|num_kv_heads|n_head|num_heads)\b")
+
+
+def check_head_pruning(model: nn.Module, layers: list[PrunableLayer]) -> None:
+    """Refuse, before anything changes, attention modules whose forward takes its head count from
+    the shared model config rather than from attributes of the module that pruning lowers."""
+    for e in layers:
+        try:
+            source = inspect.getsource(type(e.attention).forward)
+        except (OSError, TypeError):  # no source to read: trust the attributes
+            continue
+        found = _CONFIG_HEAD_COUNT.search(source)
+        if found:
+            raise adapters.UnsupportedArchitectureError(
+                f"cannot remove heads of {attention_path(model, e.query)} ({type(e.attention).__name__}): its forward "
+                f"reads the head count from the model config ({found.group(0)}), which all layers share, so a "
+                "narrower layer would be sliced at the old head count; prune neurons only (units='neurons')")
+
+
 def head_units(model: nn.Module, entry: PrunableLayer) -> HeadUnits:
     """The head units of ``entry``, read from its query and key widths (after any earlier pruning)."""
     declared = adapters.head_structure(model)
@@ -101,10 +131,11 @@ def _cols(rm: adapters.RoleModule, idx: torch.Tensor, weight: np.ndarray | None)
 
 def _set_heads(attention: nn.Module, heads: HeadUnits, kept_units: int) -> None:
     """Lower the head counts an attention module keeps as attributes (HF names differ by family)."""
-    n_q = kept_units * heads.per_unit
+    n_q, n_kv = kept_units * heads.per_unit, kept_units if heads.grouped else kept_units * heads.per_unit
     for name, value in (("num_attention_heads", n_q), ("num_heads", n_q), ("n_heads", n_q),
                         ("all_head_size", n_q * heads.head_dim), ("inner_dim", n_q * heads.head_dim),
-                        ("num_key_value_heads", kept_units if heads.grouped else n_q)):
+                        ("split_size", n_q * heads.head_dim),  # GPT-2 splits its fused output at it
+                        ("num_key_value_heads", n_kv), ("num_kv_heads", n_kv)):  # Falcon: num_kv_heads
         if isinstance(getattr(attention, name, None), int):
             setattr(attention, name, value)
 
