@@ -36,7 +36,10 @@ def _batches(n=4, seed=0):
     ("self_tuckerlayer", {"query", "key", "value"}, "2x32x32", "TuckerLinear"),    # [2, 384, 384] of [3, 768, 768]
     ("self_tuckervertical", {"query", "key", "value"}, "2x48x48", "TuckerLinear"),  # [8, 576, 576] of [12, 768, 768]
     ("self_tucker_4d", {"query", "key", "value"}, "2x2x48x48", "TuckerLinear"),   # [2, 8, 576, 576]
-    ("self_falcon", {"query", "key", "value"}, None, "FalconLinear"),
+    ("self_falcon", {"query", "key", "value"}, "3", "FalconLinear"),
+    ("self_falconlayer", {"query", "key", "value"}, "8", "FalconLinear"),     # one pointwise per layer
+    ("self_falconvertical", {"query", "key", "value"}, "8", "FalconLinear"),  # one pointwise per role
+    ("self_falcon_4d", {"query", "key", "value"}, "16", "FalconLinear"),      # one pointwise for all 9
 ])
 def test_each_mode_builds_the_seeds_factorization(mode, roles, rank, cls):
     teacher = _teacher()
@@ -48,8 +51,68 @@ def test_each_mode_builds_the_seeds_factorization(mode, roles, rank, cls):
         assert type(student.get_submodule(path)).__name__ == cls
         assert type(teacher.get_submodule(path)).__name__ == "Linear"  # the teacher is not changed
     assert budget.footprint(student).params < budget.footprint(teacher).params
-    if mode == "self_falcon":  # budgeted like self_svd: at most its stored numbers per matrix
+    if mode.startswith("self_falcon"):  # budgeted like self_svd: at most its stored numbers per matrix (or stack)
         assert (rows.params_after <= rows.params_before / 2).all()
+        shared = {id(student.get_submodule(p).shared) for p in rows.path}
+        assert len(shared) == {"self_falcon": 1, "self_falconlayer": 3, "self_falconvertical": 3, "self_falcon_4d": 1}[mode]
+
+
+def test_the_stacked_falcon_students_store_their_shared_factor_once_and_reload(tmp_path):
+    """self_falcon_4d on 3 layers of 64: the 9 Q/K/V matrices share one pointwise factor (64 x 8 blocks
+    x depth 16) and keep a depthwise factor (depth 16 x 64 inputs) each; saved and reloaded, it computes the same."""
+    from tcomp_utils import serialize
+
+    teacher = _teacher()
+    student, rows = students.make_student(teacher, "self_falcon_4d")
+    assert budget.footprint(student).params == budget.footprint(teacher).params - 9 * 64 * 64 + 64 * 8 * 16 + 9 * 16 * 64
+    assert rows.params_after.sum() == pytest.approx(64 * 8 * 16 + 9 * (16 * 64 + 64))
+    # factored, a matrix would cost 16·(64 + 64·8) MACs > 64·64: it computes with its matrix, as the seed's
+    assert all(student.get_submodule(p).runs_dense for p in rows.path)
+    assert budget.footprint(student).macs == budget.footprint(teacher).macs
+    ids = torch.randint(3, 100, (2, 9))
+    serialize.save_compressed(student, tmp_path / "s")
+    loaded = serialize.load_compressed(tmp_path / "s")
+    student.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, student(input_ids=ids).logits)
+    assert budget.footprint(loaded) == budget.footprint(student)
+    _, sgd_rows = students.make_student(teacher, "self_falconlayer", fit="sgd", fit_steps=300, fit_lr=3e-2)
+    _, svd_rows = students.make_student(teacher, "self_falconlayer")
+    assert (sgd_rows.rel_error >= svd_rows.rel_error - 1e-5).all() and (sgd_rows.rel_error < 1.1 * svd_rows.rel_error).all()
+
+
+def test_reconstructed_tucker_students_run_dense_matrices_and_keep_the_factors_stored_and_trained(tmp_path):
+    """reconstruct=True: the same logits as the factorized student, the teacher's (dense) MACs, the
+    factorized student's stored numbers; the factors get the gradients; saved and reloaded alike."""
+    from tcomp_utils import serialize
+
+    teacher = _teacher().eval()
+    ids = torch.randint(3, 100, (2, 9))
+    for mode in ("self_tuckerlayer", "self_tucker_4d", "ffn_tuckervertical"):
+        factored, rows = students.make_student(teacher, mode)
+        dense, dense_rows = students.make_student(teacher, mode, reconstruct=True)
+        assert not rows.reconstructed.any() and dense_rows.reconstructed.all()
+        assert dense_rows.params_after.tolist() == rows.params_after.tolist()
+        with torch.no_grad():
+            torch.testing.assert_close(dense(input_ids=ids).logits, factored(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+        fp, fp_factored = budget.footprint(dense), budget.footprint(factored)
+        assert fp.macs == budget.footprint(teacher).macs and fp.params == fp_factored.params < budget.footprint(teacher).params
+        assert fp_factored.macs != fp.macs
+    layer = dense.get_submodule(dense_rows.path[0])
+    assert layer.runs_dense and layer.tcomp_footprint().macs == layer.in_features * layer.out_features
+    dense.train()
+    dense(input_ids=ids).logits.sum().backward()
+    assert layer.coeffs[0].grad is not None and layer.shared.core.grad.abs().sum() > 0
+    dense.eval()
+    serialize.save_compressed(dense, tmp_path / "d")
+    loaded = serialize.load_compressed(tmp_path / "d")
+    with torch.no_grad():
+        assert torch.equal(loaded(input_ids=ids).logits, dense(input_ids=ids).logits)
+    assert budget.footprint(loaded) == budget.footprint(dense)
+    with pytest.raises(ConfigError, match="reconstruct=True rebuilds Tucker students' matrices; mode 'self_svd' is svd: "
+                                          "give one of self_tuckerlayer, self_tuckervertical, self_tucker_4d, "
+                                          "ffn_tuckervertical"):
+        students.make_student(teacher, "self_svd", reconstruct=True)
 
 
 def test_ffn_tucker_vertical_stacks_each_ffn_matrix_across_layers_and_explicit_ranks_are_taken():

@@ -1,5 +1,6 @@
 """Factorized layers: exactness where the budget allows it, budgets and counts, errors, save/load."""
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -10,8 +11,8 @@ from tcomp_utils import budget, serialize
 from tcomp_utils.budget import BudgetError
 from tcomp_utils.methods.factorization import factorize
 from tcomp_utils.methods.lowrank import LowRankLinear, rank_for_ratio, stacked_svd, truncated_svd
-from tcomp_utils.methods.tensor_factors import (FalconLinear, KroneckerLinear, kronecker_shape, nearest_kronecker,
-                                        tucker_linears)
+from tcomp_utils.methods.tensor_factors import (FalconLinear, KroneckerLinear, falcon_linears, kronecker_shape,
+                                                nearest_kronecker, tucker_linears)
 from conftest import tiny_bert, tiny_llama
 
 
@@ -118,6 +119,93 @@ def test_falcon_exact_on_block_rank_one_weights():
         FalconLinear.from_linear(lin, groups=5, depth=1)
 
 
+def test_stacked_falcon_shares_one_pointwise_factor_counts_it_once_and_is_exact_on_such_weights():
+    # W_i[:, c] = P_c D_i,c: three 12 x 16 matrices in 4 input blocks of 4, depth 2, one shared P
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(12, 4, 2, generator=g, dtype=torch.float64)
+    ws = [torch.einsum("ogt,gts->ogs", p, torch.randn(4, 2, 4, generator=g, dtype=torch.float64)).reshape(12, 16)
+          for _ in range(3)]
+    lins = [linear_from(w.float()) for w in ws]
+    shared, mods = falcon_linears(lins, groups=4, depth=2)
+    assert all(m.shared is shared and m.pointwise is None for m in mods) and shared.weight.shape == (12, 8)
+    x = torch.randn(5, 16)
+    for lin, mod in zip(lins, mods):
+        torch.testing.assert_close(mod(x), lin(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mod(x), x @ mod.weight_matrix().T + lin.bias)
+    table = budget.module_table(nn.ModuleList(mods), 8)
+    assert table.params.sum() == 12 * 8 + 3 * (4 * 2 * 4 + 12)  # P once; each: its depthwise and bias
+    assert (table.kind == "SharedFactor").sum() == 1
+    assert all(m.tcomp_footprint().macs == 2 * (16 + 12 * 4) for m in mods)  # t·(in + out·g) per token each
+
+    def error(mods, lins):
+        return sum((m.weight_matrix() - lin.weight).norm() ** 2 for m, lin in zip(mods, lins)).sqrt().item()
+    torch.manual_seed(0)
+    rand = [nn.Linear(16, 12) for _ in range(3)]
+    errors = [error(falcon_linears(rand, 4, t)[1], rand) for t in (1, 2, 3, 4)]
+    assert errors[0] > errors[1] > errors[2] > errors[3] > 0  # more depth, lower error
+    deep = falcon_linears(rand, 4, 4)[1]  # factored 4·(16 + 48) MACs > 12·16: computes with its cached matrix
+    assert all(m.runs_dense and m.tcomp_footprint().macs == 12 * 16 for m in deep) and not mods[0].runs_dense
+    torch.testing.assert_close(deep[1](x), x @ deep[1].weight_matrix().T + rand[1].bias)
+    alone = [falcon_linears([lin], 4, 2)[1][0] for lin in rand]
+    assert error(alone, rand) < errors[1]  # sharing P costs accuracy at one depth (and saves 2 P's)
+    assert all(m.shared is None for m in alone)
+    assert FalconLinear.plan(12, 16, 4, ratio=2, n_stacked=3) == math.floor(3 * 12 * 16 / (2 * (3 * 16 + 12 * 4)))
+
+
+def test_falcon_sgd_fit_is_seeded_beats_its_start_and_reaches_the_svd_optimum():
+    torch.manual_seed(0)
+    lins = [nn.Linear(32, 24) for _ in range(3)]
+
+    def error(mods, lins):
+        return sum((m.weight_matrix() - lin.weight).norm() ** 2 for m, lin in zip(mods, lins)).sqrt().item()
+    sgd = dict(fit="sgd", fit_steps=1000, fit_lr=3e-2)
+    for stack in (lins[:1], lins):  # one matrix (separated) and a stack sharing its pointwise factor
+        svd_err = error(falcon_linears(stack, 4, 3)[1], stack)
+        first, second = falcon_linears(stack, 4, 3, **sgd, fit_seed=1)[1], falcon_linears(stack, 4, 3, **sgd, fit_seed=1)[1]
+        assert all(torch.equal(a.weight_matrix(), b.weight_matrix()) for a, b in zip(first, second))
+        other = falcon_linears(stack, 4, 3, **sgd, fit_seed=2)[1]
+        assert not torch.equal(other[0].weight_matrix(), first[0].weight_matrix())
+        start = error(falcon_linears(stack, 4, 3, fit="sgd", fit_steps=0, fit_seed=1)[1], stack)
+        fitted = error(first, stack)
+        assert svd_err - 1e-5 <= fitted <= 1.01 * svd_err < start  # SVD is the optimum; SGD gets within 1 %
+    mod = FalconLinear.from_linear(lins[0], 4, depth=3, fit="sgd", fit_steps=10)
+    assert mod.depthwise.dtype == torch.float32 and mod.depth == 3
+
+
+def test_bad_falcon_budgets_modes_and_fits_are_refused_before_any_change():
+    model = tiny_bert()  # Q/K/V 32 x 32: blocks of 8 (4 groups)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    qkv = ["query", "key", "value"]
+    cases = [
+        (dict(roles=["query", "key"], mode="qkv", ratio=2), ValueError,
+         r"FALCON mode 'qkv' stacks Q/K/V: give roles \['query', 'key', 'value'\] \(or 'qkv'\), got \['key', 'query'\]"),
+        (dict(roles=qkv, mode="qkv", rank=30), BudgetError,
+         r"FALCON depth 30 \(from depth=30\) must lie in \[1, 13\] for 3 stacked 32 × 32 matrices in 4 blocks of 8"),
+        (dict(roles=qkv, mode="qkv-concatenated", ratio=1000), BudgetError,
+         r"FALCON depth 0 \(from ratio 1000\) must lie in \[1, 19\] for 6 stacked 32 × 32 matrices"),
+        # a depth that stores more numbers than the matrix (7·(32 + 32·4) > 32·32), accepted before
+        (dict(roles=["query"], rank=7), BudgetError, r"FALCON depth 7 \(from depth=7\) must lie in \[1, 6\] for a 32 × 32"),
+        (dict(roles=qkv, mode="qkv", rank=0), BudgetError, "rank must be an integer >= 1, got 0"),
+        (dict(roles=qkv, mode="qkv", ratio=2, fit="adam"), ValueError, "fit='adam' is not allowed; allowed: svd, sgd"),
+        (dict(roles=qkv, mode="qkv", ratio=2, fit_steps=100), ValueError,
+         "fit_steps=100: options of the SGD fit, given with fit='svd'"),
+        (dict(roles=qkv, mode="qkv", ratio=2, fit="sgd", fit_steps=-1), ValueError,
+         "fit_steps must be an integer >= 0 or None, got -1"),
+        (dict(roles=qkv, mode="qkv", ratio=2, fit="sgd", fit_lr=0.0), ValueError, "fit_lr must be a finite number > 0"),
+        (dict(roles=qkv, mode="qkv-concat", ratio=2), ValueError, "mode='qkv-concat' is not allowed.*'qkv-concatenated'"),
+    ]
+    for kwargs, error, message in cases:
+        with pytest.raises(error, match=message):
+            factorize(model, "falcon", **kwargs)
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()), kwargs
+        assert not any(isinstance(m, FalconLinear) for m in model.modules()), kwargs
+    llama = tiny_llama()  # grouped-query attention: K and V are 16 x 48, Q 48 x 48
+    with pytest.raises(BudgetError, match=r"FALCON stacks need matrices of one shape; .*q_proj \[48, 48\], "
+                                          r".*k_proj \[16, 48\]"):
+        factorize(llama, "falcon", "qkv", mode="qkv", ratio=2)
+    assert not any(isinstance(m, FalconLinear) for m in llama.modules())
+
+
 @pytest.mark.parametrize("method, mode, roles, budget_kw", [
     ("svd", "separated", ["ffn_in", "ffn_out"], {"ratio": 2}),
     ("svd", "concatenated", ["query", "value"], {"ratio": 2}),
@@ -126,6 +214,9 @@ def test_falcon_exact_on_block_rank_one_weights():
     ("tucker", "qkv-concatenated", ["query", "key", "value"], {"rank": (2, 2, 12, 12)}),
     ("kronecker", "separated", ["ffn_in"], {"ratio": 4}),
     ("falcon", "separated", ["ffn_out"], {"ratio": 3}),
+    ("falcon", "qkv", ["query", "key", "value"], {"ratio": 2}),
+    ("falcon", "concatenated", ["ffn_in"], {"ratio": 2}),
+    ("falcon", "qkv-concatenated", ["query", "key", "value"], {"rank": 4}),
 ])
 def test_whole_model_factorization_counts_and_round_trip(tmp_path, method, mode, roles, budget_kw):
     torch.manual_seed(0)

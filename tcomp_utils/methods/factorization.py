@@ -24,7 +24,9 @@ fwsvd       separated                               Fisher-weighted SVD: rows we
 tucker      concatenated, qkv, qkv-concatenated      Tucker of [L,out,in], [3,out,in] per layer, or
                                                     [3,L,out,in] (roles query, key, value)
 kronecker   separated                               sum of Kronecker products (nearest-KP SVD)
-falcon      separated                               depthwise × pointwise (option ``groups``)
+falcon      separated, concatenated, qkv,           depthwise × pointwise (option ``groups``); the
+            qkv-concatenated                        stacks of tucker's modes share the pointwise
+                                                    factor; fit by SVD or SGD (``fit``)
 =========== ======================================= =============================================
 """
 from __future__ import annotations
@@ -44,7 +46,8 @@ from ..registry import (CompressionReport, ConfigError, MethodConfig, check_choi
                         register_method)
 from ..targeting import MEASURED, by_role, module_row, replace
 from .lowrank import LowRankEmbedding, LowRankLinear, check_rank, rank_for_ratio, stacked_svd
-from .tensor_factors import FalconLinear, KroneckerLinear, check_tucker_ranks, tucker_linears, tucker_ranks_for_ratio
+from .tensor_factors import (FalconLinear, KroneckerLinear, check_falcon_fit, check_tucker_ranks, falcon_linears,
+                             tucker_linears, tucker_ranks_for_ratio)
 
 Plan = list[tuple[list[str], Callable[[], dict[str, nn.Module]]]]
 
@@ -152,13 +155,29 @@ class KroneckerConfig(FactorizationConfig):
 @dataclass
 class FalconConfig(FactorizationConfig):
     """FALCON-style depthwise × pointwise: ``groups`` input blocks (default: blocks of 64 inputs, else
-    the divisor nearest √in), depth ``rank`` or the largest within ``ratio``."""
+    the divisor nearest √in), depth ``rank`` or the largest within ``ratio``. ``mode``: each matrix
+    alone (``separated``) or stacks sharing one pointwise factor, as Tucker stacks them: one role
+    across layers (``concatenated``), Q/K/V of a layer (``qkv``), Q/K/V across layers
+    (``qkv-concatenated``); the ratio is then the stack's. ``fit``: per-block truncated SVD
+    (``svd``, the Frobenius optimum) or, as the seed, SGD (``sgd``: ``fit_steps``, ``fit_lr``,
+    ``fit_seed``; see :func:`~tcomp_utils.methods.tensor_factors.falcon_fit`)."""
 
     groups: int | None = None
+    fit: str = "svd"
+    fit_steps: int | None = None
+    fit_lr: float | None = None
+    fit_seed: int | None = None
+
+    MODES: ClassVar[tuple[str, ...]] = ("separated", "concatenated", "qkv", "qkv-concatenated")
 
     def validate(self) -> None:
         super().validate()
         check_int("groups", self.groups, none_ok=True)
+        check_falcon_fit(self.fit, self.fit_steps, self.fit_lr, self.fit_seed)
+
+    def fit_options(self) -> dict:
+        """The fit and its options as keyword arguments of :func:`~tcomp_utils.methods.tensor_factors.falcon_linears`."""
+        return dict(fit=self.fit, fit_steps=self.fit_steps, fit_lr=self.fit_lr, fit_seed=self.fit_seed)
 
 
 # --------------------------------------------------------------------------------------- helpers
@@ -284,8 +303,8 @@ def _fwsvd(model, config: FWSVDConfig, calibration, progress) -> list[dict]:
     return _apply(model, targets, plan, progress, "fwsvd")
 
 
-def _tucker_grids(targets: dict, mode: str) -> list[np.ndarray]:
-    """Arrays of module paths shaped like the Tucker stacks of ``mode``."""
+def _stack_grids(targets: dict, mode: str, method: str) -> list[np.ndarray]:
+    """Arrays of module paths shaped like the stacks of ``mode`` (``method`` names the method in errors)."""
     if mode == "concatenated":
         out = []
         for rms in targets.values():
@@ -293,7 +312,7 @@ def _tucker_grids(targets: dict, mode: str) -> list[np.ndarray]:
                 out.append(np.array([rm.path for rm in rms if rm.stack == stack], dtype=object))
         return out
     if sorted(targets) != ["key", "query", "value"]:
-        raise ConfigError(f"Tucker mode {mode!r} stacks Q/K/V: give roles ['query', 'key', 'value'] (or 'qkv'), "
+        raise ConfigError(f"{method} mode {mode!r} stacks Q/K/V: give roles ['query', 'key', 'value'] (or 'qkv'), "
                           f"got {sorted(targets)}")
     by = {(rm.stack, rm.layer): {} for rm in targets["query"]}
     for role in ("query", "key", "value"):
@@ -306,18 +325,25 @@ def _tucker_grids(targets: dict, mode: str) -> list[np.ndarray]:
     return [np.array([per_layer[k] for k in per_layer if k[0] == s], dtype=object).T for s in stacks]
 
 
+def _same_shape(model: nn.Module, paths: list[str], method: str) -> list[nn.Module]:
+    """The modules at ``paths``, which a stack needs to be of one shape (else a BudgetError naming them)."""
+    modules = [model.get_submodule(p) for p in paths]
+    if any(m.weight.shape != modules[0].weight.shape for m in modules):
+        shapes = ", ".join(f"{p} {list(m.weight.shape)}" for p, m in zip(paths, modules))
+        raise BudgetError(f"{method} stacks need matrices of one shape; {shapes} differ")
+    return modules
+
+
 @register_method("tucker", TuckerConfig, family="factorization")
 def _tucker(model, config: TuckerConfig, calibration, progress) -> list[dict]:
     """Tucker of stacked weights (one role across layers, Q/K/V in a layer, or both)."""
     targets = _selected(model, config)
     plan = []
-    for grid_paths in _tucker_grids(targets, config.mode):
+    for grid_paths in _stack_grids(targets, config.mode, "Tucker"):
         grid = np.empty(grid_paths.shape, dtype=object)
-        for idx, p in np.ndenumerate(grid_paths):
-            grid[idx] = model.get_submodule(p)
+        for idx, module in zip(np.ndindex(grid.shape), _same_shape(model, list(grid_paths.flat), "Tucker")):
+            grid[idx] = module
         first = grid.flat[0]
-        if any(lin.weight.shape != first.weight.shape for lin in grid.flat):
-            raise BudgetError(f"Tucker stacks need matrices of one shape; {list(grid_paths.flat)} differ")
         ranks = tuple(config.rank) if config.rank is not None else tucker_ranks_for_ratio(
             grid.shape, first.out_features, first.in_features, config.ratio, config.lead_ranks)
         check_tucker_ranks(grid.shape, first.out_features, first.in_features, ranks)
@@ -350,15 +376,19 @@ def default_groups(n_in: int) -> int:
 
 @register_method("falcon", FalconConfig, family="factorization")
 def _falcon(model, config: FalconConfig, calibration, progress) -> list[dict]:
-    """FALCON-style depthwise × pointwise factorization."""
+    """FALCON-style depthwise × pointwise factorization, per matrix or of stacks sharing the pointwise factor."""
     targets = _selected(model, config)
+    stacks = ([[rm.path] for rm in _flat(targets)] if config.mode == "separated"
+              else [list(grid.flat) for grid in _stack_grids(targets, config.mode, "FALCON")])
     plan = []
-    for rm in _flat(targets):
-        lin = rm.module
-        groups = config.groups or default_groups(lin.in_features)
-        depth = FalconLinear.plan(lin.out_features, lin.in_features, groups, config.ratio, config.rank)
-        plan.append(([rm.path], lambda rm=rm, g=groups, t=depth: {rm.path: FalconLinear.from_linear(rm.module, g, depth=t)}))
-    return _apply(model, targets, plan, progress, "falcon")
+    for paths in stacks:
+        lins = _same_shape(model, paths, "FALCON")
+        groups = config.groups or default_groups(lins[0].in_features)
+        depth = FalconLinear.plan(lins[0].out_features, lins[0].in_features, groups, config.ratio, config.rank,
+                                  n_stacked=len(lins))
+        plan.append((paths, lambda paths=paths, lins=lins, g=groups, t=depth: dict(zip(
+            paths, falcon_linears(lins, g, t, **config.fit_options())[1]))))
+    return _apply(model, targets, plan, progress, f"falcon {config.mode}")
 
 
 # ----------------------------------------------------------------------------------- convenience

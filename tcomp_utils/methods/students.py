@@ -12,11 +12,23 @@ mode                     what is factorized                      the seed's BERT
 ``self_tucker_4d``       Q/K/V across layers [3,L,o,i]           [2, 8, 576, 576]
 ``ffn_tuckervertical``   one FFN matrix across layers [L,o,i]    not given: [8 of 12, half, half]
 ``self_falcon``          Q, K, V: depthwise × pointwise          not given: self_svd's stored numbers
+``self_falconlayer``     [Q; K; V] of a layer, one pointwise     not given: self_svd's stored numbers
+``self_falconvertical``  one of Q/K/V across layers, one         not given: self_svd's stored numbers
+                         pointwise per role
+``self_falcon_4d``       Q/K/V across layers, one pointwise      not given: self_svd's stored numbers
 =======================  =====================================  ====================================
 
 Other sizes get the **same fractions** of each dimension (a rank of 192 of 768 is a quarter of the
 smaller side; the leading modes' ranks a fraction of 3 or of the depth), rounded, at least 1;
 ``ranks=`` gives explicit ranks instead (an int for SVD and FALCON's depth, a list for Tucker).
+The FALCON modes store what ``self_svd`` stores (half the dense numbers of each matrix or stack);
+a stack shares its pointwise factor (see :mod:`tcomp_utils.methods.tensor_factors`), and a layer
+whose factored path would cost more MACs than its matrix computes with the matrix, as the seed's
+FALCON students do (BERT-base's stacks do). They are fitted by SVD unless ``fit="sgd"`` is given
+(the seed fits them by SGD).
+
+``reconstruct=True`` makes a Tucker student compute with its matrices rebuilt from the factors, as
+the seed's Tucker students do: the stored numbers stay the factors', the MACs are the dense ones.
 """
 from __future__ import annotations
 
@@ -58,6 +70,9 @@ MODES = {
     "ffn_tuckervertical": StudentMode("tucker", (("ffn_in",), ("ffn_out",)), "concatenated", lead=("depth",),
                                       side=1 / 2),  # not given by the seed: about ffn_svd's 2x fewer numbers
     "self_falcon": StudentMode("falcon", (QKV,), "separated", ratio=768 / (2 * 192)),
+    "self_falconlayer": StudentMode("falcon", (QKV,), "qkv", ratio=768 / (2 * 192)),
+    "self_falconvertical": StudentMode("falcon", (QKV,), "concatenated", ratio=768 / (2 * 192)),
+    "self_falcon_4d": StudentMode("falcon", (QKV,), "qkv-concatenated", ratio=768 / (2 * 192)),
 }
 LEAD = {"qkv": 2 / 3, "depth": 8 / 12}  # the seed's 2 of 3 stacked Q/K/V and 8 of 12 layers
 
@@ -86,20 +101,33 @@ def seed_ranks(mode: str, model: nn.Module) -> list[int | list[int] | None]:
     return out
 
 
-def make_student(teacher: nn.Module, mode: str, ranks: int | list[int] | None = None,
-                 progress: bool = False) -> tuple[nn.Module, pd.DataFrame]:
+def make_student(teacher: nn.Module, mode: str, ranks: int | list[int] | None = None, progress: bool = False,
+                 reconstruct: bool = False, **options) -> tuple[nn.Module, pd.DataFrame]:
     """A copy of ``teacher`` compressed by ``mode`` with the seed's ranks as fractions, or with
     ``ranks`` (the same for every group); returns ``(student, modules)``, the factorization
-    report's rows (path, role, rank, params and bytes before/after, relative error). The teacher is
-    not changed; an impossible rank is an error before the copy is changed."""
+    report's rows (path, role, rank, params and bytes before/after, relative error, and
+    ``reconstructed``). ``reconstruct`` (Tucker modes): the student's Tucker layers compute with
+    their rebuilt matrices (:attr:`~tcomp_utils.methods.tensor_factors.TuckerLinear.runs_dense`:
+    dense MACs; stored numbers and ``params_after`` those of the factors). ``options``: the
+    method's own fields (e.g. ``fit="sgd"`` for the FALCON modes). The teacher is not changed; an
+    impossible rank or a bad option is an error before the copy is changed."""
     spec = _mode(mode)
+    if reconstruct and spec.method != "tucker":
+        tucker = [name for name, m in MODES.items() if m.method == "tucker"]
+        raise ConfigError(f"reconstruct=True rebuilds Tucker students' matrices; mode {mode!r} is {spec.method}: "
+                          f"give one of {', '.join(tucker)}")
     student = copy.deepcopy(teacher)
     per_group = seed_ranks(mode, teacher) if ranks is None else [ranks] * len(spec.groups)
     rows = []
     for group, rank in zip(spec.groups, per_group):
         budget = {"rank": rank} if rank is not None else {"ratio": spec.ratio}
-        rows.append(factorize(student, spec.method, list(group), mode=spec.mode, progress=progress, **budget).modules)
-    return student, pd.concat(rows, ignore_index=True).assign(mode=mode)
+        rows.append(factorize(student, spec.method, list(group), mode=spec.mode, progress=progress, **budget,
+                              **options).modules)
+    rows = pd.concat(rows, ignore_index=True).assign(mode=mode, reconstructed=reconstruct)
+    if reconstruct:
+        for path in rows.path:
+            student.get_submodule(path).runs_dense = True
+    return student, rows
 
 
 def layer_student(teacher: nn.Module, keep: int) -> nn.Module:

@@ -1,5 +1,6 @@
 """Tensor factorizations of linear layers: Tucker on stacked weights, sums of Kronecker
-products, and the FALCON-style depthwise × pointwise form. Each computes in factorized form.
+products, and the FALCON-style depthwise × pointwise form. Each computes in factorized form (a
+Tucker layer can instead run its rebuilt matrix, as the seed's Tucker students do: ``dense``).
 
 * **Tucker** (tensorly): stack matrices of the same shape along leading modes (Q/K/V of a layer:
   [3, out, in]; one role across layers: [L, out, in]; Q/K/V across layers: [3, L, out, in]) and
@@ -12,8 +13,15 @@ products, and the FALCON-style depthwise × pointwise form. Each computes in fac
   Frobenius norm; optional gradient refinement on calibration inputs.
 * **FALCON-style**: split the input into g blocks; each block's columns ``W_c`` (out × in/g) ≈
   ``P_c D_c`` with a depthwise factor D_c (t × in/g) and a pointwise factor P_c (out × t)
-  (t = 1 is FALCON's depthwise-then-pointwise convolution; LoBERT fits it by SGD, the per-block
-  truncated SVD used here is its Frobenius optimum).
+  (t = 1 is FALCON's depthwise-then-pointwise convolution). A stack of matrices of one shape
+  (Q/K/V of a layer, one role across layers, or both, as for Tucker) shares one pointwise factor P,
+  stored once, each matrix keeping its depthwise factors: ``W_i[:, c] ≈ P_c D_i,c``. The seed
+  (LoBERT) shares a full out × in pointwise matrix and keeps a depthwise vector per matrix,
+  ``W_i = diag(d_i)·P``, and computes with the rebuilt matrices (its 4-D mode: a matrix per layer
+  scaled per Q/K/V); here the shared part is the block form's pointwise factor, with a depth t that
+  meets a budget, and the layers compute in factorized form. Fitted per block by truncated SVD of
+  the block's columns of all the stacked matrices side by side (the Frobenius optimum), or by SGD
+  as the seed fits it.
 """
 from __future__ import annotations
 
@@ -27,8 +35,8 @@ from tensorly.decomposition import tucker
 from torch import nn
 
 from ..budget import BudgetError, CompressedLinear, Footprint, as_parameter, check_ratio, dense_bytes
-from ..registry import register_module
-from .lowrank import truncated_svd
+from ..registry import ConfigError, check_choice, check_int, register_module
+from .lowrank import SharedFactor, truncated_svd
 
 
 # ---------------------------------------------------------------------------------------- Tucker
@@ -58,14 +66,20 @@ class TuckerCore(nn.Module):
 @register_module
 class TuckerLinear(CompressedLinear):
     """One matrix of a Tucker-factorized stack: ``y = B (M (Cᵀ x)) + b`` with ``M`` the shared core
-    contracted with this matrix's rows of the leading factors (``coeffs``)."""
+    contracted with this matrix's rows of the leading factors (``coeffs``).
 
-    def __init__(self, coeffs: list[torch.Tensor], shared: TuckerCore, bias: torch.Tensor | None = None):
+    With ``dense`` (:attr:`runs_dense`) it computes with its matrix rebuilt from the factors, as the
+    seed's Tucker students do: ``out·in`` MACs per token, the same stored numbers (the factors); the
+    matrix is built once and cached while nothing trains, rebuilt per call while the factors do."""
+
+    def __init__(self, coeffs: list[torch.Tensor], shared: TuckerCore, bias: torch.Tensor | None = None,
+                 dense: bool = False):
         super().__init__()
         self.coeffs = nn.ParameterList([as_parameter(c) for c in coeffs])
         self.shared = shared
         self.bias = as_parameter(bias) if bias is not None else None
         self.out_features, self.in_features = shared.out_factor.shape[0], shared.in_factor.shape[0]
+        self.runs_dense = dense
 
     @property
     def rank_label(self) -> str:
@@ -78,6 +92,10 @@ class TuckerLinear(CompressedLinear):
         return m  # (r_out, r_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.runs_dense:
+            core = self.shared
+            return nn.functional.linear(x, self.cached_weight([*self.coeffs, core.core, core.out_factor, core.in_factor]),
+                                        self.bias)
         h = x @ self.shared.in_factor
         h = h @ self.middle().T
         return nn.functional.linear(h, self.shared.out_factor, self.bias)
@@ -88,17 +106,17 @@ class TuckerLinear(CompressedLinear):
     def tcomp_footprint(self) -> Footprint:
         own = [*self.coeffs, *([self.bias] if self.bias is not None else [])]
         r_out, r_in = self.shared.core.shape[-2:]
-        return Footprint(sum(t.numel() for t in own), sum(dense_bytes(t) for t in own),
-                         self.in_features * r_in + r_in * r_out + r_out * self.out_features)
+        macs = (self.in_features * self.out_features if self.runs_dense
+                else self.in_features * r_in + r_in * r_out + r_out * self.out_features)
+        return Footprint(sum(t.numel() for t in own), sum(dense_bytes(t) for t in own), macs)
 
     def tcomp_config(self) -> dict:
-        return {"coeffs": [c.numel() for c in self.coeffs], "bias": self.bias is not None}
+        return {"coeffs": [c.numel() for c in self.coeffs], "bias": self.bias is not None, "dense": self.runs_dense}
 
     @classmethod
     def tcomp_empty(cls, config: dict, shared: TuckerCore) -> "TuckerLinear":
-        core = shared
-        bias = torch.empty(core.out_factor.shape[0]) if config["bias"] else None
-        return cls([torch.empty(n) for n in config["coeffs"]], core, bias)
+        bias = torch.empty(shared.out_factor.shape[0]) if config["bias"] else None
+        return cls([torch.empty(n) for n in config["coeffs"]], shared, bias, config.get("dense", False))
 
 
 def tucker_params(lead: tuple[int, ...], lead_ranks: tuple[int, ...], n_out: int, n_in: int, r_out: int, r_in: int) -> int:
@@ -297,72 +315,187 @@ def nearest_kronecker(weight: torch.Tensor, m1: int, n1: int, rank: int) -> tupl
 
 
 # ---------------------------------------------------------------------------------------- FALCON
+FALCON_FITS = ("svd", "sgd")
+SGD_STEPS, SGD_LR, SGD_SEED = 2000, 1e-2, 0  # defaults of fit="sgd" (the seed: 10 000 SGD steps at lr 0.01)
+
+
 @register_module
 class FalconLinear(CompressedLinear):
     """Depthwise × pointwise: input split into ``groups`` blocks of ``in/groups``; depthwise
     factor D (groups, t, in/groups) maps each block to t channels, pointwise P (out, groups·t)
-    mixes them. Stored numbers and MACs per token: ``t·(in + out·groups)``."""
+    mixes them. Stored numbers (with its own P) and MACs per token: ``t·(in + out·groups)``.
 
-    def __init__(self, depthwise: torch.Tensor, pointwise: torch.Tensor, bias: torch.Tensor | None = None):
+    ``pointwise`` is this layer's own P or a :class:`~tcomp_utils.methods.lowrank.SharedFactor`
+    holding the P that a stack of matrices shares (see :func:`falcon_linears`); a shared P is
+    counted once, by the budget counter and by the report (spread over the stack). Sharing lets a
+    stack reach depths whose factored path costs more than the dense matrix (BERT-base's Q/K/V
+    across layers at self_svd's budget: ~5×): then the layer computes with its matrix, built once
+    and cached like :class:`KroneckerLinear`'s (rebuilt per call while the factors train), and
+    counts ``in·out`` MACs, as the seed's FALCON students compute."""
+
+    def __init__(self, depthwise: torch.Tensor, pointwise: torch.Tensor | SharedFactor, bias: torch.Tensor | None = None):
         super().__init__()
         self.depthwise = as_parameter(depthwise)
-        self.pointwise = as_parameter(pointwise)
+        if isinstance(pointwise, SharedFactor):
+            self.shared = pointwise
+            self.register_parameter("pointwise", None)
+        else:
+            self.shared = None
+            self.pointwise = as_parameter(pointwise)
         self.bias = as_parameter(bias) if bias is not None else None
         self.groups, self.depth, block = self.depthwise.shape
-        self.in_features, self.out_features = self.groups * block, self.pointwise.shape[0]
+        self.in_features, self.out_features = self.groups * block, self._pointwise().shape[0]
+        self.factored_macs = self.depth * (self.in_features + self.out_features * self.groups)  # per token
+        self.runs_dense = self.factored_macs > self.in_features * self.out_features
 
     @staticmethod
-    def plan(n_out: int, n_in: int, groups: int, ratio: float | None = None, depth: int | None = None) -> int:
-        """The depth t for ``groups`` input blocks: ``depth``, or the largest with
-        ``t·(in + out·g) ≤ out·in / ratio``. Raises :class:`BudgetError` when impossible."""
+    def plan(n_out: int, n_in: int, groups: int, ratio: float | None = None, depth: int | None = None,
+             n_stacked: int = 1) -> int:
+        """The depth t for ``groups`` input blocks of ``n_stacked`` out × in matrices sharing one
+        pointwise factor (1: a matrix alone): ``depth``, or the largest with
+        ``t·(n·in + out·g) ≤ n·out·in / ratio``. It must lie below the full rank ``min(out, n·in/g)``
+        of a block's columns side by side and store fewer numbers than the dense matrices.
+        Raises :class:`BudgetError` naming the depth and the allowed range when impossible."""
         if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or n_in % groups:
             raise BudgetError(f"groups={groups!r} must be a positive divisor of the input size {n_in}")
         if (depth is None) == (ratio is None):
             raise BudgetError("give exactly one of depth= (rank=) or ratio=")
-        block = n_in // groups
-        t = depth if depth is not None else math.floor(n_out * n_in / (check_ratio(ratio) * (n_in + n_out * groups)))
-        if not 1 <= t < min(block, n_out):
-            raise BudgetError(f"FALCON depth {t} must lie in [1, {min(block, n_out)}) for {groups} blocks of "
-                              f"{block} inputs and {n_out} outputs (the budget is too small or too large)")
+        block, dense = n_in // groups, n_stacked * n_out * n_in
+        per_depth = n_stacked * n_in + n_out * groups  # stored numbers per unit of depth
+        t = depth if depth is not None else math.floor(dense / (check_ratio(ratio) * per_depth))
+        full = min(n_stacked * block, n_out)
+        high = min(full - 1, math.ceil(dense / per_depth) - 1)
+        if not 1 <= t <= high:
+            what = f"{n_stacked} stacked {n_out} × {n_in} matrices" if n_stacked > 1 else f"a {n_out} × {n_in} matrix"
+            source = f"depth={depth!r}" if depth is not None else f"ratio {ratio}"
+            raise BudgetError(f"FALCON depth {t} (from {source}) must lie in [1, {high}] for {what} in {groups} blocks "
+                              f"of {block} inputs: below the full rank {full} of a block and storing fewer numbers "
+                              f"than the dense matrices (the budget is too small or too large)")
         return t
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, groups: int, depth: int | None = None,
-                    ratio: float | None = None) -> "FalconLinear":
-        """Fitted block by block: the rank-t SVD of each input block's columns (see :meth:`plan`)."""
+    def from_linear(cls, linear: nn.Linear, groups: int, depth: int | None = None, ratio: float | None = None,
+                    fit: str = "svd", **fit_options) -> "FalconLinear":
+        """Fitted block by block (see :func:`falcon_fit`; the budget: :meth:`plan`)."""
         depth = cls.plan(linear.out_features, linear.in_features, groups, ratio, depth)
-        block = linear.in_features // groups
-        w = linear.weight.detach()
-        ps, ds = [], []
-        for g in range(groups):
-            left, right = truncated_svd(w[:, g * block:(g + 1) * block], depth)
-            ps.append(left)
-            ds.append(right)
-        return cls(torch.stack(ds), torch.cat(ps, dim=1), linear.bias)
+        return falcon_linears([linear], groups, depth, fit, **fit_options)[1][0]
 
     @property
     def rank_label(self) -> str:
         return str(self.depth)
 
+    def _pointwise(self) -> torch.Tensor:
+        return self.shared.weight if self.shared is not None else self.pointwise
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.runs_dense:  # the factored path costs more than the dense matmul: W built once, cached
+            return nn.functional.linear(x, self.cached_weight([self.depthwise, self._pointwise()]), self.bias)
         xs = x.reshape(*x.shape[:-1], self.groups, -1)
         z = torch.einsum("...gs,gts->...gt", xs, self.depthwise).reshape(*x.shape[:-1], -1)
-        return nn.functional.linear(z, self.pointwise, self.bias)
+        return nn.functional.linear(z, self._pointwise(), self.bias)
 
     def weight_matrix(self) -> torch.Tensor:
-        p = self.pointwise.reshape(self.out_features, self.groups, self.depth)
+        p = self._pointwise().reshape(self.out_features, self.groups, self.depth)
         return torch.einsum("ogt,gts->ogs", p, self.depthwise).reshape(self.out_features, self.in_features)
 
     def tcomp_footprint(self) -> Footprint:
-        own = [self.depthwise, self.pointwise, *([self.bias] if self.bias is not None else [])]
+        own = [t for t in (self.depthwise, self.pointwise, self.bias) if t is not None]
         return Footprint(sum(t.numel() for t in own), sum(dense_bytes(t) for t in own),
-                         self.depth * (self.in_features + self.out_features * self.groups))
+                         min(self.factored_macs, self.in_features * self.out_features))
 
     def tcomp_config(self) -> dict:
-        return {"depthwise": list(self.depthwise.shape), "pointwise": list(self.pointwise.shape),
-                "bias": self.bias is not None}
+        return {"depthwise": list(self.depthwise.shape), "pointwise": list(self._pointwise().shape),
+                "bias": self.bias is not None, "shared": self.shared is not None}
 
     @classmethod
-    def tcomp_empty(cls, config: dict, shared: None = None) -> "FalconLinear":
+    def tcomp_empty(cls, config: dict, shared: SharedFactor | None = None) -> "FalconLinear":
+        pointwise = shared if config.get("shared") else torch.empty(config["pointwise"])  # saves before stacking lack it
         bias = torch.empty(config["pointwise"][0]) if config["bias"] else None
-        return cls(torch.empty(config["depthwise"]), torch.empty(config["pointwise"]), bias)
+        return cls(torch.empty(config["depthwise"]), pointwise, bias)
+
+
+def check_falcon_fit(fit: str, fit_steps: int | None = None, fit_lr: float | None = None,
+                     fit_seed: int | None = None) -> None:
+    """``fit`` is one of :data:`FALCON_FITS`; the SGD fit's options (None: the defaults) are given
+    with ``fit="sgd"`` only. Raises :class:`ConfigError` naming the bad value."""
+    check_choice("fit", fit, FALCON_FITS)
+    given = {k: v for k, v in (("fit_steps", fit_steps), ("fit_lr", fit_lr), ("fit_seed", fit_seed)) if v is not None}
+    if fit == "svd" and given:
+        raise ConfigError(f"{', '.join(f'{k}={v!r}' for k, v in given.items())}: options of the SGD fit, given with "
+                          "fit='svd' (which has none); give fit='sgd' or leave them out")
+    check_int("fit_steps", fit_steps, low=0, none_ok=True)
+    check_int("fit_seed", fit_seed, low=0, none_ok=True)
+    if fit_lr is not None and (isinstance(fit_lr, bool) or not isinstance(fit_lr, (int, float))
+                               or not 0 < fit_lr < math.inf):
+        raise ConfigError(f"fit_lr must be a finite number > 0 or None, got {fit_lr!r}")
+
+
+def falcon_fit(weights: list[torch.Tensor], groups: int, depth: int, fit: str = "svd", fit_steps: int | None = None,
+               fit_lr: float | None = None, fit_seed: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The pointwise factor P (out × groups·t) shared by the out × in matrices ``weights`` and each
+    matrix's depthwise factor D_i (groups, t, in/groups), with ``W_i[:, c] ≈ P_c D_i,c`` for every
+    input block c. Per block the problem is ``X_c ≈ P_c [D_1,c … D_n,c]`` with X_c the block's
+    columns of all the matrices side by side (out × n·in/g), so:
+
+    * ``fit="svd"``: the rank-t truncated SVD of each X_c, the Frobenius optimum;
+    * ``fit="sgd"``: as the seed fits FALCON, gradient descent on the mean squared error from a
+      random normal start (the seed: unscaled ``torch.randn``; here scaled so that the start's
+      product has the weights' size), with Adam (the seed: plain SGD) and the seed's schedule (the
+      learning rate ÷10 at 40 % and 70 % of the steps): ``fit_steps`` (default
+      :data:`SGD_STEPS`; 0 gives the random start), ``fit_lr`` (:data:`SGD_LR`), ``fit_seed``
+      (:data:`SGD_SEED`, fixes the start: on a CPU the same seed gives the same factors).
+    """
+    check_falcon_fit(fit, fit_steps, fit_lr, fit_seed)
+    n, n_out, block = len(weights), weights[0].shape[0], weights[0].shape[1] // groups
+    dtype = weights[0].dtype
+    x = torch.stack([w.detach() for w in weights]).double().reshape(n, n_out, groups, block)
+    x = x.permute(2, 1, 0, 3).reshape(groups, n_out, n * block)  # X_c = [W_1[:, c] … W_n[:, c]]
+    if fit == "svd":
+        left, right = map(torch.stack, zip(*(truncated_svd(x[c], depth) for c in range(groups))))
+    else:
+        left, right = _sgd_fit(x, depth, SGD_STEPS if fit_steps is None else fit_steps,
+                               SGD_LR if fit_lr is None else fit_lr, SGD_SEED if fit_seed is None else fit_seed,
+                               torch.promote_types(dtype, torch.float32))
+    pointwise = left.permute(1, 0, 2).reshape(n_out, groups * depth)  # block c's t columns side by side
+    depthwise = right.reshape(groups, depth, n, block).permute(2, 0, 1, 3)
+    return pointwise.to(dtype), [d.to(dtype) for d in depthwise]
+
+
+def _sgd_fit(x: torch.Tensor, depth: int, steps: int, lr: float, seed: int,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors (g, out, t), (g, t, m) of ``x`` (g, out, m) by Adam on the mean squared error in
+    ``dtype``, computed on x scaled to unit RMS (so that ``lr`` does not depend on the weights' size)."""
+    rms = x.pow(2).mean().sqrt().clamp_min(1e-30)
+    target = (x / rms).to(dtype)
+    g, n_out, m = x.shape
+    gen = torch.Generator().manual_seed(seed)
+    sigma = depth ** -0.25  # entries of left @ right then have unit variance
+    left = (torch.randn(g, n_out, depth, generator=gen, dtype=dtype) * sigma).to(x.device).requires_grad_()
+    right = (torch.randn(g, depth, m, generator=gen, dtype=dtype) * sigma).to(x.device).requires_grad_()
+    opt = torch.optim.Adam([left, right], lr=lr)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(opt, [int(0.4 * steps), int(0.7 * steps)], gamma=0.1)
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = (left @ right - target).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            schedule.step()
+    root = rms.sqrt()
+    return left.detach().double() * root, right.detach().double() * root
+
+
+def falcon_linears(linears: list[nn.Linear], groups: int, depth: int, fit: str = "svd",
+                   **fit_options) -> tuple[SharedFactor | None, list[FalconLinear]]:
+    """FALCON-factorize ``linears`` (one shape) with ``groups`` blocks and ``depth`` (checked by
+    :meth:`FalconLinear.plan`), fitted by :func:`falcon_fit` (``fit``, ``fit_options``): several
+    share one pointwise factor (stored once, as a :class:`SharedFactor`, returned first) and keep
+    their own depthwise factors and biases; a matrix alone keeps its own (None is returned first)."""
+    first = linears[0]
+    if any(lin.weight.shape != first.weight.shape for lin in linears):
+        raise BudgetError(f"FALCON stacks need matrices of one shape, got {[list(lin.weight.shape) for lin in linears]}")
+    FalconLinear.plan(first.out_features, first.in_features, groups, depth=depth, n_stacked=len(linears))
+    pointwise, depthwise = falcon_fit([lin.weight for lin in linears], groups, depth, fit, **fit_options)
+    shared = SharedFactor(pointwise) if len(linears) > 1 else None
+    own = shared if shared is not None else pointwise
+    return shared, [FalconLinear(d, own, lin.bias) for d, lin in zip(depthwise, linears)]
