@@ -128,7 +128,10 @@ def test_a_terminated_sweep_says_what_it_kept_and_how_to_go_on_without_a_traceba
         proc.wait(timeout=120)
     text = (tmp_path / "stderr.txt").read_text()
     assert proc.returncode == 128 + signal.SIGTERM, text
-    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+    # the running notebook's kernel may log its own one line ("[IPKernelApp] ERROR | KeyboardInterrupt caught in
+    # kernel.") when the signal reaches it mid-cell; the sweep itself prints no traceback and no exception
+    ours = "\n".join(line for line in text.splitlines() if "[IPKernelApp]" not in line)
+    assert "Traceback" not in text and "KeyboardInterrupt" not in ours, text
     found = re.search(r"sweep probe interrupted by SIGTERM: (\d) of its 6 points are finished and kept in (\S+) ", text)
     assert found and 2 <= int(found[1]) < 6 and found[2] == str(tmp_path / "out" / "points"), text
     left = 6 - int(found[1])
