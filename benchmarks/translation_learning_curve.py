@@ -111,17 +111,32 @@ def plot(csv: Path) -> Path:
 
 def markdown(csv: Path) -> str:
     """The README's table: one row per variant (size, learning rate, steps and training minutes,
-    validation BLEU at each quarter of the epoch, test BLEU in-domain and on the Ding sentences)."""
+    validation BLEU at each scoring (multi-epoch runs: at the end of each epoch), test BLEU in-domain
+    and on the Ding sentences)."""
     rows = pd.read_csv(csv)
     out = ["| variant | parameters | peak lr | steps | training minutes | validation BLEU (300 pairs) by step "
            "| test BLEU, help (first 1,000) | test BLEU, Ding (out of domain, 1,000) |",
            "|---|---|---|---|---|---|---|---|"]
     for name, part in rows.groupby("variant", sort=False):
         curve, final = part[part.kind == "validation"], part[part.kind == "final"].iloc[-1]
+        if curve.epoch.max() > 0:  # several epochs: the scoring that ends each one
+            curve = curve[curve.epoch != curve.epoch.shift(-1)]
         steps = ", ".join(f"{v:.1f} ({int(s)})" for s, v in zip(curve.step, curve.val_bleu))
         out.append(f"| {name} | {final.parameters / 1e6:.1f} M | {final.lr:g} | {int(final.step)} | "
                    f"{final.elapsed_s / 60:.0f} | {steps} | **{final.test_bleu:.1f}** | {final.ood_bleu:.1f} |")
     return "\n".join(out)
+
+
+def paired(a: str, b: str, split: str = "test", keep: Path = OUT.with_name(OUT.stem + "_hypotheses")):
+    """Test BLEU of variant ``a`` minus that of ``b`` on the same sentences, with its paired bootstrap
+    interval (:func:`tcomp_utils.metrics.paired_bleu_interval`), from the kept translations; ``split``
+    ``"test"`` (the first 1,000 help test pairs) or ``"ood_test"`` (the Ding test sentences)."""
+    from tcomp_utils import metrics, tasks
+
+    hyps = [json.loads(gzip.decompress((keep / f"{v}.json.gz").read_bytes()))[split] for v in (a, b)]
+    task = tasks.load_task(BASE.task if split == "test" else translation.OUT_OF_DOMAIN[BASE.task])
+    refs = task["test"].select(range(len(hyps[0])))[translation.pair_fields(task.spec)[1]]
+    return metrics.paired_bleu_interval(hyps[0], hyps[1], refs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.plot:
         print(plot(args.out))
         print(markdown(args.out))
+        for split in ("test", "ood_test"):
+            print(split, "d256-lr2e-3-8ep minus d128-lr4e-3-8ep:", paired("d256-lr2e-3-8ep", "d128-lr4e-3-8ep", split))
     return 0
 
 

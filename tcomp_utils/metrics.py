@@ -206,7 +206,9 @@ def paired_interval(labels: Sequence, preds_a, preds_b, metric: str = "accuracy"
 def _bleu_statistics(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Per-sentence BLEU sufficient statistics (sacrebleu's defaults): rows of
     ``[sys_len, ref_len, correct_1..4, total_1..4]``, summable over any subset of sentences."""
-    bleu_ = sacrebleu.metrics.BLEU()
+    # effective_order changes only a sentence's own score, not its counts; it silences sacrebleu's
+    # per-sentence warning
+    bleu_ = sacrebleu.metrics.BLEU(effective_order=True)
     rows = []
     for h, r in zip(hypotheses, references):
         s = bleu_.sentence_score(h, [r])

@@ -1170,8 +1170,10 @@ def test_make_run_represents_every_table_and_says_whether_it_reproduced():
 
 
 def test_the_translation_learning_curve_in_the_readme_is_the_committed_one():
-    """Issue 36's first learning curve: the README's table is the committed CSV's, every variant ends
-    still rising (its last validation BLEU its best), and the best test BLEU is below the goal of 25."""
+    """Issue 36's learning curve: the README's table is the committed CSV's; after one epoch every
+    variant is still rising; over 8 epochs the d256 recipe reaches the goal of 25 test BLEU, beats the
+    d128 one by a paired interval above 0 in-domain and is not distinguishable from it on the Ding
+    sentences; the 45-minute estimates follow from the measured step costs."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("lc", ROOT / "benchmarks" / "translation_learning_curve.py")
@@ -1181,19 +1183,32 @@ def test_the_translation_learning_curve_in_the_readme_is_the_committed_one():
     assert lc.markdown(csv) in (ROOT / README).read_text(encoding="utf-8")
     rows = pd.read_csv(csv)
     final = rows[rows.kind == "final"].set_index("variant")
-    assert {"d256-lr2e-3", "d256-lr1e-3", "d128-lr2e-3", "d128-lr4e-3"} <= set(final.index)  # 2 sizes x 2 rates
+    val = rows[rows.kind == "validation"]
+    one_epoch = {"d256-lr2e-3", "d256-lr1e-3", "d128-lr2e-3", "d128-lr4e-3"}  # 2 sizes x 2 rates
+    big, small = "d256-lr2e-3-8ep", "d128-lr4e-3-8ep"
+    assert one_epoch | {big, small} <= set(final.index)
     assert (final.test_examples == 1000).all() and (final.ood_examples == 1000).all()
-    for name, part in rows[rows.kind == "validation"].groupby("variant"):
+    for name, part in val[val.variant.isin(one_epoch)].groupby("variant"):
         assert part.val_bleu.iloc[-1] == part.val_bleu.max(), name  # still rising when the epoch ended
     t = lambda v: f"{final.loc[v, 'test_bleu']:.1f}"  # noqa: E731
     assert final.loc["d256-lr2e-3"].test_bleu > final.loc["d256-lr1e-3"].test_bleu
     assert final.loc["d128-lr4e-3"].test_bleu > final.loc["d128-lr2e-3"].test_bleu
     says(README, f"the higher peak rate scored more at both sizes (d256: {t('d256-lr2e-3')} against "
-                 f"{t('d256-lr1e-3')} test BLEU; d128: {t('d128-lr4e-3')} against {t('d128-lr2e-3')}; not a verdict",
-         f"({final.loc['d256-lr2e-3', 'elapsed_s'] / 344:.1f} s a d256 step and "
-         f"{final.loc['d128-lr2e-3', 'elapsed_s'] / 344:.1f} s a d128 step")
-    best = final.test_bleu.idxmax()
-    assert final.test_bleu.max() < 25
-    says(README, f"The best, {best}, reaches test BLEU {final.test_bleu.max():.1f} in-domain "
-                 f"(Ding, out of domain: {final.loc[best, 'ood_bleu']:.1f})",
-         "below the issue's goal of 25")
+                 f"{t('d256-lr1e-3')} test BLEU; d128: {t('d128-lr4e-3')} against {t('d128-lr2e-3')}; one seed each")
+    for name in (big, small):  # levelled off: the last two epochs add less than the first two
+        v = val[val.variant == name].val_bleu.to_numpy()
+        assert v[-1] - v[-5] < v[3] - v[0], name
+    assert final.loc[big].test_bleu >= 25 > final.loc[small].test_bleu
+    says(README, f"reaches test BLEU {t(big)} in-domain**", f"chrF {final.loc[big, 'test_chrf']:.1f}",
+         f"after {final.loc[big, 'elapsed_s'] / 60:.0f} training minutes on one thread, and {small} {t(small)}")
+    step = final.elapsed_s / final.step
+    says(README, f"a d256 step {step[big]:.1f} s, a d128 step {step[small]:.1f} s",
+         f"scored four times an epoch: {step['d256-lr2e-3']:.1f} s and {step['d128-lr2e-3']:.1f} s)")
+    for name, said in ((big, "about 740 d256 steps"), (small, "1,240 d128 steps")):
+        assert abs(45 * 60 / step[name] - float(said.split()[-3].replace(",", ""))) < 15, name
+        says(README, said)
+    inside, outside = lc.paired(big, small, "test"), lc.paired(big, small, "ood_test")
+    assert inside.verdict == "above" and outside.verdict == "≈"
+    says(README, f"is {inside.difference:.1f} BLEU better (paired bootstrap 95 % interval [{inside.lo:.1f}, "
+                 f"{inside.hi:.1f}]", f"({final.loc[big, 'ood_bleu']:.1f} and {final.loc[small, 'ood_bleu']:.1f}; "
+                 f"difference {outside.difference:.1f} [{outside.lo:.1f}, {outside.hi:.1f}], not distinguishable")
