@@ -120,3 +120,10 @@ INFERRED = {"gemma3_text": tiny_gemma3, "phi3": tiny_phi3, "gpt2": tiny_gpt2, "g
             "falcon": tiny_falcon}
 # every architecture the tests cover
 ARCHITECTURES = {**TINY, "qwen2": tiny_qwen2, "mistral": tiny_mistral, **INFERRED}
+
+
+def model_inputs(name: str, seed: int = 3) -> dict:
+    """A forward pass's inputs for architecture ``name`` of :data:`ARCHITECTURES` (2 sequences of 9
+    token ids; a seq2seq model's decoder reads the same ids)."""
+    ids = torch.randint(1, 100, (2, 9), generator=torch.Generator().manual_seed(seed))
+    return dict(input_ids=ids, decoder_input_ids=ids) if name == "t5" else dict(input_ids=ids)

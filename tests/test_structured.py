@@ -391,17 +391,12 @@ REFUSED = {**{("t5", units): "seq2seq" for units in structured.UNITS}, ("phi3", 
            ("phi3", "both"): PHI3_HEADS}
 
 
-def _model_inputs(name: str, seed: int = 3) -> dict:
-    ids = torch.randint(1, 100, (2, 9), generator=torch.Generator().manual_seed(seed))
-    return dict(input_ids=ids, decoder_input_ids=ids) if name == "t5" else dict(input_ids=ids)
-
-
 @pytest.mark.parametrize("units", structured.UNITS)
 @pytest.mark.parametrize("name", sorted(conftest.ARCHITECTURES))
 def test_every_architecture_runs_after_pruning_or_is_refused_untouched(name, units):
     torch.manual_seed(0)
     model = adapters.prepare(conftest.ARCHITECTURES[name]())  # compress() prepares too: exact, not a change
-    inputs = _model_inputs(name)
+    inputs = conftest.model_inputs(name)
     with torch.no_grad():
         dense = model(**inputs).logits
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -440,7 +435,7 @@ def test_removing_a_head_unit_computes_what_zeroing_its_output_columns_computes(
             reference.get_submodule(e.attn_out.path).weight[:, h.q_cols(1)] = 0
     plans = [head_surgery.LayerPlan(heads=np.array([u for u in range(h.units) if u != 1])) for h in structure]
     head_surgery.apply_plans(model, layers, structure, plans)
-    inputs = _model_inputs(name.split("-")[0])
+    inputs = conftest.model_inputs(name.split("-")[0])
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs).logits, reference(**inputs).logits, atol=1e-5, rtol=1e-5)
     assert all(adapters.find_modules(model, "query")[i].module.out_features == (h.units - 1) * h.per_unit * h.head_dim

@@ -325,12 +325,15 @@ def _stack_grids(targets: dict, mode: str, method: str) -> list[np.ndarray]:
     return [np.array([per_layer[k] for k in per_layer if k[0] == s], dtype=object).T for s in stacks]
 
 
-def _same_shape(model: nn.Module, paths: list[str], method: str) -> list[nn.Module]:
-    """The modules at ``paths``, which a stack needs to be of one shape (else a BudgetError naming them)."""
+def _same_shape(model: nn.Module, paths: list[str], method: str, mode: str) -> list[nn.Module]:
+    """The modules at ``paths``, which a stack of ``mode`` needs to be of one shape (else a
+    BudgetError naming them and, for a Q/K/V stack, the mode that takes them)."""
     modules = [model.get_submodule(p) for p in paths]
     if any(m.weight.shape != modules[0].weight.shape for m in modules):
         shapes = ", ".join(f"{p} {list(m.weight.shape)}" for p, m in zip(paths, modules))
-        raise BudgetError(f"{method} stacks need matrices of one shape; {shapes} differ")
+        hint = (f" (mode {mode!r} stacks query, key and value, whose widths differ under grouped-query attention; "
+                "mode='concatenated' stacks each role across layers)" if mode.startswith("qkv") else "")
+        raise BudgetError(f"{method} stacks need matrices of one shape; {shapes} differ{hint}")
     return modules
 
 
@@ -341,7 +344,8 @@ def _tucker(model, config: TuckerConfig, calibration, progress) -> list[dict]:
     plan = []
     for grid_paths in _stack_grids(targets, config.mode, "Tucker"):
         grid = np.empty(grid_paths.shape, dtype=object)
-        for idx, module in zip(np.ndindex(grid.shape), _same_shape(model, list(grid_paths.flat), "Tucker")):
+        modules = _same_shape(model, list(grid_paths.flat), "Tucker", config.mode)
+        for idx, module in zip(np.ndindex(grid.shape), modules):
             grid[idx] = module
         first = grid.flat[0]
         ranks = tuple(config.rank) if config.rank is not None else tucker_ranks_for_ratio(
@@ -382,7 +386,7 @@ def _falcon(model, config: FalconConfig, calibration, progress) -> list[dict]:
               else [list(grid.flat) for grid in _stack_grids(targets, config.mode, "FALCON")])
     plan = []
     for paths in stacks:
-        lins = _same_shape(model, paths, "FALCON")
+        lins = _same_shape(model, paths, "FALCON", config.mode)
         groups = config.groups or default_groups(lins[0].in_features)
         depth = FalconLinear.plan(lins[0].out_features, lins[0].in_features, groups, config.ratio, config.rank,
                                   n_stacked=len(lins))

@@ -75,8 +75,10 @@ def mask_fisher(model, layers, structure, calibration, progress: bool = False) -
 
     def hook(path: str, width: int):
         def scale(module, args):
-            m = masks[path]
-            return (args[0] * m.repeat_interleave(width, dim=1).unsqueeze(1).to(args[0].dtype), *args[1:])
+            x, m = args[0], masks[path].repeat_interleave(width, dim=1).to(args[0].dtype)
+            # one mask row per example: x is (batch, seq, C), or (batch·seq, C) where the model
+            # flattens the tokens (OPT's FFN), its rows example by example
+            return ((x.reshape(m.shape[0], -1, x.shape[-1]) * m.unsqueeze(1)).reshape(x.shape), *args[1:])
         return scale
 
     handles = []

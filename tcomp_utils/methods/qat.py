@@ -42,7 +42,7 @@ from .. import adapters
 from ..registry import ConfigError, MethodConfig, check_choice, register_method
 from ..targeting import MEASURED, check_finite, module_row, replace, targets
 from .quant_grid import FP16_TINY
-from .quantized import SignMagEmbedding, SignMagLinear, signmag_value
+from .quantized import PLAIN_LAYER, SignMagEmbedding, SignMagLinear, plain_layer, signmag_value
 
 QUANTIZERS = ("seed", "binary", "binary_scaled")
 ROUNDINGS = ("nearest", "stochastic")
@@ -176,12 +176,8 @@ class SignMagConfig(MethodConfig):
 def _selected(model: nn.Module, config: SignMagConfig) -> list[adapters.RoleModule]:
     """The core's :func:`~tcomp_utils.targeting.targets` of ``config`` (each module once; weights
     being trained may be fake-quantized, so finiteness is checked by the callers)."""
-    return targets(model, config.target_roles(model), config.layers, accept=_quantizable, action="quantize",
-                   unique=True, finite=False)
-
-
-def _quantizable(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Embedding))  # a fake-quantized one (a parametrized subclass) too
+    return targets(model, config.target_roles(model), config.layers, accept=plain_layer, wants=PLAIN_LAYER,
+                   action="quantize", unique=True, finite=False)
 
 
 def _original(module: nn.Module) -> torch.Tensor:

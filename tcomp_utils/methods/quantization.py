@@ -41,7 +41,7 @@ from ..targeting import check_finite, module_row, replace
 from .gptq import HessianAccumulator, check_options, gptq
 from .quant_grid import QuantGrid, rtn
 from .lowrank import LowRankLinear
-from .quantized import QuantEmbedding, QuantLinear, QuantLowRankLinear
+from .quantized import PLAIN_LAYER, QuantEmbedding, QuantLinear, QuantLowRankLinear, plain_layer
 
 
 @dataclass
@@ -96,7 +96,7 @@ class GPTQConfig(QuantConfig):
 
 
 def _quantizable(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, nn.Embedding)) or (isinstance(module, LowRankLinear) and module.shared is None)
+    return plain_layer(module) or (isinstance(module, LowRankLinear) and module.shared is None)
 
 
 def _lm_head(model: nn.Module) -> adapters.RoleModule:
@@ -218,8 +218,8 @@ def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | N
         capture.check_lengths(model, calibration)
     targets = targeting.targets(model, config.target_roles(model), config.layers, accept=_quantizable,
                                 extra=(_lm_head(model),) if config.lm_head else (), action="quantize", finite=False,
-                                wants="an nn.Linear, an nn.Embedding or a low-rank layer with its own factors (not "
-                                      "one whose right factor is shared across layers: mode 'concatenated')")
+                                wants=f"{PLAIN_LAYER} or a low-rank layer with its own factors (not one whose "
+                                      "right factor is shared across layers: mode 'concatenated')")
     if not config.lm_head:
         _warn_if_tied(model, targets)
     check_finite(targets)

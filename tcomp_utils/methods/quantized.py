@@ -34,6 +34,17 @@ _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, torch.Tensor]]" = wea
 _LIMIT = [int(float(os.environ.get("TCOMP_DEQUANT_CACHE_MB", 1024)) * 2**20)]
 
 
+PLAIN_LAYER = "a plain nn.Linear or nn.Embedding (not a subclass with its own forward, such as Gemma's scaled token table)"
+
+
+def plain_layer(module: nn.Module) -> bool:
+    """Whether ``module`` is an ``nn.Linear`` or ``nn.Embedding`` that computes just what its class
+    does with its weight, so a packed layer can stand in for it: a subclass with its own forward
+    adds to it (Gemma's token table multiplies the rows it looks up by √hidden), which the packed
+    layer would drop. A fake-quantized layer (torch's parametrized subclass) keeps its forward."""
+    return any(isinstance(module, cls) and type(module).forward is cls.forward for cls in (nn.Linear, nn.Embedding))
+
+
 def set_dequant_cache_limit(mib: float) -> None:
     """Bound the de-quantized weight cache of :class:`QuantLinear` at ``mib`` MiB (0: no cache);
     the layers already cached beyond the new bound are dropped."""
