@@ -294,3 +294,58 @@ def test_an_unreadable_configurations_or_scheme_file_is_an_error_naming_it(tmp_p
         composable.load_configurations(path, _model())
     with pytest.raises(CompositionError, match=message.replace("a configurations file", "a scheme file")):
         composable.load_scheme(path, [])
+
+
+def test_heads_of_an_attention_that_reads_its_head_count_from_the_config_are_refused_untouched():
+    """Phi-3 slices its fused qkv at config.num_attention_heads, which every layer shares: composable
+    head pruning refuses it (naming the site and what to prune instead) before changing the model."""
+    from conftest import tiny_phi3
+
+    from tcomp_utils import adapters
+
+    model = adapters.prepare(tiny_phi3(num_key_value_heads=6))  # no grouped queries: the head check decides
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    (config,) = composable.resolve([{"name": "p", "attention": 0.5, "linear": 0.0}], model)
+    with pytest.raises(adapters.UnsupportedArchitectureError,
+                       match=r"decoder.0.self_attn \(Phi3Attention\).*config.num_attention_heads.*linear layers \(l1\)"):
+        composable.prune_unit(model, config.units[0])
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+# what composable head pruning refuses, before any change: grouped-query attention, and an attention
+# that slices by the config's head count (Phi-3)
+GQA = "grouped-query attention is not supported by composable head pruning"
+HEADS_REFUSED = {"falcon": GQA, "gemma3_text": GQA, "llama": GQA, "mistral": GQA, "qwen2": GQA,
+                 "phi3": "config.num_attention_heads"}
+
+
+@pytest.mark.parametrize("kind", ["heads", "l1"])
+@pytest.mark.parametrize("name", sorted(__import__("conftest").ARCHITECTURES))
+def test_every_architecture_runs_after_composable_pruning_or_is_refused_untouched(name, kind):
+    """Heads (with a module-level fine-tuning step on recorded calls) or L1 linear layers, on every
+    tiny architecture: the composed model runs with the dense output's shape, or the first unit is
+    refused before the model changes. Split Q/K/V (GPT-2's c_attn, GPT-NeoX's query_key_value) are
+    pruned in the attention block that holds their head count."""
+    import conftest
+
+    from tcomp_utils import adapters
+
+    torch.manual_seed(0)
+    model = adapters.prepare(conftest.ARCHITECTURES[name]())
+    ids = torch.randint(3, 100, (2, 7))
+    inputs = dict(input_ids=ids, decoder_input_ids=ids) if name == "t5" else dict(input_ids=ids)
+    dense = _logits(model, inputs)
+    entry = {"name": "c", "attention": 0.5 if kind == "heads" else 0.0, "linear": 0.5 if kind == "l1" else 0.0}
+    (config,) = composable.resolve([entry], model)
+    if kind == "heads" and name in HEADS_REFUSED:
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(adapters.UnsupportedArchitectureError, match=HEADS_REFUSED[name]):
+            composable.prune_unit(model, config.units[0])
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+        return
+    payloads = {u.key: composable.prune_unit(model, u) for u in config.units}
+    unit = config.units[0]
+    calls = composable.record(model, [inputs], [unit.site])
+    composable.finetune_unit(model, unit, payloads[unit.key], calls[unit.site], steps=1)
+    out = _logits(composable.compose(model, config, payloads), inputs)
+    assert out.shape == dense.shape and torch.isfinite(out).all()

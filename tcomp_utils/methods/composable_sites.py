@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from torch import nn
 
 from .. import adapters
+from .heads import attention_path
 
 KINDS = ("heads", "l1")
 ATTENTION_BLOCKS = {"self_attn": ("query", "key", "value", "attn_out"),
@@ -40,18 +41,33 @@ class CompositionError(ValueError):
 @dataclass(frozen=True)
 class Site:
     """A prunable module: ``id`` (``encoder.0.self_attn``, ``decoder.2.ffn_in``), ``kind`` (heads or
-    l1) and the full paths of its modules by role (an attention's four; a linear layer's one)."""
+    l1) and the full paths of its modules by role (an attention's four; a linear layer's one);
+    ``attention``: a ``heads`` site's attention block, when it is not the parent of its projections
+    (Q/K/V split from a fused projection: GPT-2's ``attn.c_attn.query`` belongs to ``attn``)."""
 
     id: str
     kind: str
     paths: dict[str, str]
     stack: str
     layer: int
+    attention: str = ""
 
     @property
     def attention_path(self) -> str:
-        """The path of a ``heads`` site's attention block (the parent of its projections)."""
-        return self.paths[tuple(self.paths)[0]].rsplit(".", 1)[0]
+        """The path of a ``heads`` site's attention block (the module holding its head count)."""
+        return self.attention or self.paths[tuple(self.paths)[0]].rsplit(".", 1)[0]
+
+    @property
+    def block_path(self) -> str:
+        """The innermost module holding all of a ``heads`` site's projections (the output projection
+        included: BERT's ``attention``, whose ``self`` holds Q/K/V and ``output`` the dense layer);
+        its calls are what the site's module-level fine-tuning reproduces."""
+        shared = []
+        for names in zip(*(p.split(".") for p in self.paths.values())):
+            if len(set(names)) > 1:
+                break
+            shared.append(names[0])
+        return ".".join(shared)
 
 
 def sites(model: nn.Module) -> dict[str, Site]:
@@ -66,7 +82,7 @@ def sites(model: nn.Module) -> dict[str, Site]:
         for q, k, v, o in zip(*found_roles.values()):
             found[f"{q.stack}.{q.layer}.{block}"] = Site(
                 f"{q.stack}.{q.layer}.{block}", "heads", dict(zip(roles, (q.path, k.path, v.path, o.path))),
-                q.stack, q.layer)
+                q.stack, q.layer, attention_path(model, q))
     for role in LINEAR_ROLES:
         if role not in have:
             continue

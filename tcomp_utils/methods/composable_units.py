@@ -36,7 +36,7 @@ from torch.nn.utils import prune
 from .. import adapters, capture, trainer
 from .composable_sites import CompositionError, Configuration, Site, Unit, sites
 from . import t5_heads
-from .heads import HeadUnits, LayerPlan, PrunableLayer, apply_plans
+from .heads import HeadUnits, LayerPlan, PrunableLayer, apply_plans, check_head_count_source
 
 
 # ---------------------------------------------------------------------------------------- pruning
@@ -79,6 +79,7 @@ def _check_heads_supported(model: nn.Module, site: Site) -> None:
             f"{site.id}: this attention ({type(attention).__name__}) shares one relative position bias across its "
             "layers and is not a T5 or mT5 attention, so removing its heads would misalign the others; prune its "
             "linear layers (l1) only")
+    check_head_count_source(attention, f"{site.id} ({type(attention).__name__})", "prune its linear layers (l1) only")
     heads = adapters.head_structure(model)
     if heads.n_kv_heads != heads.n_heads:
         raise adapters.UnsupportedArchitectureError(f"{site.id}: grouped-query attention is not supported by "
@@ -236,7 +237,7 @@ def record(model: nn.Module, batches: Iterable[dict], site_ids: Iterable[str]) -
     current: dict = {}
     hooks = []
     for sid, site in wanted.items():
-        path = site.paths["linear"] if site.kind == "l1" else site.attention_path
+        path = site.paths["linear"] if site.kind == "l1" else site.block_path
 
         def hook(module, args, kwargs, output, sid=sid, site=site):
             out = output[0] if isinstance(output, tuple) else output
@@ -259,14 +260,17 @@ def record(model: nn.Module, batches: Iterable[dict], site_ids: Iterable[str]) -
 
 
 class _HeadsModule(nn.Module):
-    """A copy of a site's attention block with the unit's narrow Q/K/V (the only parameters it
+    """A copy of a site's attention block (:attr:`Site.block_path`) with the unit's narrow Q/K/V (the only parameters it
     trains), called like the block on its recorded calls."""
 
     def __init__(self, model: nn.Module, site: Site, payload: dict):
         super().__init__()
-        self.attention = copy.deepcopy(model.get_submodule(site.attention_path))
-        local = Site(site.id, "heads", {r: "attention." + p.rsplit(".", 1)[1] for r, p in site.paths.items()},
-                     site.stack, site.layer)
+        self.attention = copy.deepcopy(model.get_submodule(site.block_path))
+        def below(path: str) -> str:  # a path inside the block, as seen from this module
+            return "attention" + path[len(site.block_path):]
+
+        local = Site(site.id, "heads", {r: below(p) for r, p in site.paths.items()}, site.stack, site.layer,
+                     below(site.attention_path))
         remove_heads(self, local, np.asarray(payload["kept"]), adapters.head_structure(model).head_dim)
         for role, name in zip(tuple(local.paths)[:3], ("query", "key", "value")):
             adapters.set_module(self, local.paths[role], payload[name])

@@ -84,16 +84,24 @@ def check_head_pruning(model: nn.Module, layers: list[PrunableLayer]) -> None:
     """Refuse, before anything changes, attention modules whose forward takes its head count from
     the shared model config rather than from attributes of the module that pruning lowers."""
     for e in layers:
-        try:
-            source = inspect.getsource(type(e.attention).forward)
-        except (OSError, TypeError):  # no source to read: trust the attributes
-            continue
-        found = _CONFIG_HEAD_COUNT.search(source)
-        if found:
-            raise adapters.UnsupportedArchitectureError(
-                f"cannot remove heads of {attention_path(model, e.query)} ({type(e.attention).__name__}): its forward "
-                f"reads the head count from the model config ({found.group(0)}), which all layers share, so a "
-                "narrower layer would be sliced at the old head count; prune neurons only (units='neurons')")
+        check_head_count_source(e.attention, f"{attention_path(model, e.query)} ({type(e.attention).__name__})")
+
+
+def check_head_count_source(attention: nn.Module, where: str, instead: str = "prune neurons only (units='neurons')"
+                            ) -> None:
+    """Refuse ``attention`` (named ``where`` in the message, ``instead`` the advice) when its forward
+    reads the head count from the model config, which every layer shares: a narrower layer would be
+    sliced at the old count."""
+    try:
+        source = inspect.getsource(type(attention).forward)
+    except (OSError, TypeError):  # no source to read: trust the attributes
+        return
+    found = _CONFIG_HEAD_COUNT.search(source)
+    if found:
+        raise adapters.UnsupportedArchitectureError(
+            f"cannot remove heads of {where}: its forward reads the head count from the model config "
+            f"({found.group(0)}), which all layers share, so a narrower layer would be sliced at the old head "
+            f"count; {instead}")
 
 
 def head_units(model: nn.Module, entry: PrunableLayer) -> HeadUnits:
