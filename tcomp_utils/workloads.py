@@ -79,8 +79,10 @@ class Profile:
     all); ``length``: tokens per calibration segment and evaluation window; ``eval_tokens``: test
     tokens scored per text (None: all); ``prose``: the task of the novel-like text;
     ``task_metrics``: the task's own metric names; ``recipe``: the fields of a task-model
-    :class:`~tcomp_utils.task_models.Recipe` other than the named one; ``timing_batch``/``timing_runs``: latency-probe inputs and repetitions; ``extra``:
-    anything a plug-in needs.
+    :class:`~tcomp_utils.task_models.Recipe` other than the named one; ``window_bos``: a perplexity
+    window starts with the BOS token when the tokenizer adds one (off: raw windows of the
+    concatenated text, GPTQ's protocol); ``timing_batch``/``timing_runs``: latency-probe inputs and
+    repetitions; ``extra``: anything a plug-in needs.
     """
 
     model: str
@@ -91,6 +93,7 @@ class Profile:
     prose: str | None = None
     task_metrics: tuple[str, ...] = ()
     recipe: dict | None = None
+    window_bos: bool = True
     timing_batch: int = 32
     timing_runs: int = 10
     extra: dict = dataclasses.field(default_factory=dict)
@@ -343,7 +346,9 @@ class TextPerplexityWorkload(Workload):
         from . import metrics
 
         out: dict[str, float] = {}
-        bos = metrics.bos_token_id(self.tokenizer)  # every window starts with it when the tokenizer adds one (Gemma)
+        # every window starts with BOS when the tokenizer adds one (Gemma depends on it), unless the
+        # profile follows a protocol of raw windows
+        bos = metrics.bos_token_id(self.tokenizer) if self.profile.window_bos else None
         for name, ids in self.test_ids().items():
             r = metrics.perplexity(model, ids, seq_len=self.profile.length, max_tokens=self.profile.eval_tokens,
                                    progress=False, bos_token_id=bos)
@@ -381,7 +386,8 @@ class SmolLM2(TextPerplexityWorkload):
                          timing_batch=1, timing_runs=3),
         "default": Profile("smollm2-135m", calibration=32, length=512, eval_tokens=16384, prose="austen",
                            timing_batch=1),
-        # the seeds' setting: OPT-125M on WikiText-2 (needs a hub)
+        # the seeds' setting: OPT-125M on WikiText-2 (needs a hub), scored as GPTQ does: raw 2,048-token
+        # windows of the concatenated test text (OPT's tokenizer would put its BOS before each one)
         "paper": Profile("facebook/opt-125m", calibration=128, length=2048, eval_tokens=None, prose="wikitext2",
-                         timing_batch=1),
+                         window_bos=False, timing_batch=1),
     }

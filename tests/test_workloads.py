@@ -186,3 +186,33 @@ def test_the_task_model_smoke_calibration_has_the_documented_count_and_shape():
     assert not torch.equal(wl.calibration(seed=1)[0]["input_ids"], batches[0]["input_ids"])
     assert len(wl.test_set()) == 128 and len(wl.test_set("all")) == wl.info.metrics["test_examples"]
     assert wl.timing_inputs()["input_ids"].shape[0] == 8
+
+
+def test_perplexity_windows_start_with_bos_unless_the_profile_follows_raw_windows(monkeypatch):
+    """A tokenizer that adds BOS gets it before every window (Gemma needs it); a profile with
+    window_bos=False (the OPT paper profile: GPTQ scores raw windows of the concatenated text) does not."""
+    import dataclasses
+    import types
+
+    from conftest import tiny_llama
+
+    from tcomp_utils import metrics
+
+    class AddsBos:
+        bos_token_id = 1
+
+        def __call__(self, text, add_special_tokens=True):
+            return types.SimpleNamespace(input_ids=([1] if add_special_tokens else []) + [5])
+
+    seen = []
+    real = metrics.perplexity
+    monkeypatch.setattr(metrics, "perplexity", lambda *a, **kw: seen.append(kw["bos_token_id"]) or real(*a, **kw))
+    assert workloads.get("smollm2-135m", "paper").profile.window_bos is False
+    for window_bos in (True, False):
+        wl = workloads.get("smollm2-135m", "smoke")
+        wl.profile = dataclasses.replace(wl.profile, window_bos=window_bos, length=16, eval_tokens=48)
+        monkeypatch.setattr(wl, "_model_and_tokenizer", lambda: (tiny_llama(), AddsBos()))
+        wl._test_ids = {"novel": torch.arange(2, 66) % 90 + 2}
+        scores = wl.scores(wl.model, {"perplexity_novel"})
+        assert scores["eval_tokens_novel"] > 0
+    assert seen == [1, None]
