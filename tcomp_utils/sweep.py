@@ -57,7 +57,6 @@ import json
 import math
 import os
 import signal
-import socket
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -69,12 +68,9 @@ from tqdm.auto import tqdm
 
 from .files import write_csv_atomic
 from .runner import execute_point, notebook_label, package_digest, write_result
+from .sweep_control import Interrupted, PointBusy, PointLock, stop_on_signals  # noqa: F401 (re-exported)
 from .sweep_spec import SweepSpec, SweepSpecError  # noqa: F401 (re-exported: the spec's names)
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock, points are not locked (see PointLock)
-    fcntl = None
 
 
 def _read_record(path: Path) -> dict | None:
@@ -168,66 +164,6 @@ def pending_points(spec: SweepSpec, reduced: bool = False, keep_stale: bool = Fa
                and not (k in committed and not (points_dir / f"{k}.json").exists())]
     last = last_seconds(spec, [k for k, _ in pending])
     return sorted(pending, key=lambda kp: -last[kp[0]])  # longest first, so that no long point starts last
-
-
-class PointBusy(RuntimeError):
-    """A point whose lock another live process holds: it is running that point."""
-
-
-class PointLock:
-    """This process's exclusive lock on one point of a sweep, ``<output>/points/<key>.lock``: an
-    advisory ``flock`` held while the point runs, the file saying who holds it (pid, host, since
-    when) and removed on release. The operating system drops the lock of a process that dies, so
-    the file a killed sweep leaves (naming a dead pid) never blocks: the next sweep takes it over.
-    Where ``flock`` does not exist (Windows) points are not locked."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path, self._fd = Path(path), None
-
-    def holder(self) -> str:
-        """Who holds the lock, as its file says."""
-        try:
-            info = json.loads(self.path.read_text())
-            return f"process {info['pid']} on {info['host']} (since {info['since']})"
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another process"  # it has not written its name yet
-
-    def acquire(self) -> "PointLock":
-        """Take the lock or raise :class:`PointBusy` naming its holder and the lock file."""
-        if fcntl is None or self._fd is not None:
-            return self
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise PointBusy(f"{self.holder()} is running it (lock file {self.path})") from None
-            try:  # the holder we waited on may have removed the file between our open and our lock
-                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
-                    break
-            except FileNotFoundError:
-                pass
-            os.close(fd)
-        since = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since}).encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        """Remove the lock file and drop the lock (nothing when not held)."""
-        if self._fd is None:
-            return
-        self.path.unlink(missing_ok=True)  # while still locked, so no other process can lock this file
-        os.close(self._fd)
-        self._fd = None
-
-    def __enter__(self) -> "PointLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
 
 
 def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int = 0, scheduler: str | None = None,
@@ -465,23 +401,6 @@ def summary_line(results: pd.DataFrame, spec: SweepSpec) -> str:
     return (f"{len(ok)}/{len(points)} points ok ({stale or 'none stale'}), {int((points.status == 'missing').sum())} "
             f"not computed" + (f", {retired} committed row(s) of points no longer in the spec kept as retired"
                                if retired else "") + f"; results: {spec.output / 'results.csv'}")
-
-
-class Interrupted(KeyboardInterrupt):
-    """A sweep stopped by a signal (``signum``: SIGINT or SIGTERM)."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"signal {signum}")
-        self.signum = signum
-
-
-def stop_on_signals() -> None:
-    """SIGINT and SIGTERM stop a sweep as Ctrl-C does (raising :class:`Interrupted`), so it logs
-    its run (a shell starts a background job with SIGINT ignored, and SIGTERM would skip the logging)."""
-    def stop(signum, frame):
-        raise Interrupted(signum)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop)
 
 
 def interrupted_message(spec: SweepSpec, signum: int, reduced: bool = False, keep_stale: bool = False,
