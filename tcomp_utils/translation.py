@@ -61,7 +61,8 @@ class TranslationRecipe:
     """How the translation model is made. Sizes: ``vocab_size`` (shared subwords), ``d_model``,
     ``d_ff``, ``num_layers`` (encoder) / ``num_decoder_layers``, ``num_heads`` × ``d_kv`` (the
     Transformer needs ``num_heads × d_kv = d_model``); ``architecture`` one of :data:`ARCHITECTURES`,
-    ``tokenizer`` one of :data:`TOKENIZERS`.
+    ``tokenizer`` one of :data:`TOKENIZERS`; ``t5_output_scale``: a T5 scales its decoder output by
+    1/√d_model before the tied head (T5 v1.0, as transformers builds it), or not (v1.1).
     Training: ``epochs`` over ``train_examples`` (None: the whole split) in batches of
     ``batch_size`` pairs of at most ``max_length`` tokens; peak ``lr`` after ``warmup_steps``,
     then ∝ 1/√step; BLEU on the first ``val_examples`` validation pairs every ``eval_every``
@@ -95,6 +96,7 @@ class TranslationRecipe:
     precision: str = "bf16"
     seed: int = 0
     tokenizer: str = "unigram"
+    t5_output_scale: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in trainer.PRECISIONS:
@@ -112,13 +114,17 @@ class TranslationRecipe:
         the training code version."""
         asset = TASK_ASSETS.get(self.task)
         fields = dataclasses.asdict(self)
-        if self.tokenizer == "unigram":  # recipes made before the field existed keep their keys (and cached models)
-            del fields["tokenizer"]
+        for name, before in (("tokenizer", "unigram"), ("t5_output_scale", True)):
+            if fields[name] == before:  # recipes made before the field existed keep their keys (and cached models)
+                del fields[name]
         blob = json.dumps([fields, assets.get_asset(asset).sha256 if asset else self.task,
                            TRAINING_CODE_VERSION], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+HELP_EN_DE = TranslationRecipe(
+    task="help-en-de", tokenizer="bpe", vocab_size=8000, d_model=128, d_ff=512, num_heads=4, d_kv=32, batch_size=96,
+    epochs=3, lr=4e-3, warmup_steps=150, max_length=64, eval_every=172, val_examples=300, patience=None)
 RECIPES = {
     "transformer-de-en": TranslationRecipe(),
     # the same size as a T5 (pre-norm, relative positions): learns far more slowly on these pairs
@@ -128,6 +134,14 @@ RECIPES = {
         task="iwslt2017-en-de", vocab_size=16000, d_model=512, d_ff=2048, num_layers=6, num_decoder_layers=6,
         num_heads=8, d_kv=64, batch_size=128, epochs=20, lr=1e-3, warmup_steps=4000, max_length=100,
         eval_every=2000, val_examples=1000),
+    # English→German on the LibreOffice help (issue 36), sized on the learning curve
+    # (benchmarks/translation_learning_curve.py) to train within 45 minutes on one thread: d128 at peak
+    # rate 4e-3, 3 epochs of 96 pairs (1,032 steps, validation BLEU 17.6 on the curve; the d256 recipe
+    # that reaches test BLEU 25 needs about 7-8 epochs, 2.5-3 hours)
+    "transformer-help-en-de": HELP_EN_DE,
+    # seed 002's architecture by the same recipe (relative positions, pre-norm, tied head), as T5 v1.1 (no
+    # 1/√d_model before the head: with it, its training loss after 200 steps was 7.3 against 6.6 without)
+    "t5-help-en-de": dataclasses.replace(HELP_EN_DE, architecture="t5", t5_output_scale=False),
     # seconds, for tests: a tiny model on 2,000 pairs (it learns little; tests check the machinery)
     "transformer-de-en-smoke": TranslationRecipe(
         train_examples=2000, vocab_size=600, d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
@@ -186,7 +200,10 @@ def build_model(recipe: TranslationRecipe, tokenizer) -> nn.Module:
             model = T5ForConditionalGeneration(T5Config(
                 vocab_size=len(tokenizer), d_model=recipe.d_model, d_ff=recipe.d_ff, d_kv=recipe.d_kv,
                 num_layers=recipe.num_layers, num_decoder_layers=recipe.num_decoder_layers, num_heads=recipe.num_heads,
-                dropout_rate=recipe.dropout, feed_forward_proj="relu", **special))
+                dropout_rate=recipe.dropout, feed_forward_proj="relu", **special,
+                # transformers reads tie_word_embeddings=False as "T5 v1.1: no 1/√d_model scaling of the
+                # decoder output" (the head stays tied): logits of std ~1 at initialisation, not ~1/√d_model
+                **({} if recipe.t5_output_scale else {"tie_word_embeddings": False})))
             # transformers 5 always ties T5's head to its embedding table (and scales the decoder's
             # output by 1/√d_model); drawn with std 1/√d_model it learns faster here than T5's std 1
             nn.init.normal_(model.lm_head.weight, std=recipe.d_model**-0.5)

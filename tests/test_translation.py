@@ -251,3 +251,19 @@ def test_sigterm_during_translation_training_leaves_no_build_folder_and_keeps_th
     assert terminated_while_building(_TERMINATED_TRAINING, str(tmp_path)) == 143
     key = translation.RECIPES["transformer-de-en-smoke"].key()
     assert [p.name for p in tmp_path.iterdir()] == [f".ckpt-transformer-de-en-smoke-{key}"]
+
+
+def test_a_t5_without_output_scaling_starts_with_logits_of_unit_scale_and_old_keys_stay():
+    """``t5_output_scale=False`` builds T5 v1.1's head (no 1/√d_model before the tied head): its
+    initial logits are √d_model times larger than the scaled T5's, and the recipe's key differs (the
+    default leaves keys unchanged: test_the_tokenizer_field_leaves_the_keys_of_unigram_recipes_unchanged)."""
+    tok = translation.train_tokenizer(["ein kleiner Test", "a small test"] * 20, 40)
+    recipe = dataclasses.replace(TINY, architecture="t5", d_model=64, d_kv=16, num_heads=4)
+    ids = torch.tensor([[5, 6, 7, 1]])
+    spread = {}
+    for scale in (True, False):
+        model = translation.build_model(dataclasses.replace(recipe, t5_output_scale=scale), tok).eval()
+        with torch.no_grad():
+            spread[scale] = model(input_ids=ids, decoder_input_ids=ids).logits.std().item()
+    assert spread[False] / spread[True] == pytest.approx(64**0.5, rel=1e-4)
+    assert dataclasses.replace(recipe, t5_output_scale=False).key() != recipe.key()
