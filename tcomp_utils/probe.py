@@ -71,6 +71,38 @@ def _measure(folder: Path, inputs: Path, runs: int, warmup: int, threads: int, s
             "load_mb": (loaded_kb - base_kb) / 1024, "peak_mb": peak_kb / 1024, "memory_method": method}
 
 
+def saved_description(folder: str | os.PathLike) -> dict:
+    """The ``tcomp.json`` of the model saved in ``folder`` (read without building the model), its
+    ``config`` (the HF config) a mapping."""
+    path = Path(folder) / "tcomp.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no saved model (tcomp.json): save it with serialize.save_compressed")
+    try:
+        description = json.loads(path.read_text())
+        if not isinstance(description, dict) or not isinstance(description["config"], dict):
+            raise TypeError("the description and its config must be mappings")
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid description ({type(err).__name__}: {err})") from None
+    return description
+
+
+def random_inputs(folder: str | os.PathLike, batch: int = 1, seq_len: int = 128,
+                  seed: int = 0) -> dict[str, torch.Tensor]:
+    """One forward pass's inputs for the model saved in ``folder``: ``batch`` rows of ``seq_len``
+    token ids drawn by ``seed`` from its vocabulary (an encoder-decoder model reads them on both
+    sides), all attended. For counting and timing only: a forward pass costs the same whatever
+    tokens it reads."""
+    config = saved_description(folder)["config"]
+    vocab = config.get("vocab_size") or (config.get("text_config") or {}).get("vocab_size")
+    if not isinstance(vocab, int) or vocab < 1:
+        raise ValueError(f"the config saved in {folder} gives no vocab_size (got {vocab!r}): pass the inputs yourself")
+    if batch < 1 or seq_len < 1:
+        raise ValueError(f"need batch >= 1 and seq_len >= 1, got batch={batch}, seq_len={seq_len}")
+    ids = torch.randint(0, vocab, (batch, seq_len), generator=torch.Generator().manual_seed(seed))
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return inputs | {"decoder_input_ids": ids.clone()} if config.get("is_encoder_decoder") else inputs
+
+
 def probe(folder: str | os.PathLike, inputs: dict[str, torch.Tensor], runs: int = 10, warmup: int = 2,
           threads: int = 1, seq_len: int = 128, timeout: float = 1800) -> dict:
     """Count and measure the model saved in ``folder`` in a fresh process: ``saved_params``,

@@ -226,6 +226,13 @@ def methods() -> pd.DataFrame:
                          for e in _METHODS.values()])
 
 
+def method_entry(name: str) -> MethodEntry:
+    """The registered entry of method ``name`` (its config class, handler, family and description);
+    an unknown name raises :class:`UnknownMethodError` listing the registered ones."""
+    method_family(name)
+    return _METHODS[name]
+
+
 def method_family(name: str) -> str:
     """The family method ``name`` was registered with (importing only its module)."""
     _import_for(name, _METHODS, source_index()[0])

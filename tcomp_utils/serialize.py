@@ -166,7 +166,7 @@ def _weight_keys(weights: Path) -> set[str]:
         return set(f.keys())
 
 
-def _attribute_changes(model: nn.Module, reference: nn.Module, skip: list[str]) -> dict[str, dict]:
+def attribute_changes(model: nn.Module, reference: nn.Module, skip: list[str]) -> dict[str, dict]:
     """Scalar attributes (ints, floats, flags, strings, tuples of ints) of plain modules that
     differ from the freshly built ``reference``: what pruning changes besides tensor shapes."""
     changes = {}
@@ -199,11 +199,13 @@ def describe(model: nn.Module) -> dict:
         description["prepared"] = False
     if description["prepared"]:
         adapters.prepare(reference)
-    description["attributes"] = _attribute_changes(model, reference, list(description["modules"]))
+    description["attributes"] = attribute_changes(model, reference, list(description["modules"]))
     return description
 
 
-def _check_target(folder: Path, overwrite: bool) -> None:
+def check_target(folder: Path, overwrite: bool) -> None:
+    """Refuse (``FileExistsError``) a ``folder`` that :func:`save_compressed` must not write: a file, a
+    non-empty folder that is not a previous save, or a previous save without ``overwrite``."""
     if not folder.exists():
         return
     if not folder.is_dir():
@@ -223,7 +225,7 @@ def save_compressed(model: nn.Module, folder: str | os.PathLike, overwrite: bool
     renamed into place, so nothing is half-written. A non-empty ``folder`` that is not a previous
     save is refused; a previous save is replaced only with ``overwrite=True``."""
     folder = Path(folder).resolve()
-    _check_target(folder, overwrite)
+    check_target(folder, overwrite)
     description = describe(model)  # everything that can fail is checked before anything is written
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
