@@ -305,6 +305,34 @@ def test_embeddings_are_quantized_only_when_asked_and_first():
         assert ((model(ids).logits - ref).norm() / ref.norm()) < 0.05
 
 
+def test_a_head_tied_to_the_quantized_table_stays_tied_and_is_stored_once(tmp_path):
+    torch.manual_seed(0)
+    tied = tiny_llama()
+    untied = copy.deepcopy(tied)  # the same numbers, the head's weight its own copy of the table
+    untied.lm_head.weight = nn.Parameter(tied.lm_head.weight.detach().clone())
+    untied.config.tie_word_embeddings = False
+    dense = budget.footprint(tied)
+    for model in (tied, untied):
+        quantize(model, "rtn", bits=4, group_size=32, roles=["embeddings", "linear"], lm_head=True, progress=False)
+    assert tied.lm_head is tied.model.embed_tokens and isinstance(tied.lm_head, QuantEmbedding) and tied.lm_head.head
+    assert isinstance(untied.lm_head, QuantLinear)
+    ids = torch.randint(0, 100, (2, 9))
+    with torch.no_grad():
+        assert torch.equal(tied(ids).logits, untied(ids).logits)
+    # the table is counted once: the untied model's bytes less its head's; the head's MACs stay counted
+    head = budget.compressed_footprint(untied.lm_head)
+    assert budget.footprint(tied).bytes == budget.footprint(untied).bytes - head.bytes
+    assert budget.footprint(tied).macs == budget.footprint(untied).macs == dense.macs
+    serialize.save_compressed(tied, tmp_path / "tied")
+    loaded = serialize.load_compressed(tmp_path / "tied")
+    assert loaded.lm_head is loaded.model.embed_tokens and loaded.lm_head.head
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, tied(ids).logits)
+    assert budget.footprint(loaded) == budget.footprint(tied)
+    with pytest.raises(TypeError, match="looks up token ids .*head=True"):  # an untied table takes no hidden states
+        untied.model.embed_tokens(torch.zeros(1, 48))
+
+
 def test_t5_shared_embedding_is_quantized_under_every_name_and_round_trips(tmp_path):
     torch.manual_seed(0)
     model = tiny_t5()

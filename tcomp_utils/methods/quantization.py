@@ -21,6 +21,13 @@ already quantized groups give it (one partial pass of the block per group). The 
 quantized last, on the inputs the quantized model gives it. The embedding table is quantized only
 when the roles name ``"embeddings"``, always by round-to-nearest (a look-up has no input
 Hessian), row by row, and first, so that the blocks are calibrated on what it gives them.
+
+**A head tied to the table** (a decoder with ``tie_word_embeddings``) stays tied when both are
+quantized (``"embeddings"`` in the roles and ``lm_head=True``): the one
+:class:`~tcomp_utils.methods.quantized.QuantEmbedding` is put at both places (``head=True``), its
+codes stored and counted once, and the head computes with the table's round-to-nearest codes (one
+stored tensor holds one rounding, so GPTQ does not re-solve a tied head). Quantizing the table
+with ``lm_head=False`` leaves the head its float copy of the table (the tie is broken; warned).
 """
 from __future__ import annotations
 
@@ -48,7 +55,8 @@ from .quantized import PLAIN_LAYER, QuantEmbedding, QuantLinear, QuantLowRankLin
 class QuantConfig(MethodConfig):
     """Roles (default: every linear role; ``"embeddings"`` adds the table) and layers, the grid
     (``bits`` in [2, 8]; ``group_size`` None for one scale per output channel, else input columns
-    per group; ``symmetric``), and ``lm_head`` (quantize the output head too)."""
+    per group; ``symmetric``), and ``lm_head`` (quantize the output head too; a head tied to a
+    quantized table becomes that table: see the module docstring)."""
 
     bits: int = 4
     group_size: int | None = None
@@ -106,13 +114,20 @@ def _lm_head(model: nn.Module) -> adapters.RoleModule:
     return adapters.RoleModule(next(p for p, m in model.named_modules() if m is head), "lm_head", None, None, head)
 
 
-def _warn_if_tied(model: nn.Module, found: list[adapters.RoleModule]) -> None:
+def _tied_table(model: nn.Module, found: list[adapters.RoleModule]) -> adapters.RoleModule | None:
+    """The targeted token table (role ``embeddings``) whose weight the output head uses, if any."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if isinstance(head, nn.Linear) and any(rm.role == "embeddings" and rm.module.weight is head.weight for rm in found):
+    if not isinstance(head, nn.Linear):
+        return None
+    return next((rm for rm in found if rm.role == "embeddings" and rm.module.weight is head.weight), None)
+
+
+def _warn_if_tied(model: nn.Module, found: list[adapters.RoleModule]) -> None:
+    if _tied_table(model, found) is not None:
         # the head keeps the float table: the tie is broken and the quantized table is stored beside it
         warnings.warn(f"{type(model).__name__}'s output head is tied to its token table: quantizing the table "
                       "leaves the head's float32 copy stored beside it (the tie is broken); pass lm_head=True to "
-                      "quantize the head too", stacklevel=3)
+                      "keep the head tied to the quantized table (stored once)", stacklevel=3)
 
 
 def _quantize_layer(linear: nn.Linear, config: QuantConfig, grid: QuantGrid, H: torch.Tensor | None) -> tuple[QuantLinear, dict]:
@@ -222,6 +237,11 @@ def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | N
                                       "right factor is shared across layers: mode 'concatenated')")
     if not config.lm_head:
         _warn_if_tied(model, targets)
+    # a head tied to a targeted table becomes the quantized table itself (not a second copy)
+    tied = _tied_table(model, targets) if config.lm_head else None
+    tied_head = next((rm for rm in targets if rm.role == "lm_head"), None) if tied is not None else None
+    if tied_head is not None:
+        targets = [rm for rm in targets if rm is not tied_head]
     check_finite(targets)
     rows = []
 
@@ -241,6 +261,9 @@ def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | N
         # every path to the module, and for a table every embedding tied to its weight (T5's
         # encoder/decoder embed_tokens share the `shared` table): they all use the one quantized table
         replace(model, rm, q, tied_weights=rm.role == "embeddings")
+        if rm is tied:
+            q.head = True
+            replace(model, tied_head, q)
         rows.append(module_row(rm, m, q, **row))
 
     # embeddings first (a look-up table has no input Hessian: always round-to-nearest), so the

@@ -1,7 +1,7 @@
 """Quantized modules: ``QuantLinear`` (a linear layer stored as packed integer codes, float16
 scales and packed zero points), ``QuantEmbedding`` (an embedding table stored the same way, row by
-row, de-quantizing only the rows looked up), and torch's dynamic int8 path for real integer
-matmuls on CPU.
+row, de-quantizing only the rows looked up; a table tied to the output head is the head too), and
+torch's dynamic int8 path for real integer matmuls on CPU.
 
 **De-quantized weight cache.** Un-packing and de-quantizing a layer costs more than its matmul on
 a CPU, so ``QuantLinear.forward`` keeps each layer's de-quantized weight (float32, in the dtype and
@@ -139,6 +139,12 @@ class QuantLinear(_CachedDequant):
         return unpack(self.qweight, self.grid.bits, self.out_features * self.in_features).reshape(
             self.out_features, self.in_features)
 
+    def quantized(self) -> QuantizedWeight:
+        """The stored weight as a :class:`~tcomp_utils.methods.quant_grid.QuantizedWeight` (the
+        inverse of :meth:`from_quantized`; its ``dequantize()`` is :meth:`weight_matrix`)."""
+        return QuantizedWeight(self.codes(), self.scales, self.zeros(), self.grid,
+                               self.g_idx if self.g_idx.numel() else None)
+
     def zeros(self) -> torch.Tensor:
         """Zero points (out × groups)."""
         if self.grid.symmetric:
@@ -216,18 +222,28 @@ class QuantLowRankLinear(CompressedLinear):
 
 
 @register_module
-class QuantEmbedding(CompressedLinear):
+class QuantEmbedding(_CachedDequant):
     """An embedding table (vocab × dim) quantized row by row: each token's vector is a row of the
     grid (one scale per row, or per group of ``group_size`` dimensions).
 
     Buffers: ``qweight`` (vocab × ceil(dim·bits/8) uint8: each row packed on its own, so a look-up
     unpacks only the rows it needs), ``scales`` (vocab × groups, float16), ``qzeros`` (vocab ×
     ceil(groups·bits/8) uint8; empty columns for a symmetric grid). No MACs: a look-up.
+
+    ``head``: the table is also the model's output head (a tied LM head): the one module sits at
+    both places, token ids (integers) look rows up and hidden states (floats) are multiplied by the
+    de-quantized table (``x Ŵᵀ``, through the same de-quantized weight cache as
+    :class:`QuantLinear`), so the codes are stored once and the head's ``vocab × dim`` MACs are
+    counted once, with the table.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, grid: QuantGrid, padding_idx: int | None = None):
+    bias = None  # as an output head: none (a tied head has no bias)
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, grid: QuantGrid, padding_idx: int | None = None,
+                 head: bool = False):
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.grid, self.padding_idx = num_embeddings, embedding_dim, grid, padding_idx
+        self.head = head
         n_groups = grid.n_groups(embedding_dim)
         self.register_buffer("qweight", torch.zeros(num_embeddings, -(-embedding_dim * grid.bits // 8), dtype=torch.uint8))
         self.register_buffer("scales", torch.zeros(num_embeddings, n_groups, dtype=torch.float16))
@@ -267,27 +283,48 @@ class QuantEmbedding(CompressedLinear):
         """The de-quantized table (vocab × dim, float32)."""
         return self._rows(torch.arange(self.num_embeddings))
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        flat = input_ids.reshape(-1)
+    def quantized(self) -> QuantizedWeight:
+        """The stored table as a :class:`~tcomp_utils.methods.quant_grid.QuantizedWeight` (the
+        inverse of :meth:`from_quantized`; its ``dequantize()`` is :meth:`weight_matrix`)."""
+        codes = unpack_rows(self.qweight, self.grid.bits, self.embedding_dim)
+        zeros = (self.grid.implicit_zeros(tuple(self.scales.shape)) if self.grid.symmetric
+                 else unpack_rows(self.qzeros, self.grid.bits, self.scales.shape[1]))
+        return QuantizedWeight(codes, self.scales, zeros, self.grid)
+
+    def _packed(self) -> tuple[torch.Tensor, ...]:
+        return self.qweight, self.scales, self.qzeros
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.is_floating_point():  # hidden states: the table as the output head
+            if not self.head:
+                raise TypeError(f"this QuantEmbedding looks up token ids (integers), got {input.dtype} inputs; "
+                                "only a table tied to the output head (head=True) takes hidden states")
+            return super().forward(input)
+        flat = input.reshape(-1)
         unique, inverse = torch.unique(flat, return_inverse=True)  # unpack each distinct row once
-        return self._rows(unique)[inverse].reshape(*input_ids.shape, self.embedding_dim)
+        return self._rows(unique)[inverse].reshape(*input.shape, self.embedding_dim)
 
     def tcomp_footprint(self) -> Footprint:
+        """Stored numbers and bytes of the table (once, also when it is the head); MACs: the
+        head's ``vocab × dim`` when tied to it, else none (a look-up)."""
         n_zeros = 0 if self.grid.symmetric else self.scales.numel()
         params = self.num_embeddings * self.embedding_dim + self.scales.numel() + n_zeros
-        return Footprint(params, sum(dense_bytes(t) for t in (self.qweight, self.scales, self.qzeros)), 0)
+        macs = self.num_embeddings * self.embedding_dim if self.head else 0
+        return Footprint(params, sum(dense_bytes(t) for t in (self.qweight, self.scales, self.qzeros)), macs)
 
     def tcomp_config(self) -> dict:
-        return {"vocab": self.num_embeddings, "dim": self.embedding_dim, "bits": self.grid.bits,
-                "group_size": self.grid.group_size, "symmetric": self.grid.symmetric, "padding_idx": self.padding_idx}
+        config = {"vocab": self.num_embeddings, "dim": self.embedding_dim, "bits": self.grid.bits,
+                  "group_size": self.grid.group_size, "symmetric": self.grid.symmetric, "padding_idx": self.padding_idx}
+        return config | {"head": True} if self.head else config  # saves of untied tables stay as they were
 
     @classmethod
     def tcomp_empty(cls, config: dict, shared: None = None) -> "QuantEmbedding":
         grid = QuantGrid(config["bits"], config["group_size"], config["symmetric"])
-        return cls(config["vocab"], config["dim"], grid, config["padding_idx"])
+        return cls(config["vocab"], config["dim"], grid, config["padding_idx"], head=config.get("head", False))
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, {self.grid.describe()}"
+        tied = ", tied output head" if self.head else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}, {self.grid.describe()}{tied}"
 
 # --------------------------------------------------------------------------------------- sign-magnitude
 def signmag_value(negative: torch.Tensor, magnitude: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
