@@ -29,6 +29,7 @@ import warnings
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import adapters
 from .contract import CompressedModule, Footprint, linear_shape  # noqa: F401 (re-exported: defined there)
@@ -114,6 +115,8 @@ def _zero_macs(module: nn.Module) -> bool:
     gains, biases, a class token) and position tables, applied elementwise or added."""
     if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
         return True
+    if isinstance(module, parametrize.ParametrizationList):  # a parametrized tensor's original: its
+        return True                                             # layer counts the MACs (QAT's fake quantization)
     return all(p.squeeze().ndim <= 1 or "position" in name for name, p in module.named_parameters(recurse=False))
 
 

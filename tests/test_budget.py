@@ -151,3 +151,19 @@ def test_every_covered_architecture_is_counted_without_a_warning(make):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         budget.footprint(ARCHITECTURES[make]())
+
+
+def test_a_parametrized_linear_counts_as_the_plain_one_without_a_warning():
+    """QAT's fake quantization parametrizes the weight: the original moves into a
+    ParametrizationList child; the layer still counts its MACs, the original its parameters."""
+    from torch.nn.utils import parametrize
+
+    class Halve(nn.Module):
+        def forward(self, w):
+            return w / 2
+
+    plain, wrapped = nn.Sequential(nn.Linear(8, 4)), nn.Sequential(nn.Linear(8, 4))
+    parametrize.register_parametrization(wrapped[0], "weight", Halve())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert budget.footprint(wrapped) == budget.footprint(plain)
