@@ -1212,3 +1212,29 @@ def test_the_translation_learning_curve_in_the_readme_is_the_committed_one():
     says(README, f"is {inside.difference:.1f} BLEU better (paired bootstrap 95 % interval [{inside.lo:.1f}, "
                  f"{inside.hi:.1f}]", f"({final.loc[big, 'ood_bleu']:.1f} and {final.loc[small, 'ood_bleu']:.1f}; "
                  f"difference {outside.difference:.1f} [{outside.lo:.1f}, {outside.hi:.1f}], not distinguishable")
+
+
+def test_the_translation_baselines_in_the_readme_are_the_committed_ones():
+    """Issue 36's baselines: the README's table is the committed CSV's; three Transformer seeds with
+    their mean ± sd; the seed spread exceeds one model's test-sample interval (a paired interval of two
+    seeds excludes 0); the T5 by the same recipe is below the Transformer by a paired interval."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tb", ROOT / "benchmarks" / "translation_baselines.py")
+    tb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tb)
+    assert tb.table() in (ROOT / README).read_text(encoding="utf-8")
+    rows = pd.read_csv(tb.OUT)
+    tr = rows[rows.recipe == "transformer-help-en-de"]
+    assert sorted(tr.seed) == [0, 1, 2] and (rows.test_examples == 2010).all() and (rows.ood_examples == 1000).all()
+    says(README, f"give test BLEU {tr.test_bleu.mean():.1f} ± {tr.test_bleu.std(ddof=1):.1f} (sd) in-domain")
+    assert tr.test_bleu.max() < 25
+    seeds = tb.paired(("transformer-help-en-de", 0), ("transformer-help-en-de", 1))
+    assert seeds.verdict != "≈" and abs(seeds.difference) > tr.test_bleu_ci95.max() / 2
+    says(README, f"seed 0 minus seed 1 is {seeds.difference:.1f} BLEU, paired interval [{seeds.lo:.1f}, {seeds.hi:.1f}]",
+         f"one model's bootstrap interval (±{tr.test_bleu_ci95.mean():.1f})")
+    t5 = rows[rows.recipe == "t5-help-en-de"].iloc[0]
+    gap = tb.paired(("t5-help-en-de", 0), ("transformer-help-en-de", 0))
+    assert gap.verdict == "below"
+    says(README, f"test BLEU {t5.test_bleu:.1f} (paired difference to the Transformer's seed 0: {gap.difference:.1f}, "
+                 f"[{gap.lo:.1f}, {gap.hi:.1f}])")
