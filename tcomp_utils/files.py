@@ -49,6 +49,26 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def check_replaceable(folder: str | os.PathLike, is_previous: Callable[[Path, set[str]], bool], what: str,
+                      overwrite: bool) -> None:
+    """Refuse (``FileExistsError``) writing ``folder`` unless it is missing, empty, or a previous
+    ``what`` (``is_previous(folder, names)`` on its file names) replaced with ``overwrite``."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if not folder.is_dir():
+        raise FileExistsError(f"{folder} exists and is not a folder")
+    contents = {p.name for p in folder.iterdir()}
+    if not contents:
+        return
+    if not is_previous(folder, contents):
+        shown = ", ".join(sorted(contents)[:5]) + ("..." if len(contents) > 5 else "")
+        raise FileExistsError(f"{folder} is not empty and is not a previous {what} ({shown}); choose an empty or new "
+                              "folder")
+    if not overwrite:
+        raise FileExistsError(f"{folder} holds a previous {what}; pass overwrite=True to replace it")
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary sibling and a rename (never half-written)."""
     path = Path(path)

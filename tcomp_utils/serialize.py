@@ -29,7 +29,7 @@ from torch import nn
 
 from . import adapters, registry
 from .contract import CompressedModule
-from .files import sha256_file
+from .files import check_replaceable, sha256_file
 
 DESCRIPTION = "tcomp.json"
 WEIGHTS = "model.safetensors"
@@ -206,18 +206,8 @@ def describe(model: nn.Module) -> dict:
 def check_target(folder: Path, overwrite: bool) -> None:
     """Refuse (``FileExistsError``) a ``folder`` that :func:`save_compressed` must not write: a file, a
     non-empty folder that is not a previous save, or a previous save without ``overwrite``."""
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise FileExistsError(f"{folder} exists and is not a folder")
-    contents = {p.name for p in folder.iterdir()}
-    if not contents:
-        return
-    if DESCRIPTION not in contents or not contents <= {DESCRIPTION, WEIGHTS}:
-        raise FileExistsError(f"{folder} is not empty and is not a previous save ({', '.join(sorted(contents)[:5])}"
-                              f"{'...' if len(contents) > 5 else ''}); choose an empty or new folder")
-    if not overwrite:
-        raise FileExistsError(f"{folder} holds a previous save; pass overwrite=True to replace it")
+    check_replaceable(folder, lambda _, names: DESCRIPTION in names and names <= {DESCRIPTION, WEIGHTS}, "save",
+                      overwrite)
 
 
 def save_compressed(model: nn.Module, folder: str | os.PathLike, overwrite: bool = False) -> Path:

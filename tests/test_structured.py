@@ -383,38 +383,8 @@ def test_bad_fisher_pruning_options_are_clear_errors(options, message):
         method_config("fisher_pruning", **options)
 
 
-# ---- every architecture still runs after pruning; refusals come before any change ------------------
-# what structured pruning refuses: seq2seq models, and heads of an attention that reads its head
-# count from the config every layer shares (Phi-3 slices its fused qkv at config.num_attention_heads)
-PHI3_HEADS = r"reads the head count from the model config \(config.num_attention_heads\).*units='neurons'"
-REFUSED = {**{("t5", units): "seq2seq" for units in structured.UNITS}, ("phi3", "heads"): PHI3_HEADS,
-           ("phi3", "both"): PHI3_HEADS}
-
-
-@pytest.mark.parametrize("units", structured.UNITS)
-@pytest.mark.parametrize("name", sorted(conftest.ARCHITECTURES))
-def test_every_architecture_runs_after_pruning_or_is_refused_untouched(name, units):
-    torch.manual_seed(0)
-    model = adapters.prepare(conftest.ARCHITECTURES[name]())  # compress() prepares too: exact, not a change
-    inputs = conftest.model_inputs(name)
-    with torch.no_grad():
-        dense = model(**inputs).logits
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    config = method_config("structured", mu=0.8, units=units)
-    if (name, units) in REFUSED:
-        with pytest.raises(adapters.UnsupportedArchitectureError, match=REFUSED[name, units]):
-            compress(model, config, batches(), progress=False)
-        after = model.state_dict()
-        assert state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
-        with torch.no_grad():
-            assert torch.equal(model(**inputs).logits, dense)
-        return
-    report = compress(model, config, batches(), progress=False)
-    assert report.after.macs < report.before.macs and (report.modules.units_kept < report.modules.units_before).any()
-    with torch.no_grad():
-        out = model(**inputs).logits
-    assert out.shape == dense.shape and torch.isfinite(out).all()
-
+# ---- every architecture still runs after pruning, or is refused before any change: structured
+# pruning's cases of tests/test_every_method_every_architecture.py (heads, neurons, both)
 
 HEAD_MODELS = {**{n: f for n, f in conftest.ARCHITECTURES.items() if n not in ("t5", "phi3")},
                "falcon-per-head": lambda: conftest.tiny_falcon(new_decoder_architecture=False, multi_query=False,
@@ -552,7 +522,7 @@ def test_allocation_does_not_overshoot_by_a_head_when_neurons_can_close_the_gap(
 def test_families_with_fused_projections_prune_save_and_load(name, tmp_path):
     torch.manual_seed(0)
     model = conftest.ARCHITECTURES[name]()
-    units = "neurons" if name == "phi3" else "both"  # Phi-3's heads are refused (see REFUSED)
+    units = "neurons" if name == "phi3" else "both"  # Phi-3's heads are refused (test_every_method_every_architecture)
     dense = budget.footprint(model).macs
     compress(model, method_config("structured", mu=0.7, units=units), batches(), progress=False)
     assert 0.69 * dense <= budget.footprint(model).macs <= 0.7 * dense + 1e-6

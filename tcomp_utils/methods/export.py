@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from ..contract import CompressedModule
-from ..files import CHECKSUMS, build_folder
+from ..files import CHECKSUMS, build_folder, check_replaceable
 from ..serialize import attribute_changes
 from .quantized import QuantEmbedding, QuantLinear, plain_layer
 
@@ -143,25 +143,18 @@ def _out_config(model: nn.Module, overrides: dict | None):
     return out
 
 
-def _check_folder(folder: Path, overwrite: bool) -> None:
-    """An export goes to a new or empty folder, or replaces a previous export (``overwrite``)."""
-    if not folder.exists():
-        return
-    if not folder.is_dir():
-        raise FileExistsError(f"{folder} exists and is not a folder")
-    contents = {p.name for p in folder.iterdir()}
-    if not contents:
-        return
+def _is_export(folder: Path, names: set[str]) -> bool:
+    """Whether ``folder``'s files (``names``) are those a previous export listed in :data:`MARKER`."""
     try:
         written = set(json.loads((folder / MARKER).read_text())["files"])
     except (OSError, ValueError, KeyError, TypeError):
-        written = None
-    if written is None or not contents <= written | {MARKER, CHECKSUMS}:
-        shown = ", ".join(sorted(contents)[:5]) + ("..." if len(contents) > 5 else "")
-        raise FileExistsError(f"{folder} is not empty and is not a previous export ({shown}); choose an empty or new "
-                              "folder")
-    if not overwrite:
-        raise FileExistsError(f"{folder} holds a previous export; pass overwrite=True to replace it")
+        return False
+    return names <= written | {MARKER, CHECKSUMS}
+
+
+def _check_folder(folder: Path, overwrite: bool) -> None:
+    """An export goes to a new or empty folder, or replaces a previous export (``overwrite``)."""
+    check_replaceable(folder, _is_export, "export", overwrite)
 
 
 def _write(folder: Path, overwrite: bool, kind: str, write) -> Path:
