@@ -30,6 +30,7 @@ import datetime as dt
 import math
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from . import sweep
+from . import progress, sweep
 from .files import REPO_ROOT, write_csv_atomic
 from .runner import PROFILES
 
@@ -119,17 +120,26 @@ ONE_TIME = {"smoke": (("task model", "minilm-l6-tweets-smoke"), ("translation mo
                         ("converted decoder", "smollm2-135m"))}
 
 
-def _make_model(kind: str, name: str) -> float:
-    """Load ``name`` (training or converting it into the cache first when it is not there); seconds."""
+def _make_model(kind: str, name: str, status_file: str | None = None) -> float:
+    """Load ``name`` (training or converting it into the cache first when it is not there); seconds.
+    ``status_file``: where its training bar reports (:mod:`~tcomp_utils.progress`), removed at the end."""
+    import os
+
     from . import models, task_models, translation
 
+    if status_file is not None:
+        os.environ[progress.ENV] = str(progress.started(status_file, f"one-time {kind} {name}"))
     start = time.perf_counter()
-    if kind == "task model":
-        task_models.get_task_model(name, progress=False)
-    elif kind == "translation model":
-        translation.get_translation_model(name, progress=False)
-    else:
-        models.load_model(name, "causal-lm")
+    try:
+        if kind == "task model":
+            task_models.get_task_model(name, progress=False)
+        elif kind == "translation model":
+            translation.get_translation_model(name, progress=False)
+        else:
+            models.load_model(name, "causal-lm")
+    finally:
+        if status_file is not None:
+            Path(status_file).unlink(missing_ok=True)
     return time.perf_counter() - start
 
 
@@ -143,8 +153,10 @@ def prepare_models(profile: str, workers: int = 1) -> dict[str, float]:
 
     jobs = ONE_TIME.get(profile, ())
     seconds = {}
-    with ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1)), mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_make_model, kind, name): (kind, name) for kind, name in jobs}
+    with tempfile.TemporaryDirectory(prefix="tcomp-one-time-") as status, progress.watch([Path(status)], print), \
+            ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1)), mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(_make_model, kind, name, str(Path(status) / f"{i}{progress.SUFFIX}")): (kind, name)
+                   for i, (kind, name) in enumerate(jobs)}
         for future in as_completed(futures):
             kind, name = futures[future]
             seconds[name] = future.result()

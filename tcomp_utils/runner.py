@@ -17,9 +17,11 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+from . import progress as progress_mod
 from . import records
 from .files import REPO_ROOT, write_json_atomic
 
@@ -98,8 +100,26 @@ def check_profile(profile: str) -> str:
     return profile
 
 
+@contextmanager
+def _status(path: str | None, label: str) -> Iterator[None]:
+    """The point's status file, named to its kernel by ``$TCOMP_PROGRESS_FILE``, for the block's length."""
+    if path is None:
+        yield
+        return
+    before = os.environ.get(progress_mod.ENV)
+    os.environ[progress_mod.ENV] = str(progress_mod.started(path, label))
+    try:
+        yield
+    finally:
+        Path(path).unlink(missing_ok=True)
+        if before is None:
+            os.environ.pop(progress_mod.ENV, None)
+        else:
+            os.environ[progress_mod.ENV] = before
+
+
 def execute_point(notebook: dict, parameters: dict[str, Any], cwd: str | None = None,
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, status_file: str | None = None, label: str = "") -> dict[str, Any]:
     """Execute a notebook (its JSON as a dict) with ``parameters``; never raises for a failing cell.
 
     Self-contained so that it can run on a Dask worker on another machine: it needs the
@@ -109,6 +129,9 @@ def execute_point(notebook: dict, parameters: dict[str, Any], cwd: str | None = 
     ``code_modules`` the package modules the kernel had loaded at the end (None when it did not
     get there) and ``code_hash`` their :func:`package_digest` (of the whole package when None). A record named like a
     parameter or a results column fails the point (it would overwrite that column).
+
+    ``status_file``: while the point runs, its :mod:`~tcomp_utils.progress` status file (``label``, the
+    start time, the latest bar of the kernel's long loops), removed when it ends.
     """
     import nbformat
     import papermill as pm
@@ -116,7 +139,7 @@ def execute_point(notebook: dict, parameters: dict[str, Any], cwd: str | None = 
     start = time.perf_counter()
     probe = {"cell_type": "code", "execution_count": None, "id": _MODULES_TAG, "outputs": [],
              "metadata": {"tags": [_MODULES_TAG]}, "source": _MODULES_CELL}
-    with tempfile.TemporaryDirectory(prefix="tcomp-run-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="tcomp-run-") as tmp, _status(status_file, label):
         out = Path(tmp) / "executed.ipynb"
         error = None
         try:

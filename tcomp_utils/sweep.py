@@ -66,6 +66,7 @@ from typing import Any, Iterator
 import pandas as pd
 from tqdm.auto import tqdm
 
+from . import progress
 from .files import write_csv_atomic
 from .runner import execute_point, notebook_label, package_digest, write_result
 from .sweep_control import Interrupted, PointBusy, PointLock, stop_on_signals  # noqa: F401 (re-exported)
@@ -208,9 +209,15 @@ def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int =
             return None
         return lock
 
+    def status(spec: SweepSpec, key: str) -> str | None:
+        """A point's progress status file (None on a remote scheduler, whose workers write elsewhere)."""
+        return None if scheduler else str(spec.output / "points" / f"{key}{progress.SUFFIX}")
+
     for spec, _, _ in jobs:
         (spec.output / "points").mkdir(parents=True, exist_ok=True)
-    with _environment(point_env()), ExitStack() as held:  # environment: inherited by kernels and local workers
+    folders = sorted({spec.output / "points" for spec, _, _ in jobs})
+    # environment: inherited by kernels and local workers; watch: which point runs, for how long, its latest bar
+    with _environment(point_env()), ExitStack() as held, progress.watch(folders, lambda line: say(line)):
         if workers or scheduler:
             claimed = {}
             for spec, key, point in jobs:
@@ -226,7 +233,8 @@ def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int =
                     with Client(scheduler or cluster) as client:
                         # priority keeps the given order (Dask would otherwise start them in no set order)
                         futures = {client.submit(execute_point, sources[spec.name], spec.point_parameters(p),
-                                                 str(spec.notebook.parent), pure=False, key=f"{spec.name}-{k}",
+                                                 str(spec.notebook.parent), status_file=status(spec, k),
+                                                 label=f"{spec.name} {p}", pure=False, key=f"{spec.name}-{k}",
                                                  priority=len(todo) - i): (spec, k, p)
                                    for i, (spec, k, p) in enumerate(todo)}
                         for future in as_completed(futures):
@@ -241,7 +249,8 @@ def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int =
                 if (lock := claim(spec, key, point)) is not None:
                     with lock:
                         save(spec, key, point, execute_point(sources[spec.name], spec.point_parameters(point),
-                                                             str(spec.notebook.parent)))
+                                                             str(spec.notebook.parent), status_file=status(spec, key),
+                                                             label=f"{spec.name} {point}"))
     return saved
 
 

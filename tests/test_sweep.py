@@ -470,7 +470,7 @@ def test_pending_points_run_longest_first_and_new_ones_before_them(tmp_path, mon
     spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": x} for x in (1, 2, 3)]))
     order, seconds = [], {1: 5.0, 2: 50.0, 3: 0.5, 4: 1.0}
 
-    def fake(notebook, parameters, cwd=None, progress=False):
+    def fake(notebook, parameters, cwd=None, progress=False, status_file=None, label=""):
         order.append(parameters["x"])
         return {"status": "failed", "error": "again", "records": {}, "elapsed_s": seconds[parameters["x"]],
                 "executed": notebook, "code_hash": None, "code_modules": None}

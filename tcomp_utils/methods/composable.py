@@ -44,7 +44,7 @@ import torch
 import yaml
 from torch import nn
 
-from .. import trainer
+from .. import progress, trainer
 from .composable_sites import (ATTENTION_BLOCKS, CONFIG_FIELDS, KINDS, LINEAR_ROLES, CompositionError, Configuration,
                                Site, Unit, check_rate, resolve, sites)
 from .composable_units import (Call, compose, copy_pruned, finetune_unit, head_scores, kept_heads, l1_prune,
@@ -240,8 +240,6 @@ def run_pipeline(model: nn.Module, tokenizer, recipe, task, configurations: Sequ
     ``totals``: ``without_s`` (the baselines' model-level training seconds), ``with_s`` (recording +
     every unit once + each composed model's seconds until it reached its baseline's final validation
     BLEU, all its seconds when it did not), ``saved_s`` and how many configurations ``matched``."""
-    from tqdm.auto import tqdm
-
     from .. import budget, translation
 
     scheme = build_scheme(configurations)
@@ -250,7 +248,7 @@ def run_pipeline(model: nn.Module, tokenizer, recipe, task, configurations: Sequ
                                                shuffle=False).epoch(0))
     calls, record_s = timed(record, model, batches, scheme.site.unique())
     pruned, tuned, unit_rows, unit_logs = {}, {}, [], []
-    for r in tqdm(list(scheme.itertuples()), desc="module-level fine-tuning", disable=not progress):
+    for r in progress.Bar(list(scheme.itertuples()), desc="module-level fine-tuning", disable=not progress):
         unit = Unit(r.site, r.kind, r.rate)
         pruned[unit.key] = prune_unit(model, unit)
         tuned[unit.key] = prune_unit(model, unit)
@@ -266,7 +264,7 @@ def run_pipeline(model: nn.Module, tokenizer, recipe, task, configurations: Sequ
     test = task["test"] if test_examples is None else task["test"].select(range(test_examples))
     dense_params = budget.footprint(model).params
     arms, logs = [], []
-    for config in tqdm(configurations, desc="configurations", disable=not progress):
+    for config in progress.Bar(configurations, desc="configurations", disable=not progress):
         shared = sum(len(scheme.configurations[scheme.unit == u.key].iloc[0]) > 1 for u in config.units)
         for arm, payloads in (("baseline", pruned), ("composed", tuned)):
             m = compose(model, config, payloads)
