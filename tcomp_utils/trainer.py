@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import progress
+from .progress import Bar
 
 SCHEDULES = ("linear", "constant", "cosine", "inverse_sqrt")
 PRECISIONS = ("fp32", "bf16")
@@ -288,7 +288,7 @@ def train(model: nn.Module, data: Batches | Sequence[Any], config: TrainConfig, 
             "elapsed": earlier + time.perf_counter() - start})
 
     start = time.perf_counter()
-    bar = progress.Bar(total=total, initial=step, desc=config.desc, disable=not config.progress)
+    bar = Bar(total=total, initial=step, desc=config.desc, disable=not config.progress)
     model.train()
     while step < total and not stopped:
         epoch, offset = divmod(step, per_epoch)

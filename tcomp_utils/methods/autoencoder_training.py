@@ -38,7 +38,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state
 
-from .. import adapters, capture, progress
+from .. import adapters, capture
+from ..progress import Bar
 from ..registry import MethodConfig
 from .autoencoder_modules import AEDecoder, decoder_widths_for, latent_size, mlp
 
@@ -205,7 +206,7 @@ def train_autoencoders(group: RowGroup, configs: list[MethodConfig], progress: b
     best: list[dict[str, Any] | None] = [None] * len(configs)
     stale = [0] * len(configs)         # held-out scorings since the seed's best
     stopped: list[int | None] = [None] * len(configs)  # the epoch a seed stopped at (early stopping)
-    for epoch in progress.Bar(range(config.epochs), desc=f"ae {group.rms[0].role} x{group.latent}", disable=not progress,
+    for epoch in Bar(range(config.epochs), desc=f"ae {group.rms[0].role} x{group.latent}", disable=not progress,
                       leave=False):
         total = torch.zeros(len(configs))
         order = torch.stack([torch.randperm(size, generator=g) for g in gens])  # S × N

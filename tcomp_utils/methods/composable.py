@@ -44,7 +44,8 @@ import torch
 import yaml
 from torch import nn
 
-from .. import progress, trainer
+from .. import trainer
+from ..progress import Bar
 from .composable_sites import (ATTENTION_BLOCKS, CONFIG_FIELDS, KINDS, LINEAR_ROLES, CompositionError, Configuration,
                                Site, Unit, check_rate, resolve, sites)
 from .composable_units import (Call, compose, copy_pruned, finetune_unit, head_scores, kept_heads, l1_prune,
@@ -248,7 +249,7 @@ def run_pipeline(model: nn.Module, tokenizer, recipe, task, configurations: Sequ
                                                shuffle=False).epoch(0))
     calls, record_s = timed(record, model, batches, scheme.site.unique())
     pruned, tuned, unit_rows, unit_logs = {}, {}, [], []
-    for r in progress.Bar(list(scheme.itertuples()), desc="module-level fine-tuning", disable=not progress):
+    for r in Bar(list(scheme.itertuples()), desc="module-level fine-tuning", disable=not progress):
         unit = Unit(r.site, r.kind, r.rate)
         pruned[unit.key] = prune_unit(model, unit)
         tuned[unit.key] = prune_unit(model, unit)
@@ -264,7 +265,7 @@ def run_pipeline(model: nn.Module, tokenizer, recipe, task, configurations: Sequ
     test = task["test"] if test_examples is None else task["test"].select(range(test_examples))
     dense_params = budget.footprint(model).params
     arms, logs = [], []
-    for config in progress.Bar(configurations, desc="configurations", disable=not progress):
+    for config in Bar(configurations, desc="configurations", disable=not progress):
         shared = sum(len(scheme.configurations[scheme.unit == u.key].iloc[0]) > 1 for u in config.units)
         for arm, payloads in (("baseline", pruned), ("composed", tuned)):
             m = compose(model, config, payloads)

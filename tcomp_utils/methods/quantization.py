@@ -39,7 +39,8 @@ from typing import Callable, ClassVar
 import torch
 from torch import nn
 
-from .. import adapters, capture, progress
+from .. import adapters, capture
+from ..progress import Bar
 from ..timing import phase
 from .. import targeting
 from ..registry import CompressionReport, ConfigError, MethodConfig, compress, method_config, register_method
@@ -202,7 +203,7 @@ def _shared_gram_sink(acc: dict[str, HessianAccumulator]) -> Callable[[str, torc
 
 
 def _calibrated_pass(model: nn.Module, targets: list[adapters.RoleModule], calibration: list[dict],
-                     quantize_one: Callable[[adapters.RoleModule, torch.Tensor], None], bar: progress.Bar,
+                     quantize_one: Callable[[adapters.RoleModule, torch.Tensor], None], bar: Bar,
                      true_sequential: bool = False) -> None:
     """Quantize ``targets`` block by block in forward order, each on the inputs the already
     quantized blocks (and, with ``true_sequential``, layer groups) give it, then the LM head (if
@@ -271,7 +272,7 @@ def _quantize(model: nn.Module, config: QuantConfig, calibration: list[dict] | N
         if rm.role == "embeddings":
             quantize_one(rm, None)
     layers_todo = [rm for rm in targets if rm.role != "embeddings"]
-    with progress.Bar(total=len(layers_todo), desc=f"{config.method} {grid.describe()}", disable=not progress) as bar:
+    with Bar(total=len(layers_todo), desc=f"{config.method} {grid.describe()}", disable=not progress) as bar:
         if not calibration:
             for rm in layers_todo:
                 quantize_one(rm, None)
