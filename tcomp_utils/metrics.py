@@ -221,26 +221,35 @@ def _bleu_from_statistics(stats: np.ndarray) -> float:
                                                smooth_method="exp").score
 
 
-def paired_bleu_interval(hypotheses_a: Sequence[str], hypotheses_b: Sequence[str], references: Sequence[str],
-                         n_resamples: int = 1000, level: float = 0.95, seed: int = 0) -> PairedInterval:
+def paired_bleu_interval(hypotheses_a: Sequence[str] | Sequence[Sequence[str]], hypotheses_b: Sequence[str],
+                         references: Sequence[str], n_resamples: int = 1000, level: float = 0.95,
+                         seed: int = 0) -> PairedInterval:
     """Corpus BLEU of system ``a`` minus that of ``b`` on the same ``references`` (sacrebleu's
     defaults: 13a, exp smoothing) and its paired bootstrap interval: each resample draws test
     sentences with replacement and scores both systems on the same draw, so the spread of the test
-    sample that both share cancels (Koehn 2004). BLEU points."""
-    if not len(hypotheses_a) == len(hypotheses_b) == len(references):
-        raise ValueError(f"need one hypothesis of each system per reference, got {len(hypotheses_a)}, "
-                         f"{len(hypotheses_b)} and {len(references)}")
+    sample that both share cancels (Koehn 2004). BLEU points.
+
+    ``hypotheses_a`` may also hold several runs of ``a`` (runs × sentences: random draws such as
+    stochastic rounding); ``a``'s score is then the mean BLEU over its runs, and each resample also
+    draws the runs with replacement, so the interval holds their spread too."""
+    runs = [hypotheses_a] if not len(hypotheses_a) or isinstance(hypotheses_a[0], str) else list(hypotheses_a)
+    if not all(len(h) == len(references) for h in runs) or len(hypotheses_b) != len(references):
+        raise ValueError(f"need one hypothesis of each system (each run of a) per reference, got "
+                         f"{[len(h) for h in runs]} (a), {len(hypotheses_b)} (b) and {len(references)} references")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    a, b = _bleu_statistics(hypotheses_a, references), _bleu_statistics(hypotheses_b, references)
+    a = np.stack([_bleu_statistics(h, references) for h in runs])  # runs × sentences × 10
+    b = _bleu_statistics(hypotheses_b, references)
     rng = np.random.default_rng(seed)
     diffs = np.empty(n_resamples)
     for i in range(n_resamples):
         idx = rng.integers(0, len(references), len(references))
-        diffs[i] = _bleu_from_statistics(a[idx].sum(0)) - _bleu_from_statistics(b[idx].sum(0))
+        picked = rng.integers(0, len(a), len(a)) if len(a) > 1 else [0]
+        score_a = np.mean([_bleu_from_statistics(a[r][idx].sum(0)) for r in picked])
+        diffs[i] = score_a - _bleu_from_statistics(b[idx].sum(0))
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
-    return PairedInterval(_bleu_from_statistics(a.sum(0)) - _bleu_from_statistics(b.sum(0)), float(lo), float(hi),
-                          level, n_resamples)
+    whole = np.mean([_bleu_from_statistics(r.sum(0)) for r in a]) - _bleu_from_statistics(b.sum(0))
+    return PairedInterval(float(whole), float(lo), float(hi), level, n_resamples)
 
 
 def majority_share(preds: Sequence[int], majority: int) -> float:

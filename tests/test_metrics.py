@@ -171,9 +171,30 @@ def test_paired_bleu_interval_is_the_corpus_difference_with_a_paired_bootstrap()
     # systems that differ on a tenth of the sentences: a narrower interval than systems that differ on all
     close = [g if i % 10 else b for i, (g, b) in enumerate(zip(good, bad))]
     paired = metrics.paired_bleu_interval(good, close, refs, n_resamples=300)
-    with pytest.raises(ValueError, match="one hypothesis of each system per reference"):
+    with pytest.raises(ValueError, match="one hypothesis of each system"):
         metrics.paired_bleu_interval(good[:-1], bad, refs)
     assert paired.hi - paired.lo < got.hi - got.lo
+
+
+def test_paired_bleu_interval_over_runs_of_a_is_the_mean_and_holds_their_spread():
+    import sacrebleu
+
+    from tcomp_utils import metrics
+
+    refs = [f"the {w} sat on the mat number {i} today" for i, w in enumerate(["cat", "dog", "bird", "fox"] * 25)]
+    good = [r if i % 3 else r.replace("mat", "rug") for i, r in enumerate(refs)]
+    bad = [r.replace("sat on", "is near").replace("today", "") for r in refs]
+    close = [g if i % 10 else b for i, (g, b) in enumerate(zip(good, bad))]
+    bleu = {n: sacrebleu.corpus_bleu(h, [refs]).score for n, h in (("good", good), ("bad", bad), ("close", close))}
+    twice = metrics.paired_bleu_interval([good, good], close, refs, n_resamples=200)
+    once = metrics.paired_bleu_interval(good, close, refs, n_resamples=200)
+    assert abs(twice.difference - once.difference) < 1e-9  # two identical runs: the one run's difference
+    mixed = metrics.paired_bleu_interval([good, bad], close, refs, n_resamples=200)
+    assert abs(mixed.difference - ((bleu["good"] + bleu["bad"]) / 2 - bleu["close"])) < 1e-9
+    # resampling the runs too: the interval spans from about "bad − close" to "good − close"
+    assert mixed.lo < bleu["bad"] - bleu["close"] + 1 and mixed.hi > bleu["good"] - bleu["close"] - 1
+    with pytest.raises(ValueError, match=r"\[100, 99\] \(a\)"):
+        metrics.paired_bleu_interval([good, good[:-1]], close, refs)
 
 
 # ---- perplexity windows that start with BOS ----------------------------------------------------

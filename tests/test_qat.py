@@ -134,6 +134,32 @@ def test_qat_then_packed_model_computes_what_the_fake_quantized_one_evaluated(tm
     assert budget.footprint(loaded) == budget.footprint(model)
 
 
+def test_the_float_state_dict_packs_in_a_fresh_model_as_the_qat_model_does():
+    """A QAT model's trained float weights under plain names: a fresh model of the same architecture
+    loads them and packs to the same model (what notebook 11 does for each stochastic draw), and the
+    QAT model itself is left fake-quantized."""
+    torch.manual_seed(0)
+    model = tiny_marian(tie_word_embeddings=False)
+    config = qat.SignMagConfig(roles=qat.target_roles("linear", model), bits=2)
+    qat.prepare(model, config)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    ids = _ids()
+    for _ in range(2):
+        loss = model(input_ids=ids[0], decoder_input_ids=ids[1], labels=ids[1]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    weights = qat.float_state_dict(model)
+    assert not any("parametrizations" in k for k in weights)
+    fresh = tiny_marian(tie_word_embeddings=False).eval()
+    fresh.load_state_dict(weights)  # strict: every name matches
+    compress(fresh, config, progress=False)
+    assert len(_fake_quantized(model)) > 0  # untouched
+    compress(model, config, progress=False)
+    assert torch.equal(_seq2seq_logits(fresh, ids), _seq2seq_logits(model, ids))
+
+
 @pytest.mark.parametrize("quantizer,bits,stored", [("seed", 8, 9), ("seed", 4, 5), ("seed", 1, 2),
                                                    ("binary", None, 1), ("binary_scaled", None, 1)])
 def test_stored_bytes_are_the_packed_bits(quantizer, bits, stored):

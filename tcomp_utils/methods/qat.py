@@ -186,6 +186,14 @@ def _original(module: nn.Module) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------- training
+def float_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict with every fake-quantized weight under its plain name (the trained float
+    weight, ``<module>.weight``), so that a fresh model of the same architecture loads it: a copy to
+    pack again (e.g. another stochastic draw) without touching ``model``."""
+    marker = ".parametrizations.weight.original"
+    return {k.replace(marker, ".weight"): v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def prepare(model: nn.Module, config: SignMagConfig) -> list[adapters.RoleModule]:
     """Put ``config``'s fake quantizer on the weight of every target of ``model`` (in place) and
     return the targets. Every check (architecture, roles, module types, finite weights) comes
