@@ -18,9 +18,9 @@ import torch
 from scipy import stats
 from sklearn import metrics as skm
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import timing
+from .progress import Bar
 
 
 def accuracy(labels: Sequence[int], preds: Sequence[int]) -> float:
@@ -101,7 +101,7 @@ def predict_classifier(model: nn.Module, tokenizer, texts: Sequence[str], text_p
     device = next(model.parameters()).device
     order = length_order(tokenizer, texts, text_pairs, max_length)  # the logits come back in input order
     out = []
-    for i in tqdm(range(0, len(order), batch_size), desc="predict", disable=not progress):
+    for i in Bar(range(0, len(order), batch_size), desc="predict", disable=not progress):
         idx = order[i : i + batch_size]
         pair = [text_pairs[j] for j in idx] if text_pairs is not None else None
         enc = tokenizer([texts[j] for j in idx], pair, padding=True, truncation=True,
@@ -332,7 +332,7 @@ def perplexity(model: nn.Module, input_ids: torch.Tensor, seq_len: int = 512, st
     if not spans:
         raise ValueError(f"text of {len(ids)} tokens is shorter than one window of {seq_len}"
                          + (f" (the BOS token and {width} text tokens)" if lead else ""))
-    for begin, end, first in tqdm(spans, desc="perplexity", disable=not progress):
+    for begin, end, first in Bar(spans, desc="perplexity", disable=not progress):
         window = ids[begin:end]
         if lead:
             window = torch.cat([window.new_tensor([bos_token_id]), window])

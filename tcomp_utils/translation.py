@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from . import assets, files, metrics, tasks, timing, trainer
+from .progress import Bar
 
 TRAINING_CODE_VERSION = 1  # bump when training or the tokenizer changes what it produces
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
@@ -257,13 +258,11 @@ def translate(model: nn.Module, tokenizer, sources: Sequence[str], batch_size: i
               num_beams: int = 1, progress: bool = False) -> list[str]:
     """Detokenized translations of ``sources`` (greedy, or beam search with ``num_beams`` > 1),
     at most ``max_length`` tokens each, in input order."""
-    from tqdm.auto import tqdm
-
     model.eval()
     device = next(model.parameters()).device
     order = metrics.length_order(tokenizer, sources, max_length=max_length)  # little padding per batch
     out: dict[int, str] = {}
-    for i in tqdm(range(0, len(order), batch_size), desc="translate", disable=not progress):
+    for i in Bar(range(0, len(order), batch_size), desc="translate", disable=not progress):
         idx = order[i:i + batch_size]
         enc = tokenizer([sources[j] for j in idx], padding=True, truncation=True, max_length=max_length,
                         return_tensors="pt").to(device)
