@@ -9,12 +9,15 @@ Transformer on the same test sentences (paired bootstrap).
 
 Each model trains on one thread (``timing.TRAINING_THREADS``); run two invocations side by side on
 the 2 cores. Rows go to ``benchmarks/results/translation_baselines.csv`` (one per recipe and seed,
-replacing an earlier row of the same pair); a stopped training resumes from its checkpoint.
+replacing an earlier row of the same pair), the translations it scored to
+``benchmarks/results/translation_baselines_hypotheses/`` (so the paired comparisons, and the claims tests
+that check them, need no model); a stopped training resumes from its checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 import json
 import sys
 import time
@@ -27,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tcomp_utils import files, metrics, tasks, translation  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "translation_baselines.csv"
+# the translations each row scored (split -> list), kept so that paired comparisons need no model
+KEPT = OUT.with_name(OUT.stem + "_hypotheses")
 RESAMPLES = 1000
 
 
@@ -49,10 +54,24 @@ def hypotheses(name: str, seed: int) -> tuple[translation.TranslationRecipe, dic
     return recipe, info.metrics, json.loads((info.path / "hypotheses.json").read_text())
 
 
+def kept(name: str, seed: int) -> Path:
+    return KEPT / f"{name}-{seed}.json.gz"
+
+
+def keep(name: str, seed: int, hyps: dict) -> Path:
+    """Write the test translations (in-domain and Ding) of recipe ``name`` with ``seed`` to :func:`kept`."""
+    KEPT.mkdir(parents=True, exist_ok=True)
+    with gzip.GzipFile(kept(name, seed), "wb", mtime=0) as fh:  # mtime 0: the same bytes for the same translations
+        fh.write(json.dumps({k: hyps[k] for k in ("test", "ood_test")}, ensure_ascii=False).encode())
+    return kept(name, seed)
+
+
 def score(name: str, seed: int) -> dict:
-    """One row: test BLEU/chrF in-domain and out of domain, each BLEU with its 95 % bootstrap half-width."""
+    """One row: test BLEU/chrF in-domain and out of domain, each BLEU with its 95 % bootstrap half-width;
+    the translations scored are kept (:func:`keep`)."""
     start = time.perf_counter()
     recipe, m, hyps = hypotheses(name, seed)
+    keep(name, seed, hyps)
     row = dict(recipe=name, architecture=recipe.architecture, seed=seed, parameters=m["parameters"], steps=m["steps"],
                best_step=m["best_step"], train_minutes=round(m["train_time_s"] / 60, 1),
                wall_minutes=round((time.perf_counter() - start) / 60, 1))
@@ -66,9 +85,16 @@ def score(name: str, seed: int) -> dict:
 
 
 def paired(a: tuple[str, int], b: tuple[str, int], split: str = "test") -> metrics.PairedInterval:
-    """BLEU of model ``a`` (recipe, seed) minus that of ``b`` on the same ``split`` sentences."""
-    (recipe, _, ha), (_, _, hb) = hypotheses(*a), hypotheses(*b)
-    return metrics.paired_bleu_interval(ha[split], hb[split], references(recipe, split))
+    """BLEU of model ``a`` (recipe, seed) minus that of ``b`` on the same ``split`` sentences, from the
+    kept translations (no model is loaded)."""
+    texts = []
+    for name, seed in (a, b):
+        if not kept(name, seed).is_file():
+            raise FileNotFoundError(f"{kept(name, seed)} is missing: score the model first "
+                                    f"(python benchmarks/translation_baselines.py {name}:{seed})")
+        texts.append(json.loads(gzip.decompress(kept(name, seed).read_bytes()))[split])
+    recipe = dataclasses.replace(translation.RECIPES[a[0]], seed=a[1])
+    return metrics.paired_bleu_interval(texts[0], texts[1], references(recipe, split))
 
 
 def table(csv: Path = OUT) -> str:
@@ -92,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="*", help="RECIPE:SEED[,SEED...] of " + ", ".join(translation.RECIPES))
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="print the README table from --out")
+    parser.add_argument("--keep-only", action="store_true",
+                        help="only write the kept translations of the runs (their rows stay as they are)")
     args = parser.parse_args(argv)
     runs = []
     for spec in args.runs:
@@ -100,10 +128,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{spec!r}: need RECIPE:SEED[,SEED...] with RECIPE one of {', '.join(translation.RECIPES)}")
         runs += [(name, int(s)) for s in seeds.split(",")]
     for name, seed in runs:
+        if args.keep_only:
+            print(keep(name, seed, hypotheses(name, seed)[2]))
+            continue
         row = score(name, seed)
         before = pd.read_csv(args.out) if args.out.is_file() else pd.DataFrame(columns=list(row))
-        keep = before[~((before.recipe == name) & (before.seed == seed))]
-        files.write_csv_atomic(pd.concat([keep, pd.DataFrame([row])], ignore_index=True), args.out)
+        others = before[~((before.recipe == name) & (before.seed == seed))]
+        files.write_csv_atomic(pd.concat([others, pd.DataFrame([row])], ignore_index=True), args.out)
         print(pd.Series(row).to_string())
     if args.table:
         print(table(args.out))

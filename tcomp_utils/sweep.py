@@ -217,7 +217,7 @@ def run_points(jobs: list[tuple[SweepSpec, str, dict[str, Any]]], workers: int =
         (spec.output / "points").mkdir(parents=True, exist_ok=True)
     folders = sorted({spec.output / "points" for spec, _, _ in jobs})
     # environment: inherited by kernels and local workers; watch: which point runs, for how long, its latest bar
-    with _environment(point_env()), ExitStack() as held, progress.watch(folders, lambda line: say(line)):
+    with _environment(point_env()), ExitStack() as held, progress.watch(folders, say):
         if workers or scheduler:
             claimed = {}
             for spec, key, point in jobs:
