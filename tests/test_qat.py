@@ -97,6 +97,18 @@ def _ids():
     return torch.randint(0, 100, (3, 9), generator=g), torch.randint(0, 100, (3, 6), generator=g)
 
 
+def _train_steps(model, ids, steps: int) -> None:
+    """A few Adam steps on a seq2seq model (moving the float weights under a fake quantizer), then eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        loss = model(input_ids=ids[0], decoder_input_ids=ids[1], labels=ids[1]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
 def _seq2seq_logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids[0], decoder_input_ids=ids[1]).logits
@@ -112,16 +124,8 @@ def test_qat_then_packed_model_computes_what_the_fake_quantized_one_evaluated(tm
     config = qat.SignMagConfig(roles=qat.target_roles(target, model), quantizer=quantizer, bits=bits)
     targets = qat.prepare(model, config)
     assert len(_fake_quantized(model)) == len(targets)
-    # a few training steps move the float weights under the fake quantizer
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     ids = _ids()
-    model.train()
-    for _ in range(3):
-        loss = model(input_ids=ids[0], decoder_input_ids=ids[1], labels=ids[1]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    _train_steps(model, ids, 3)  # the float weights move under the fake quantizer
     fake = _seq2seq_logits(model, ids)
     report = compress(model, config, progress=False)
     assert not _fake_quantized(model)
@@ -142,14 +146,8 @@ def test_the_float_state_dict_packs_in_a_fresh_model_as_the_qat_model_does():
     model = tiny_marian(tie_word_embeddings=False)
     config = qat.SignMagConfig(roles=qat.target_roles("linear", model), bits=2)
     qat.prepare(model, config)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     ids = _ids()
-    for _ in range(2):
-        loss = model(input_ids=ids[0], decoder_input_ids=ids[1], labels=ids[1]).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    _train_steps(model, ids, 2)
     weights = qat.float_state_dict(model)
     assert not any("parametrizations" in k for k in weights)
     fresh = tiny_marian(tie_word_embeddings=False).eval()
