@@ -252,6 +252,23 @@ def paired_bleu_interval(hypotheses_a: Sequence[str] | Sequence[Sequence[str]], 
     return PairedInterval(float(whole), float(lo), float(hi), level, n_resamples)
 
 
+def encode_predictions(preds: Sequence[int]) -> str:
+    """Class predictions ``(examples,)`` (integers 0..9) as one digit each: a compact column of a
+    results table from which paired differences between cells are computed later."""
+    values = [int(p) for p in preds]
+    bad = [p for p in values if not 0 <= p <= 9]
+    if bad:
+        raise ValueError(f"can encode classes 0..9 only, got {sorted(set(bad))[:5]}")
+    return "".join(map(str, values))
+
+
+def decode_predictions(text: str) -> np.ndarray:
+    """The inverse of :func:`encode_predictions`: ``(examples,)`` int64."""
+    if not isinstance(text, str) or not text.isdigit():
+        raise ValueError(f"not an encoded prediction string (digits only): {str(text)[:40]!r}")
+    return np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64) - ord("0")
+
+
 def majority_share(preds: Sequence[int], majority: int) -> float:
     """Share of predictions equal to the ``majority`` class (1.0: the classifier has collapsed onto it)."""
     p = np.asarray(preds)

@@ -27,6 +27,11 @@ Entries (``names()``):
   majority class, and the number of test tweets scored; on the profile's test tweets (``examples``:
   a count, or ``"all"``: every test tweet the task model was scored on, 256 in smoke, 2,000 else).
   ``timing_inputs(batch)``: the first ``batch`` test tweets as one batch without labels.
+  ``evaluate(model, ["test_predictions"])`` also gives every scored tweet's predicted class as one
+  digit each (:func:`metrics.encode_predictions`), from which paired differences are computed later.
+* ``minilm-l6-tweets3`` (kind ``classifier``): the same tweets in three classes (issue 37), with
+  macro-F1 as the headline and a bootstrap interval for macro-F1 and accuracy, then MCC
+  (``minilm-l6-tweets3-smoke`` in ``smoke``; ``paper`` as above).
 * ``smollm2-135m`` (kind ``causal-lm``): the embedded decoder (``paper``: OPT-125M on WikiText-2).
   Two texts, ``novel`` (*Pride and Prejudice*; ``paper``: WikiText-2) and ``jargon`` (the last
   fifth of the Jargon File). ``calibration(n, seed=0, source="mix", labels=False)``: ``n``
@@ -125,6 +130,9 @@ class Workload:
         """The names :meth:`evaluate` returns, in its order."""
         raise NotImplementedError
 
+    # names :meth:`evaluate` also gives when asked for them by name (not by default)
+    optional_metrics: ClassVar[tuple[str, ...]] = ()
+
     def load(self) -> tuple[nn.Module, Any]:
         """Load ``(model, tokenizer)`` (called once, by the first use of ``model`` or ``tokenizer``)."""
         raise NotImplementedError
@@ -158,10 +166,11 @@ class Workload:
     def evaluate(self, model: nn.Module, metrics: Sequence[str] | None = None, **options) -> dict[str, float]:
         """``{metric: value}`` for ``metrics`` (default: every one of :attr:`metrics`), in that order."""
         names = list(self.metrics if metrics is None else metrics)
-        unknown = [m for m in names if m not in self.metrics]
+        allowed = (*self.metrics, *self.optional_metrics)
+        unknown = [m for m in names if m not in allowed]
         if unknown:
             raise UnknownWorkloadError(f"unknown metric(s) {unknown} of workload {self.name}; "
-                                       f"allowed: {', '.join(self.metrics)}")
+                                       f"allowed: {', '.join(allowed)}")
         found = self.scores(model, set(names), **options)
         return {m: found[m] for m in names}
 
@@ -235,12 +244,18 @@ class TaskModelWorkload(Workload):
 
     kind = "classifier"
     QUALITY = ("test_accuracy", 100.0, "test accuracy (%)")
+    # metrics given with a 95 % bootstrap interval (``_lo``, ``_hi``); the first is the headline
+    INTERVALS: ClassVar[tuple[str, ...]] = ("accuracy",)
+    # the predicted class of every test example scored, as one digit each (metrics.encode_predictions),
+    # so that two cells' paired difference can be computed from the committed tables alone
+    optional_metrics = ("test_predictions",)
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        own = tuple(f"test_{m}" for m in self.profile.task_metrics if m != "accuracy")
-        return ("test_accuracy", "test_accuracy_lo", "test_accuracy_hi", *own, "test_macro_f1",
-                "test_majority_share", "test_examples")
+        order = dict.fromkeys((*self.INTERVALS, *self.profile.task_metrics, "macro_f1"))
+        names = [n for m in order for n in (f"test_{m}", *((f"test_{m}_lo", f"test_{m}_hi") if m in self.INTERVALS
+                                                           else ()))]
+        return (*names, "test_majority_share", "test_examples")
 
     def load(self) -> tuple[nn.Module, Any]:
         from . import task_models, tasks
@@ -277,12 +292,15 @@ class TaskModelWorkload(Workload):
         labels = list(test[spec.label_field])
         preds = metrics.classifier_predictions(model, self.tokenizer, test, spec.text_fields,
                                                max_length=self.info.recipe["max_length"])
-        out: dict[str, float] = {"test_examples": len(labels)}
+        out: dict[str, Any] = {"test_examples": len(labels)}
         for m in wanted:
-            if m in ("test_accuracy", "test_macro_f1") or m[5:] in self.profile.task_metrics:
+            if m[5:] in metrics.METRICS:
                 out[m] = metrics.METRICS[m[5:]](labels, preds)
-        if wanted & {"test_accuracy_lo", "test_accuracy_hi"}:
-            out["test_accuracy_lo"], out["test_accuracy_hi"] = metrics.bootstrap_interval(labels, preds, "accuracy")
+        for m in self.INTERVALS:
+            if wanted & {f"test_{m}_lo", f"test_{m}_hi"}:
+                out[f"test_{m}_lo"], out[f"test_{m}_hi"] = metrics.bootstrap_interval(labels, preds, m)
+        if "test_predictions" in wanted:
+            out["test_predictions"] = metrics.encode_predictions(preds)
         if "test_majority_share" in wanted:
             majority = self.task["train"].to_pandas()[spec.label_field].mode()[0]
             out["test_majority_share"] = metrics.majority_share(preds, majority)
@@ -374,6 +392,25 @@ class TweetsMiniLM(TaskModelWorkload):
         # the seeds' setting: BERT-base fine-tuned on GLUE SST-2 (needs a hub)
         "paper": Profile("bert-base-uncased-glue-sst2", calibration=2048, task_metrics=("accuracy",),
                          recipe=dict(base="bert-base-uncased", task="glue-sst2", max_length=128)),
+    }
+
+
+@register("minilm-l6-tweets3")
+class Tweets3MiniLM(TaskModelWorkload):
+    """Tweet sentiment in three classes (negative / neutral / positive; the majority class is 41.3 % of
+    the test tweets): ``minilm-l6`` fine-tuned on ``tweets3``, headline macro-F1 (issue 37)."""
+
+    QUALITY = ("test_macro_f1", 100.0, "test macro-F1 (%)")
+    INTERVALS = ("macro_f1", "accuracy")
+    _TWEETS3 = ("macro_f1", "accuracy", "mcc")
+    PROFILES = {
+        # seconds, for nbval/CI: the small three-class model (256 test tweets), 64 calibration and 128 test tweets
+        "smoke": Profile("minilm-l6-tweets3-smoke", calibration=64, test=128, task_metrics=_TWEETS3,
+                         timing_batch=8, timing_runs=3),
+        # the reproduction: 256 training tweets, all 2,000 test tweets
+        "default": Profile("minilm-l6-tweets3", calibration=256, task_metrics=_TWEETS3),
+        # the seeds' setting has no three-class task: BERT-base on GLUE SST-2 as for the binary tweets
+        "paper": TweetsMiniLM.PROFILES["paper"],
     }
 
 

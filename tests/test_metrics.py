@@ -280,3 +280,14 @@ def test_the_embedded_decoders_tokenizer_adds_no_bos_so_its_perplexities_keep_th
     from tcomp_utils import workloads
 
     assert metrics.bos_token_id(workloads.get("smollm2-135m", "smoke").tokenizer) is None
+
+
+def test_predictions_round_trip_through_their_digit_string_and_bad_values_are_named():
+    preds = [0, 2, 1, 1, 0, 9]
+    text = metrics.encode_predictions(np.array(preds))
+    assert text == "021109" and metrics.decode_predictions(text).tolist() == preds
+    assert metrics.decode_predictions(text).dtype == np.int64
+    with pytest.raises(ValueError, match=r"classes 0..9 only, got \[-1, 12\]"):
+        metrics.encode_predictions([0, 12, -1])
+    with pytest.raises(ValueError, match="digits only"):
+        metrics.decode_predictions("01a")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tcomp_utils import workloads
+from tcomp_utils import metrics, workloads
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -97,6 +97,32 @@ def test_the_embedded_entries_are_registered_and_name_their_metrics_without_load
     assert workloads.get("minilm-l6-tweets", "paper").metrics[3] == "test_macro_f1"  # SST-2: accuracy only
     assert enc.quality({"test_accuracy": 0.9}) == (90.0, "test accuracy (%)")
     assert dec.quality({"perplexity_novel": 25.0}) == (25.0, "perplexity (novel)")
+
+
+def test_the_three_class_entry_heads_with_macro_f1_and_its_interval():
+    wl = workloads.get("minilm-l6-tweets3", "smoke")
+    assert wl.kind == "classifier" and wl._loaded is None
+    assert wl.metrics == ("test_macro_f1", "test_macro_f1_lo", "test_macro_f1_hi", "test_accuracy", "test_accuracy_lo",
+                          "test_accuracy_hi", "test_mcc", "test_majority_share", "test_examples")
+    assert wl.profile.model == "minilm-l6-tweets3-smoke" and workloads.get("minilm-l6-tweets3").profile.model == \
+        "minilm-l6-tweets3"
+    assert wl.quality({"test_macro_f1": 0.61}) == (61.0, "test macro-F1 (%)")
+    with pytest.raises(workloads.UnknownWorkloadError, match=r"'test_f1'.*allowed: test_macro_f1.*test_predictions"):
+        wl.evaluate(torch.nn.Identity(), ["test_f1"])
+
+
+@pytest.mark.slow
+def test_the_three_class_smoke_model_is_scored_with_its_predictions_recorded():
+    wl = workloads.get("minilm-l6-tweets3", "smoke")
+    scores = wl.evaluate(wl.model, [*wl.metrics, "test_predictions"])
+    preds = metrics.decode_predictions(scores["test_predictions"])
+    labels = list(wl.test_set()[wl.task.spec.label_field])
+    assert len(preds) == scores["test_examples"] == 128 and set(preds) <= {0, 1, 2}
+    assert scores["test_macro_f1"] == pytest.approx(metrics.macro_f1(labels, preds))
+    assert scores["test_macro_f1_lo"] < scores["test_macro_f1"] < scores["test_macro_f1_hi"]
+    assert scores["test_accuracy_lo"] < scores["test_accuracy"] < scores["test_accuracy_hi"]
+    # the smoke model has learnt something: above the majority class's macro-F1 (one class of three)
+    assert scores["test_macro_f1"] > 0.35 and scores["test_majority_share"] < 0.8
 
 
 def test_unknown_names_and_profiles_raise_naming_the_allowed_ones():
