@@ -223,6 +223,14 @@ def footprint(model: nn.Module, seq_len: int = 128) -> Footprint:
     return Footprint(int(t["params"].sum()), int(t["bytes"].sum()), float(t["macs_per_token"].sum()))
 
 
+def block_macs(model: nn.Module, seq_len: int = 128) -> float:
+    """MACs per token of the transformer blocks alone (the seeds' count for a pruning budget): the
+    rows of :func:`module_table` that belong to a layer (its role modules and attention cores), so
+    not the embeddings, a pooler, a classifier or an LM head."""
+    t = module_table(model, seq_len)
+    return float(t.loc[t["layer"].notna(), "macs_per_token"].sum())
+
+
 def summarize(table: pd.DataFrame, by: str = "role") -> pd.DataFrame:
     """Totals of a :func:`module_table` grouped by ``by`` (``role``, ``kind``, ``layer``...), with
     each group's share of the whole in percent. Rows without a role are grouped as ``other``."""

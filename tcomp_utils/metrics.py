@@ -55,6 +55,39 @@ METRICS: dict[str, Callable] = {"accuracy": accuracy, "f1": f1, "macro_f1": macr
                                 "spearman": spearman}
 
 
+def _from_confusion(metric: str, cm: np.ndarray) -> float:
+    """``metric`` from a confusion matrix ``cm`` (true × predicted counts): what the sklearn function
+    of the same name gives on the labels and predictions it counts, at a small fraction of its cost
+    (the bootstrap scores thousands of resamples)."""
+    total, right = cm.sum(), np.trace(cm)
+    true, pred = cm.sum(1), cm.sum(0)
+    if metric == "accuracy":
+        return float(right / total)
+    if metric == "mcc":
+        den = np.sqrt(float(total ** 2 - pred @ pred) * float(total ** 2 - true @ true))
+        return float((right * total - pred @ true) / den) if den else 0.0
+    denominator = true + pred  # F1 = 2 tp / (2 tp + fp + fn); 0 where a class has neither
+    f1s = np.divide(2 * np.diag(cm), denominator, out=np.zeros(len(cm)), where=denominator > 0)
+    if metric == "f1":
+        return float(f1s[1])
+    return float(f1s[denominator > 0].mean())  # macro: the classes among the labels or the predictions
+
+
+_CONFUSION_METRICS = ("accuracy", "f1", "macro_f1", "mcc")
+
+
+def _resample_scorer(metric: str, labels: np.ndarray, runs: np.ndarray) -> Callable[[int, np.ndarray], float]:
+    """``score(run, idx)``: ``metric`` of run ``run`` of ``runs`` on the examples ``idx`` -- by
+    confusion counts for integer classes, by the metric's own function otherwise."""
+    if metric in _CONFUSION_METRICS and np.issubdtype(labels.dtype, np.integer) and \
+            np.issubdtype(runs.dtype, np.integer) and labels.min(initial=0) >= 0 and runs.min(initial=0) >= 0:
+        k = int(max(labels.max(initial=0), runs.max(initial=0), 1)) + 1  # at least 2: F1 of class 1
+        codes = labels[None, :] * k + runs  # runs × examples: the cell of the confusion matrix
+        return lambda r, idx: _from_confusion(metric, np.bincount(codes[r, idx], minlength=k * k).reshape(k, k))
+    fn = METRICS[metric]
+    return lambda r, idx: fn(labels[idx], runs[r][idx])
+
+
 def score(names: Sequence[str], labels, preds) -> dict[str, float]:
     """Every metric in ``names`` on the same labels and predictions."""
     unknown = [n for n in names if n not in METRICS]
@@ -139,12 +172,12 @@ def bootstrap_interval(labels: Sequence[int], preds, metric: str = "accuracy", n
         raise ValueError(f"{p.shape[1]} predictions per run for {len(y)} labels")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    fn = METRICS[metric]
+    score_ = _resample_scorer(metric, y, p)
     rng = np.random.default_rng(seed)
     stats_ = np.empty(n_resamples)
     for i in range(n_resamples):
         idx = rng.integers(0, len(y), len(y))
-        stats_[i] = np.mean([fn(y[idx], run[idx]) for run in p])
+        stats_[i] = np.mean([score_(r, idx) for r in range(len(p))])
     lo, hi = np.quantile(stats_, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -185,21 +218,21 @@ def paired_interval(labels: Sequence, preds_a, preds_b, metric: str = "accuracy"
         raise ValueError(f"paired_runs needs as many runs of a as of b, got {len(a)} and {len(b)}")
     if not 0 < level < 1:
         raise ValueError(f"level must lie in (0, 1), got {level}")
-    fn = METRICS[metric]
+    scorers = {"a": _resample_scorer(metric, y, a), "b": _resample_scorer(metric, y, b)}
     rng = np.random.default_rng(seed)
 
-    def mean_score(p: np.ndarray, runs: np.ndarray, idx: np.ndarray) -> float:
-        return float(np.mean([fn(y[idx], p[r][idx]) for r in runs]))
+    def mean_score(p: str, runs: np.ndarray, idx: np.ndarray) -> float:
+        return float(np.mean([scorers[p](r, idx) for r in runs]))
 
     diffs = np.empty(n_resamples)
     for i in range(n_resamples):
         idx = rng.integers(0, len(y), len(y))
         runs_a = rng.integers(0, len(a), len(a))
         runs_b = runs_a if paired_runs else rng.integers(0, len(b), len(b))
-        diffs[i] = mean_score(a, runs_a, idx) - mean_score(b, runs_b, idx)
+        diffs[i] = mean_score("a", runs_a, idx) - mean_score("b", runs_b, idx)
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     everything = np.arange(len(y))
-    return PairedInterval(mean_score(a, np.arange(len(a)), everything) - mean_score(b, np.arange(len(b)), everything),
+    return PairedInterval(mean_score("a", np.arange(len(a)), everything) - mean_score("b", np.arange(len(b)), everything),
                           float(lo), float(hi), level, n_resamples)
 
 
@@ -253,20 +286,21 @@ def paired_bleu_interval(hypotheses_a: Sequence[str] | Sequence[Sequence[str]], 
 
 
 def encode_predictions(preds: Sequence[int]) -> str:
-    """Class predictions ``(examples,)`` (integers 0..9) as one digit each: a compact column of a
-    results table from which paired differences between cells are computed later."""
+    """Class predictions ``(examples,)`` (integers 0..9) as ``"c"`` and one digit each: a compact
+    column of a results table from which paired differences between cells are computed later (the
+    letter keeps a CSV reader from taking the digits for one large number)."""
     values = [int(p) for p in preds]
     bad = [p for p in values if not 0 <= p <= 9]
     if bad:
         raise ValueError(f"can encode classes 0..9 only, got {sorted(set(bad))[:5]}")
-    return "".join(map(str, values))
+    return "c" + "".join(map(str, values))
 
 
 def decode_predictions(text: str) -> np.ndarray:
     """The inverse of :func:`encode_predictions`: ``(examples,)`` int64."""
-    if not isinstance(text, str) or not text.isdigit():
-        raise ValueError(f"not an encoded prediction string (digits only): {str(text)[:40]!r}")
-    return np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64) - ord("0")
+    if not isinstance(text, str) or not text.startswith("c") or not text[1:].isdigit():
+        raise ValueError(f"not an encoded prediction string ('c' then digits): {str(text)[:40]!r}")
+    return np.frombuffer(text[1:].encode("ascii"), dtype=np.uint8).astype(np.int64) - ord("0")
 
 
 def majority_share(preds: Sequence[int], majority: int) -> float:

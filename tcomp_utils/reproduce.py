@@ -114,11 +114,11 @@ def _committed_row(before: pd.DataFrame | None, key: str, point: dict[str, Any],
 
 # the embedded models the tables train or convert once and cache: made before any worker starts, so
 # that two workers never train the same model, and timed apart from the points
-ONE_TIME = {"smoke": (("task model", "minilm-l6-tweets-smoke"), ("translation model", "transformer-de-en-smoke"),
-                      ("converted decoder", "smollm2-135m")),
+ONE_TIME = {"smoke": (("task model", "minilm-l6-tweets3-smoke"), ("task model", "minilm-l6-tweets-smoke"),
+                      ("translation model", "transformer-de-en-smoke"), ("converted decoder", "smollm2-135m")),
             # the translation model first: the longest (about 43 minutes on one thread)
-            "default": (("translation model", "transformer-help-en-de"), ("task model", "minilm-l6-tweets"),
-                        ("converted decoder", "smollm2-135m"))}
+            "default": (("translation model", "transformer-help-en-de"), ("task model", "minilm-l6-tweets3"),
+                        ("task model", "minilm-l6-tweets"), ("converted decoder", "smollm2-135m"))}
 
 
 def _make_model(kind: str, name: str, status_file: str | None = None) -> float:

@@ -285,9 +285,34 @@ def test_the_embedded_decoders_tokenizer_adds_no_bos_so_its_perplexities_keep_th
 def test_predictions_round_trip_through_their_digit_string_and_bad_values_are_named():
     preds = [0, 2, 1, 1, 0, 9]
     text = metrics.encode_predictions(np.array(preds))
-    assert text == "021109" and metrics.decode_predictions(text).tolist() == preds
+    assert text == "c021109" and metrics.decode_predictions(text).tolist() == preds
     assert metrics.decode_predictions(text).dtype == np.int64
     with pytest.raises(ValueError, match=r"classes 0..9 only, got \[-1, 12\]"):
         metrics.encode_predictions([0, 12, -1])
-    with pytest.raises(ValueError, match="digits only"):
-        metrics.decode_predictions("01a")
+    with pytest.raises(ValueError, match="'c' then digits"):
+        metrics.decode_predictions("c01a")
+    with pytest.raises(ValueError, match="'c' then digits"):
+        metrics.decode_predictions("0121")
+    # a results table read back keeps the string (digits alone would be read as one number)
+    import io
+    import pandas as pd
+    back = pd.read_csv(io.StringIO(pd.DataFrame({"p": [metrics.encode_predictions([0, 1] * 40)]}).to_csv(index=False)))
+    assert metrics.decode_predictions(back.p[0]).tolist() == [0, 1] * 40
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_the_bootstraps_confusion_count_scores_equal_sklearns(k):
+    """The resampling loops score by confusion counts: the same numbers as the sklearn metrics, a class absent
+    from a resample included (macro-F1 averages over the classes present, as sklearn does)."""
+    rng = np.random.default_rng(k)
+    for n in (7, 50, 400):
+        y, p = rng.integers(0, k, n), rng.integers(0, k, n)
+        p[: n // 3] = y[: n // 3]
+        if n == 7:
+            y[y == k - 1], p[p == k - 1] = 0, 0  # the last class absent
+        names = ["accuracy", "macro_f1", "mcc"] + (["f1"] if k == 2 else [])
+        for name in names:
+            score = metrics._resample_scorer(name, y, p[None, :])
+            assert score(0, np.arange(n)) == pytest.approx(metrics.METRICS[name](y, p), abs=1e-12), (name, n)
+    const = np.zeros(10, dtype=int)
+    assert metrics._resample_scorer("mcc", const, const[None, :])(0, np.arange(10)) == 0.0 == metrics.mcc(const, const)

@@ -197,6 +197,7 @@ def test_a_root_of_the_gram_gives_the_rows_own_decomposition():
     (dict(units="layers"), ConfigError, "allowed: both, heads, neurons"),
     (dict(error="squared"), ConfigError, "allowed: stream, absolute, relative"),
     (dict(roles="ffn"), ConfigError, "whole heads and neurons"),
+    (dict(macs_over="layers"), ConfigError, "allowed: model, blocks"),
 ])
 def test_bad_options_are_clear_errors(options, error, message):
     with pytest.raises(error, match=message if not message.startswith("(") else r"\(0, 1\]"):
@@ -529,3 +530,27 @@ def test_families_with_fused_projections_prune_save_and_load(name, tmp_path):
     serialize.save_compressed(model, tmp_path / name)
     data = batches(2, seed=5)
     assert torch.equal(logits(serialize.load_compressed(tmp_path / name), data), logits(model, data))
+
+
+@pytest.mark.parametrize("name", ["structured", "fisher_pruning"])
+@pytest.mark.parametrize("make", [tiny_bert, tiny_llama], ids=["bert", "llama-gqa"])
+def test_mu_over_the_blocks_counts_the_layers_only_and_removes_fewer_macs(name, make):
+    """macs_over="blocks" (the seeds' convention): mu of the blocks' MACs (linear layers and attention cores
+    of every layer), the embeddings and the head outside the count; the same mu then keeps more of the model."""
+    torch.manual_seed(0)
+    model = make()
+    table = budget.module_table(model)
+    blocks = budget.block_macs(model)
+    outside = table.loc[table["layer"].isna(), "macs_per_token"].sum()
+    assert outside > 0 and blocks + outside == pytest.approx(budget.footprint(model).macs)
+    data = labelled(make)
+    whole = copy.deepcopy(model)
+    compress(whole, method_config(name, mu=0.6), data, progress=False)
+    compress(model, method_config(name, mu=0.6, macs_over="blocks"), data, progress=False)
+    after = budget.block_macs(model)
+    assert (0.6 - 0.01) * blocks <= after <= 0.6 * blocks + 1e-6
+    # the decoder's LM head is a large share of its MACs: a visibly larger model; BERT's pooler and classifier
+    # (per sequence) are a sliver, within one unit's MACs
+    assert budget.footprint(model).macs >= budget.footprint(whole).macs
+    if make is tiny_llama:
+        assert budget.footprint(model).macs > budget.footprint(whole).macs

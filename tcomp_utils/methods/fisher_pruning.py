@@ -42,12 +42,13 @@ from .structured import capture_rows, check_budget, prunable_layers
 @dataclass
 class FisherPruningConfig(MethodConfig):
     """Kwon et al.'s Fisher-mask pruning to ``mu`` of the dense MACs per token at ``seq_len``
-    tokens; ``rearrange`` and ``tune`` switch their steps 3 and 4 (ablations); calibration
+    tokens (of the whole model, or of its blocks with ``macs_over="blocks"``); ``rearrange`` and ``tune`` switch their steps 3 and 4 (ablations); calibration
     batches must hold ``labels``."""
 
     mu: float = 0.5
     units: str = "both"
     seq_len: int = 128
+    macs_over: str = "model"
     rearrange: bool = True
     tune: bool = True
     lsmr_iterations: int = 200

@@ -52,7 +52,10 @@ neurons' MACs, the last stretch is closed unit by unit (:func:`allocate`), so th
 under ``mu`` (within a neuron's MACs when neurons are pruned; when τ removes a head and no
 neuron, the head is put back and neurons close the gap). At least one head and one neuron
 stay in every layer (an attention cannot have zero heads); a ``mu`` that needs fewer is an error
-naming the smallest reachable ``mu``.
+naming the smallest reachable ``mu``. ``macs_over="blocks"`` (the seeds' convention) counts ``mu``
+over the transformer blocks only (their linear layers and attention cores, :func:`budget.block_macs`)
+instead of the whole model (embeddings, pooler, classifier or LM head included): the same ``mu``
+then removes fewer MACs, most visibly on a decoder whose LM head is a large share of its MACs.
 
 **Grouped-query attention** (several query heads sharing a key/value head): a *group* (its query
 heads and their key/value head) is the unit, because HF's attention repeats each key/value head
@@ -82,17 +85,19 @@ from .heads import HeadUnits, LayerPlan, PrunableLayer, apply_plans, attention_p
 CRITERIA = ("id", "magnitude", "random")
 ERRORS = ("stream", "absolute", "relative")
 UNITS = ("both", "heads", "neurons")
+MACS_OVER = ("model", "blocks")  # what mu is a fraction of: the whole model's MACs, or its blocks' only
 
 
 def check_budget(config: MethodConfig) -> None:
     """The fields every structured-pruning config shares: no ``roles`` (whole units are removed),
-    ``mu`` in (0, 1], ``units`` and ``seq_len``."""
+    ``mu`` in (0, 1], ``units``, ``seq_len`` and ``macs_over``."""
     if config.roles is not None:
         raise ConfigError(f"structured pruning removes whole heads and neurons; roles={config.roles!r} is not "
                           "used (choose units='heads', 'neurons' or 'both')")
     if isinstance(config.mu, bool) or not isinstance(config.mu, (int, float)) or not 0 < config.mu <= 1:
         raise ConfigError(f"mu must be a fraction of the dense model's MACs in (0, 1], got {config.mu!r}")
     check_choice("units", config.units, UNITS)
+    check_choice("macs_over", config.macs_over, MACS_OVER)
     check_int("seq_len", config.seq_len)
 
 
@@ -108,6 +113,7 @@ class StructuredConfig(MethodConfig):
     criterion: str = "id"
     units: str = "both"
     seq_len: int = 128
+    macs_over: str = "model"
     error: str = "stream"
     seed: int = 0
 
@@ -353,20 +359,23 @@ def allocate(curves: list[tuple[np.ndarray, float]], target_saving: float) -> li
 
 def prunable_layers(model: nn.Module, config) -> tuple[list[PrunableLayer], list[HeadUnits], list[tuple[float, float]],
                                                       float, float]:
-    """The layers, their head structures and unit MACs, the dense MACs and the MACs to remove;
-    a budget that cannot be met is a :class:`BudgetError` naming the smallest reachable ``mu``."""
+    """The layers, their head structures and unit MACs, the dense MACs that ``mu`` is a fraction of
+    (the whole model's or the blocks', ``config.macs_over``) and the MACs to remove; a budget that
+    cannot be met is a :class:`BudgetError` naming the smallest reachable ``mu``."""
     layers = _layers(model, config)
     if config.units in ("both", "heads"):
         check_head_pruning(model, layers)
     structure = [head_units(model, e) for e in layers]
     macs = [_unit_macs(e, h, config.seq_len) for e, h in zip(layers, structure)]
-    dense = budget.footprint(model, config.seq_len).macs
+    dense = (budget.footprint(model, config.seq_len).macs if config.macs_over == "model"
+             else budget.block_macs(model, config.seq_len))
     prune_heads, prune_neurons = config.units in ("both", "heads"), config.units in ("both", "neurons")
     removable = sum((h.units - 1) * mh * prune_heads + (e.ffn_out.module.in_features - 1) * mn * prune_neurons
                     for e, h, (mh, mn) in zip(layers, structure, macs))
     target_saving = dense - config.mu * dense
     if target_saving > removable + 1e-9:
-        raise BudgetError(f"mu={config.mu} needs {target_saving:,.0f} of the {dense:,.0f} MACs per token removed, but "
+        raise BudgetError(f"mu={config.mu} needs {target_saving:,.0f} of the {dense:,.0f} MACs per token "
+                          f"({'of the blocks' if config.macs_over == 'blocks' else 'of the model'}) removed, but "
                           f"pruning {config.units} (keeping one head and one neuron per layer) removes at most "
                           f"{removable:,.0f}: the smallest reachable mu is {(dense - removable) / dense:.3f}")
     return layers, structure, macs, dense, target_saving
