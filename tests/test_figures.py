@@ -368,3 +368,56 @@ def test_composable_bleu_draws_each_split_against_the_dense_models_score_on_that
     assert references(fig) == [[], [3.9]]  # no test score drawn as the validation reference
     assert any("not recorded" in t.get_text() for t in fig.axes[0].texts)  # and the panel says why it has none
     plt.close(fig)
+
+
+def _tweets3_results() -> pd.DataFrame:
+    """A hand-made three-class pruning table: 200 test tweets; at mu 0.5 every ID draw gets 20 more tweets
+    right than the Fisher draw with the same calibration, at mu 0.8 both make the same predictions."""
+    import numpy as np
+    from tcomp_utils import metrics
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 200)
+    enc = metrics.encode_predictions
+    rows = [dict(status="ok", method="dense", mu=1.0, test_labels=enc(labels), test_predictions=enc(labels))]
+    for mu in (0.8, 0.5):
+        for draw in range(3):
+            base = labels.copy()
+            wrong = rng.choice(200, 60, replace=False)
+            base[wrong] = (base[wrong] + 1) % 3
+            fisher = base.copy()
+            if mu == 0.5:
+                right = np.setdiff1d(np.arange(200), wrong)[:20]
+                fisher[right] = (labels[right] + 2) % 3  # 20 more errors than ID
+            for method, p in (("id", base), ("fisher", fisher), ("random", (base + draw) % 3)):
+                rows.append(dict(status="ok", method=method, mu=mu, calibration_seed=draw, test_predictions=enc(p)))
+        rows.append(dict(status="ok", method="fisher", mu=mu, calibration_examples=2000, test_predictions=enc(base)))
+        rows.append(dict(status="ok", method="magnitude", mu=mu, test_predictions=enc((labels + 1) % 3)))
+    t = pd.DataFrame(rows)
+    for i, r in t.iterrows():
+        p = metrics.decode_predictions(r.test_predictions)
+        lo, hi = metrics.bootstrap_interval(labels, p, "macro_f1", n_resamples=100)
+        t.loc[i, ["test_macro_f1", "test_macro_f1_lo", "test_macro_f1_hi", "test_accuracy", "test_mcc"]] = [
+            metrics.macro_f1(labels, p), lo, hi, metrics.accuracy(labels, p), metrics.mcc(labels, p)]
+    return t.assign(macs_ratio=t.mu - 0.003, block_macs_ratio=t.mu - 0.002, prune_seconds=1.5, test_majority_share=0.4)
+
+
+def test_three_class_pruning_table_reads_verdicts_from_paired_intervals_and_draws_points():
+    import matplotlib.pyplot as plt
+    from tcomp_utils.figures import pruning
+
+    results = _tweets3_results()
+    d = pruning.paired_differences(results, "id", "fisher").set_index("mu")
+    assert d.verdict[0.5] == "above" and d.difference[0.5] > 0 and d.verdict[0.8] == "≈" and d.difference[0.8] == 0
+    assert (d.draws_a == 3).all() and (d.draws_b == 3).all()
+    fig, data = pruning._pruning_tweets3(results)
+    assert not _axes_without_no_skill(fig)
+    assert len(fig.axes[0].collections) == 5  # the draws of five variants as points
+    assert set(data.variant) == {"dense", "id", "fisher", "fisher-2k", "magnitude", "random"}
+    plt.close(fig)
+    text = pruning._pruning_tweets3_table(results)
+    paired = next(line for line in text.splitlines() if line.startswith("| ID − Fisher (paired"))
+    assert "above" in paired and "≈" in paired
+    assert "Fisher masks, 2,000 calibration tweets" in text and "MACs kept over the blocks only" in text
+    assert f"macro-F1 {pruning.majority_macro_f1('tweets3'):.1f} %" in text
+    with pytest.raises(ValueError, match="dense cell with its recorded test labels"):
+        pruning.paired_differences(results[results.method != "dense"], "id", "fisher")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import matplotlib.ticker
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..majority import majority_accuracy
+from .. import metrics
+from ..majority import majority_accuracy, majority_macro_f1
 from .markdown import _bold_best, _markdown
 from .no_skill import no_skill_line
 
@@ -62,6 +64,107 @@ def _pruning_encoder_table(results: pd.DataFrame) -> str:
                        cells.reset_index(drop=True),
                        pd.DataFrame({"seconds to prune": [f"{v:.1f}" for v in seconds]})], axis=1)
     dense = [f"\n\nDense: {100 * d.test_accuracy:.1f} % ({100 * d.test_accuracy_lo:.1f}–{100 * d.test_accuracy_hi:.1f})."
+             for d in t[t.method == "dense"].head(1).itertuples()]
+    return _markdown(frame, numeric=len(mus) + 1) + "".join(dense)
+
+
+# ---- the three-class task (issue 37): calibration draws as points, paired verdicts between methods --------------
+TWEETS3_ORDER = ["id", "fisher", "fisher-2k", "magnitude", "random"]
+TWEETS3_LABELS = {**PRUNING_LABELS, "fisher-2k": "Fisher masks, 2,000 calibration tweets"}
+
+
+def _tweets3_cells(results: pd.DataFrame) -> pd.DataFrame:
+    """The computed cells with ``variant`` (Kwon's masks on 2,000 calibration tweets apart) and ``draw``."""
+    ok = results[results.status == "ok"].copy()
+    big = ok.get("calibration_examples", pd.Series(index=ok.index, dtype=float)).fillna(0) >= 2000
+    ok["variant"] = ok.method.where(~((ok.method == "fisher") & big), "fisher-2k")
+    ok["draw"] = ok.get("calibration_seed", pd.Series(0, index=ok.index)).fillna(0).astype(int)
+    return ok
+
+
+def paired_differences(results: pd.DataFrame, a: str, b: str, metric: str = "macro_f1",
+                       n_resamples: int = 1000) -> pd.DataFrame:
+    """Per mu, variant ``a`` minus variant ``b`` in test ``metric`` (points) with the paired bootstrap
+    interval over the same test tweets and over the calibration draws (run i of both shares draw i
+    where both have the same draws), read from the recorded predictions and the dense cell's labels.
+    Columns ``mu``, ``difference``, ``lo``, ``hi`` (points), ``verdict``, ``draws_a``, ``draws_b``."""
+    cells = _tweets3_cells(results)
+    dense = cells[cells.method == "dense"]
+    if dense.empty or "test_labels" not in dense or dense.test_labels.isna().all():
+        raise ValueError("the dense cell with its recorded test labels is needed for paired differences")
+    labels = metrics.decode_predictions(dense.test_labels.dropna().iloc[0])
+    rows = []
+    for mu in sorted(set(cells[cells.variant == a].mu) & set(cells[cells.variant == b].mu), reverse=True):
+        runs = {v: cells[(cells.variant == v) & (cells.mu == mu)].sort_values("draw") for v in (a, b)}
+        preds = {v: np.stack([metrics.decode_predictions(p) for p in d.test_predictions]) for v, d in runs.items()}
+        same_draws = list(runs[a].draw) == list(runs[b].draw)
+        r = metrics.paired_interval(labels, preds[a], preds[b], metric, n_resamples=n_resamples, paired_runs=same_draws)
+        rows.append(dict(mu=mu, difference=100 * r.difference, lo=100 * r.lo, hi=100 * r.hi, verdict=r.verdict,
+                         draws_a=len(preds[a]), draws_b=len(preds[b])))
+    return pd.DataFrame(rows)
+
+
+def _pruning_tweets3(results: pd.DataFrame):
+    """Structured pruning of the three-class task model: test macro-F1 against the MAC fraction kept, every
+    calibration draw a point and the mean over draws a line, one colour per method (Kwon's masks on 2,000
+    tweets dashed in theirs); the dense model and the majority class's macro-F1 as lines; and the time each
+    pruning took."""
+    ok = _tweets3_cells(results)
+    dense, pruned = ok[ok.method == "dense"], ok[ok.method != "dense"]
+    colors = {v: sns.color_palette()[PRUNING_ORDER.index(v.split("-")[0])] for v in TWEETS3_ORDER}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    for variant in [v for v in TWEETS3_ORDER if v in set(pruned.variant)]:
+        d = pruned[pruned.variant == variant]
+        mean = d.groupby("mu")[["macs_ratio", "test_macro_f1", "prune_seconds"]].mean().sort_index()
+        style = "--" if variant.endswith("2k") else "-"
+        axes[0].plot(mean.macs_ratio, 100 * mean.test_macro_f1, style, color=colors[variant], label=TWEETS3_LABELS[variant])
+        axes[0].scatter(d.macs_ratio, 100 * d.test_macro_f1, s=14, color=colors[variant], alpha=0.7,
+                        marker="s" if variant.endswith("2k") else "o")
+        axes[1].plot(mean.macs_ratio, mean.prune_seconds, "o" + style, color=colors[variant])
+    for f1 in dense.test_macro_f1[:1]:
+        axes[0].axhline(100 * f1, color="0.3", ls="--", lw=1, label="dense")
+    no_skill_line(axes[0], majority_macro_f1("tweets3"))
+    axes[0].set(xlabel="MACs per token kept (fraction of the whole model's, 128 tokens)", ylabel="test macro-F1 (%)",
+                title="Macro-F1 vs MAC budget, no retraining (points: calibration draws)")
+    axes[0].invert_xaxis()
+    axes[0].legend(fontsize=8)
+    axes[1].set(xlabel="MACs kept (fraction)", ylabel="seconds to prune", yscale="log", title="Time to prune")
+    axes[1].invert_xaxis()
+    fig.suptitle("Structured pruning of the three-class tweet model (heads and FFN neurons removed physically)", y=1.02)
+    cols = ["variant", "method", "mu", "draw", "macs_ratio", "block_macs_ratio", "test_macro_f1", "test_macro_f1_lo",
+            "test_macro_f1_hi", "test_accuracy", "test_mcc", "test_majority_share", "prune_seconds"]
+    return fig, ok.reindex(columns=cols).sort_values(["variant", "mu", "draw"], ascending=[True, False, True]).round(4)
+
+
+def _pruning_tweets3_table(results: pd.DataFrame) -> str:
+    """Rows method, columns mu: mean test macro-F1 (%) over the calibration draws with their range (the best
+    mean of each budget in bold), the median seconds to prune; then ID minus the Fisher masks, paired over
+    the same test tweets and draws, with the verdict read from the interval; the MAC fraction over the blocks
+    beside the whole model's; the dense model and the no-skill level."""
+    _, t = _pruning_tweets3(results)
+    pruned = t[t.method != "dense"]
+    order = [v for v in TWEETS3_ORDER if v in set(pruned.variant)]
+    g = pruned.groupby(["variant", "mu"]).test_macro_f1
+    mean, low, high = (g.agg(f).unstack().reindex(order) for f in ("mean", "min", "max"))
+    count = g.size().unstack().reindex(order)
+    mus = sorted(mean.columns, reverse=True)
+    cells = _bold_best(100 * mean[mus], lower=False, fmt="{:.1f}")
+    for m in mus:
+        cells[m] = [v if n == 1 or pd.isna(n) else f"{v} ({100 * a:.1f}–{100 * b:.1f})"
+                    for v, a, b, n in zip(cells[m], low[m], high[m], count[m])]
+    cells.columns = [f"μ = {m:g}" for m in mus]
+    seconds = pruned.groupby("variant").prune_seconds.median().reindex(order)
+    frame = pd.concat([pd.DataFrame({"method": [TWEETS3_LABELS[v] for v in order]}), cells.reset_index(drop=True),
+                       pd.DataFrame({"seconds to prune": [f"{v:.1f}" for v in seconds]})], axis=1)
+    if {"id", "fisher"} <= set(order):
+        d = paired_differences(results, "id", "fisher").set_index("mu")
+        frame.loc[len(frame)] = ["ID − Fisher (paired Δ macro-F1, points)", *[
+            f"{d.difference[m]:+.1f} [{d.lo[m]:+.1f}, {d.hi[m]:+.1f}] {d.verdict[m]}" if m in d.index else "" for m in mus], ""]
+    blocks = pruned.groupby("mu").block_macs_ratio.mean()
+    frame.loc[len(frame)] = ["MACs kept over the blocks only", *[f"{blocks[m]:.3f}" for m in mus], ""]
+    dense = [f"\n\nDense: macro-F1 {100 * d.test_macro_f1:.1f} % ({100 * d.test_macro_f1_lo:.1f}–"
+             f"{100 * d.test_macro_f1_hi:.1f}), accuracy {100 * d.test_accuracy:.1f} %; always the majority class: "
+             f"macro-F1 {majority_macro_f1('tweets3'):.1f} %. μ counts the whole model's MACs."
              for d in t[t.method == "dense"].head(1).itertuples()]
     return _markdown(frame, numeric=len(mus) + 1) + "".join(dense)
 
