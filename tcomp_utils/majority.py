@@ -31,5 +31,7 @@ def majority_macro_f1(task: str = ENCODER_TASK) -> float:
 
 def no_skill_quality(metric: str) -> float | None:
     """The no-skill level of a quality metric as the atlas records it (``"test accuracy (%)"``: the
-    encoder task's majority accuracy); None for a metric without one (perplexity)."""
-    return majority_accuracy() if "accuracy" in metric else None
+    binary encoder task's majority accuracy; ``"test macro-F1 (%)"``: the three-class task's majority
+    macro-F1); None for a metric without one (perplexity)."""
+    return majority_accuracy() if "accuracy" in metric else majority_macro_f1("tweets3") if "macro-F1" in metric \
+        else None

@@ -46,9 +46,14 @@ def test_the_three_class_tweets_have_their_counts_disjoint_splits_and_the_binary
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["tweets", "tweets3"])
 def test_the_figures_majority_counts_are_those_of_the_test_splits(task):
-    from tcomp_utils.majority import TEST_MAJORITY
+    from tcomp_utils import metrics
+    from tcomp_utils.majority import CLASSES, TEST_MAJORITY, majority_macro_f1
     labels = tasks.load_task(task)["test"]["label"]
     assert TEST_MAJORITY[task] == (max(Counter(labels).values()), len(labels))
+    assert CLASSES[task] == len(set(labels))
+    # the macro-F1 of always predicting the majority class, as sklearn scores it
+    top = Counter(labels).most_common(1)[0][0]
+    assert majority_macro_f1(task) == pytest.approx(100 * metrics.macro_f1(labels, [top] * len(labels)))
 
 
 @pytest.mark.slow
