@@ -78,13 +78,15 @@ def compare_rows(committed: dict[str, Any], now: dict[str, Any], rtol: float = D
                  atol: float = DEFAULT_ATOL, ignore: tuple[str, ...] | list[str] = (),
                  parameters: tuple[str, ...] | list[str] = ()) -> tuple[int, float, str | None, list[tuple[str, Any, Any]]]:
     """Compare the numeric columns of two results rows (bookkeeping, measured-time/memory,
-    ``ignore`` and ``parameters`` columns left out). A column one row has and the other lacks (or
-    holds NaN in) is a difference. Returns (values compared, largest relative difference, its
-    column, the differences beyond ``atol + rtol * |committed|`` as (column, committed, now))."""
+    ``ignore`` and ``parameters`` columns left out). A value the committed row holds and the new one
+    lacks (or holds NaN in), or the reverse within a column the committed table has, is a difference;
+    a column the committed table does not have at all is a record added to the notebook since, with
+    nothing to compare it to. Returns (values compared, largest relative difference, its column, the
+    differences beyond ``atol + rtol * |committed|`` as (column, committed, now))."""
     skip = BOOKKEEPING | set(ignore) | set(parameters)
     compared, largest, where, differences = 0, 0.0, None, []
     for column in sorted(set(committed) | set(now)):
-        if column in skip or MEASURED.search(column):
+        if column in skip or MEASURED.search(column) or column not in committed:
             continue
         a, b = _number(committed.get(column)), _number(now.get(column))
         if a is None and b is None:

@@ -620,13 +620,14 @@ def test_autoencoder_notebook_claims():
 
 
 def test_the_offline_grid_cell_times_in_the_readme():
-    from tcomp_utils.sweep import SweepSpec
+    from tcomp_utils.sweep import SweepSpec, row_is_point
     r = table("offline_compression")
     spec = SweepSpec.load(ROOT / "papermill_runs" / "offline_compression.yaml")
-    reduced = {spec.point_key(p) for p in spec.reduced}
+    # make run's points are cells of the table: by parameters (a notebook edit since changes their keys)
+    reduced = {row["key"] for row in r.to_dict("records") if any(row_is_point(row, p, spec) for p in spec.reduced)}
     minutes = lambda rows: rows.elapsed_s.sum() / 60  # noqa: E731
     ae, kron = minutes(r[r.method == "ae"]), minutes(r[r.method == "kronecker"])
-    assert len(reduced) == 5 and reduced <= set(r.key)
+    assert len(reduced) == len(spec.reduced) == 5
     # the complete grid's wall time: the last logged runs that computed it, each cell once (the log
     # keeps earlier runs of older code above them)
     runs = pd.read_csv(ROOT / "papermill_runs" / "offline_compression" / "runs.csv")
@@ -644,6 +645,29 @@ def test_the_offline_grid_cell_times_in_the_readme():
 
 
 # ---- structured pruning (issue 15) -------------------------------------------------------------
+
+def test_the_three_class_task_and_its_first_pruning_cells():
+    """Issue 37's task: the task model's scores from the dense cell, ID at mu 0.5 against it read from the paired
+    interval over the same test tweets, the grid's progress and the no-skill level."""
+    from tcomp_utils import metrics
+    from tcomp_utils.majority import majority_macro_f1
+    from tcomp_utils.sweep import SweepSpec
+    r = table("structured_pruning_encoder_tweets3").set_index("method")
+    dense, id5 = r.loc["dense"], r[r.mu == 0.5].loc["id"]
+    assert dense.test_examples == 2000 and dense.model_name == "minilm-l6-tweets3"
+    labels = metrics.decode_predictions(dense.test_labels)
+    assert metrics.macro_f1(labels, metrics.decode_predictions(dense.test_predictions)) == pytest.approx(dense.test_macro_f1)
+    d = metrics.paired_interval(labels, metrics.decode_predictions(id5.test_predictions),
+                                metrics.decode_predictions(dense.test_predictions), "macro_f1")
+    assert d.verdict == "below"
+    spec = SweepSpec.load(ROOT / "papermill_runs" / "structured_pruning_encoder.yaml")
+    says(README, f"41.3 % of the 2,000 test tweets, whose macro-F1 is {majority_macro_f1('tweets3'):.1f} %",
+         f"test macro-F1 {pct(dense.test_macro_f1)} % ({pct(dense.test_macro_f1_lo)}–{pct(dense.test_macro_f1_hi)})**, "
+         f"accuracy {pct(dense.test_accuracy)} %, MCC {dense.test_mcc:.3f}, with {pct(dense.test_majority_share)} % of",
+         (f"at μ = 0.5 scores {pct(id5.test_macro_f1)} %: {100 * d.difference:.1f} points against the dense model, "
+          f"paired interval [{100 * d.lo:.1f}, {100 * d.hi:.1f}], so below it").replace("-", "−"),
+         f"({len(r)} of {len(spec.points)} cells so far)")
+
 
 def test_structured_pruning_encoder_claims():
     r = table("structured_pruning_encoder")

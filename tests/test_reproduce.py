@@ -15,7 +15,10 @@ def test_compare_rows_skips_measured_times_and_names_what_differs():
            "bytes": 1000, "note": "other", "new": 2.0, "bits": float("nan"), "x": 3}
     n, largest, column, diffs = reproduce.compare_rows(committed, now, rtol=1e-3, parameters=("x",))
     assert n == 2 and column == "accuracy" and abs(largest - 0.0004 / 0.9) < 1e-12
-    assert diffs == [("gone", 1.0, None), ("new", None, 2.0)]  # a value one row lacks is a difference
+    # a value the new row lacks is a difference; a column the committed table never had is a record added since
+    assert diffs == [("gone", 1.0, None)]
+    _, _, _, diffs = reproduce.compare_rows({**committed, "new": float("nan")}, now, rtol=1e-3, parameters=("x",))
+    assert [d[0] for d in diffs] == ["gone", "new"]  # NaN in a column the table has: a difference
     _, _, _, diffs = reproduce.compare_rows(committed, now, rtol=1e-5, ignore=["gone", "new"])
     assert diffs == [("accuracy", 0.9, 0.9004), ("x", 2.0, 3.0)]
 
