@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .. import metrics
+from .. import scores  # torch-free: figures load no model
 from ..majority import majority_accuracy, majority_macro_f1
 from .markdown import _bold_best, _markdown
 from .no_skill import no_skill_line
@@ -92,13 +92,13 @@ def paired_differences(results: pd.DataFrame, a: str, b: str, metric: str = "mac
     dense = cells[cells.method == "dense"]
     if dense.empty or "test_labels" not in dense or dense.test_labels.isna().all():
         raise ValueError("the dense cell with its recorded test labels is needed for paired differences")
-    labels = metrics.decode_predictions(dense.test_labels.dropna().iloc[0])
+    labels = scores.decode_predictions(dense.test_labels.dropna().iloc[0])
     rows = []
     for mu in sorted(set(cells[cells.variant == a].mu) & set(cells[cells.variant == b].mu), reverse=True):
         runs = {v: cells[(cells.variant == v) & (cells.mu == mu)].sort_values("draw") for v in (a, b)}
-        preds = {v: np.stack([metrics.decode_predictions(p) for p in d.test_predictions]) for v, d in runs.items()}
+        preds = {v: np.stack([scores.decode_predictions(p) for p in d.test_predictions]) for v, d in runs.items()}
         same_draws = list(runs[a].draw) == list(runs[b].draw)
-        r = metrics.paired_interval(labels, preds[a], preds[b], metric, n_resamples=n_resamples, paired_runs=same_draws)
+        r = scores.paired_interval(labels, preds[a], preds[b], metric, n_resamples=n_resamples, paired_runs=same_draws)
         rows.append(dict(mu=mu, difference=100 * r.difference, lo=100 * r.lo, hi=100 * r.hi, verdict=r.verdict,
                          draws_a=len(preds[a]), draws_b=len(preds[b])))
     return pd.DataFrame(rows)
