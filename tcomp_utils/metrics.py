@@ -18,9 +18,9 @@ import sacrebleu
 import torch
 from torch import nn
 
-from .scores import (METRICS, PairedInterval, _from_confusion, _resample_scorer, accuracy,  # noqa: F401 (re-exported)
-                     bootstrap_interval, decode_predictions, encode_predictions, f1, macro_f1, majority_share, mcc,
-                     paired_interval, pearson, score, spearman)
+from .scores import (METRICS, PairedInterval, accuracy, bootstrap_interval, decode_predictions,  # noqa: F401
+                     encode_predictions, f1, macro_f1, majority_share, mcc, paired_interval, pearson, score,
+                     spearman)  # re-exported: metrics.accuracy etc. as before
 
 from . import timing
 from .progress import Bar

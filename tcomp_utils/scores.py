@@ -2,7 +2,7 @@
 metrics (scikit-learn, scipy), their bootstrap intervals over the test examples, the paired interval
 of a difference between two systems on the same examples, and the compact encoding of class
 predictions that results tables keep. Free of torch, so figures and claims tests can use it;
-:mod:`tcomp_utils.metrics` re-exports every name."""
+:mod:`tcomp_utils.metrics` re-exports its public names."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,7 @@ the committed results: each test computes the values from the results tables, as
 orderings the text relies on, and asserts that the text prints exactly those values (so a rerun
 that moves a number fails here until the prose says what the results say)."""
 import json
+import math
 import re
 from functools import cache
 from pathlib import Path
@@ -649,7 +650,7 @@ def test_the_offline_grid_cell_times_in_the_readme():
 def test_the_three_class_task_and_its_first_pruning_cells():
     """Issue 37's task: the task model's scores from the dense cell, ID at mu 0.5 against it read from the paired
     interval over the same test tweets, the grid's progress and the no-skill level."""
-    from tcomp_utils import metrics
+    from tcomp_utils import metrics, task_models
     from tcomp_utils.majority import majority_macro_f1
     from tcomp_utils.sweep import SweepSpec
     r = table("structured_pruning_encoder_tweets3")
@@ -669,6 +670,13 @@ def test_the_three_class_task_and_its_first_pruning_cells():
          f"at μ = 0.25 ID keeps {pct(id25.test_macro_f1)} % and magnitude order {pct(mag25.test_macro_f1)} %, a paired "
          f"difference of +{pts(d25.difference)} points [{pts(d25.lo)}, {pts(d25.hi)}]")
     spec = SweepSpec.load(ROOT / "papermill_runs" / "structured_pruning_encoder.yaml")
+    binary = table("structured_pruning_encoder")
+    acc = lambda m, mu: binary[(binary.method == m) & (binary.mu == mu)].test_accuracy.iloc[0]  # noqa: E731
+    recipe = task_models.RECIPES["minilm-l6-tweets3"]
+    assert (recipe.task, recipe.epochs, recipe.train_examples) == ("tweets3", 1, None)
+    says(README, f"random structured pruning at μ = 0.9 keeps {pct(acc('random', 0.9))} %",
+         f"on the binary task it lost {100 * (acc('dense', 1.0) - acc('id', 0.5)):.1f} points of accuracy",
+         f"for one epoch, {math.ceil(34197 / recipe.batch_size):,} steps over the 34,197 training")
     says(README, f"41.3 % of the 2,000 test tweets, whose macro-F1 is {majority_macro_f1('tweets3'):.1f} %",
          f"test macro-F1 {pct(dense.test_macro_f1)} % ({pct(dense.test_macro_f1_lo)}–{pct(dense.test_macro_f1_hi)})**, "
          f"accuracy {pct(dense.test_accuracy)} %, MCC {dense.test_mcc:.3f}, with {pct(dense.test_majority_share)} % of",

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tcomp_utils import metrics
+from tcomp_utils import metrics, scores
 
 
 def test_classification_metrics_on_hand_example():
@@ -312,7 +312,7 @@ def test_the_bootstraps_confusion_count_scores_equal_sklearns(k):
             y[y == k - 1], p[p == k - 1] = 0, 0  # the last class absent
         names = ["accuracy", "macro_f1", "mcc"] + (["f1"] if k == 2 else [])
         for name in names:
-            score = metrics._resample_scorer(name, y, p[None, :])
+            score = scores._resample_scorer(name, y, p[None, :])
             assert score(0, np.arange(n)) == pytest.approx(metrics.METRICS[name](y, p), abs=1e-12), (name, n)
     const = np.zeros(10, dtype=int)
-    assert metrics._resample_scorer("mcc", const, const[None, :])(0, np.arange(10)) == 0.0 == metrics.mcc(const, const)
+    assert scores._resample_scorer("mcc", const, const[None, :])(0, np.arange(10)) == 0.0 == metrics.mcc(const, const)

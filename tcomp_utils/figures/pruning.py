@@ -18,6 +18,16 @@ PRUNING_ORDER = ["id", "fisher", "magnitude", "random"]
 PRUNING_LABELS = {"id": "ID (STAT)", "fisher": "Fisher masks (Kwon)", "magnitude": "magnitude", "random": "random"}
 
 
+def _budget_axes(axes, xlabel: str, ylabel: str, title: str) -> None:
+    """Label an encoder figure's two panels: quality against the MAC fraction kept, and the seconds each
+    pruning took (log); both with the budget falling to the right."""
+    axes[0].set(xlabel=xlabel, ylabel=ylabel, title=title)
+    axes[0].legend(fontsize=8)
+    axes[1].set(xlabel="MACs kept (fraction)", ylabel="seconds to prune", yscale="log", title="Time to prune")
+    for ax in axes:
+        ax.invert_xaxis()
+
+
 def _pruning_encoder(results: pd.DataFrame):
     """Structured pruning of the task model: test accuracy against the MAC fraction kept, one line
     per method (bands: 95 % bootstrap intervals), and the time each pruning took."""
@@ -34,12 +44,8 @@ def _pruning_encoder(results: pd.DataFrame):
     for accuracy in dense.test_accuracy[:1]:
         axes[0].axhline(100 * accuracy, color="0.3", ls="--", lw=1)
     no_skill_line(axes[0], majority_accuracy())
-    axes[0].set(xlabel="MACs per token kept (fraction of dense, 128 tokens)", ylabel="test accuracy (%)",
-                title="Accuracy vs MAC budget, no retraining")
-    axes[0].invert_xaxis()
-    axes[0].legend(fontsize=8)
-    axes[1].set(xlabel="MACs kept (fraction)", ylabel="seconds to prune", yscale="log", title="Time to prune")
-    axes[1].invert_xaxis()
+    _budget_axes(axes, "MACs per token kept (fraction of dense, 128 tokens)", "test accuracy (%)",
+                 "Accuracy vs MAC budget, no retraining")
     fig.suptitle("Structured pruning of the tweet task model (heads and FFN neurons removed physically)", y=1.02)
     cols = ["method", "mu", "macs_ratio", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi", "test_macro_f1",
             "test_majority_share", "prune_seconds"]
@@ -124,12 +130,8 @@ def _pruning_tweets3(results: pd.DataFrame):
     for f1 in dense.test_macro_f1[:1]:
         axes[0].axhline(100 * f1, color="0.3", ls="--", lw=1, label="dense")
     no_skill_line(axes[0], majority_macro_f1("tweets3"))
-    axes[0].set(xlabel="MACs per token kept (fraction of the whole model's, 128 tokens)", ylabel="test macro-F1 (%)",
-                title="Macro-F1 vs MAC budget, no retraining (points: calibration draws)")
-    axes[0].invert_xaxis()
-    axes[0].legend(fontsize=8)
-    axes[1].set(xlabel="MACs kept (fraction)", ylabel="seconds to prune", yscale="log", title="Time to prune")
-    axes[1].invert_xaxis()
+    _budget_axes(axes, "MACs per token kept (fraction of the whole model's, 128 tokens)", "test macro-F1 (%)",
+                 "Macro-F1 vs MAC budget, no retraining (points: calibration draws)")
     fig.suptitle("Structured pruning of the three-class tweet model (heads and FFN neurons removed physically)", y=1.02)
     cols = ["variant", "method", "mu", "draw", "macs_ratio", "block_macs_ratio", "test_macro_f1", "test_macro_f1_lo",
             "test_macro_f1_hi", "test_accuracy", "test_mcc", "test_majority_share", "prune_seconds"]
