@@ -14,6 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = "README.md"
+RESULTS = "RESULTS.md"
+REPRODUCTION = "docs/reproduction.md"
+SWEEPS = "docs/sweeps.md"
 
 
 @cache
@@ -68,7 +71,7 @@ RATIOS = (2, 3, 10, 25)
 def test_activation_aware_svd_keeps_more_than_plain_svd_on_the_ffn():
     assert all(offline("asvd", "separated", "ffn", c) > offline("svd", "separated", "ffn", c) for c in RATIOS)
     a, s = pct(offline("asvd", "separated", "ffn", 3)), pct(offline("svd", "separated", "ffn", 3))
-    says(README, f"activation-aware SVD keeps more accuracy than plain SVD on the FFN at every ratio ({a} against {s} % at ×3)")
+    says(RESULTS, f"activation-aware SVD keeps more accuracy than plain SVD on the FFN at every ratio ({a} against {s} % at ×3)")
     says(OFFLINE_NB, f"activation-aware SVD keeps {a} % against plain SVD's {s} %")
 
 
@@ -78,7 +81,7 @@ def test_fisher_weighted_svd_keeps_the_most_on_qkv_up_to_ratio_10():
         at = variants[variants.ratio == c]
         assert at.loc[at.test_accuracy.idxmax(), "method"] == "fwsvd", c
     f, s = pct(offline("fwsvd", "separated", "qkv", 3)), pct(offline("svd", "separated", "qkv", 3))
-    says(README, f"Fisher-weighted SVD keeps the most on Q/K/V up to ×10 ({f} against {s} % at ×3)")
+    says(RESULTS, f"Fisher-weighted SVD keeps the most on Q/K/V up to ×10 ({f} against {s} % at ×3)")
     says(OFFLINE_NB, f"Fisher-weighted SVD keeps {f} % against {s} %")
 
 
@@ -96,7 +99,7 @@ def test_stacked_factors_win_on_the_ffn_at_high_ratios_and_lose_on_qkv_at_3():
     assert all(a > b for a, b in zip(cat, sep))
     q_sep, q_cat = offline("svd", "separated", "qkv", 3), offline("svd", "concatenated", "qkv", 3)
     assert q_sep > q_cat
-    says(README, f"({pct(cat[0])} and {pct(cat[1])} against {pct(sep[0])} and {pct(sep[1])} %); per-layer factors win "
+    says(RESULTS, f"({pct(cat[0])} and {pct(cat[1])} against {pct(sep[0])} and {pct(sep[1])} %); per-layer factors win "
                  f"on Q/K/V at ×3 ({pct(q_sep)} against {pct(q_cat)} %)")
     says(OFFLINE_NB, f"({pct(cat[0])} % and {pct(cat[1])} % against {pct(sep[0])} % and {pct(sep[1])} %)",
          f"per-layer factors win at ratio 3 ({pct(q_sep)} % against {pct(q_cat)} %)")
@@ -112,7 +115,7 @@ def test_qkv_at_ratio_10_and_beyond_collapses_but_for_fisher_weighted_svd():
     assert (high[per_module_ae].test_accuracy < majority).all()
     fw = offline("fwsvd", "separated", "qkv", 10)
     assert fw > majority + 0.03
-    says(README, "Q/K/V at ×10 and beyond collapses for every method but Fisher-weighted SVD: the factorizations, "
+    says(RESULTS, "Q/K/V at ×10 and beyond collapses for every method but Fisher-weighted SVD: the factorizations, "
                  "pruning and the stacked autoencoder put at least 98 % of their predictions on the majority class, "
                  "the per-module autoencoder scores below it")
     says(OFFLINE_NB, f"SVD ({pct(fw)} % at ratio 10)")
@@ -131,7 +134,7 @@ def test_stored_numbers_are_not_macs():
     # a Kronecker sum dearer than its matrix runs as the matrix: exactly the dense MACs up to x10
     assert all(kron[c] == 1 for c in (2, 3, 10)) and kron[25] < 1
     assert tucker2 > 1 and svd2 < 1
-    says(README, f"with the Tucker stack on the FFN the model costs {tucker2:.1f}× the dense MACs per token at ×2")
+    says(RESULTS, f"with the Tucker stack on the FFN the model costs {tucker2:.1f}× the dense MACs per token at ×2")
     says(OFFLINE_NB, f"the FFN Tucker stack {tucker2:.1f}× at ratio 2", f"({svd2:.2f}× at FFN ratio 2)",
          f"the model's MACs stay {kron[2]:.2f}× at ratios 2 to 10")
 
@@ -145,14 +148,14 @@ def test_short_fine_tuning_recovers_every_ffn_variant():
     assert len(tuned) >= 5 and (tuned.finetuned_test_accuracy.to_numpy() > np.array(before)).all()
     steps = int(tuned.finetune_steps.iloc[0])
     lo_hi = span(tuned.finetuned_test_accuracy, "{:.1f}")
-    says(README, f"FFN at ×10, {steps} steps: every variant back to {lo_hi} %")
+    says(RESULTS, f"FFN at ×10, {steps} steps: every variant back to {lo_hi} %")
     says(OFFLINE_NB, f"{steps} steps of fine-tuning bring every FFN ×10 variant back to {lo_hi} %")
 
 
 @pytest.mark.parametrize("sweep", ["offline_compression", "gptq_table", "qat_table"])
 def test_the_regenerate_lines_count_the_cells(sweep):
     cells = len(pd.read_csv(ROOT / "papermill_runs" / sweep / "results.csv"))
-    line = re.search(rf"`make sweep SPEC=papermill_runs/{sweep}\.yaml[^`]*` \((\d+) cells", _text(README))
+    line = re.search(rf"`make sweep SPEC=papermill_runs/{sweep}\.yaml[^`]*` \((\d+) cells", _text(RESULTS))
     assert line and int(line.group(1)) == cells, f"README should count {cells} cells in its line to regenerate {sweep}"
 
 
@@ -160,7 +163,7 @@ def test_offline_notebook_names_the_baseline_and_the_cells():
     r = table("offline_compression")
     base, majority = r.baseline_test_accuracy.iloc[0], table("baselines").majority_test_accuracy.iloc[0]
     says(OFFLINE_NB, f"({len(r)} cells, uncompressed {100 * base:.2f} %, majority class {pct(majority)} %)")
-    says(README, f"(uncompressed **{100 * base:.2f}**, majority class {pct(majority)})")
+    says(RESULTS, f"(uncompressed **{100 * base:.2f}**, majority class {pct(majority)})")
 
 
 # ---- post-training quantization (README, notebooks 05 and 06) ---------------------------------
@@ -229,7 +232,7 @@ def test_share_of_rtn_damage_that_gptq_removes():
     shares = {(v, g, t): removed(v, 4, g, t) for v in ("GPTQ", "GPTQ + act-order") for g in (0, 128) for t in TEXTS}
     assert all(removed(v, 3, 0, t) > 0.5 for v in ("GPTQ", "GPTQ + act-order") for t in TEXTS)  # "most of the collapse"
     fmt = lambda v, g: f"{100 * shares[v, g, 'novel']:.0f} % / {100 * shares[v, g, 'jargon']:.0f} %"  # noqa: E731
-    says(README, f"GPTQ with act-order removes {fmt('GPTQ + act-order', 0)} of RTN's 4-bit per-channel perplexity "
+    says(RESULTS, f"GPTQ with act-order removes {fmt('GPTQ + act-order', 0)} of RTN's 4-bit per-channel perplexity "
                  f"increase (novel / Jargon File; without act-order {fmt('GPTQ', 0)}; ANCHORS: about 60 % on OPT-125M)",
          "and most of its 3-bit collapse")
     says(GPTQ_NB, f"removes {fmt('GPTQ + act-order', 0)} of RTN's perplexity increase per channel at 4 bits "
@@ -244,7 +247,7 @@ def test_quantized_bytes():
     extra_bits = 8 * (g.linear_bytes_after - c.linear_bytes_after) / params
     plain = cell("smollm2-135m", "GPTQ", 4, 128)
     assert plain.linear_bytes_after == g.linear_bytes_after  # static groups: act-order stores no column map
-    says(README, f"the quantized layers take {after:.1f} MB instead of {before:.1f} MB")
+    says(RESULTS, f"the quantized layers take {after:.1f} MB instead of {before:.1f} MB")
     says(GPTQ_NB, f"shrink from {before:.1f} MB to {after:.1f} MB at 4 bits per channel ({before / after:.1f}×; "
                   f"{grouped:.1f} MB with g128, whose float16 scales and packed zeros cost {extra_bits:.2f} bit per weight)",
          f"the model from {c.bytes_before / 1e6:.0f} MB to {c.bytes_after / 1e6:.0f} MB")
@@ -263,7 +266,7 @@ def test_the_task_model_barely_moves_under_quantization():
         name = row.method.upper() + (" with act-order" if row.method == "gptq" and row.act_order else "")
         says(GPTQ_NB, f"{grid} {int(row.bits)}-bit {name} ({pct(row.test_accuracy)} %)")
     assert len(outside) <= 2
-    says(README, f"The task model's accuracy stays within {100 * (q.test_accuracy - base).abs().max():.2f} points of fp32 "
+    says(RESULTS, f"The task model's accuracy stays within {100 * (q.test_accuracy - base).abs().max():.2f} points of fp32 "
                  f"at every setting (standard error of 2,000 tweets: ±{100 * se:.1f} %)")
 
 
@@ -358,7 +361,7 @@ def test_parity_with_the_reference_implementation():
     two = bench[(bench.method == "gptq") & (bench.grid == "4-bit asym per-channel") & (bench.act_order.astype(str) == "True")]
     says(GPTQ_NB, f"about {cpu.tcomp:.0f} CPU seconds on one thread (the parity runs of `05_quantization`, where the "
                   f"authors' implementation takes {cpu.reference:.0f}) and {two.seconds.iloc[0]:.0f} s on two (`make bench`)")
-    says(README, f"our mean perplexity is {rel.min():+.1f} % to {rel.max():+.1f} % of theirs (above it with groups of "
+    says(RESULTS, f"our mean perplexity is {rel.min():+.1f} % to {rel.max():+.1f} % of theirs (above it with groups of "
                  f"128), in {cpu.tcomp / cpu.reference:.2f}× their CPU time")
     assert rel["4-bit per channel act-order"] < 0 and rel["3-bit per channel"] < 0 and round(rel["4-bit per channel"], 1) == 0.5
     gap = (t["mean", "tcomp"] - t["mean", "reference"]) / t["std"].max(axis=1)  # in standard deviations of the draws
@@ -373,7 +376,7 @@ def test_baselines_ordering_and_embedding_share():
     by_role = table("baselines", "by_role")
     emb = by_role[(by_role.model == "minilm-l6 (base)") & (by_role.role == "embeddings")]["params_%"].iloc[0]
     says("notebooks/00_baselines.ipynb", f"the word embeddings hold about {emb:.0f} % of the parameters")
-    says(README, f"(one epoch over {19_812:,} tweets")  # the recipe's training split, stated once
+    says(RESULTS, f"(one epoch over {19_812:,} tweets")  # the recipe's training split, stated once
 
 
 def test_svd_notebook_claims():
@@ -449,7 +452,7 @@ def test_benchmark_numbers_in_the_readme(csv, column, row, phrase):
     bench = pd.read_csv(ROOT / "benchmarks" / "results" / f"{csv}.csv")
     match = bench.loc[(bench[list(row)] == pd.Series(row)).all(axis=1)].iloc[0]
     assert match[column] > 1
-    says(README, phrase.format(**match))
+    says(RESULTS, phrase.format(**match))
 
 
 def test_factorized_ffn_latency_in_the_readme():
@@ -459,14 +462,14 @@ def test_factorized_ffn_latency_in_the_readme():
     svd = [row("svd", "separated", c) for c in (2, 3, 10)]
     fal, tuc, kron = row("falcon", "separated", 2), row("tucker", "concatenated", 2), row("kronecker", "separated", 2)
     assert kron.macs_ratio == 1 and 0.9 < kron.speedup < 1.1  # run as its matrix: the dense time
-    says(README, f"| {dense.median_ms:.1f} ms | {svd[1].median_ms:.1f} / {svd[2].median_ms:.1f} ms | "
+    says(RESULTS, f"| {dense.median_ms:.1f} ms | {svd[1].median_ms:.1f} / {svd[2].median_ms:.1f} ms | "
                  f"{svd[1].speedup:.2f}× / {svd[2].speedup:.2f}× |",
          f"| {dense.median_ms:.1f} ms | {fal.median_ms:.1f} / {tuc.median_ms:.1f} / {kron.median_ms:.1f} ms | "
          f"{fal.speedup:.2f}× / {tuc.speedup:.2f}× / {kron.speedup:.2f}× |",
          f"(SVD ratio 2: {svd[0].macs_ratio:.2f}× fewer MACs, {svd[0].speedup:.2f}× faster")
     c = pd.read_csv(ROOT / "benchmarks" / "results" / "compression_time.csv")
     s_ = c[c.method == "svd"].seconds
-    says(README, f"(SVD {s_.min():.1f}–{s_.max():.1f} s for all 6 layers, Tucker up to "
+    says(RESULTS, f"(SVD {s_.min():.1f}–{s_.max():.1f} s for all 6 layers, Tucker up to "
                  f"{c[c.method == 'tucker'].seconds.max():.0f} s)")
 
 
@@ -476,7 +479,7 @@ def test_quantized_inference_in_the_readme():
     assert (cached[["vs_fp32_512", "vs_fp32_16"]] <= 1.2).all().all()  # within 1.2x of fp32 with the cache
     fp, q, nc, i8 = (t.loc[v] for v in ("fp32", "weight-only 4-bit, cache", "weight-only 4-bit, no cache", "int8 dynamic"))
     sp = lambda a, b: f"{a / b:.2f}×"  # noqa: E731  speed-up: fp32 time / compressed time
-    says(README, f"| {fp.ms_512_tokens:.0f} ms | {q.ms_512_tokens:.0f} ms | {sp(fp.ms_512_tokens, q.ms_512_tokens)} |",
+    says(RESULTS, f"| {fp.ms_512_tokens:.0f} ms | {q.ms_512_tokens:.0f} ms | {sp(fp.ms_512_tokens, q.ms_512_tokens)} |",
          f"| {fp.ms_16_tokens:.0f} / {fp.ms_512_tokens:.0f} / {fp.ms_16_tokens:.0f} ms | {q.ms_16_tokens:.0f} / "
          f"{nc.ms_512_tokens:,.0f} / {nc.ms_16_tokens:.0f} ms | {sp(fp.ms_16_tokens, q.ms_16_tokens)} / "
          f"{sp(fp.ms_512_tokens, nc.ms_512_tokens)} / {sp(fp.ms_16_tokens, nc.ms_16_tokens)} |",
@@ -492,7 +495,7 @@ def test_gptq_phases_in_the_readme():
     g = t[(t.method == "gptq") & (t.grid == "4-bit asym per-channel") & (t.act_order.astype(str) == "True")].iloc[0]
     phases = ("capture", "hessians", "solves", "packing", "rerun")
     assert abs(sum(g[p] for p in phases) - g.seconds) < 0.05 * g.seconds  # the phases account for the time
-    says(README, f"| {g.seconds:.0f} s: capture {g.capture:.0f}, Hessians {g.hessians:.0f}, solves {g.solves:.0f}, "
+    says(RESULTS, f"| {g.seconds:.0f} s: capture {g.capture:.0f}, Hessians {g.hessians:.0f}, solves {g.solves:.0f}, "
                  f"packing {g.packing:.0f}, rerun {g.rerun:.0f} s (2 threads) |")
 
 
@@ -503,7 +506,7 @@ def test_autoencoder_training_time_in_the_readme():
     emb = t[(t.role == "embeddings") & (t.ratio == 3)].iloc[0]
     limit = int(np.ceil(sep.seconds_per_module.max()))
     assert stacked.seconds.idxmax() == "ffn_in" and (t.epochs == 30).all()
-    says(README, f"under {limit} s per separated module, up to {stacked.seconds.max():.0f} s for the FFN-in rows of all "
+    says(RESULTS, f"under {limit} s per separated module, up to {stacked.seconds.max():.0f} s for the FFN-in rows of all "
                  f"6 layers stacked at ×3 and {emb.seconds:.0f} s for the embedding table at ×3")
 
 
@@ -513,7 +516,7 @@ def test_autoencoder_seeds_trained_together_in_the_readme():
     linear, table_ = speed[t.role != "embeddings"], speed[t.role == "embeddings"]
     assert len(linear) == 6 and (linear > 1).all() and (t.ratio == 10).all()
     assert len(table_) == 1 and 0.8 < table_.iloc[0] < 1.2  # compute-bound: batching the seeds buys nothing
-    says(README, f"at ×10 that is {linear.min():.2f}–{linear.max():.2f}× faster than one seed after another on the "
+    says(RESULTS, f"at ×10 that is {linear.min():.2f}–{linear.max():.2f}× faster than one seed after another on the "
                  f"linear layers", f"and {table_.iloc[0]:.2f}× (no gain) on the compute-bound embedding table")
 
 
@@ -546,7 +549,7 @@ def test_verdict_on_the_seeds_claim_autoencoder_against_svd():
     q_sep, q_cat = offline_row("ae", "separated", "qkv", 3), offline_row("ae", "concatenated", "qkv", 3)
     assert q_cat.test_accuracy_lo > q_sep.test_accuracy_hi
     spread = table("offline_compression").query("method == 'ae' and roles == 'ffn'").test_accuracy_std.max()
-    says(README,
+    says(RESULTS,
          f"on Q/K/V and the FFN SVD keeps more accuracy in all {len(live)} cells where it has not collapsed onto the "
          f"majority class ({disjoint} with disjoint intervals)",
          f"FFN ×3: {with_interval(ffn3[0])} separated and {with_interval(ffn3[1])} concatenated, against SVD's "
@@ -576,7 +579,7 @@ def test_the_non_monotone_ffn_column_is_not_noise():
     assert s25.test_macro_f1 > s10.test_macro_f1 and s25.test_mcc > s10.test_mcc and s25.mean_rel_error > s10.mean_rel_error
     majority = float(table("baselines").majority_test_accuracy.iloc[0])
     assert s10.test_majority_share < s25.test_majority_share < majority
-    says(README, f"SVD on the FFN scores {with_interval(s10)} at ×10 and {with_interval(s25)} at ×25",
+    says(RESULTS, f"SVD on the FFN scores {with_interval(s10)} at ×10 and {with_interval(s25)} at ×25",
          f"the ×10 model puts only {pct(s10.test_majority_share)} % of its predictions on the majority class "
          f"(its true share is {pct(majority)} %), the ×25 one {pct(s25.test_majority_share)} %")
 
@@ -638,8 +641,8 @@ def test_the_offline_grid_cell_times_in_the_readme():
     wall = last.wall_s.sum() / 60
     assert minutes(r) / 2 <= wall * 1.02  # two workers cannot do more than two cells' worth of time per minute
     assert wall <= 75  # issue 14's limit for the complete grid on 2 cores
-    says(README, f"`make sweep SPEC=papermill_runs/offline_compression.yaml` ({len(r)} cells, {wall:.0f} minutes on 2 cores")
-    says(README, f"the autoencoder's {(r.method == 'ae').sum()} cells take {ae:.0f} of the {minutes(r):.0f} minutes "
+    says(RESULTS, f"`make sweep SPEC=papermill_runs/offline_compression.yaml` ({len(r)} cells, {wall:.0f} minutes on 2 cores")
+    says(RESULTS, f"the autoencoder's {(r.method == 'ae').sum()} cells take {ae:.0f} of the {minutes(r):.0f} minutes "
                  f"of cell time, the Kronecker cells {kron:.0f}",
          f"the {len(reduced)} cells of its `make run` share took {minutes(r[r.key.isin(reduced)]):.0f} minutes of cell "
          "time when the grid was computed")
@@ -665,7 +668,7 @@ def test_the_three_class_task_and_its_first_pruning_cells():
     d, d9, d25 = paired(id5, dense), paired(id9, dense), paired(id25, mag25)
     assert (d.verdict, d9.verdict, d25.verdict) == ("below", "≈", "above")
     pts = lambda x: f"{100 * x:.1f}"  # noqa: E731
-    says(README, (f"not distinguishable from the dense model ({pts(d9.difference)}, [{pts(d9.lo)}, {pts(d9.hi)}])"
+    says(RESULTS, (f"not distinguishable from the dense model ({pts(d9.difference)}, [{pts(d9.lo)}, {pts(d9.hi)}])"
                   ).replace("-", "−"),
          f"at μ = 0.25 ID keeps {pct(id25.test_macro_f1)} % and magnitude order {pct(mag25.test_macro_f1)} %, a paired "
          f"difference of +{pts(d25.difference)} points [{pts(d25.lo)}, {pts(d25.hi)}]")
@@ -674,10 +677,10 @@ def test_the_three_class_task_and_its_first_pruning_cells():
     acc = lambda m, mu: binary[(binary.method == m) & (binary.mu == mu)].test_accuracy.iloc[0]  # noqa: E731
     recipe = task_models.RECIPES["minilm-l6-tweets3"]
     assert (recipe.task, recipe.epochs, recipe.train_examples) == ("tweets3", 1, None)
-    says(README, f"random structured pruning at μ = 0.9 keeps {pct(acc('random', 0.9))} %",
+    says(RESULTS, f"random structured pruning at μ = 0.9 keeps {pct(acc('random', 0.9))} %",
          f"on the binary task it lost {100 * (acc('dense', 1.0) - acc('id', 0.5)):.1f} points of accuracy",
          f"for one epoch, {math.ceil(34197 / recipe.batch_size):,} steps over the 34,197 training")
-    says(README, f"41.3 % of the 2,000 test tweets, whose macro-F1 is {majority_macro_f1('tweets3'):.1f} %",
+    says(RESULTS, f"41.3 % of the 2,000 test tweets, whose macro-F1 is {majority_macro_f1('tweets3'):.1f} %",
          f"test macro-F1 {pct(dense.test_macro_f1)} % ({pct(dense.test_macro_f1_lo)}–{pct(dense.test_macro_f1_hi)})**, "
          f"accuracy {pct(dense.test_accuracy)} %, MCC {dense.test_mcc:.3f}, with {pct(dense.test_majority_share)} % of",
          (f"at μ = 0.5 scores {pct(id5.test_macro_f1)} %: {100 * d.difference:.1f} points against the dense model, "
@@ -698,7 +701,7 @@ def test_structured_pruning_encoder_claims():
     macs = r[r.method != "dense"]
     assert ((macs.macs_ratio <= macs.mu + 1e-9) & (macs.macs_ratio >= macs.mu - 0.01)).all()  # within 1 % under mu
     secs = r[r.method != "dense"].groupby("method").prune_seconds.median()
-    says(README, f"({pct(acc.loc['id', 0.4])} % against {pct(acc.loc['fisher', 0.4])} % at μ = 0.4, overlapping "
+    says(RESULTS, f"({pct(acc.loc['id', 0.4])} % against {pct(acc.loc['fisher', 0.4])} % at μ = 0.4, overlapping "
                  f"intervals) and loses {100 * (dense.test_accuracy - acc.loc['id', 0.5]):.1f} points at μ = 0.5 "
                  f"({pct(acc.loc['id', 0.5])} % against the dense {pct(dense.test_accuracy)} %); magnitude and random "
                  f"order fall to {pct(acc.loc['magnitude', 0.5])} % and {pct(acc.loc['random', 0.5])} % at μ = 0.5",
@@ -722,7 +725,7 @@ def test_structured_pruning_decoder_claims():
     embedding_mb = 49152 * 576 * 4 / 1e6
     assert pruned.bytes_after.min() > embedding_mb * 1e6  # the embedding table stays whole in every cell
     secs = pruned.groupby("method").prune_seconds.median()
-    says(README, f"(novel: {idn[0.9]:.1f} against {fin[0.9]:.1f} at μ = 0.9, {idn[0.5]:.1f} against {fin[0.5]:.1f} "
+    says(RESULTS, f"(novel: {idn[0.9]:.1f} against {fin[0.9]:.1f} at μ = 0.9, {idn[0.5]:.1f} against {fin[0.5]:.1f} "
                  f"at μ = 0.5)",
          f"the novel's perplexity rises from {dense.perplexity_novel:.1f} to {idn[0.9]:.1f} at μ = 0.9 and to "
          f"{idn[0.5]:.1f} at μ = 0.5",
@@ -783,7 +786,7 @@ def test_structured_pruning_benchmarks_in_the_readme():
     mus = [0.7, 0.5, 0.4]
     s = t.groupby("method").seconds
     assert s.max()["id"] < 60  # the issue's target: minilm-l6 by ID under 60 s on 2 cores
-    says(README, f"μ = 0.7 / 0.5 / 0.4 ({' / '.join(f'{1 / lat.macs_ratio[m]:.2f}×' for m in mus)} fewer MACs) | "
+    says(RESULTS, f"μ = 0.7 / 0.5 / 0.4 ({' / '.join(f'{1 / lat.macs_ratio[m]:.2f}×' for m in mus)} fewer MACs) | "
                  f"{lat.median_ms[1.0]:.0f} ms | {' / '.join(f'{lat.median_ms[m]:.0f}' for m in mus)} ms | "
                  f"{' / '.join(f'{lat.speedup[m]:.2f}×' for m in mus)} |",
          f"| {s.min()['id']:.1f}–{s.max()['id']:.1f} s / {s.min()['fisher']:.1f}–{s.max()['fisher']:.1f} s |",
@@ -816,7 +819,7 @@ def test_the_fp32_translation_model_and_its_resolution():
     assert abs(qat_bleu("fp32") - fp32) < 0.005  # the benchmark scores the very model the table starts from
     chrf = float(table("qat_table").query("protocol == 'fp32'").test_chrf.iloc[0])
     assert fp32 > 1 and chrf > 15  # it translates (BLEU 0-1 is noise; examples in notebook 10)
-    says(README, f"greedy **test BLEU {fp32:.2f}, chrF {chrf:.1f}** on the 1,000 test pairs, ±{half:.2f} BLEU being "
+    says(RESULTS, f"greedy **test BLEU {fp32:.2f}, chrF {chrf:.1f}** on the 1,000 test pairs, ±{half:.2f} BLEU being "
                  "the 95 % bootstrap interval")
 
 
@@ -830,7 +833,7 @@ def test_the_seeds_ordering_verdict():
     binary_att = qat_bleu("scratch", "binary", target="attention")
     scaled = {t: qat_bleu("scratch", "binary_scaled", target=t) for t in ("attention", "linear")}
     assert binary_att < 0.05 and all(within(v) or v > fp32 for v in scaled.values())
-    says(README, f"From scratch, 8- and 4-bit attention ({att[8]:.2f} and {att[4]:.2f}) stay within the ±{half:.2f} "
+    says(RESULTS, f"From scratch, 8- and 4-bit attention ({att[8]:.2f} and {att[4]:.2f}) stay within the ±{half:.2f} "
                  f"interval of fp32 ({fp32:.2f}), 2-bit attention falls to {att[2]:.2f}, 1-bit to {att[1]:.2f} and "
                  f"binary all linear to {binary_linear:.2f}: attention at 4 bits or more ≈ baseline > 2-bit > 1-bit > "
                  "binary all linear",
@@ -846,7 +849,7 @@ def test_qat_fine_tuning_against_its_control():
     _, chrf_half = bleu_interval("chrf")
     assert r["fp32_finetune"] > r["fp32"] + chrf_half  # the extra epoch alone helps beyond the resolution (chrF)
     assert all(abs(v - control) <= half for v in tuned)  # and QAT fine-tuning is within the control's interval
-    says(README, f"lifts fp32 from {fp32:.2f} to {control:.2f} BLEU (chrF {r['fp32']:.1f} to {r['fp32_finetune']:.1f}, "
+    says(RESULTS, f"lifts fp32 from {fp32:.2f} to {control:.2f} BLEU (chrF {r['fp32']:.1f} to {r['fp32_finetune']:.1f}, "
                  f"beyond its ±{chrf_half:.2f} interval; the embedded model is under-trained)",
          f"attention ends at {tuned[0]:.2f}, {tuned[1]:.2f} and {tuned[2]:.2f}, within the interval of that control")
 
@@ -862,7 +865,7 @@ def test_post_training_quantization_down_to_two_bits():
     scaled_ptq = [qat_bleu("ptq", "binary_scaled", target=x) for x in ("attention", "linear")]
     scaled_ft = [qat_bleu("finetune", "binary_scaled", target=x) for x in ("attention", "linear")]
     assert grid2 > scratch2 and all(f > p + half for f, p in zip(scaled_ft, scaled_ptq))
-    says(README, f"within the interval of fp32 ({ptq.test_bleu.min():.2f} to {ptq.test_bleu.max():.2f})",
+    says(RESULTS, f"within the interval of fp32 ({ptq.test_bleu.min():.2f} to {ptq.test_bleu.max():.2f})",
          f"the seed's grid scores {grid2:.2f} after training against {scratch2:.2f} by QAT from scratch, in "
          f"{secs:.0f} s instead of {mins:.0f} minutes",
          f"score {scaled_ptq[0]:.2f} (attention) and {scaled_ptq[1]:.2f} (all linear) quantized after training, "
@@ -876,7 +879,7 @@ def test_the_qat_grid_time():
     wall, cell = runs.wall_s.sum() / 60, r.elapsed_s.sum() / 60
     scratch = r[r.protocol == "scratch"].elapsed_s / 60
     assert wall > 60  # the issue's target is missed, and the README says so
-    says(README, f"(51 cells, {wall:.0f} minutes on 2 cores;",
+    says(RESULTS, f"(51 cells, {wall:.0f} minutes on 2 cores;",
          f"the {len(scratch)} from-scratch rows take {scratch.sum():.0f} of the {cell:.0f} minutes of cell time "
          f"({scratch.min():.0f} to {scratch.max():.0f} minutes each")
     says("benchmarks/results/translation_pilots.md", "the recipe trains in 610 s on 2 idle")
@@ -935,7 +938,7 @@ def test_composable_pruning_claims():
     dense = t.dense_test_bleu
     assert (gap > 0).all() and (gap > half).sum() == 1  # "each gap but one within the interval, all six the same way"
     assert (s[["test_bleu_baseline", "test_bleu_composed"]] >= dense).all().all()
-    says(README, f"**Composition saves {t.saved_s:.0f} s of the {t.without_s:.0f} s of model-level fine-tuning "
+    says(RESULTS, f"**Composition saves {t.saved_s:.0f} s of the {t.without_s:.0f} s of model-level fine-tuning "
                  f"({100 * t.saved_s / t.without_s:.0f} %).**",
          f"the six baselines train {t.without_s:.0f} s; with it, recording the module inputs ({t.record_s:.1f} s), "
          f"fine-tuning each of the {t.n_units} units once ({t.unit_s:.0f} s) and each composed model until its "
@@ -953,8 +956,8 @@ def test_composable_pruning_claims():
     runs = pd.read_csv(ROOT / "papermill_runs" / "composable_table" / "runs.csv")
     minutes = runs.wall_s.iloc[-1] / 60
     assert minutes <= 45  # the issue's target for the complete grid on 2 cores
-    says(README, f"`make sweep SPEC=papermill_runs/composable_table.yaml` (one cell, {minutes:.0f} minutes on 2 cores",
-         f"| `papermill_runs/composable_table.yaml` ({minutes:.0f} minutes) |")
+    says(RESULTS, f"`make sweep SPEC=papermill_runs/composable_table.yaml` (one cell, {minutes:.0f} minutes on 2 cores")
+    says(SWEEPS, f"| `papermill_runs/composable_table.yaml` ({minutes:.0f} minutes) |")
 
 
 def test_composable_table_notebook_claims():
@@ -1029,7 +1032,7 @@ def test_atlas_byte_and_mac_verdicts():
         f"ID pruning to half the MACs keeps {id5.quality:.2f} % ({id5.quality_loss:.2f} points under the dense {dense.quality:.2f} %)",
         f"to 0.3 of the MACs {id3.quality:.2f} %",
     ]
-    for doc in (README, "notebooks/17_atlas.ipynb"):
+    for doc in (RESULTS, "notebooks/17_atlas.ipynb"):
         says(doc, *phrases)
     svd2, fp5 = tw.loc["svd(ratio=2)"], tw.loc["fisher_pruning(mu=0.5)"]
     says("notebooks/17_atlas.ipynb",
@@ -1048,7 +1051,7 @@ def test_atlas_byte_and_mac_verdicts():
         f"ID pruning to 0.9 of the MACs ({id9.quality:.2f}) beats Kwon's Fisher masks ({fp9.quality:.2f})",
         f"costs {id7.quality_loss:.0f} % perplexity ({id7.quality:.2f})",
     ]
-    for doc in (README, "notebooks/17_atlas.ipynb"):
+    for doc in (RESULTS, "notebooks/17_atlas.ipynb"):
         says(doc, *phrases)
 
 
@@ -1073,7 +1076,7 @@ def test_atlas_combination_and_distillation_verdicts():
         f"`layers3`, trained with PKD, reaches {l3['PKD (best β)']:.2f} % at {l3.MACs:.0f} % of the MACs, where ID pruning without training keeps {id5.quality:.2f} %",
         f"`ffn_svd` ({ffn['PKD (best β)']:.2f} % at {ffn.MACs:.0f} % of the MACs) against ID pruning to 0.7 ({id7.quality:.2f} %)",
     ]
-    for doc in (README, "notebooks/17_atlas.ipynb"):
+    for doc in (RESULTS, "notebooks/17_atlas.ipynb"):
         says(doc, *phrases)
     assert c7.bytes_frac < tw.loc[ID7].bytes_frac
 
@@ -1086,7 +1089,7 @@ def test_atlas_counted_against_measured_and_timing():
     csr = tw[tw.family == "pruning"]
     assert (quant.macs_frac == 1).all() and quant.latency_frac.median() > 1 and (csr.macs_frac == 1).all()
     assert ids.latency_frac.is_monotonic_increasing  # ID pruning's time follows its MACs
-    says(README, f"quantized points run at {quant.latency_frac.min():.2f}–{quant.latency_frac.max():.2f}× the dense time "
+    says(RESULTS, f"quantized points run at {quant.latency_frac.min():.2f}–{quant.latency_frac.max():.2f}× the dense time "
                  f"(median {quant.latency_frac.median():.2f}×)",
          "ID pruning's time follows its MACs (" + ", ".join(f"{m:.1f} → {l:.2f}" for m, l in zip(ids.macs_frac, ids.latency_frac)),
          "SVD's less so (" + ", ".join(f"{m:.2f} → {l:.2f}" for m, l in zip(svd.macs_frac, svd.latency_frac)),
@@ -1095,7 +1098,7 @@ def test_atlas_counted_against_measured_and_timing():
     runs = table("atlas", "runs")
     full = runs[(runs.workers.astype(str) == "2") & (runs.points_run == 41)].iloc[-1]
     local = runs[(runs.workers.astype(str) == "0") & (runs.points_run == 28)].iloc[-1]
-    says(README, f"every point on a local Dask cluster of 2 workers ({full.wall_s / 60:.1f} min)",
+    says(RESULTS, f"every point on a local Dask cluster of 2 workers ({full.wall_s / 60:.1f} min)",
          f"the tweet model's 28 points, point by point ({local.wall_s / 60:.1f} min)",
          f"the points' own times add up to {full.cell_s / 60:.0f} minutes")
 
@@ -1115,7 +1118,7 @@ def test_distillation_narrative_claims():
          f"it starts at {pt.iloc[0]:.1e} and ends at {pt.iloc[-1]:.1e}",
          f"about {pkd.beta * pt.iloc[-1]:.4f} against the soft targets' {soft.iloc[-1]:.3f}",
          f"PKD's {100 * (kd['test accuracy'] - pkd['test accuracy']):.2f} points under KD")
-    says(README, f"`layers3` student to {100 * kd['test accuracy']:.2f} % with KD and {100 * pkd['test accuracy']:.2f} % with PKD")
+    says(RESULTS, f"`layers3` student to {100 * kd['test accuracy']:.2f} % with KD and {100 * pkd['test accuracy']:.2f} % with PKD")
 
 
 def figures_student_cells() -> pd.DataFrame:
@@ -1136,31 +1139,31 @@ def test_student_table_claims():
     assert list(half.index) == ["layers3"]
     l3 = cells.loc["layers3"]
     assert teacher - l3["PKD (best β)"] > 1.5  # the target is not met
-    says(README, f"the only student with at most half the teacher's MACs, PKD's `layers3` ({l3.MACs:.1f} %), reaches "
+    says(RESULTS, f"the only student with at most half the teacher's MACs, PKD's `layers3` ({l3.MACs:.1f} %), reaches "
                  f"{l3['PKD (best β)']:.2f} % with PKD, {teacher - l3['PKD (best β)']:.2f} points under the teacher's {teacher:.2f} %",
          f"({l3.untrained:.2f} % untrained", f"{l3.CE:.2f} % after CE, {l3.KD:.2f} % after KD)")
     svd = cells.loc["self_svd"]
-    says(README, f"`self_svd` keeps {svd.params:.0f} % of the parameters and {svd.MACs:.0f} % of the MACs")
+    says(RESULTS, f"`self_svd` keeps {svd.params:.0f} % of the parameters and {svd.MACs:.0f} % of the MACs")
     tucker = cells[cells.index.str.contains("tucker")]
-    says(README, f"the Tucker modes add MACs ({tucker.MACs.min():.0f} to {tucker.MACs.max():.0f} % of the teacher's)",
+    says(RESULTS, f"the Tucker modes add MACs ({tucker.MACs.min():.0f} to {tucker.MACs.max():.0f} % of the teacher's)",
          f"({tucker.latency.min():.2f} to {tucker.latency.max():.2f}× its latency)")
     assert (tucker.MACs > 100).all() and (tucker.latency > 1).all()
     best = cells["PKD (best β)"].idxmax()
     b = cells.loc[best]
-    says(README, f"The best distilled student is `{best}`, {b['PKD (best β)']:.2f} % with PKD at {b.MACs:.1f} % of the MACs "
+    says(RESULTS, f"The best distilled student is `{best}`, {b['PKD (best β)']:.2f} % with PKD at {b.MACs:.1f} % of the MACs "
                  f"and {b.latency:.2f}× the latency, {teacher - b['PKD (best β)']:.2f} points under the teacher")
     collapsed = [s for s in cells.index if cells.loc[s, ["untrained", "CE", "KD", "PKD (best β)"]].nunique() == 1]
     assert collapsed == ["self_tuckerlayer", "self_tucker_4d"]
-    says(README, f"collapse to the majority class ({cells.loc[collapsed[0], 'untrained']:.2f} %)")
-    says(README, f"PKD recovers {100 * cells.recovered.min():.0f} to {100 * cells.recovered.max():.0f} % of each mode's")
+    says(RESULTS, f"collapse to the majority class ({cells.loc[collapsed[0], 'untrained']:.2f} %)")
+    says(RESULTS, f"PKD recovers {100 * cells.recovered.min():.0f} to {100 * cells.recovered.max():.0f} % of each mode's")
     wins = cells[cells["PKD (best β)"] > cells.KD]
-    says(README, f"the patient term beats plain KD for {len(wins)} of the {len(cells)} students "
+    says(RESULTS, f"the patient term beats plain KD for {len(wins)} of the {len(cells)} students "
                  f"({', '.join(f'`{s}`' for s in wins.index)}) and by at most "
                  f"{(wins['PKD (best β)'] - wins.KD).max():.2f} points")
     runs = pd.read_csv(ROOT / "papermill_runs/student_table/runs.csv")
     ok = results[results.status == "ok"]
     assert len(ok) == 57 and runs.points_run.sum() == 57
-    says(README, f"The 57 cells took {runs.wall_s.sum() / 60:.0f} minutes on 2 workers",
+    says(RESULTS, f"The 57 cells took {runs.wall_s.sum() / 60:.0f} minutes on 2 workers",
          f"(two sittings of {runs.wall_s.iloc[0] / 60:.0f} and {runs.wall_s.iloc[1] / 60:.0f} minutes",
          *[f"{ok[ok.objective == o].elapsed_s.median():.0f} s {w}" for o, w in
            (("none", "untrained"), ("ce", "with CE"), ("kd", "with KD"), ("pkd", "with PKD"))])
@@ -1182,7 +1185,7 @@ def test_the_atlas_names_its_points_at_or_below_no_skill():
     assert sorted(dead.pipeline) == ["ae(ratio=10, roles='ffn')", "ae(ratio=3, roles='ffn')", "pruning(ratio=10)",
                                      "svd(ratio=10)"]
     assert (dead.model == "minilm-l6-tweets").all() and dead[dead.family == "autoencoder"].quality.max() < 32
-    says(README, f"majority class's ({majority_accuracy():.1f} % of the", f"winner ({len(dead)} tweet points")
+    says(RESULTS, f"majority class's ({majority_accuracy():.1f} % of the", f"winner ({len(dead)} tweet points")
 
 
 def test_make_run_represents_every_table_and_says_whether_it_reproduced():
@@ -1200,13 +1203,13 @@ def test_make_run_represents_every_table_and_says_whether_it_reproduced():
     assert runs.points == len(r) and runs.reproduced == len(ok) and runs.workers == 2
     known = r[r.status == "known difference"]
     assert (known.reason.str.len() > 0).all() if len(known) else True  # each with the reason its spec states
-    says(README, f"reproduced {len(ok)} of {len(r)} points within tolerance, in {r.table.nunique()} tables"
+    says(REPRODUCTION, f"reproduced {len(ok)} of {len(r)} points within tolerance, in {r.table.nunique()} tables"
          + (f"; {len(known)} known difference(s)" if len(known) else ""),
          f"{runs.wall_s / 60:.1f} minutes for the points on 2 workers",
          f"largest relative difference among them {ok.largest_relative_difference.max():.1g}; every value "
          f"identical in {(ok.largest_relative_difference == 0).sum()} of them")
-    for row in r[r.status != "reproduced"].itertuples():  # every miss is named in the README, with its table
-        says(README, f"`{row.table}`")
+    for row in r[r.status != "reproduced"].itertuples():  # every miss is named, with its table
+        says(REPRODUCTION, f"`{row.table}`")
 
 
 def test_the_translation_learning_curve_in_the_readme_is_the_committed_one():
@@ -1220,7 +1223,7 @@ def test_the_translation_learning_curve_in_the_readme_is_the_committed_one():
     lc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(lc)
     csv = ROOT / "benchmarks" / "results" / "translation_learning_curve.csv"
-    assert lc.markdown(csv) in (ROOT / README).read_text(encoding="utf-8")
+    assert lc.markdown(csv) in (ROOT / RESULTS).read_text(encoding="utf-8")
     rows = pd.read_csv(csv)
     final = rows[rows.kind == "final"].set_index("variant")
     val = rows[rows.kind == "validation"]
@@ -1233,23 +1236,23 @@ def test_the_translation_learning_curve_in_the_readme_is_the_committed_one():
     t = lambda v: f"{final.loc[v, 'test_bleu']:.1f}"  # noqa: E731
     assert final.loc["d256-lr2e-3"].test_bleu > final.loc["d256-lr1e-3"].test_bleu
     assert final.loc["d128-lr4e-3"].test_bleu > final.loc["d128-lr2e-3"].test_bleu
-    says(README, f"the higher peak rate scored more at both sizes (d256: {t('d256-lr2e-3')} against "
+    says(RESULTS, f"the higher peak rate scored more at both sizes (d256: {t('d256-lr2e-3')} against "
                  f"{t('d256-lr1e-3')} test BLEU; d128: {t('d128-lr4e-3')} against {t('d128-lr2e-3')}; one seed each")
     for name in (big, small):  # levelled off: the last two epochs add less than the first two
         v = val[val.variant == name].val_bleu.to_numpy()
         assert v[-1] - v[-5] < v[3] - v[0], name
     assert final.loc[big].test_bleu >= 25 > final.loc[small].test_bleu
-    says(README, f"reaches test BLEU {t(big)} in-domain**", f"chrF {final.loc[big, 'test_chrf']:.1f}",
+    says(RESULTS, f"reaches test BLEU {t(big)} in-domain**", f"chrF {final.loc[big, 'test_chrf']:.1f}",
          f"after {final.loc[big, 'elapsed_s'] / 60:.0f} training minutes on one thread, and {small} {t(small)}")
     step = final.elapsed_s / final.step
-    says(README, f"a d256 step {step[big]:.1f} s, a d128 step {step[small]:.1f} s",
+    says(RESULTS, f"a d256 step {step[big]:.1f} s, a d128 step {step[small]:.1f} s",
          f"scored four times an epoch: {step['d256-lr2e-3']:.1f} s and {step['d128-lr2e-3']:.1f} s)")
     for name, said in ((big, "about 740 d256 steps"), (small, "1,240 d128 steps")):
         assert abs(45 * 60 / step[name] - float(said.split()[-3].replace(",", ""))) < 15, name
-        says(README, said)
+        says(RESULTS, said)
     inside, outside = lc.paired(big, small, "test"), lc.paired(big, small, "ood_test")
     assert inside.verdict == "above" and outside.verdict == "≈"
-    says(README, f"is {inside.difference:.1f} BLEU better (paired bootstrap 95 % interval [{inside.lo:.1f}, "
+    says(RESULTS, f"is {inside.difference:.1f} BLEU better (paired bootstrap 95 % interval [{inside.lo:.1f}, "
                  f"{inside.hi:.1f}]", f"({final.loc[big, 'ood_bleu']:.1f} and {final.loc[small, 'ood_bleu']:.1f}; "
                  f"difference {outside.difference:.1f} [{outside.lo:.1f}, {outside.hi:.1f}], not distinguishable")
 
@@ -1264,20 +1267,53 @@ def test_the_translation_baselines_in_the_readme_are_the_committed_ones():
     spec = importlib.util.spec_from_file_location("tb", ROOT / "benchmarks" / "translation_baselines.py")
     tb = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tb)
-    assert tb.table() in (ROOT / README).read_text(encoding="utf-8")
+    assert tb.table() in (ROOT / RESULTS).read_text(encoding="utf-8")
     rows = pd.read_csv(tb.OUT)
     tr = rows[rows.recipe == "transformer-help-en-de"]
     assert sorted(tr.seed) == [0, 1, 2] and (rows.test_examples == 2010).all() and (rows.ood_examples == 1000).all()
-    says(README, f"give test BLEU {tr.test_bleu.mean():.1f} ± {tr.test_bleu.std(ddof=1):.1f} (sd) in-domain")
+    says(RESULTS, f"give test BLEU {tr.test_bleu.mean():.1f} ± {tr.test_bleu.std(ddof=1):.1f} (sd) in-domain")
     assert tr.test_bleu.max() < 25
     seeds = tb.paired(("transformer-help-en-de", 0), ("transformer-help-en-de", 1))
     assert seeds.verdict != "≈" and abs(seeds.difference) > tr.test_bleu_ci95.max() / 2
-    says(README, f"seed 0 minus seed 1 is {seeds.difference:.1f} BLEU, paired interval [{seeds.lo:.1f}, {seeds.hi:.1f}]",
+    says(RESULTS, f"seed 0 minus seed 1 is {seeds.difference:.1f} BLEU, paired interval [{seeds.lo:.1f}, {seeds.hi:.1f}]",
          f"one model's bootstrap interval (±{tr.test_bleu_ci95.mean():.1f})")
     seed0 = tr[tr.seed == 0].iloc[0]
-    says(README, f"the same model bit for bit on any machine, test BLEU {seed0.test_bleu:.2f} again on a fresh one")
+    says(RESULTS, f"the same model bit for bit on any machine, test BLEU {seed0.test_bleu:.2f} again on a fresh one")
     t5 = rows[rows.recipe == "t5-help-en-de"].iloc[0]
     gap = tb.paired(("t5-help-en-de", 0), ("transformer-help-en-de", 0))
     assert gap.verdict == "below"
-    says(README, f"test BLEU {t5.test_bleu:.1f} (paired difference to the Transformer's seed 0: {gap.difference:.1f}, "
+    says(RESULTS, f"test BLEU {t5.test_bleu:.1f} (paired difference to the Transformer's seed 0: {gap.difference:.1f}, "
                  f"[{gap.lo:.1f}, {gap.hi:.1f}])")
+
+
+# ---- the front page (README) ------------------------------------------------------------------
+
+def test_the_readme_quotes_only_numbers_stated_where_they_are_checked():
+    """The README is a summary: every decimal number, percentage or measured time in it must be one that
+    RESULTS.md or docs/ state (where the claims tests above check them against the results), so a number
+    cannot change there without the README failing here."""
+    sources = " ".join(_text(doc) for doc in (RESULTS, *(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))))
+    readme = _text(README)
+    numbers = re.findall(r"\d+ min \d+ s|(?<![=\d.])\d[\d,]*\.\d+|\d+ %", readme)  # not a version pin
+    assert len(numbers) >= 10, numbers  # the seed verdicts and the commands' times
+    missing = [n for n in numbers if n not in sources]
+    assert not missing, f"README numbers that RESULTS.md and docs/ do not state: {missing}"
+    assert len((ROOT / README).read_text(encoding="utf-8").splitlines()) <= 200  # a front page, read in minutes
+    for target in re.findall(r"\]\(((?:notebooks|docs|papermill_runs)/[^)#]+|RESULTS\.md)\)", readme):
+        assert (ROOT / target).exists(), f"the README links {target}, which does not exist"
+
+
+def test_the_first_composable_seed_on_the_new_baseline():
+    """Issue 36's composable grid, first seed: composed models start higher but reach their baseline only at
+    the last step, so the time saved is not read from it."""
+    s = table("composable_table_help", "summary")
+    s = s[s.seed == 0]
+    assert len(s) == 6 and (s.steps_to_baseline == 200).all()
+    assert (s.val_bleu_before_composed > s.val_bleu_before_baseline).all()
+    gap = s.test_bleu_composed - s.test_bleu_baseline
+    r = table("composable_table_help").set_index("seed").loc[0]
+    says(RESULTS, f"(dense validation BLEU {r.dense_val_bleu:.2f}, test {r.dense_test_bleu:.2f})",
+         f"validation BLEU before model-level fine-tuning {s.val_bleu_before_composed.min():.1f}–"
+         f"{s.val_bleu_before_composed.max():.1f} against {s.val_bleu_before_baseline.min():.1f}–"
+         f"{s.val_bleu_before_baseline.max():.1f}",
+         f"by {gap.min():+.2f} to {gap.max():+.2f}".replace("-", "−"))

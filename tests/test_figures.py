@@ -16,13 +16,13 @@ def test_figures_rebuild_from_committed_results_without_models(tmp_path):
     # an empty cache: any attempt to load a model or asset would fail
     env = {"PATH": "/usr/bin:/bin", "TCOMP_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1",
            "MPLCONFIGDIR": str(tmp_path / "mpl")}
-    readme = tmp_path / "README.md"
-    readme.write_text((ROOT / "README.md").read_text())
+    readme = tmp_path / "RESULTS.md"
+    readme.write_text((ROOT / "RESULTS.md").read_text())
     code = ("import sys; from tcomp_utils import figures; figures.main(['--out', sys.argv[1], '--readme', sys.argv[2]]); "
             "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
             "assert not heavy, f'figures imported {heavy}'")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "figs"), str(readme)], cwd=ROOT, env=env, check=True)
-    assert readme.read_text() == (ROOT / "README.md").read_text()  # the committed README is in step
+    assert readme.read_text() == (ROOT / "RESULTS.md").read_text()  # the committed RESULTS.md is in step
     for name in figures.FIGURES:
         png, csv = tmp_path / "figs" / f"{name}.png", tmp_path / "figs" / f"{name}.csv"
         assert png.stat().st_size > 10_000
@@ -81,9 +81,9 @@ def test_unknown_figure_and_missing_results(tmp_path):
 
 
 def test_the_readme_tables_are_those_of_the_committed_results(tmp_path):
-    assert figures.update_readme(ROOT / "README.md", check=True) == [], "run `make figures` and commit README.md"
-    stale = tmp_path / "README.md"
-    text = (ROOT / "README.md").read_text()
+    assert figures.update_readme(ROOT / "RESULTS.md", check=True) == [], "run `make figures` and commit RESULTS.md"
+    stale = tmp_path / "RESULTS.md"
+    text = (ROOT / "RESULTS.md").read_text()
     stale.write_text(text.replace("| 90.25 |", "| 90.26 |", 1).replace("**90.25 %**", "**90.26 %**", 1))
     assert set(figures.update_readme(stale, check=True)) >= {"baselines"}
     assert stale.read_text() != text  # check=True writes nothing

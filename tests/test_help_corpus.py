@@ -177,7 +177,7 @@ def test_missing_corpus_names_its_build_script(monkeypatch, tmp_path):
 
 
 def test_the_readme_counts_of_the_leakage_filter_and_unseen_test_tokens(columns):
-    """The README's numbers: 396 pairs dropped by the leakage filter (the file's pairs less the splits'),
+    """The asset table's numbers (docs/assets.md): 396 pairs dropped by the leakage filter (the file's pairs less the splits'),
     and 6.7 % of the German test tokens (lower-cased, whitespace-split) absent from the German training text."""
     import gzip
 

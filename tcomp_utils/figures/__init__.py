@@ -1,13 +1,14 @@
-"""Figures and README tables from results tables only: no model is loaded, so ``make figures``
+"""Figures and the tables of RESULTS.md from results tables only: no model is loaded, so ``make figures``
 takes seconds.
 
 Each figure reads a results CSV that a sweep wrote under ``papermill_runs/``, draws it in the
 project's one style and writes ``figures/<name>.png`` with ``figures/<name>.csv`` (the exact
-data plotted) beside it. Each README table is rendered from its results CSV into ``README.md``
-between ``<!-- table: NAME -->`` and ``<!-- /table -->`` with a line naming its source, profile,
-cells and package code, so the README cannot drift from the results (a test checks it is in step).
+data plotted) beside it. Each results table (``README_TABLES``, named for where they lived first) is
+rendered from its results CSV into ``RESULTS.md`` between ``<!-- table: NAME -->`` and ``<!-- /table -->``
+with a line naming its source, profile, cells and package code, so the document cannot drift from the
+results (a test checks it is in step).
 
-    python -m tcomp_utils.figures [--out figures] [--readme README.md] [NAME ...]
+    python -m tcomp_utils.figures [--out figures] [--results RESULTS.md] [NAME ...]
 
 Modules: ``style`` (the one style), ``markdown`` (table formatting), one module per table family
 holding its figures and its README table (``budget_axis``, ``baselines``, ``offline``, ``gptq``,

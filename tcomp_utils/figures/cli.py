@@ -1,4 +1,4 @@
-"""The command line of ``python -m tcomp_utils.figures``: draw the figures and rewrite the README's tables."""
+"""The command line of ``python -m tcomp_utils.figures``: draw the figures and rewrite the tables of RESULTS.md."""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tcomp_utils.figures", description=summary)
     parser.add_argument("names", nargs="*", help=f"figures to build (default all: {', '.join(FIGURES)})")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default figures/)")
-    parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md",
-                        help="README whose marked tables are rewritten from the results (default README.md)")
+    parser.add_argument("--results", "--readme", dest="readme", type=Path, default=REPO_ROOT / "RESULTS.md",
+                        help="document whose marked tables are rewritten from the results (default RESULTS.md)")
     args = parser.parse_args(argv)
     for path in build(args.names or None, args.out):
         print(path)

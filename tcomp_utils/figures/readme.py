@@ -1,4 +1,4 @@
-"""The README's tables: each one rendered from its results CSV with a line naming its source
+"""The tables of RESULTS.md: each one rendered from its results CSV with a line naming its source
 (profile, cells, package code), and written between its ``<!-- table: NAME -->`` and
 ``<!-- /table -->`` markers."""
 from __future__ import annotations
