@@ -13,7 +13,7 @@ SPEC   ?= papermill_runs/budget_axis.yaml
 SWEEP_ARGS ?=
 WORKERS ?= 2
 
-.PHONY: help install assets test test-fast run verify reproduce sweep figures lab bench
+.PHONY: help install assets test test-fast run verify reproduce sweep figures lab bench book
 
 help:
 	@echo "make run    - every table's representative points recomputed and compared with the committed rows, then make figures"
@@ -22,6 +22,7 @@ help:
 	@echo "make lab    - JupyterLab on notebooks/ with the project's environment"
 	@echo "make sweep SPEC=papermill_runs/x.yaml [SWEEP_ARGS='--workers 2'] - one sweep"
 	@echo "make figures - rebuild figures/ from the results tables (no model is loaded)"
+	@echo "make book   - the notebooks as make run executed them, with README, RESULTS.md and docs/, as a static site in build/book/html"
 	@echo "make test   - unit tests + nbval over every notebook in the smoke profile"
 	@echo "make assets - fetch and verify the embedded models and data"
 	@echo "make bench  - CPU benchmarks (factorization; GPTQ time by phase; quantized inference latency and memory; int8; autoencoder training time; structured pruning time and pruned latency); tables in benchmarks/results/"
@@ -47,9 +48,15 @@ install: $(STAMP)
 assets: $(STAMP)
 	$(PY) -m tcomp_utils.assets fetch
 
+# the book's browser test (tests/test_book.py) drives Debian's Chromium
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	apt-get install -y -q chromium >/dev/null 2>&1 || (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null) \
+		|| { echo "the book's browser test needs Chromium at $(CHROMIUM): apt-get install chromium (as root)"; exit 1; }
+
 # the smoke models are trained once, side by side, before the two pytest workers start (so they never train one twice);
 # each worker runs torch on one thread (two workers on 2 cores); --dist loadfile keeps a notebook's cells (one kernel) on one worker; the notebooks (the longest files) first, so that no long one starts last
-test: assets
+test: assets $(CHROMIUM)
 	$(PY) -m tcomp_utils.reproduce --profile smoke --models-only --workers $(WORKERS)
 	TCOMP_PROFILE=smoke OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest notebooks tests --nbval-lax --nbval-current-env \
 		-p no:cacheprovider -n $(WORKERS) --dist loadfile --durations=10
@@ -90,3 +97,6 @@ bench: assets
 	$(PY) benchmarks/bench_inference.py --out benchmarks/results
 	$(PY) benchmarks/bench_autoencoder.py --out benchmarks/results
 	$(PY) benchmarks/bench_structured.py --out benchmarks/results
+
+book: $(STAMP)
+	$(PY) -m tcomp_utils.book
