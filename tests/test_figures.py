@@ -421,3 +421,38 @@ def test_three_class_pruning_table_reads_verdicts_from_paired_intervals_and_draw
     assert f"macro-F1 {pruning.majority_macro_f1('tweets3'):.1f} %" in text
     with pytest.raises(ValueError, match="dense cell with its recorded test labels"):
         pruning.paired_differences(results[results.method != "dense"], "id", "fisher")
+
+
+def test_gptq_three_class_cells_carry_their_paired_difference_to_fp32():
+    """Hand-made three-class GPTQ cells on 300 test tweets: RTN 3-bit gets 45 more tweets wrong than fp32
+    (below), GPTQ 8-bit predicts as fp32 (≈); the figure gets a macro-F1 panel with its no-skill line."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from tcomp_utils import metrics
+    from tcomp_utils.figures import gptq
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 3, 300)
+    fp32 = labels.copy()
+    fp32[:60] = (fp32[:60] + 1) % 3
+    worse = fp32.copy()
+    worse[100:145] = (labels[100:145] + 2) % 3
+    enc = metrics.encode_predictions
+    rows = [dict(model_name="minilm-l6-tweets3", model="minilm-l6-tweets3", method="fp32", weight_bits=32,
+                 test_labels=enc(labels), test_predictions=enc(fp32))]
+    for method, bits, preds in (("rtn", 3, worse), ("gptq", 8, fp32)):
+        rows.append(dict(model_name="minilm-l6-tweets3", model="minilm-l6-tweets3", method=method, bits=bits,
+                         weight_bits=bits, group_size=0, act_order=True if method == "gptq" else None,
+                         test_predictions=enc(preds)))
+    t = pd.DataFrame(rows).assign(status="ok")
+    t["test_macro_f1"] = [metrics.macro_f1(labels, metrics.decode_predictions(p)) for p in t.test_predictions]
+    d = gptq.paired_to_fp32(t, "minilm-l6-tweets3").set_index(["variant", "bits"])
+    assert d.verdict[("RTN", 3)] == "below" and d.difference[("RTN", 3)] < -5
+    assert d.verdict[("GPTQ + act-order", 8)] == "≈" and d.difference[("GPTQ + act-order", 8)] == 0
+    text = gptq._gptq_readme(t)
+    assert "three-class tweet model" in text and "below)" in text and "(+0.0 [+0.0, +0.0] ≈)" in text
+    fig, _ = gptq._gptq_table(t)
+    assert len(fig.axes) == 1 and not _axes_without_no_skill(fig)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="fp32 cell of minilm-l6-tweets3 with its recorded test labels"):
+        gptq.paired_to_fp32(t.drop(columns="test_labels"), "minilm-l6-tweets3")
