@@ -62,9 +62,9 @@ def test_every_accuracy_or_f1_axis_draws_the_no_skill_line():
         except figures.NothingToDraw:
             continue
         assert not _axes_without_no_skill(fig), (name, _axes_without_no_skill(fig))
-        checked += sum(bool(re.search("accuracy", f"{ax.get_xlabel()} {ax.get_ylabel()}", re.I)) for ax in fig.axes)
+        checked += sum(bool(re.search("accuracy|F1", f"{ax.get_xlabel()} {ax.get_ylabel()}", re.I)) for ax in fig.axes)
         plt.close(fig)
-    assert checked >= 9  # offline (2), GPTQ, structured pruning, students (2), atlas (3)
+    assert checked >= 10  # offline (2), GPTQ (2), structured pruning, students (2), atlas (3)
 
 
 def test_every_figure_names_an_existing_sweep():
@@ -409,14 +409,17 @@ def test_three_class_pruning_table_reads_verdicts_from_paired_intervals_and_draw
     d = pruning.paired_differences(results, "id", "fisher").set_index("mu")
     assert d.verdict[0.5] == "above" and d.difference[0.5] > 0 and d.verdict[0.8] == "≈" and d.difference[0.8] == 0
     assert (d.draws_a == 3).all() and (d.draws_b == 3).all()
-    fig, data = pruning._pruning_tweets3(results)
+    fig, data = pruning._pruning_encoder(results)
     assert not _axes_without_no_skill(fig)
     assert len(fig.axes[0].collections) == 5  # the draws of five variants as points
     assert set(data.variant) == {"dense", "id", "fisher", "fisher-2k", "magnitude", "random"}
     plt.close(fig)
-    text = pruning._pruning_tweets3_table(results)
+    text = pruning._pruning_encoder_table(results)
     paired = next(line for line in text.splitlines() if line.startswith("| ID − Fisher (paired"))
     assert "above" in paired and "≈" in paired
+    to_dense = pruning.paired_differences(results, "id", "dense").set_index("mu")
+    assert list(to_dense.index) == [0.8, 0.5] and (to_dense.verdict == "below").all()  # 60 of 200 wrong, dense none
+    assert (to_dense.draws_b == 1).all() and "| ID − dense (paired" in text
     assert "Fisher masks, 2,000 calibration tweets" in text and "MACs kept over the blocks only" in text
     assert f"macro-F1 {pruning.majority_macro_f1('tweets3'):.1f} %" in text
     with pytest.raises(ValueError, match="dense cell with its recorded test labels"):

@@ -9,7 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from .. import scores  # torch-free: figures load no model
-from ..majority import majority_accuracy, majority_macro_f1
+from ..majority import majority_macro_f1
 from .markdown import _bold_best, _markdown
 from .no_skill import no_skill_line
 
@@ -28,53 +28,7 @@ def _budget_axes(axes, xlabel: str, ylabel: str, title: str) -> None:
         ax.invert_xaxis()
 
 
-def _pruning_encoder(results: pd.DataFrame):
-    """Structured pruning of the task model: test accuracy against the MAC fraction kept, one line
-    per method (bands: 95 % bootstrap intervals), and the time each pruning took."""
-    ok = results[results.status == "ok"].copy()
-    dense = ok[ok.method == "dense"]  # the uncompressed line (absent while its cell is not computed)
-    pruned = ok[ok.method != "dense"].assign(method=lambda d: pd.Categorical(d.method, PRUNING_ORDER, ordered=True))
-    pruned = pruned.sort_values(["method", "mu"])
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
-    for i, (method, d) in enumerate(pruned.groupby("method", observed=True)):
-        color = sns.color_palette()[i]
-        axes[0].plot(d.macs_ratio, 100 * d.test_accuracy, "o-", color=color, label=PRUNING_LABELS[method])
-        axes[0].fill_between(d.macs_ratio, 100 * d.test_accuracy_lo, 100 * d.test_accuracy_hi, color=color, alpha=0.15, lw=0)
-        axes[1].plot(d.macs_ratio, d.prune_seconds, "o-", color=color)
-    for accuracy in dense.test_accuracy[:1]:
-        axes[0].axhline(100 * accuracy, color="0.3", ls="--", lw=1)
-    no_skill_line(axes[0], majority_accuracy())
-    _budget_axes(axes, "MACs per token kept (fraction of dense, 128 tokens)", "test accuracy (%)",
-                 "Accuracy vs MAC budget, no retraining")
-    fig.suptitle("Structured pruning of the tweet task model (heads and FFN neurons removed physically)", y=1.02)
-    cols = ["method", "mu", "macs_ratio", "test_accuracy", "test_accuracy_lo", "test_accuracy_hi", "test_macro_f1",
-            "test_majority_share", "prune_seconds"]
-    return fig, ok[cols].sort_values(["method", "mu"], ascending=[True, False]).round(4)
-
-
-def _pruning_encoder_table(results: pd.DataFrame) -> str:
-    """Rows method, columns mu: test accuracy (%) with its 95 % bootstrap interval (the best of each
-    budget in bold), and the median seconds each method took to prune."""
-    _, t = _pruning_encoder(results)
-    pruned = t[t.method != "dense"]
-    acc = pruned.pivot_table(index="method", columns="mu", values="test_accuracy").reindex(PRUNING_ORDER)
-    lo = pruned.pivot_table(index="method", columns="mu", values="test_accuracy_lo").reindex(PRUNING_ORDER)
-    hi = pruned.pivot_table(index="method", columns="mu", values="test_accuracy_hi").reindex(PRUNING_ORDER)
-    mus = sorted(acc.columns, reverse=True)
-    cells = _bold_best(100 * acc[mus], lower=False, fmt="{:.1f}")
-    for m in mus:
-        cells[m] = [f"{v} ({100 * a:.1f}–{100 * b:.1f})" for v, a, b in zip(cells[m], lo[m], hi[m])]
-    cells.columns = [f"μ = {m:g}" for m in mus]
-    seconds = pruned.groupby("method").prune_seconds.median().reindex(PRUNING_ORDER)
-    frame = pd.concat([pd.DataFrame({"method": [PRUNING_LABELS[m] for m in PRUNING_ORDER]}),
-                       cells.reset_index(drop=True),
-                       pd.DataFrame({"seconds to prune": [f"{v:.1f}" for v in seconds]})], axis=1)
-    dense = [f"\n\nDense: {100 * d.test_accuracy:.1f} % ({100 * d.test_accuracy_lo:.1f}–{100 * d.test_accuracy_hi:.1f})."
-             for d in t[t.method == "dense"].head(1).itertuples()]
-    return _markdown(frame, numeric=len(mus) + 1) + "".join(dense)
-
-
-# ---- the three-class task (issue 37): calibration draws as points, paired verdicts between methods --------------
+# ---- the encoder: the three-class tweet model, calibration draws as points, paired verdicts between methods ----
 TWEETS3_ORDER = ["id", "fisher", "fisher-2k", "magnitude", "random"]
 TWEETS3_LABELS = {**PRUNING_LABELS, "fisher-2k": "Fisher masks, 2,000 calibration tweets"}
 
@@ -92,7 +46,8 @@ def paired_differences(results: pd.DataFrame, a: str, b: str, metric: str = "mac
                        n_resamples: int = 1000) -> pd.DataFrame:
     """Per mu, variant ``a`` minus variant ``b`` in test ``metric`` (points) with the paired bootstrap
     interval over the same test tweets and over the calibration draws (run i of both shares draw i
-    where both have the same draws), read from the recorded predictions and the dense cell's labels.
+    where both have the same draws), read from the recorded predictions and the dense cell's labels;
+    ``b="dense"``: against the dense model at every mu of ``a``.
     Columns ``mu``, ``difference``, ``lo``, ``hi`` (points), ``verdict``, ``draws_a``, ``draws_b``."""
     cells = _tweets3_cells(results)
     dense = cells[cells.method == "dense"]
@@ -100,8 +55,10 @@ def paired_differences(results: pd.DataFrame, a: str, b: str, metric: str = "mac
         raise ValueError("the dense cell with its recorded test labels is needed for paired differences")
     labels = scores.decode_predictions(dense.test_labels.dropna().iloc[0])
     rows = []
-    for mu in sorted(set(cells[cells.variant == a].mu) & set(cells[cells.variant == b].mu), reverse=True):
-        runs = {v: cells[(cells.variant == v) & (cells.mu == mu)].sort_values("draw") for v in (a, b)}
+    mus = set(cells[cells.variant == a].mu) - {1.0} if b == "dense" else \
+        set(cells[cells.variant == a].mu) & set(cells[cells.variant == b].mu)
+    for mu in sorted(mus, reverse=True):
+        runs = {v: cells[(cells.variant == v) & ((cells.mu == mu) | (v == "dense"))].sort_values("draw") for v in (a, b)}
         preds = {v: np.stack([scores.decode_predictions(p) for p in d.test_predictions]) for v, d in runs.items()}
         same_draws = list(runs[a].draw) == list(runs[b].draw)
         r = scores.paired_interval(labels, preds[a], preds[b], metric, n_resamples=n_resamples, paired_runs=same_draws)
@@ -110,7 +67,7 @@ def paired_differences(results: pd.DataFrame, a: str, b: str, metric: str = "mac
     return pd.DataFrame(rows)
 
 
-def _pruning_tweets3(results: pd.DataFrame):
+def _pruning_encoder(results: pd.DataFrame):
     """Structured pruning of the three-class task model: test macro-F1 against the MAC fraction kept, every
     calibration draw a point and the mean over draws a line, one colour per method (Kwon's masks on 2,000
     tweets dashed in theirs); the dense model and the majority class's macro-F1 as lines; and the time each
@@ -138,12 +95,13 @@ def _pruning_tweets3(results: pd.DataFrame):
     return fig, ok.reindex(columns=cols).sort_values(["variant", "mu", "draw"], ascending=[True, False, True]).round(4)
 
 
-def _pruning_tweets3_table(results: pd.DataFrame) -> str:
+def _pruning_encoder_table(results: pd.DataFrame) -> str:
     """Rows method, columns mu: mean test macro-F1 (%) over the calibration draws with their range (the best
-    mean of each budget in bold), the median seconds to prune; then ID minus the Fisher masks, paired over
-    the same test tweets and draws, with the verdict read from the interval; the MAC fraction over the blocks
+    mean of each budget in bold), the median seconds to prune; then ID minus the Fisher masks and ID minus the
+    dense model, paired over the same test tweets and draws, with the verdict read from the interval; the MAC
+    fraction over the blocks
     beside the whole model's; the dense model and the no-skill level."""
-    _, t = _pruning_tweets3(results)
+    _, t = _pruning_encoder(results)
     pruned = t[t.method != "dense"]
     order = [v for v in TWEETS3_ORDER if v in set(pruned.variant)]
     g = pruned.groupby(["variant", "mu"]).test_macro_f1
@@ -158,10 +116,13 @@ def _pruning_tweets3_table(results: pd.DataFrame) -> str:
     seconds = pruned.groupby("variant").prune_seconds.median().reindex(order)
     frame = pd.concat([pd.DataFrame({"method": [TWEETS3_LABELS[v] for v in order]}), cells.reset_index(drop=True),
                        pd.DataFrame({"seconds to prune": [f"{v:.1f}" for v in seconds]})], axis=1)
-    if {"id", "fisher"} <= set(order):
-        d = paired_differences(results, "id", "fisher").set_index("mu")
-        frame.loc[len(frame)] = ["ID − Fisher (paired Δ macro-F1, points)", *[
-            f"{d.difference[m]:+.1f} [{d.lo[m]:+.1f}, {d.hi[m]:+.1f}] {d.verdict[m]}" if m in d.index else "" for m in mus], ""]
+    labelled = "test_labels" in results and results.test_labels.notna().any()  # the dense cell's, for pairing
+    for a, b, label in (("id", "fisher", "ID − Fisher"), ("id", "dense", "ID − dense")):
+        if labelled and a in order and (b in order or b == "dense"):
+            d = paired_differences(results, a, b).set_index("mu")
+            frame.loc[len(frame)] = [f"{label} (paired Δ macro-F1, points)", *[
+                f"{d.difference[m]:+.1f} [{d.lo[m]:+.1f}, {d.hi[m]:+.1f}] {d.verdict[m]}".replace("-", "−")
+                if m in d.index else "" for m in mus], ""]
     blocks = pruned.groupby("mu").block_macs_ratio.mean()
     frame.loc[len(frame)] = ["MACs kept over the blocks only", *[f"{blocks[m]:.3f}" for m in mus], ""]
     dense = [f"\n\nDense: macro-F1 {100 * d.test_macro_f1:.1f} % ({100 * d.test_macro_f1_lo:.1f}–"
