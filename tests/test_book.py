@@ -73,11 +73,13 @@ def _look(pages: dict[str, str], shots: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def smoke_book(tmp_path_factory):
-    """The book built from a smoke run of the budget-axis notebook (its reduced points)."""
+    """The book built from a smoke run of one budget-axis point (a sweep of one point, as make run writes it)."""
     tmp = tmp_path_factory.mktemp("book")
     runs = tmp / "runs"
-    subprocess.run([sys.executable, "-m", "tcomp_utils.sweep", str(ROOT / "papermill_runs" / "budget_axis.yaml"),
-                    "--profile", "smoke", "--reduced", "--output", str(runs / "budget_axis")], cwd=ROOT, check=True)
+    spec = tmp / "budget_axis.yaml"
+    spec.write_text(f"name: budget_axis\noutput: {runs / 'budget_axis'}\nnotebook: notebooks/01_budget_axis.ipynb\n"
+                    "profile: smoke\npoints:\n  - {model: minilm-l6, seq_len: 128}\n")
+    subprocess.run([sys.executable, "-m", "tcomp_utils.sweep", str(spec)], cwd=ROOT, check=True)
     index = book.build_book(tmp / "site", runs=runs)
     return tmp, index
 
