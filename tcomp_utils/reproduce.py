@@ -20,7 +20,7 @@ every mismatch with both values, writes the outcome of every point to ``<runs>/r
 
 ``make run`` runs it on the default profile; ``make verify`` on the smoke profile with
 ``--runs papermill_runs/smoke --figures``, against smoke-sized reference rows committed there
-(seconds per point, for CI), then draws every figure and README table from those tables as
+(seconds per point, for CI), then draws every figure and results table from those tables as
 ``make figures`` would (into a temporary folder), so the whole make-run path is exercised.
 """
 from __future__ import annotations
@@ -249,7 +249,7 @@ def load_specs(paths: list[str], profile: str, runs: Path | None) -> list[sweep.
 
 
 def draw_from(runs: Path) -> tuple[list[Path], dict[str, str]]:
-    """Every figure and README table whose sweep has a results table under ``runs`` (a folder laid
+    """Every figure and RESULTS.md table whose sweep has a results table under ``runs`` (a folder laid
     out as ``papermill_runs/``), drawn into a temporary folder; returns the files drawn and the tables."""
     import tempfile
 
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-only", action="store_true",
                         help="only train or convert the profile's embedded models (make test, before its workers start)")
     parser.add_argument("--figures", action="store_true",
-                        help="then draw every figure and README table from the --runs tables (make verify)")
+                        help="then draw every figure and results table from the --runs tables (make verify)")
     args = parser.parse_args(argv)
     if args.workers < 0:
         parser.error(f"--workers must be >= 0, got {args.workers}")
@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
           "min making the embedded models")
     if args.figures:
         drawn, tables = draw_from(args.runs or RUNS)
-        print(f"drew {len(drawn) // 2} figures and {len(tables)} README tables from {args.runs or RUNS}")
+        print(f"drew {len(drawn) // 2} figures and {len(tables)} results tables from {args.runs or RUNS}")
     return 0 if all(o.status in ("reproduced", "known difference") for o in outcomes) else 1
 
 
