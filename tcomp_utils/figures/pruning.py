@@ -99,8 +99,7 @@ def _pruning_encoder_table(results: pd.DataFrame) -> str:
     """Rows method, columns mu: mean test macro-F1 (%) over the calibration draws with their range (the best
     mean of each budget in bold), the median seconds to prune; then ID minus the Fisher masks and ID minus the
     dense model, paired over the same test tweets and draws, with the verdict read from the interval; the MAC
-    fraction over the blocks
-    beside the whole model's; the dense model and the no-skill level."""
+    fraction over the blocks beside the whole model's; the dense model and the no-skill level."""
     _, t = _pruning_encoder(results)
     pruned = t[t.method != "dense"]
     order = [v for v in TWEETS3_ORDER if v in set(pruned.variant)]
