@@ -99,21 +99,28 @@ def stage(src: Path, runs: Path = RUNS, root: Path = REPO_ROOT) -> dict[str, Pat
 
 def build_book(out: Path = OUT, runs: Path = RUNS, root: Path = REPO_ROOT, quiet: bool = True) -> Path:
     """Stage the sources under ``out/src`` and build the site into ``out/html``; returns its
-    ``index.html``. Raises ``FileNotFoundError`` naming a missing page source, and ``RuntimeError``
-    with Sphinx's message when the build fails."""
+    ``index.html``. Raises ``FileNotFoundError`` naming a missing page source or ``runs`` folder (before
+    anything is written), and ``RuntimeError`` when Sphinx fails (the previous site, if any, is kept)."""
     for need in ("README.md", "RESULTS.md", "docs", "notebooks"):
         if not (root / need).exists():
             raise FileNotFoundError(f"the book needs {root / need}, which does not exist")
+    if not Path(runs).is_dir():
+        raise FileNotFoundError(f"no folder of executed notebooks at {runs}: run `make run` (or a sweep) first, "
+                                "or pass --runs FOLDER")
     try:
         from sphinx.cmd.build import build_main
     except ImportError as why:  # the dev extras carry it
         raise RuntimeError("the book needs Sphinx and MyST-NB: pip install -e '.[dev]' (make install)") from why
     out = Path(out)
     shown = stage(out / "src", runs, root)
-    html = out / "html"
-    args = ["-b", "html", "-j", "1", str(out / "src"), str(html)] + (["-q"] if quiet else [])
+    html, building = out / "html", out / "html.building"  # a failed build leaves the previous site as it was
+    shutil.rmtree(building, ignore_errors=True)
+    args = ["-b", "html", "-j", "1", str(out / "src"), str(building)] + (["-q"] if quiet else [])
     if build_main(args) != 0:
+        shutil.rmtree(building, ignore_errors=True)
         raise RuntimeError(f"sphinx-build failed on {out / 'src'} (run `python -m tcomp_utils.book -v` to see why)")
+    shutil.rmtree(html, ignore_errors=True)
+    building.rename(html)
     executed = sum(p is not None for p in shown.values())
     print(f"book: {html / 'index.html'} ({len(shown)} notebooks, {executed} as executed under {runs}"
           + ("; run `make run` first to show them executed)" if not executed else ")"))
