@@ -161,6 +161,20 @@ def paired_interval(labels: Sequence, preds_a, preds_b, metric: str = "accuracy"
                           float(lo), float(hi), level, n_resamples)
 
 
+def seed_interval(differences: Sequence[float], level: float = 0.95) -> PairedInterval:
+    """The mean of paired differences ``a − b`` measured once per training seed (``(seeds,)``, e.g. seconds
+    saved or BLEU gained by one arm over the other with the same seed), with Student's t interval
+    over the seeds: a few runs cannot be resampled, so the interval assumes their spread is normal
+    (``resamples`` is 0). Needs two seeds or more; a verdict from three seeds is a wide interval."""
+    d = np.asarray(differences, dtype=float)
+    if d.ndim != 1 or len(d) < 2 or not np.isfinite(d).all():
+        raise ValueError(f"need two or more finite differences, one per seed, got {d.tolist()}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    half = stats.t.ppf((1 + level) / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
+    return PairedInterval(float(d.mean()), float(d.mean() - half), float(d.mean() + half), level, 0)
+
+
 def encode_predictions(preds: Sequence[int]) -> str:
     """Class predictions ``(examples,)`` (integers 0..9) as ``"c"`` and one digit each: a compact
     column of a results table from which paired differences between cells are computed later (the

@@ -170,7 +170,7 @@ def test_composable_table_and_figures_show_both_arms_and_the_time_to_the_baselin
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in table[2:]]
     assert cells[0] == ["a25-l30", "0.25", "0.3", "30 (30)", "81.0 %", "3.10", "1.00 / 2.50", "3.20 / 3.50", "50",
                         "120 / 31"]
-    assert cells[1][-2:] == ["not reached", "110 / -"]
+    assert cells[1][-2:] == ["never", "110 / 111"]  # never reached: the set counts all its seconds
     fig, data = figures.composable_bleu(summary)
     assert [ax.get_title() for ax in fig.axes][:2] == ["before model-level fine-tuning (validation)",
                                                       "after model-level fine-tuning (test)"]
@@ -179,6 +179,37 @@ def test_composable_table_and_figures_show_both_arms_and_the_time_to_the_baselin
                           {"pipeline": "with composition", "part": "module-level (each unit once)", "seconds": 40.0}])
     fig, data = figures.composable_time(parts)
     assert data.seconds.sum() == 270.0
+
+
+def test_composable_verdicts_pair_the_arms_by_seed_and_read_the_interval_over_seeds():
+    from scipy import stats
+    gaps = {"a25-l30": [0.5, 0.6, 0.7], "a50-l70": [-0.4, 0.5, -0.2]}  # composed - baseline, seeds 0..2
+    summary = pd.DataFrame([dict(configuration=c, attention="0.25", linear="0.3", units=30, shared_units=30,
+                                 param_fraction=0.9, MB=3.0, seed=seed, val_bleu_before_baseline=1.0,
+                                 val_bleu_before_composed=2.0, test_bleu_baseline=10.0 + seed,
+                                 test_bleu_composed=10.0 + seed + gap, train_seconds_baseline=100.0,
+                                 train_seconds_composed=90.0, steps_to_baseline=200 if seed else float("nan"),
+                                 seconds_to_baseline=80.0 if seed else float("nan"))
+                            for c, g in gaps.items() for seed, gap in enumerate(g)])
+    d = figures.composable_gaps(summary).set_index("configuration")
+    half = stats.t.ppf(0.975, 2) * 0.1 / 3 ** 0.5
+    assert d.loc["a25-l30", ["difference", "lo", "hi"]].tolist() == pytest.approx([0.6, 0.6 - half, 0.6 + half])
+    assert d.loc["a25-l30", "verdict"] == "above" and d.loc["a50-l70", "verdict"] == "≈"
+    assert d.loc["all 2", "difference"] == pytest.approx((0.05 + 0.55 + 0.25) / 3) and d.loc["all 2", "seeds"] == 3  # per-seed means
+    row = next(line for line in figures._composable_readme(summary).splitlines() if line.startswith("| a25-l30"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[6:] == ["1.00 / 2.00", "11.00 / 11.60", f"+0.60 [+{0.6 - half:.2f}, +{0.6 + half:.2f}] above",
+                         "never, 200, 200", "100 / 83"]  # 83: (90 + 80 + 80) / 3
+    results = pd.DataFrame([dict(seed=s, status=st, without_s=w, with_s=w - v, saved_s=v, matched=6,
+                                 n_configurations=6)
+                            for s, st, w, v in ((0, "ok", 1000.0, 100.0), (1, "failed", float("nan"), float("nan")),
+                                                (2, "ok", 1200.0, 140.0), (3, "ok", 1100.0, 120.0))])
+    t = figures.composable_saving(results)
+    assert t.seed.tolist() == ["0", "2", "3", "mean [95 % interval]"]  # the failed seed left out
+    last = t.iloc[-1]
+    assert last["saved (s)"] == pytest.approx(120.0) and last.verdict == "above"
+    assert last.hi - last.lo == pytest.approx(2 * stats.t.ppf(0.975, 2) * 20 / 3 ** 0.5)
+    assert "verdict" not in figures.composable_saving(results.iloc[:1])  # one seed: no interval to read
 
 
 def test_student_table_takes_each_modes_best_beta_on_validation():

@@ -316,3 +316,16 @@ def test_the_bootstraps_confusion_count_scores_equal_sklearns(k):
             assert score(0, np.arange(n)) == pytest.approx(metrics.METRICS[name](y, p), abs=1e-12), (name, n)
     const = np.zeros(10, dtype=int)
     assert scores._resample_scorer("mcc", const, const[None, :])(0, np.arange(10)) == 0.0 == metrics.mcc(const, const)
+
+
+def test_seed_interval_is_students_t_over_the_seeds_and_refuses_a_single_seed():
+    from scipy import stats
+    from tcomp_utils.scores import seed_interval
+    iv = seed_interval([1.0, 2.0, 3.0])
+    half = stats.t.ppf(0.975, 2) / 3 ** 0.5  # sd 1 over 3 seeds
+    assert (iv.difference, iv.lo, iv.hi) == pytest.approx((2.0, 2.0 - half, 2.0 + half))
+    assert iv.verdict == "≈" and iv.resamples == 0  # 4.3 / sqrt(3) = 2.48 > 2: covers 0
+    assert seed_interval([1.9, 2.0, 2.1]).verdict == "above" and seed_interval([-1.9, -2.0, -2.1]).verdict == "below"
+    for bad in ([1.0], [1.0, float("nan")]):
+        with pytest.raises(ValueError, match="two or more finite differences"):
+            seed_interval(bad)

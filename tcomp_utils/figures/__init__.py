@@ -21,7 +21,8 @@ from .atlas import ATLAS_BUDGETS, ATLAS_QUESTIONS, _atlas_readme, atlas_figure
 from .baselines import _baselines_by_role, _baselines_table, _footprints_table
 from .budget_axis import _budget_axis
 from .cli import main
-from .composable import (COMPOSABLE_ARMS, _composable_readme, composable_bleu, composable_curves, composable_time,
+from .composable import (COMPOSABLE_ARMS, _composable_readme, _composable_set_readme, composable_bleu,
+                         composable_gaps, composable_saving, composable_curves, composable_time,
                          composable_units)
 from .gptq import GPTQ_METRICS, GPTQ_VARIANTS, _bits, _gptq_long, _gptq_readme, _gptq_table, _gptq_variant
 from .markdown import _bold_best, _markdown

@@ -15,7 +15,7 @@ from .atlas import ATLAS_QUESTIONS, _atlas_readme, atlas_figure
 from .baselines import _baselines_by_role, _baselines_table, _footprints_table
 from .budget_axis import _budget_axis
 from .errors import NothingToDraw
-from .composable import _composable_readme, composable_bleu, composable_curves, composable_time, composable_units
+from .composable import _composable_readme, _composable_set_readme, composable_bleu, composable_curves, composable_time, composable_units
 from .gptq import _gptq_readme, _gptq_table
 from .offline import _offline_accuracy, _offline_finetune, _offline_table
 from .pruning import _pruning_decoder, _pruning_decoder_table, _pruning_encoder, _pruning_encoder_table
@@ -66,7 +66,8 @@ _SWEEPS = {
                           ("composable_time", "time_parts.csv", composable_time),
                           ("composable_curves", "model_log.csv", composable_curves),
                           ("composable_units", "unit_log.csv", composable_units)],
-                         [("composable_table", "summary.csv", _composable_readme)]),
+                         [("composable_table", "summary.csv", _composable_readme),
+                          ("composable_set", "results.csv", _composable_set_readme)]),
     "student_table": ([("student_table", "results.csv", _student_table)],
                       [("student_table", "results.csv", _student_readme)]),
     "atlas": ([(f"atlas_{axis}", "results.csv", atlas_figure(axis)) for axis in ATLAS_QUESTIONS],
