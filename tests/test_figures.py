@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -236,6 +237,58 @@ def test_student_table_takes_each_modes_best_beta_on_validation():
     assert table[-1] == "Teacher (`minilm-l6` fine-tuned on tweets): 90.00 %."
     fig, data = figures._student_table(results)
     assert len(data) == 2
+
+
+def test_three_class_student_table_averages_seeds_and_pairs_pkd_with_kd():
+    from tcomp_utils.figures.no_skill import NO_SKILL_GID
+    from tcomp_utils.majority import majority_macro_f1
+    from tcomp_utils.scores import decode_predictions, encode_predictions, macro_f1, paired_interval
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 300)
+
+    def noisy(p_right: float, seed: int) -> np.ndarray:  # predictions right with probability p_right
+        r = np.random.default_rng(seed)
+        return np.where(r.random(len(labels)) < p_right, labels, (labels + 1) % 3)
+    teacher = noisy(0.9, 99)
+    rows = [dict(student="teacher", objective="none", test_predictions=encode_predictions(teacher),
+                 test_macro_f1=macro_f1(labels, teacher), val_macro_f1=0.9, param_fraction=1.0, mac_fraction=1.0,
+                 latency_ms=10.0, teacher_latency_ms=10.0)]
+    common = dict(student="layers3", param_fraction=0.7, mac_fraction=0.5)
+    rows.append(dict(objective="none", seed=0, val_macro_f1=0.3, test_macro_f1=0.3, latency_ms=5.0,
+                     teacher_latency_ms=10.0, teacher_test_macro_f1=macro_f1(labels, teacher),
+                     test_labels=encode_predictions(labels), **common))
+    for seed in range(3):
+        kd = noisy(0.6, seed)
+        rows.append(dict(objective="kd", seed=seed, val_macro_f1=0.6, test_macro_f1=macro_f1(labels, kd),
+                         test_predictions=encode_predictions(kd), **common))
+        for beta, p_right, val in ((10.0, 0.8, 0.70 + 0.01 * seed), (100.0, 0.5, 0.72 - 0.02 * seed)):
+            pk = noisy(p_right, 10 * seed + int(beta))
+            rows.append(dict(objective="pkd", seed=seed, beta=beta, val_macro_f1=val, test_macro_f1=macro_f1(labels, pk),
+                             test_predictions=encode_predictions(pk), **common))
+    rows.append(dict(objective="none", student="self_falcon", fit="sgd", val_macro_f1=0.5, test_macro_f1=0.5,
+                     param_fraction=0.9, mac_fraction=0.9, latency_ms=9.0, teacher_latency_ms=10.0))
+    results = pd.DataFrame(rows).assign(status="ok")
+    cells = figures.student_cells(results).set_index("student")
+    assert cells.attrs["headline"] == "macro_f1" and list(cells.index) == ["layers3", "self_falcon (SGD fit)"]
+    assert cells.loc["layers3", "best β"] == 10.0  # mean validation 0.71 against 0.70
+    pkd10 = results[(results.objective == "pkd") & (results.beta == 10.0)].sort_values("seed")
+    assert cells.loc["layers3", "PKD (best β)"] == pytest.approx(100 * pkd10.test_macro_f1.mean())
+    assert cells.loc["layers3", "seeds"] == 3
+    v = figures.student_verdicts(results).set_index("comparison")
+    kd = results[results.objective == "kd"].sort_values("seed")
+    stack = lambda d: np.stack([decode_predictions(p) for p in d.test_predictions])  # noqa: E731
+    expected = paired_interval(labels, stack(pkd10), stack(kd), "macro_f1", paired_runs=True)
+    assert v.loc["PKD − KD", ["difference", "lo", "hi"]].tolist() == pytest.approx(
+        [100 * expected.difference, 100 * expected.lo, 100 * expected.hi])
+    assert v.loc["PKD − KD", "verdict"] == "above"
+    assert v.loc["best trained (pkd) − teacher", "verdict"] == "below"
+    table = figures._student_readme(results).splitlines()
+    assert "PKD − KD [95 %]" in table[0] and "seeds" in table[0]
+    assert table[-1].endswith("% macro-F1.")
+    fig, _ = figures._student_table(results)
+    for ax in fig.axes:  # the no-skill line at the three-class majority's macro-F1
+        line = next(x for x in ax.lines if x.get_gid() == NO_SKILL_GID)
+        assert line.get_ydata()[0] == pytest.approx(majority_macro_f1("tweets3"))
 
 
 def test_composable_curves_read_kind_and_rate_from_the_unit_names():

@@ -2,89 +2,180 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..majority import majority_accuracy
+from ..majority import majority_accuracy, majority_macro_f1
 from .errors import NothingToDraw
 from .markdown import _bold_best, _markdown
 from .no_skill import no_skill_line
 
 
 STUDENT_OBJECTIVES = {"none": "untrained", "ce": "CE", "kd": "KD", "pkd": "PKD (best β)"}
+HEADLINE_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+
+
+def student_headline(results: pd.DataFrame) -> str:
+    """The table's headline metric: ``macro_f1`` where the cells scored validation macro-F1 (the
+    three-class teacher), else ``accuracy`` (the binary one)."""
+    return "macro_f1" if "val_macro_f1" in results and results.val_macro_f1.notna().any() else "accuracy"
+
+
+def _variants(ok: pd.DataFrame) -> pd.Series:
+    """Each cell's row label: the student, with its fit or weight options where they are not the default."""
+    label = ok.student.astype(str)
+    if "fit" in ok:
+        label = label.where(ok.fit.fillna("svd") != "sgd", label + " (SGD fit)")
+    if "reconstruct" in ok:
+        label = label.where(~ok.reconstruct.fillna(False).astype(bool), label + " (reconstructed)")
+    return label
+
+
+def _ok_cells(results: pd.DataFrame) -> pd.DataFrame:
+    ok = results[results.status == "ok"].copy()
+    ok["variant"] = _variants(ok)
+    ok["seed"] = ok.seed.fillna(0).astype(int) if "seed" in ok else 0
+    return ok
+
+
+def _best_pkd(pkd: pd.DataFrame, headline: str) -> pd.DataFrame:
+    """The PKD cells at the beta with the best validation score, mean over seeds (ties: the smaller beta)."""
+    if not len(pkd):
+        return pkd
+    means = pkd.groupby("beta")[f"val_{headline}"].mean()
+    return pkd[pkd.beta == means[means == means.max()].index.min()]
 
 
 def student_cells(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per student: test accuracy (%) untrained, after CE, KD and PKD at the ``beta`` with
-    the best validation accuracy (ties: the smaller beta), that beta, the share of the untrained
+    """One row per student (and fit or weight variant): the headline test metric (%, the mean over
+    seeds) untrained, after CE, KD and PKD at the ``beta`` with the best mean validation score (ties:
+    the smaller beta), that beta, the most seeds any trained objective ran, the share of the untrained
     student's loss against the teacher that PKD recovers, and the footprint against the teacher
-    (stored numbers, MACs per token, measured latency)."""
-    ok = results[results.status == "ok"]
+    (stored numbers, MACs per token, measured latency). ``attrs``: the headline and the teacher's score."""
+    ok = _ok_cells(results)
+    h = student_headline(ok)
     teacher = ok[ok.student == "teacher"]
-    if not len(teacher) and "teacher_test_accuracy" not in ok:
+    if not len(teacher) and f"teacher_test_{h}" not in ok:
         raise NothingToDraw("no teacher cell and no untrained student cell (where the teacher is measured)")
-    teacher_acc = float(teacher.test_accuracy.iloc[0]) if len(teacher) else float(ok.teacher_test_accuracy.median())
+    teacher_score = float(teacher[f"test_{h}"].iloc[0]) if len(teacher) else float(ok[f"teacher_test_{h}"].median())
     rows = []
-    for name, g in ok[ok.student != "teacher"].groupby("student", sort=False):
+    for name, g in ok[ok.student != "teacher"].groupby("variant", sort=False):
         by = {o: g[g.objective == o] for o in STUDENT_OBJECTIVES}
-        pkd = by["pkd"].sort_values(["val_accuracy", "beta"], ascending=[False, True]).head(1)
-        acc = {o: (100 * float(d.test_accuracy.iloc[0]) if len(d) else float("nan"))
-               for o, d in {**by, "pkd": pkd}.items()}
+        pkd = _best_pkd(by["pkd"], h)
+        score = {o: (100 * float(d[f"test_{h}"].mean()) if len(d) else float("nan"))
+                 for o, d in {**by, "pkd": pkd}.items()}
         ref = (by["none"] if len(by["none"]) else g).iloc[0]  # latency is measured in the untrained cell
-        rows.append({"student": name, **{STUDENT_OBJECTIVES[o]: v for o, v in acc.items()},
+        rows.append({"student": name, **{STUDENT_OBJECTIVES[o]: v for o, v in score.items()},
                      "best β": float(pkd.beta.iloc[0]) if len(pkd) else float("nan"),
-                     "recovered": (acc["pkd"] - acc["none"]) / (100 * teacher_acc - acc["none"]),
+                     "seeds": max(len(by["ce"]), len(by["kd"]), len(pkd)),
+                     "recovered": (score["pkd"] - score["none"]) / (100 * teacher_score - score["none"]),
                      "params": 100 * ref.param_fraction, "MACs": 100 * ref.mac_fraction,
                      "latency": ref.latency_ms / ref.teacher_latency_ms})
     out = pd.DataFrame(rows)
-    out.attrs["teacher_accuracy"] = 100 * teacher_acc
+    out.attrs["headline"], out.attrs["teacher_score"] = h, 100 * teacher_score
+    out.attrs["teacher_accuracy"] = out.attrs["teacher_score"]  # the name the binary table's callers used
     return out
 
 
+def student_verdicts(results: pd.DataFrame) -> pd.DataFrame:
+    """Per student with recorded predictions: PKD at its best beta minus KD, and the best trained
+    objective (by mean validation score) minus the teacher, each on the headline metric (points) with
+    its paired bootstrap 95 % interval over the same test examples and, where both arms ran several
+    seeds, over seeds too (run i of each arm shares seed i). Columns: student, comparison, seeds,
+    difference, lo, hi, verdict; empty where no cell kept its predictions."""
+    from ..scores import decode_predictions, paired_interval
+    ok = _ok_cells(results)
+    if "test_predictions" not in ok or "test_labels" not in ok or not ok.test_labels.notna().any():
+        return pd.DataFrame(columns=["student", "comparison", "seeds", "difference", "lo", "hi", "verdict"])
+    h = student_headline(ok)
+    labels = decode_predictions(ok.test_labels.dropna().iloc[0])
+    teacher = ok[(ok.student == "teacher") & ok.test_predictions.notna()]
+
+    def runs(d: pd.DataFrame) -> np.ndarray:
+        return np.stack([decode_predictions(p) for p in d.sort_values("seed").test_predictions])
+    rows = []
+    for name, g in ok[(ok.student != "teacher") & ok.test_predictions.notna()].groupby("variant", sort=False):
+        kd, pkd = g[g.objective == "kd"], _best_pkd(g[g.objective == "pkd"], h)
+        pairs = []
+        if len(kd) and len(pkd):
+            pairs.append(("PKD − KD", pkd, kd))
+        trained = [d for d in (g[g.objective == "ce"], kd, pkd) if len(d)]
+        if trained and len(teacher):
+            best = max(trained, key=lambda d: d[f"val_{h}"].mean())
+            pairs.append((f"best trained ({best.objective.iloc[0]}) − teacher", best, teacher))
+        for comparison, a, b in pairs:
+            same = len(a) == len(b) and sorted(a.seed) == sorted(b.seed)
+            iv = paired_interval(labels, runs(a), runs(b), h, paired_runs=same)
+            rows.append({"student": name, "comparison": comparison, "seeds": len(a), "difference": 100 * iv.difference,
+                         "lo": 100 * iv.lo, "hi": 100 * iv.hi, "verdict": iv.verdict})
+    return pd.DataFrame(rows)
+
+
+def _no_skill(headline: str) -> float:
+    return majority_macro_f1("tweets3") if headline == "macro_f1" else majority_accuracy()
+
+
 def _student_table(results: pd.DataFrame):
-    """Seed 004's students: test accuracy by training objective, and where PKD leaves each student
-    against its measured latency."""
+    """Seed 004's students: the headline test metric by training objective (bars: the mean over
+    seeds), and where PKD leaves each student against its measured latency."""
     cells = student_cells(results)
+    h = cells.attrs["headline"]
+    metric = f"test {HEADLINE_LABELS[h]} (%)"
     long = cells.melt(id_vars="student", value_vars=list(STUDENT_OBJECTIVES.values()), var_name="objective",
-                      value_name="test accuracy (%)")
+                      value_name=metric)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.7, 1]})
-    sns.barplot(data=long, x="student", y="test accuracy (%)", hue="objective", ax=axes[0])
+    sns.barplot(data=long, x="student", y=metric, hue="objective", ax=axes[0])
     axes[0].tick_params(axis="x", rotation=30)
-    majority = majority_accuracy()
-    lo = max(0.0, min(long["test accuracy (%)"].min(), majority) - 5)
-    axes[0].set(ylim=(lo, 101), xlabel="", title="accuracy by training objective")
-    # one row above the bars (the best reach the teacher's line, about 90 %)
+    majority = _no_skill(h)
+    lo = max(0.0, min(long[metric].min(), majority) - 5)
+    axes[0].set(ylim=(lo, 101), xlabel="", title=f"{HEADLINE_LABELS[h]} by training objective")
+    # one row above the bars (the best reach the teacher's line)
     sns.move_legend(axes[0], "upper center", ncol=4, fontsize=8, title=None, frameon=True)
     pkd = cells["PKD (best β)"]
     axes[1].scatter(cells.latency, pkd)
-    # neighbours in latency sit at about the same accuracy: labels alternate above and below, slanted
+    # neighbours in latency sit at about the same score: labels alternate above and below, slanted
     for i, (_, r) in enumerate(cells.sort_values("latency").iterrows()):
         up = i % 2 == 0
         axes[1].annotate(r.student, (r.latency, r["PKD (best β)"]), fontsize=7, rotation=25 if up else -25,
                          xytext=(3, 3) if up else (3, -3), textcoords="offset points", va="bottom" if up else "top")
-    axes[1].set(xlabel="latency / teacher (CPU, 1 thread)", ylabel="PKD test accuracy (%)", title="accuracy vs time",
+    axes[1].set(xlabel="latency / teacher (CPU, 1 thread)", ylabel=f"PKD {metric}", title="quality vs time",
                 ylim=(min(pkd.min(), majority) - 3, pkd.max() + 4), xlim=(cells.latency.min() - 0.1, cells.latency.max() + 0.35))
     for ax in axes:
-        ax.axhline(cells.attrs["teacher_accuracy"], color="0.3", ls="--", lw=1)
+        ax.axhline(cells.attrs["teacher_score"], color="0.3", ls="--", lw=1)
         no_skill_line(ax, majority)
-    fig.suptitle("Which low-rank student keeps the teacher's accuracy once distilled, and at what speed?", y=1.02)
+    fig.suptitle(f"Which low-rank student keeps the teacher's {HEADLINE_LABELS[h]} once distilled, and at what speed?",
+                 y=1.02)
     return fig, cells.round(4)
 
 
 def _student_readme(results: pd.DataFrame) -> str:
-    """Students by row: test accuracy untrained / CE / KD / PKD (best β on validation, the best
-    trained objective of each row in bold), PKD's share of the loss recovered, footprint against the
-    teacher; the teacher in a line under the table."""
+    """Students by row: the headline test metric untrained / CE / KD / PKD (best β on validation; the
+    mean over seeds; the best trained objective of each row in bold), the seeds where any row ran more
+    than one, PKD − KD with its paired interval and verdict where the cells kept their predictions,
+    PKD's share of the loss recovered, footprint against the teacher; the teacher in a line under it."""
     cells = student_cells(results)
+    h = cells.attrs["headline"]
     acc = cells[list(STUDENT_OBJECTIVES.values())]
     shown = acc.copy()
     shown[acc.columns[1:]] = _bold_best(acc[acc.columns[1:]].T, lower=False, fmt="{:.2f}").T
     shown[acc.columns[0]] = acc[acc.columns[0]].map("{:.2f}".format)
-    frame = pd.concat([cells[["student"]], shown,
+    extra = {}
+    if (cells.seeds > 1).any():
+        extra["seeds"] = cells.seeds.astype(str)
+    verdicts = student_verdicts(results)
+    if len(verdicts):
+        d = verdicts[verdicts.comparison == "PKD − KD"].set_index("student")
+        sign = lambda x: f"{x:+.2f}".replace("-", "−")  # noqa: E731
+        extra["PKD − KD [95 %]"] = [f"{sign(d.difference[s])} [{sign(d.lo[s])}, {sign(d.hi[s])}] {d.verdict[s]}"
+                                    if s in d.index else "" for s in cells.student]
+    frame = pd.concat([cells[["student"]], shown, pd.DataFrame(extra, index=cells.index),
                        pd.DataFrame({"best β": cells["best β"].map("{:g}".format),
                                      "PKD recovers": cells.recovered.map("{:.0%}".format),
                                      "params": cells.params.map("{:.1f} %".format),
                                      "MACs": cells.MACs.map("{:.1f} %".format),
                                      "latency": cells.latency.map("{:.2f}×".format)})], axis=1)
-    return (_markdown(frame, numeric=frame.shape[1] - 1)
-            + f"\n\nTeacher (`minilm-l6` fine-tuned on tweets): {cells.attrs['teacher_accuracy']:.2f} %.")
+    teacher = (f"Teacher (`minilm-l6` fine-tuned on tweets): {cells.attrs['teacher_score']:.2f} %." if h == "accuracy"
+               else f"Teacher (`minilm-l6` fine-tuned on the three-class tweets): {cells.attrs['teacher_score']:.2f} % "
+                    f"{HEADLINE_LABELS[h]}.")
+    return _markdown(frame, numeric=frame.shape[1] - 1) + "\n\n" + teacher
