@@ -119,6 +119,33 @@ def test_offline_table_carries_intervals_and_the_embedding_column():
     assert list(lines)[0][0] == "ffn" and list(lines)[-1][0] == "embeddings"
 
 
+def test_three_class_offline_table_reads_macro_f1_with_values_only_pruning_and_fine_tuned_columns():
+    from tcomp_utils.figures.no_skill import NO_SKILL_GID
+    from tcomp_utils.majority import majority_macro_f1
+    rows = []
+    for method, count in (("svd", True), ("pruning", True), ("pruning", False)):
+        for k, ratio in enumerate((3, 10)):
+            f1 = 0.8 - 0.1 * k - (0.05 if not count else 0)
+            base = dict(status="ok", model_name="minilm-l6-tweets3", method=method, mode="separated", roles="ffn",
+                        ratio=ratio, count_indices=count, baseline_test_macro_f1=0.82, baseline_test_accuracy=0.83)
+            rows.append(dict(base, finetune_steps=0, test_macro_f1=f1, test_macro_f1_lo=f1 - 0.02,
+                             test_macro_f1_hi=f1 + 0.02, test_accuracy=f1 + 0.05, test_majority_share=0.4))
+            rows.append(dict(base, finetune_steps=150, finetuned_test_macro_f1=f1 + 0.03))
+    results = pd.DataFrame(rows)
+    text = figures._offline_table(results).splitlines()
+    assert [c.strip() for c in text[0].split("|")[1:-1]] == ["roles", "method", "mode", "×3", "×3 fine-tuned", "×10",
+                                                             "×10 fine-tuned"]
+    cells = {tuple(c.strip() for c in line.split("|")[1:4]): [c.strip() for c in line.split("|")[4:-1]]
+             for line in text[2:]}
+    assert cells[("ffn", "pruning", "values-only")] == ["75.0 (73.0–77.0)", "78.0", "65.0 (63.0–67.0)", "68.0"]
+    assert cells[("ffn", "svd", "separated")][0] == "80.0 (78.0–82.0)"  # macro-F1, not the accuracy; a tie: no bold
+    fig, _ = figures._offline_accuracy(results)
+    line = next(x for x in fig.axes[0].lines if x.get_gid() == NO_SKILL_GID)
+    assert line.get_ydata()[0] == pytest.approx(majority_macro_f1("tweets3"))
+    fig, data = figures._offline_finetune(results)
+    assert len(data) == 6 and data.offline_test_macro_f1.notna().all()
+
+
 def test_qat_cells_label_the_seed_rows_protocols_and_stored_bits():
     """Seed 003's rows (binary, b-bit of the seed's grid with its sign stored apart, RTN/GPTQ on
     theirs) per protocol, and the figure with one panel per target."""

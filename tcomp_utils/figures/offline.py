@@ -7,7 +7,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from ..majority import majority_accuracy
+from ..majority import majority_accuracy, majority_macro_f1
 from .errors import NothingToDraw
 from .markdown import _bold_best, _markdown
 from .no_skill import no_skill_line
@@ -24,13 +24,34 @@ def _finetune_steps(results: pd.DataFrame) -> pd.Series:
 
 ROLE_ORDER = ["qkv", "ffn", "embeddings"]
 METHOD_ORDER = ["svd", "ae", "pruning", "asvd", "fwsvd", "tucker", "kronecker", "falcon"]
-MODE_ORDER = ["separated", "concatenated", "qkv", "qkv-concatenated"]
+MODE_ORDER = ["separated", "concatenated", "qkv", "qkv-concatenated", "values-only"]
 # one colour per method, the same in every panel and run: tab10 without its grey (the reference lines' colour)
 # and olive (near green); the colorblind palette's orange/vermillion and two pinks read as one at this size.
 # One line style and marker per mode.
 METHOD_COLOURS = dict(zip(METHOD_ORDER, [sns.color_palette("tab10")[i] for i in (0, 1, 2, 3, 4, 5, 6, 9)]))
 MODE_STYLES = {"separated": ("-", "o"), "concatenated": ("--", "s"), "qkv": (":", "^"),
-               "qkv-concatenated": ("-.", "D")}
+               "qkv-concatenated": ("-.", "D"), "values-only": (":", "x")}
+HEADLINE_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1"}
+
+
+def offline_headline(results: pd.DataFrame) -> str:
+    """The table's headline metric: ``macro_f1`` for cells of the three-class task model
+    (``model_name`` minilm-l6-tweets3), else ``accuracy`` (the binary one, the committed default)."""
+    names = results.model_name.dropna().astype(str) if "model_name" in results else pd.Series(dtype=str)
+    return "macro_f1" if names.str.contains("tweets3").any() else "accuracy"
+
+
+def _no_skill(headline: str) -> float:
+    return majority_macro_f1("tweets3") if headline == "macro_f1" else majority_accuracy()
+
+
+def _with_modes(cells: pd.DataFrame) -> pd.DataFrame:
+    """``cells`` with pruning under the seed's values-only count (``count_indices`` False) in a mode of its own."""
+    out = cells.copy()
+    if "count_indices" in out:
+        values_only = out.count_indices.astype(str).str.lower().isin(["false", "0", "0.0"])
+        out.loc[values_only, "mode"] = "values-only"
+    return out
 VARIANT_GID = "offline-variant"  # a variant's line has the gid "offline-variant:<roles>:<method>:<mode>"
 
 
@@ -43,18 +64,20 @@ def _check_known(cells: pd.DataFrame) -> None:
 
 
 def _offline_accuracy(results: pd.DataFrame):
-    """Seed 000's table: test accuracy with no fine-tuning, rows method × roles × mode, columns ratio;
-    one colour per method, one line style and marker per mode; error bars: the cell's 95 % bootstrap
-    interval (where recorded)."""
-    ok = results[(results.status == "ok") & (_finetune_steps(results) == 0)].copy()
+    """Seed 000's table: the headline test metric (:func:`offline_headline`) with no fine-tuning, rows
+    method × roles × mode, columns ratio; one colour per method, one line style and marker per mode;
+    bands: the cell's 95 % bootstrap interval (where recorded)."""
+    h = offline_headline(results)
+    ok = _with_modes(results[(results.status == "ok") & (_finetune_steps(results) == 0)])
     _check_known(ok)
-    ok["test accuracy (%)"] = 100 * ok.test_accuracy
-    baseline = 100 * ok.baseline_test_accuracy.iloc[0]
+    metric = f"test {HEADLINE_LABELS[h]} (%)"
+    ok[metric] = 100 * ok[f"test_{h}"]
+    baseline = 100 * ok[f"baseline_test_{h}"].iloc[0]
     ratios = sorted(ok.ratio.unique())
     cols = [r for r in ROLE_ORDER if r in set(ok.roles)]
     fig, axes = plt.subplots(1, len(cols), figsize=(4.15 * len(cols), 3.6), sharey=True, squeeze=False)
-    has_ci = "test_accuracy_lo" in ok and ok.test_accuracy_lo.notna().any()
-    majority = majority_accuracy()
+    has_ci = f"test_{h}_lo" in ok and ok[f"test_{h}_lo"].notna().any()
+    majority = _no_skill(h)
     for role, ax in zip(cols, axes[0]):
         ax.axhline(baseline, color="0.3", ls="--", lw=1)
         ax.text(ratios[-1], baseline, " uncompressed", va="bottom", ha="right", fontsize=8, color="0.3")
@@ -63,17 +86,17 @@ def _offline_accuracy(results: pd.DataFrame):
         for (method, mode), d in ok[ok.roles == role].groupby(["method", "mode"]):
             d = d.groupby("ratio", as_index=False).mean(numeric_only=True)  # a cell measured twice: its mean
             ls, marker = MODE_STYLES[mode]
-            ax.plot(d.ratio, d["test accuracy (%)"], ls=ls, marker=marker, color=METHOD_COLOURS[method], lw=1.4,
+            ax.plot(d.ratio, d[metric], ls=ls, marker=marker, color=METHOD_COLOURS[method], lw=1.4,
                     ms=5, gid=f"{VARIANT_GID}:{role}:{method}:{mode}")
-            if has_ci and d.test_accuracy_lo.notna().any():
-                d = d[d.test_accuracy_lo.notna()]
-                ax.fill_between(d.ratio, 100 * d.test_accuracy_lo, 100 * d.test_accuracy_hi, alpha=0.12,
+            if has_ci and d[f"test_{h}_lo"].notna().any():
+                d = d[d[f"test_{h}_lo"].notna()]
+                ax.fill_between(d.ratio, 100 * d[f"test_{h}_lo"], 100 * d[f"test_{h}_hi"], alpha=0.12,
                                 color=METHOD_COLOURS[method], lw=0)
         ax.set_xscale("log")
         ax.set_xticks(ratios, [f"{r:g}" for r in ratios])
         ax.minorticks_off()
         ax.set(title=role, xlabel="compression ratio of stored numbers")
-    axes[0][0].set_ylabel("test accuracy (%)")
+    axes[0][0].set_ylabel(metric)
     methods = [m for m in METHOD_ORDER if m in set(ok.method)]
     modes = [m for m in MODE_ORDER if m in set(ok["mode"])]
     fig.tight_layout()
@@ -82,67 +105,88 @@ def _offline_accuracy(results: pd.DataFrame):
                loc="upper left", bbox_to_anchor=(1.0, 0.95), **legend)
     fig.legend([Line2D([], [], color="0.2", ls=MODE_STYLES[m][0], marker=MODE_STYLES[m][1], lw=1.4) for m in modes],
                modes, title="mode (line, marker)", loc="lower left", bbox_to_anchor=(1.0, 0.05), **legend)
-    fig.suptitle("Offline compression of the tweet-sentiment task model: accuracy vs ratio, no fine-tuning"
+    fig.suptitle(f"Offline compression of the tweet-sentiment task model: {HEADLINE_LABELS[h]} vs ratio, no fine-tuning"
                  + (" (bands: 95 % bootstrap intervals)" if has_ci else ""), y=1.04)
-    values = ["test_accuracy"] + [c for c in ("test_accuracy_lo", "test_accuracy_hi", "test_accuracy_std",
-                                              "test_macro_f1", "test_majority_share") if c in ok]
+    extra = ("accuracy", "accuracy_lo", "accuracy_hi", "accuracy_std", "macro_f1", "macro_f1_lo", "macro_f1_hi",
+             "macro_f1_std", "majority_share")
+    values = [f"test_{h}"] + [f"test_{c}" for c in extra if f"test_{c}" in ok and c != h]
     table = ok.pivot_table(index=["roles", "method", "mode"], columns="ratio", values=values).round(4)
-    table.columns = [f"ratio_{r:g}" if v == "test_accuracy" else f"ratio_{r:g}_{v[len('test_'):]}" for v, r in table.columns]
+    table.columns = [f"ratio_{r:g}" if v == f"test_{h}" else f"ratio_{r:g}_{v[len('test_'):]}" for v, r in table.columns]
+    table.attrs["headline"] = h
     return fig, table.reset_index()
 
 
-def offline_twin_accuracy(results: pd.DataFrame, cells: pd.DataFrame) -> pd.Series:
-    """The test accuracy before fine-tuning of each fine-tuned cell in ``cells``: that of its offline
-    twin in ``results`` (same method, mode, roles and ratio, no fine-tuning), first seed (the model a
-    fine-tuned cell trains); NaN where the twin is missing."""
-    off = results[(results.status == "ok") & (_finetune_steps(results) == 0)]
-    first = off.test_accuracy_seeds.astype(str).str.split(";").str[0].astype(float)
+def offline_twin_accuracy(results: pd.DataFrame, cells: pd.DataFrame, headline: str = "accuracy") -> pd.Series:
+    """The headline test score before fine-tuning of each fine-tuned cell in ``cells``: that of its
+    offline twin in ``results`` (same method, mode, roles and ratio, no fine-tuning), first seed (the
+    model a fine-tuned cell trains); NaN where the twin is missing."""
+    off = _with_modes(results[(results.status == "ok") & (_finetune_steps(results) == 0)])
+    column = f"test_{headline}_seeds" if f"test_{headline}_seeds" in off else f"test_{headline}"
+    first = off[column].astype(str).str.split(";").str[0].astype(float)
     key = ["method", "mode", "roles", "ratio"]
     lookup = dict(zip(map(tuple, off[key].itertuples(index=False)), first))
+    cells = _with_modes(cells)
     return pd.Series([lookup.get(tuple(k), float("nan")) for k in cells[key].itertuples(index=False)], index=cells.index)
 
 
 def _offline_finetune(results: pd.DataFrame):
-    """The seed's downstream protocol on the smaller grid: offline (the twin cell) vs after a short fine-tuning."""
-    tuned = results[(results.status == "ok") & (_finetune_steps(results) > 0)].copy()
+    """The seed's downstream protocol: offline (the twin cell) vs after a short fine-tuning."""
+    h = offline_headline(results)
+    tuned = _with_modes(results[(results.status == "ok") & (_finetune_steps(results) > 0)])
     if tuned.empty:
         raise NothingToDraw("no fine-tuned cell")
     tuned["variant"] = _label(tuned) + " " + tuned.roles + " ×" + tuned.ratio.map("{:g}".format)
-    tuned["offline_test_accuracy"] = offline_twin_accuracy(results, tuned)
-    data = tuned[["variant", "method", "mode", "roles", "ratio", "finetune_steps", "offline_test_accuracy",
-                  "finetuned_test_accuracy"]].sort_values("finetuned_test_accuracy").reset_index(drop=True)
-    long = data.melt(id_vars="variant", value_vars=["offline_test_accuracy", "finetuned_test_accuracy"],
-                     var_name="when", value_name="accuracy")
-    long["when"] = long.when.map({"offline_test_accuracy": "offline", "finetuned_test_accuracy":
+    tuned[f"offline_test_{h}"] = offline_twin_accuracy(results, tuned, h)
+    data = tuned[["variant", "method", "mode", "roles", "ratio", "finetune_steps", f"offline_test_{h}",
+                  f"finetuned_test_{h}"]].sort_values(f"finetuned_test_{h}").reset_index(drop=True)
+    long = data.melt(id_vars="variant", value_vars=[f"offline_test_{h}", f"finetuned_test_{h}"],
+                     var_name="when", value_name="score")
+    long["when"] = long.when.map({f"offline_test_{h}": "offline", f"finetuned_test_{h}":
                                   f"after {int(data.finetune_steps.iloc[0])} fine-tuning steps"})
-    long["test accuracy (%)"] = 100 * long.accuracy
+    metric = f"test {HEADLINE_LABELS[h]} (%)"
+    long[metric] = 100 * long.score
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(data) + 1.2))
-    sns.barplot(data=long, y="variant", x="test accuracy (%)", hue="when", ax=ax)
-    ax.axvline(100 * tuned.baseline_test_accuracy.iloc[0], color="0.3", ls="--", lw=1, label="uncompressed")
-    no_skill_line(ax, majority_accuracy(), axis="x")
-    ax.set(ylabel="", xlim=(40, 100), title="Short fine-tuning recovers what offline compression loses")
+    sns.barplot(data=long, y="variant", x=metric, hue="when", ax=ax)
+    ax.axvline(100 * tuned[f"baseline_test_{h}"].iloc[0], color="0.3", ls="--", lw=1, label="uncompressed")
+    majority = _no_skill(h)
+    no_skill_line(ax, majority, axis="x")
+    ax.set(ylabel="", xlim=(min(40, majority - 5, long[metric].min() - 5), 100),
+           title="Short fine-tuning recovers what offline compression loses")
     ax.legend(loc="lower right", fontsize=8)
     return fig, data
 
 
 def _offline_table(results: pd.DataFrame) -> str:
-    """Rows roles × method × mode, columns ratio: test accuracy (%) with its 95 % bootstrap interval
-    (for the autoencoder, of the mean over its seeds) where recorded; † where every prediction is the
-    majority class; the best of each role group and ratio in bold."""
+    """Rows roles × method × mode, columns ratio: the headline test metric (%) with its 95 % bootstrap
+    interval (for the autoencoder, of the mean over its seeds) where recorded; † where every prediction
+    is the majority class; the best of each role group and ratio in bold; where a ratio has fine-tuned
+    cells, a column beside it with the score after fine-tuning (the first seed's model)."""
     _, table = _offline_accuracy(results)
+    h = table.attrs["headline"]
     table = table.assign(r=table.roles.map({r: i for i, r in enumerate(["ffn", "qkv", "embeddings"])}),
                          m=table.method.map(METHOD_ORDER.index),
                          o=table["mode"].map(MODE_ORDER.index)).sort_values(["r", "m", "o"])
     ratios = [c for c in table if c.startswith("ratio_") and c.removeprefix("ratio_").replace(".", "").isdigit()]
+    tuned = _with_modes(results[(results.status == "ok") & (_finetune_steps(results) > 0)])
+    tuned_at = tuned.set_index(["roles", "method", "mode", "ratio"])[f"finetuned_test_{h}"] if len(tuned) else None
     parts = []
     for _, group in table.groupby("r", sort=True):
         cells = _bold_best(100 * group[ratios], lower=False, fmt="{:.1f}")
         for c in ratios:
-            if f"{c}_accuracy_lo" in group:
-                lo, hi = 100 * group[f"{c}_accuracy_lo"], 100 * group[f"{c}_accuracy_hi"]
+            if f"{c}_{h}_lo" in group:
+                lo, hi = 100 * group[f"{c}_{h}_lo"], 100 * group[f"{c}_{h}_hi"]
                 cells[c] = [v if pd.isna(a) else f"{v} ({a:.1f}–{b:.1f})" for v, a, b in zip(cells[c], lo, hi)]
             if f"{c}_majority_share" in group:
                 cells[c] = [v + "†" if share >= 1 else v for v, share in zip(cells[c], group[f"{c}_majority_share"])]
-        parts.append(pd.concat([group[["roles", "method", "mode"]], cells], axis=1))
-    frame = pd.concat(parts).rename(columns={c: "×" + c.removeprefix("ratio_") for c in ratios})
-    return _markdown(frame, numeric=len(ratios))
+        columns = {}
+        for c in ratios:
+            columns[c] = cells[c]
+            ratio = float(c.removeprefix("ratio_"))
+            if tuned_at is not None and (tuned.ratio == ratio).any():
+                columns[f"{c} fine-tuned"] = [
+                    f"{100 * tuned_at[k]:.1f}" if k in tuned_at.index else ""
+                    for k in zip(group.roles, group.method, group["mode"], [ratio] * len(group))]
+        parts.append(pd.concat([group[["roles", "method", "mode"]], pd.DataFrame(columns, index=group.index)], axis=1))
+    frame = pd.concat(parts)
+    frame = frame.rename(columns={c: "×" + c.removeprefix("ratio_") for c in frame if c.startswith("ratio_")})
+    return _markdown(frame, numeric=frame.shape[1] - 3)
