@@ -146,6 +146,30 @@ def test_three_class_offline_table_reads_macro_f1_with_values_only_pruning_and_f
     assert len(data) == 6 and data.offline_test_macro_f1.notna().all()
 
 
+def test_offline_comparisons_are_paired_over_the_same_tweets_and_the_autoencoders_seeds():
+    from tcomp_utils.scores import encode_predictions, paired_interval
+    labels = np.random.default_rng(0).integers(0, 3, 400)
+
+    def preds(p_right: float, seed: int) -> np.ndarray:
+        r = np.random.default_rng(seed)
+        return np.where(r.random(len(labels)) < p_right, labels, (labels + 1) % 3)
+    ae = [preds(0.5, s) for s in range(3)]
+    cells = {("ae", "separated", True): ae, ("svd", "separated", True): [preds(0.8, 10)],
+             ("pruning", "separated", True): [preds(0.7, 11)], ("pruning", "separated", False): [preds(0.7, 12)]}
+    results = pd.DataFrame([dict(status="ok", model_name="minilm-l6-tweets3", method=m, mode=mode, count_indices=c,
+                                 roles="ffn", ratio=3.0, finetune_steps=0, test_labels=encode_predictions(labels),
+                                 test_predictions=";".join(encode_predictions(p) for p in runs))
+                            for (m, mode, c), runs in cells.items()])
+    d = figures.offline_paired(results).set_index("comparison")
+    expected = paired_interval(labels, np.stack(ae), cells[("svd", "separated", True)][0], "macro_f1")
+    assert d.loc["ae − svd", ["difference", "lo", "hi"]].tolist() == pytest.approx(
+        [100 * expected.difference, 100 * expected.lo, 100 * expected.hi])
+    assert d.loc["ae − svd", "verdict"] == "below"
+    assert d.loc["values-only − CSR pruning", "verdict"] == "≈"  # both right 70 % of the time
+    with pytest.raises(figures.NothingToDraw, match="predictions"):
+        figures.offline_paired(results.drop(columns="test_predictions"))
+
+
 def test_qat_cells_label_the_seed_rows_protocols_and_stored_bits():
     """Seed 003's rows (binary, b-bit of the seed's grid with its sign stored apart, RTN/GPTQ on
     theirs) per protocol, and the figure with one panel per target."""

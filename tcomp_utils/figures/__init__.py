@@ -27,7 +27,7 @@ from .composable import (COMPOSABLE_ARMS, _composable_readme, _composable_set_re
 from .gptq import GPTQ_METRICS, GPTQ_VARIANTS, _bits, _gptq_long, _gptq_readme, _gptq_table, _gptq_variant
 from .markdown import _bold_best, _markdown
 from .offline import (METHOD_ORDER, MODE_ORDER, ROLE_ORDER, _finetune_steps, _label, _offline_accuracy,
-                      _offline_finetune, _offline_table, offline_twin_accuracy)
+                      _offline_finetune, _offline_table, offline_headline, offline_paired, offline_twin_accuracy)
 from .pruning import (DECODER_TEXTS, PRUNING_LABELS, PRUNING_ORDER, _pruning_decoder, _pruning_decoder_table,
                       _pruning_encoder, _pruning_encoder_table)
 from .qat import QAT_FLOAT, QAT_PROTOCOLS, QAT_TARGETS, _qat_cells, _qat_readme, _qat_table

@@ -3,6 +3,7 @@ figures and the README table."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
@@ -190,3 +191,34 @@ def _offline_table(results: pd.DataFrame) -> str:
     frame = pd.concat(parts)
     frame = frame.rename(columns={c: "×" + c.removeprefix("ratio_") for c in frame if c.startswith("ratio_")})
     return _markdown(frame, numeric=frame.shape[1] - 3)
+
+
+def offline_paired(results: pd.DataFrame) -> pd.DataFrame:
+    """Seed 000's comparisons read from paired intervals, per role group and ratio (offline cells with
+    recorded predictions): the autoencoder minus SVD (both ``separated``; the autoencoder's seeds as
+    runs, so the interval holds their spread too), and pruning under the seed's values-only count minus
+    the CSR count. The headline metric in points with its paired bootstrap 95 % interval over the same
+    test examples. Columns: roles, ratio, comparison, difference, lo, hi, verdict."""
+    from ..scores import decode_predictions, paired_interval
+    h = offline_headline(results)
+    ok = _with_modes(results[(results.status == "ok") & (_finetune_steps(results) == 0)])
+    if "test_predictions" not in ok or "test_labels" not in ok:
+        raise NothingToDraw("no offline cell kept its predictions")
+    ok = ok[ok.test_predictions.notna()]
+    labels = decode_predictions(ok.test_labels.dropna().iloc[0])
+    cells = ok.set_index(["roles", "method", "mode", "ratio"]).sort_index()
+
+    def runs(key) -> np.ndarray:
+        return np.stack([decode_predictions(p) for p in str(cells.loc[key].test_predictions).split(";")])
+    rows = []
+    for (roles, ratio), _ in ok.groupby(["roles", "ratio"]):
+        for comparison, a, b in (("ae − svd", ("ae", "separated"), ("svd", "separated")),
+                                 ("values-only − CSR pruning", ("pruning", "values-only"), ("pruning", "separated"))):
+            ka, kb = (roles, *a, ratio), (roles, *b, ratio)
+            if ka in cells.index and kb in cells.index:
+                iv = paired_interval(labels, runs(ka), runs(kb), h)
+                rows.append({"roles": roles, "ratio": ratio, "comparison": comparison, "difference": 100 * iv.difference,
+                             "lo": 100 * iv.lo, "hi": 100 * iv.hi, "verdict": iv.verdict})
+    if not rows:
+        raise NothingToDraw("no pair of cells to compare")
+    return pd.DataFrame(rows)
