@@ -897,6 +897,13 @@ def test_qat_fine_tuning_so_far_against_fp32_and_its_control():
     half = 0.8  # the baseline's test-sample bootstrap half-width (the baselines table: ±0.8 to ±0.9)
     assert list(fine.bits) == [8, 4, 2] and (fine.test_bleu_verdict == "above").all() and (fine.test_bleu < control).all()
     assert (abs(fine.test_bleu.iloc[:2] - control) <= half).all() and control - fine.test_bleu.iloc[2] > half
+    collapsed = [qat_row("finetune", q, b, t).test_bleu for q, b, t in (("binary", None, "attention"),
+                                                                        ("binary", None, "linear"),
+                                                                        ("seed", 1, "attention"))]
+    assert all(qat_row("finetune", q, b, t).test_bleu_verdict == "below" for q, b, t in
+               (("binary", None, "attention"), ("binary", None, "linear"), ("seed", 1, "attention")))
+    says(RESULTS, f"unscaled binary weights score {collapsed[0]:.2f} on the attention and {collapsed[1]:.2f} on all "
+                  f"linear, its 1-bit grid on the attention {collapsed[2]:.2f}")
     says(RESULTS, f"one epoch of QAT fine-tuning scores {', '.join(f'{b:.2f}' for b in fine.test_bleu[:-1])} and "
                   f"{fine.test_bleu.iloc[-1]:.2f}",
          "(" + ", ".join(_signed(d) for d in fine.test_bleu_diff[:-1]) + f" and {_signed(fine.test_bleu_diff.iloc[-1])})",
@@ -913,12 +920,14 @@ def test_qat_fine_tuning_so_far_against_fp32_and_its_control():
 
 def test_stochastic_re_quantization_at_evaluation():
     ptq2, ft2 = qat_row("ptq", "seed", 2, "attention"), qat_row("finetune", "seed", 2, "attention")
-    one = qat_row("ptq", "seed", 1, "attention")
+    one, ft1 = qat_row("ptq", "seed", 1, "attention"), qat_row("finetune", "seed", 1, "attention")
+    assert ft1.stochastic_test_bleu > ft1.test_bleu + 1
     assert ptq2.stochastic_test_bleu < ptq2.test_bleu and ft2.stochastic_test_bleu < ft2.test_bleu
     assert one.stochastic_test_bleu > one.test_bleu + 1
     says(RESULTS, f"{ptq2.stochastic_test_bleu:.2f} against {ptq2.test_bleu:.2f} by nearest rounding at 2 bits",
          f"{ft2.stochastic_test_bleu:.2f} against {ft2.test_bleu:.2f} after QAT fine-tuning",
-         f"1-bit grid it scores {one.stochastic_test_bleu:.2f} where nearest rounding collapses to {one.test_bleu:.2f}")
+         f"1-bit grid it scores {one.stochastic_test_bleu:.2f} where nearest rounding collapses to {one.test_bleu:.2f}",
+         f"and {ft1.stochastic_test_bleu:.2f} against {ft1.test_bleu:.2f} after QAT fine-tuning")
     assert table("qat_table").ood_test_bleu.max() < 1.5  # "every cell ... about 1 BLEU" out of domain
 
 
