@@ -908,6 +908,7 @@ def test_qat_fine_tuning_so_far_against_fp32_and_its_control():
                   f"{fine.test_bleu.iloc[-1]:.2f}",
          "(" + ", ".join(_signed(d) for d in fine.test_bleu_diff[:-1]) + f" and {_signed(fine.test_bleu_diff.iloc[-1])})",
          f"epoch with no quantizer scores {control:.2f}",
+         f"(8-bit attention and embeddings: {qat_row('finetune', 'seed', 8, 'attention+embeddings').test_bleu:.2f})",
          f"8 and 4 bits lie within it and 2 bits {control - fine.test_bleu.iloc[2]:.2f} below")
     spec = SweepSpec.load(ROOT / "papermill_runs" / "qat_table.yaml")
     wanted = pd.Series([p["protocol"] for p in spec.points]).value_counts()
