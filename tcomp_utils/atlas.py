@@ -4,15 +4,18 @@ the winner at each budget. Quality is "higher is better" for accuracy and "lower
     points = atlas.points(pd.read_csv("papermill_runs/atlas/results.csv"))
     atlas.front(points, "bytes")              # the points no other beats on bytes and quality at once
     atlas.winners(points, "bytes", [2, 4, 8]) # the best quality with at least 2x, 4x, 8x fewer bytes
+    atlas.paired(points, labels)              # differences between a classifier's points on the same tweets
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
-from .majority import no_skill_quality
+from .majority import committed_test_labels, no_skill_quality
 from .pareto import pareto_mask
+from .scores import PairedInterval, decode_predictions, paired_interval
 
 # footprint axis -> (column, its dense column, label of the fraction of dense)
 AXES = {"bytes": ("bytes", "dense_bytes", "stored bytes / dense"),
@@ -77,3 +80,70 @@ def winners(pts: pd.DataFrame, axis: str, factors: Sequence[float]) -> pd.DataFr
             rows.append({"model": model, "factor": k, **best[["pipeline", "family", "quality", "quality_loss",
                                                               f"{axis}_frac"]].to_dict()})
     return pd.DataFrame(rows)
+
+
+# a classifier's quality metric -> (its task, whose committed test labels pair its points; the scores metric)
+PAIRED_METRICS = {"test macro-F1 (%)": ("tweets3", "macro_f1")}
+# same-budget rivals compared head to head: (a, b) pipeline templates and the values filled in
+RIVALS = ((("structured(criterion='id', mu={})", "fisher_pruning(mu={})"), (0.9, 0.7, 0.5)),
+          (("gptq(bits={}, roles=['linear', 'embeddings'])", "rtn(bits={}, roles=['linear', 'embeddings'])"), (8, 4, 3)))
+
+
+def test_labels(pts: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per model whose quality metric is in :data:`PAIRED_METRICS`, its test labels: the task's committed
+    ones, cut to the examples its points were scored on (a smoke point scores the first 128 or 256)."""
+    out = {}
+    for model, g in pts.groupby("model", sort=False):
+        task = PAIRED_METRICS.get(g.quality_metric.iloc[0])
+        if task is None or "test_predictions" not in g or g.test_predictions.isna().any():
+            continue
+        n = len(decode_predictions(g.test_predictions.iloc[0]))
+        out[model] = committed_test_labels(task[0])[:n]
+    return out
+
+
+def paired(pts: pd.DataFrame, labels: dict[str, np.ndarray] | None = None, n_resamples: int = 1000) -> pd.DataFrame:
+    """Paired bootstrap differences between points of the same classifier on the same test examples,
+    in quality points (macro-F1 × 100): every point against ``dense`` (``kind`` "vs dense"), the
+    :data:`RIVALS` at the same budget ("rivals"), and each combination against each of its parts
+    ("combination vs part"). Columns: model, kind, a, b, difference, lo, hi, verdict (≈ when the 95 %
+    interval covers 0). ``labels`` defaults to :func:`test_labels`; a model without them is left out."""
+    labels = test_labels(pts) if labels is None else labels
+    rows = []
+    for model, y in labels.items():
+        g = pts[pts.model == model].set_index("pipeline")
+        metric = PAIRED_METRICS[g.quality_metric.iloc[0]][1]
+        pairs = [("vs dense", p, "dense") for p in g.index if p != "dense"]
+        pairs += [("rivals", a.format(v), b.format(v)) for (a, b), values in RIVALS for v in values]
+        pairs += [("combination vs part", c, part.strip()) for c in g.index for part in c.split(" + ") if " + " in c]
+        for kind, a, b in pairs:
+            if a not in g.index or b not in g.index:
+                continue
+            iv: PairedInterval = paired_interval(y, decode_predictions(g.loc[a, "test_predictions"]),
+                                                 decode_predictions(g.loc[b, "test_predictions"]), metric,
+                                                 n_resamples=n_resamples)
+            rows.append({"model": model, "kind": kind, "a": a, "b": b, "difference": 100 * iv.difference,
+                         "lo": 100 * iv.lo, "hi": 100 * iv.hi, "verdict": iv.verdict})
+    return pd.DataFrame(rows, columns=["model", "kind", "a", "b", "difference", "lo", "hi", "verdict"])
+
+
+def ties(pts: pd.DataFrame, won: pd.DataFrame, axis: str, labels: dict[str, np.ndarray] | None = None,
+         n_resamples: int = 1000) -> list[list[str]]:
+    """For each row of ``won`` (:func:`winners` on ``axis``), the other points within its budget (above no
+    skill) that the paired interval does not tell apart from the winner (it covers 0): their pipelines,
+    best first; empty for a model without labels (:func:`test_labels`) or a budget no point reaches."""
+    labels = test_labels(pts) if labels is None else labels
+    out = []
+    for r in won.itertuples():
+        g = pts[(pts.model == r.model) & ~pts.no_skill].set_index("pipeline")
+        if r.model not in labels or not isinstance(getattr(r, "pipeline", None), str):
+            out.append([])
+            continue
+        metric = PAIRED_METRICS[g.quality_metric.iloc[0]][1]
+        best = decode_predictions(g.loc[r.pipeline, "test_predictions"])
+        within = g[(g[f"{axis}_frac"] <= 1 / r.factor + 1e-9) & (g.index != r.pipeline)].sort_values("quality",
+                                                                                                   ascending=False)
+        out.append([p for p in within.index
+                    if paired_interval(labels[r.model], best, decode_predictions(within.loc[p, "test_predictions"]),
+                                       metric, n_resamples=n_resamples).verdict == "≈"])
+    return out

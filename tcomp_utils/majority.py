@@ -1,8 +1,16 @@
-"""The no-skill level of the embedded classification tasks: the accuracy of always predicting the
-majority class of the test split. Figures draw it as a line and the atlas keeps points at or below
+"""The no-skill level of the embedded classification tasks: for accuracy, always predicting the
+majority class of the test split; for macro-F1, a guess in the classes' shares (1/K). Figures draw it as a line and the atlas keeps points at or below
 it off its fronts. Stated here (split seed 0), because figures and the atlas read committed tables
 alone (no asset); ``tests/test_tasks.py`` checks the counts against the data."""
 from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .files import REPO_ROOT
+from .scores import decode_predictions
 
 # task -> (test examples in its majority class, test examples), split seed 0
 TEST_MAJORITY = {"tweets": (1382, 2000), "tweets3": (826, 2000)}
@@ -29,9 +37,53 @@ def majority_macro_f1(task: str = ENCODER_TASK) -> float:
     return 100 * 2 * share / (1 + share) / CLASSES[task]
 
 
+def chance_macro_f1(task: str = "tweets3") -> float:
+    """The no-skill level of macro-F1 in percent: ``100 / K`` for ``task``'s K classes, what a label-blind
+    guess in the test split's own class shares p scores in expectation (class k's F1 is then p_k). No
+    label-blind rule does better in expectation: class k's expected F1 at a guess rate q_k,
+    2 p_k q_k / (p_k + q_k), is concave in q and the mean over classes peaks at q = p. Always answering
+    the majority class (:func:`majority_macro_f1`) scores less: macro-F1 rewards a guess spread over the
+    classes, so a point must beat ``100 / K``, not the majority's, to show it learnt something."""
+    if task not in CLASSES:
+        raise KeyError(f"no class count for task {task!r}; known: {', '.join(CLASSES)}")
+    return 100 / CLASSES[task]
+
+
+def no_skill(headline: str, task: str) -> float:
+    """The no-skill level in percent of a classifier's ``headline`` metric (``accuracy``: the majority
+    class's; ``macro_f1``: :func:`chance_macro_f1`) on ``task``."""
+    levels = {"accuracy": majority_accuracy, "macro_f1": chance_macro_f1}
+    if headline not in levels:
+        raise KeyError(f"no no-skill level for metric {headline!r}; known: {', '.join(levels)}")
+    return levels[headline](task)
+
+
 def no_skill_quality(metric: str) -> float | None:
     """The no-skill level of a quality metric as the atlas records it (``"test accuracy (%)"``: the
-    binary encoder task's majority accuracy; ``"test macro-F1 (%)"``: the three-class task's majority
+    binary encoder task's majority accuracy; ``"test macro-F1 (%)"``: the three-class task's chance
     macro-F1); None for a metric without one (perplexity)."""
-    return majority_accuracy() if "accuracy" in metric else majority_macro_f1("tweets3") if "macro-F1" in metric \
-        else None
+    return no_skill("accuracy", ENCODER_TASK) if "accuracy" in metric else \
+        no_skill("macro_f1", "tweets3") if "macro-F1" in metric else None
+
+
+# task -> (a committed results table relative to the repository, the model whose dense row records the test
+# split's labels in its ``test_labels`` column): the labels a table without its own pairs its cells against
+# (``tests/test_tasks.py`` checks them against the data)
+TEST_LABELS_SOURCE = {"tweets3": ("papermill_runs/structured_pruning_encoder/results.csv", "minilm-l6-tweets3")}
+
+
+def committed_test_labels(task: str, root: Path = REPO_ROOT) -> np.ndarray:
+    """The test split's labels of ``task`` (split seed 0) as a committed table records them: ``(examples,)``
+    int64, for paired intervals between cells of tables that keep only predictions (the atlas)."""
+    if task not in TEST_LABELS_SOURCE:
+        raise KeyError(f"no committed test labels for task {task!r}; known: {', '.join(TEST_LABELS_SOURCE)}")
+    table, model = TEST_LABELS_SOURCE[task]
+    path = Path(root) / table
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {table}, which records {task}'s test labels: run its sweep (make run)")
+    df = pd.read_csv(path)
+    rows = df[(df.model_name == model) & df.test_labels.notna()] if {"model_name", "test_labels"} <= set(df) \
+        else df.iloc[:0]
+    if rows.empty:
+        raise ValueError(f"{table} has no row of {model} with test_labels")
+    return decode_predictions(rows.test_labels.iloc[0])

@@ -91,7 +91,7 @@ def test_every_committed_atlas_point_was_recounted_from_its_saved_model_and_agre
 
     results = pd.read_csv(Path(__file__).resolve().parents[1] / "papermill_runs/atlas/results.csv")
     ok = results[results.status == "ok"]
-    assert len(ok) >= 5 and set(ok.model) >= {"minilm-l6-tweets"}
+    assert len(ok) >= 5 and set(ok.model) >= {"minilm-l6-tweets3"}
     for col in ("family", "pipeline", "params", "bytes", "macs_per_token", "latency_ms", "peak_mb", "quality",
                 "compress_seconds"):
         assert ok[col].notna().all(), col
@@ -103,3 +103,35 @@ def test_every_committed_atlas_point_was_recounted_from_its_saved_model_and_agre
     # every compressed point stores less than its dense model or computes less per token
     compressed = ok[ok.pipeline != "dense"]
     assert ((compressed.bytes < compressed.dense_bytes) | (compressed.macs_per_token < compressed.dense_macs_per_token)).all()
+
+
+def test_paired_differences_and_ties_on_the_same_test_examples():
+    """A three-class model's points, paired on the same 300 hand-made labels: ``x`` misses 90 of them more
+    than dense (far below), ``y`` differs from ``x`` on 2 examples (not distinguishable), and the byte
+    winner's ties are exactly the points the paired interval cannot separate from it."""
+    import numpy as np
+
+    from tcomp_utils.scores import encode_predictions
+
+    labels = np.tile([0, 1, 2], 100)
+    wrong = lambda n: np.where(np.arange(300) < n, (labels + 1) % 3, labels)  # noqa: E731: the first n missed
+    rows = []
+    for pipeline, preds, nbytes in (("dense", labels, 100), ("x", wrong(90), 20), ("y", wrong(92), 20),
+                                    ("x + y", wrong(300), 10)):
+        rows.append(dict(model="m3", pipeline=pipeline, family=pipeline, quality=0.0, quality_metric="test macro-F1 (%)",
+                         bytes=nbytes, dense_bytes=100.0, macs_per_token=10, dense_macs_per_token=10.0, latency_ms=1.0,
+                         dense_latency_ms=1.0, peak_mb=1.0, dense_peak_mb=1.0, status="ok",
+                         test_predictions=encode_predictions(preds)))
+    from tcomp_utils import scores
+    results = pd.DataFrame(rows)
+    results["quality"] = [100 * scores.macro_f1(labels, scores.decode_predictions(p)) for p in results.test_predictions]
+    pts = atlas.points(results)
+    pairs = atlas.paired(pts, {"m3": labels}, n_resamples=300).set_index(["kind", "a", "b"])
+    x = pairs.loc[("vs dense", "x", "dense")]
+    assert x.difference == pytest.approx(-30.0, abs=0.5) and x.hi < 0 and x.verdict == "below"
+    assert pairs.loc[("combination vs part", "x + y", "x")].verdict == "below"  # scores 0: everything missed
+    assert "x + y" not in set(atlas.front(pts, "bytes").pipeline)  # below no skill (1/3 macro-F1)
+    won = atlas.winners(pts, "bytes", [4])
+    assert won.pipeline.tolist() == ["x"]
+    assert atlas.ties(pts, won, "bytes", {"m3": labels}, n_resamples=300) == [["y"]]
+    assert atlas.paired(pts, {}).empty  # no labels, no pairs

@@ -121,7 +121,7 @@ def test_offline_table_carries_intervals_and_the_embedding_column():
 
 def test_three_class_offline_table_reads_macro_f1_with_values_only_pruning_and_fine_tuned_columns():
     from tcomp_utils.figures.no_skill import NO_SKILL_GID
-    from tcomp_utils.majority import majority_macro_f1
+    from tcomp_utils.majority import chance_macro_f1
     rows = []
     for method, count in (("svd", True), ("pruning", True), ("pruning", False)):
         for k, ratio in enumerate((3, 10)):
@@ -141,7 +141,7 @@ def test_three_class_offline_table_reads_macro_f1_with_values_only_pruning_and_f
     assert cells[("ffn", "svd", "separated")][0] == "80.0 (78.0–82.0)"  # macro-F1, not the accuracy; a tie: no bold
     fig, _ = figures._offline_accuracy(results)
     line = next(x for x in fig.axes[0].lines if x.get_gid() == NO_SKILL_GID)
-    assert line.get_ydata()[0] == pytest.approx(majority_macro_f1("tweets3"))
+    assert line.get_ydata()[0] == pytest.approx(chance_macro_f1("tweets3"))
     fig, data = figures._offline_finetune(results)
     assert len(data) == 6 and data.offline_test_macro_f1.notna().all()
 
@@ -292,7 +292,7 @@ def test_student_table_takes_each_modes_best_beta_on_validation():
 
 def test_three_class_student_table_averages_seeds_and_pairs_pkd_with_kd():
     from tcomp_utils.figures.no_skill import NO_SKILL_GID
-    from tcomp_utils.majority import majority_macro_f1
+    from tcomp_utils.majority import chance_macro_f1
     from tcomp_utils.scores import decode_predictions, encode_predictions, macro_f1, paired_interval
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 3, 300)
@@ -339,7 +339,7 @@ def test_three_class_student_table_averages_seeds_and_pairs_pkd_with_kd():
     fig, _ = figures._student_table(results)
     for ax in fig.axes:  # the no-skill line at the three-class majority's macro-F1
         line = next(x for x in ax.lines if x.get_gid() == NO_SKILL_GID)
-        assert line.get_ydata()[0] == pytest.approx(majority_macro_f1("tweets3"))
+        assert line.get_ydata()[0] == pytest.approx(chance_macro_f1("tweets3"))
 
 
 def test_composable_curves_read_kind_and_rate_from_the_unit_names():

@@ -1,5 +1,6 @@
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from tcomp_utils import tasks
@@ -47,13 +48,25 @@ def test_the_three_class_tweets_have_their_counts_disjoint_splits_and_the_binary
 @pytest.mark.parametrize("task", ["tweets", "tweets3"])
 def test_the_figures_majority_counts_are_those_of_the_test_splits(task):
     from tcomp_utils import metrics
-    from tcomp_utils.majority import CLASSES, TEST_MAJORITY, majority_macro_f1
+    from tcomp_utils.majority import CLASSES, TEST_MAJORITY, chance_macro_f1, majority_macro_f1
     labels = tasks.load_task(task)["test"]["label"]
     assert TEST_MAJORITY[task] == (max(Counter(labels).values()), len(labels))
     assert CLASSES[task] == len(set(labels))
     # the macro-F1 of always predicting the majority class, as sklearn scores it
     top = Counter(labels).most_common(1)[0][0]
     assert majority_macro_f1(task) == pytest.approx(100 * metrics.macro_f1(labels, [top] * len(labels)))
+    # a guess in the class shares (the labels shuffled) scores 1/K macro-F1 on average, above the majority's
+    rng = np.random.default_rng(0)
+    guessed = np.mean([metrics.macro_f1(labels, rng.permutation(labels)) for _ in range(200)])
+    assert 100 * guessed == pytest.approx(chance_macro_f1(task), abs=0.5)
+    assert chance_macro_f1(task) > majority_macro_f1(task)
+
+
+@pytest.mark.slow
+def test_the_committed_test_labels_are_the_test_split():
+    from tcomp_utils.majority import TEST_LABELS_SOURCE, committed_test_labels
+    for task in TEST_LABELS_SOURCE:
+        assert committed_test_labels(task).tolist() == tasks.load_task(task)["test"]["label"]
 
 
 @pytest.mark.slow

@@ -10,9 +10,9 @@ import matplotlib.ticker
 import pandas as pd
 import seaborn as sns
 
-from ..majority import majority_accuracy
+from ..majority import no_skill_quality
 from .markdown import _markdown
-from .no_skill import no_skill_line
+from .no_skill import LABELS, no_skill_line
 
 
 # A perplexity panel's axis ends at 4x its dense model's perplexity, i.e. 2 bits more cross-entropy per token
@@ -62,8 +62,8 @@ def atlas_figure(axis: str) -> Callable[[pd.DataFrame], tuple[plt.Figure, pd.Dat
                 ax.yaxis.set_minor_formatter(plain)
                 if clip is not None:
                     _clip_panel(ax, shown.quality.min(), over, x, clip, palette)
-            elif "accuracy" in metric:  # a classifier's panel
-                no_skill_line(ax, majority_accuracy())
+            elif no_skill_quality(metric) is not None:  # a classifier's panel
+                no_skill_line(ax, no_skill_quality(metric), label=LABELS["macro_f1" if "F1" in metric else "accuracy"])
             dead = g[g.no_skill]
             if len(dead):  # learnt nothing: marked, never on the front
                 ax.scatter(dead[x], dead.quality, marker="x", color="0.2", s=40, zorder=3,
@@ -100,21 +100,48 @@ ATLAS_BUDGETS = (("bytes", (2, 4, 8), "fewer stored bytes"), ("macs", (1.5, 2), 
 
 def _atlas_readme(results: pd.DataFrame) -> str:
     """The atlas's verdicts: for each model, the best point with at least 2, 4, 8 times fewer bytes
-    and 1.5, 2 times fewer MACs (its pipeline, quality, loss against dense, and what it measured)."""
+    and 1.5, 2 times fewer MACs (its pipeline, quality, loss against dense, and what it measured). For a
+    classifier the loss is a paired interval on the same test tweets, and the points of that budget it
+    cannot be told apart from are counted by family."""
     from .. import atlas
 
     pts = atlas.points(results)
+    labels = atlas.test_labels(pts)
+    pairs = atlas.paired(pts, labels)
     rows = []
     for axis, factors, label in ATLAS_BUDGETS:
         won = atlas.winners(pts, axis, factors)
-        for r in won.itertuples():
+        for r, tied in zip(won.itertuples(), atlas.ties(pts, won, axis, labels)):
             hit = isinstance(r.pipeline, str)
             p = pts[(pts.model == r.model) & (pts.pipeline == r.pipeline)].iloc[0] if hit else None
             loss = "" if not hit else (f"{r.quality_loss:+.1f} %" if atlas.lower_is_better(p.quality_metric)
                                        else f"{-r.quality_loss + 0.0:+.2f} pts")  # + 0.0: no "-0.00"
+            d = pairs[(pairs.model == r.model) & (pairs.a == r.pipeline) & (pairs.b == "dense")] if hit else pairs[:0]
+            if len(d):
+                d = d.iloc[0]
+                loss = f"{d.difference:+.2f} [{d.lo:+.2f}, {d.hi:+.2f}] {d.verdict}"
+            families = pts[(pts.model == r.model) & pts.pipeline.isin(tied)].family.value_counts()
             rows.append({"model": r.model, "budget": f"≥ {r.factor:g}× {label}",
                          "best point": f"`{r.pipeline}`" if hit else "none reaches it",
-                         "family": r.family if hit else "", "quality": f"{r.quality:.2f}" if hit else "",
-                         "vs dense": loss, "bytes": f"{p.bytes_frac:.2f}" if hit else "",
+                         "family": r.family if hit else "",
+                         "≈ best (paired)": ", ".join(f"{f} ×{n}" if n > 1 else f for f, n in families.items()),
+                         "quality": f"{r.quality:.2f}" if hit else "", "vs dense": loss,
+                         "bytes": f"{p.bytes_frac:.2f}" if hit else "",
                          "MACs": f"{p.macs_frac:.2f}" if hit else "", "latency": f"{p.latency_frac:.2f}" if hit else ""})
     return _markdown(pd.DataFrame(rows), numeric=5)
+
+
+def _atlas_paired_readme(results: pd.DataFrame) -> str:
+    """The atlas's head-to-head verdicts on the classifier: same-budget rivals (ID against Kwon's Fisher
+    masks at each MAC fraction, GPTQ against RTN at each width) and each combination against each of its
+    parts, the difference in quality points with its paired 95 % interval on the same test tweets."""
+    from .. import atlas
+
+    pairs = atlas.paired(atlas.points(results))
+    pairs = pairs[pairs.kind != "vs dense"]
+    rows = [{"model": r.model, "comparison": r.kind, "a": f"`{r.a}`", "b": f"`{r.b}`",
+             "a − b (pts)": f"{r.difference:+.2f}", "95 % paired interval": f"[{r.lo:+.2f}, {r.hi:+.2f}]",
+             "verdict": {"above": "a above b", "below": "a below b", "≈": "not distinguishable"}[r.verdict]}
+            for r in pairs.itertuples()]
+    return _markdown(pd.DataFrame(rows, columns=["model", "comparison", "a", "b", "a − b (pts)",
+                                                 "95 % paired interval", "verdict"]), numeric=0)

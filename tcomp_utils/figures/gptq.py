@@ -6,9 +6,9 @@ import pandas as pd
 import seaborn as sns
 
 from .. import scores  # torch-free: figures load no model
-from ..majority import majority_accuracy, majority_macro_f1
+from ..majority import no_skill
 from .markdown import _bold_best, _markdown
-from .no_skill import no_skill_line
+from .no_skill import LABELS, no_skill_line
 
 
 def _bits(ok: pd.DataFrame) -> pd.Series:
@@ -27,8 +27,7 @@ GPTQ_METRICS = (("smollm2-135m", "perplexity", "perplexity, novel", True),
                 ("smollm2-135m", "perplexity_jargon", "perplexity, Jargon File", True),
                 ("minilm-l6-tweets", "test_accuracy", "tweet test accuracy (%)", False),
                 ("minilm-l6-tweets3", "test_macro_f1", "three-class tweet macro-F1 (%)", False))
-GPTQ_NO_SKILL = {"minilm-l6-tweets": lambda: majority_accuracy("tweets"),
-                 "minilm-l6-tweets3": lambda: majority_macro_f1("tweets3")}
+GPTQ_NO_SKILL = {"minilm-l6-tweets": ("accuracy", "tweets"), "minilm-l6-tweets3": ("macro_f1", "tweets3")}
 GPTQ_MODEL_NAMES = {"smollm2-135m": "`smollm2-135m`", "minilm-l6-tweets": "tweet task model",
                     "minilm-l6-tweets3": "three-class tweet model"}
 GPTQ_VARIANTS = ["RTN", "GPTQ", "GPTQ + act-order"]
@@ -67,8 +66,9 @@ def _gptq_table(results: pd.DataFrame):
         ax.set(xticks=sorted(d.bits.unique()), xlabel="bits per weight (codes)", ylabel=label, title=model)
         if lower:
             ax.set_yscale("log")
-        else:  # a task model's accuracy or macro-F1: the majority class's level
-            no_skill_line(ax, GPTQ_NO_SKILL[model]())
+        else:  # a task model's accuracy or macro-F1: its no-skill level
+            headline, task = GPTQ_NO_SKILL[model]
+            no_skill_line(ax, no_skill(headline, task), label=LABELS[headline])
     for ax in axes[1:]:
         ax.get_legend().remove()
     fig.suptitle("Post-training quantization: RTN vs GPTQ (all linear layers; embeddings in fp32)", y=1.02)

@@ -8,10 +8,10 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from ..majority import majority_accuracy, majority_macro_f1
+from ..majority import no_skill
 from .errors import NothingToDraw
 from .markdown import _bold_best, _markdown
-from .no_skill import no_skill_line
+from .no_skill import LABELS, no_skill_line
 
 
 def _label(results: pd.DataFrame) -> pd.Series:
@@ -43,7 +43,7 @@ def offline_headline(results: pd.DataFrame) -> str:
 
 
 def _no_skill(headline: str) -> float:
-    return majority_macro_f1("tweets3") if headline == "macro_f1" else majority_accuracy()
+    return no_skill(headline, "tweets3" if headline == "macro_f1" else "tweets")
 
 
 def _with_modes(cells: pd.DataFrame) -> pd.DataFrame:
@@ -82,8 +82,8 @@ def _offline_accuracy(results: pd.DataFrame):
     for role, ax in zip(cols, axes[0]):
         ax.axhline(baseline, color="0.3", ls="--", lw=1)
         ax.text(ratios[-1], baseline, " uncompressed", va="bottom", ha="right", fontsize=8, color="0.3")
-        no_skill_line(ax, majority)
-        ax.text(ratios[-1], majority, " majority class", va="bottom", ha="right", fontsize=8, color="0.45")
+        no_skill_line(ax, majority, label=LABELS[h])
+        ax.text(ratios[-1], majority, " no skill", va="bottom", ha="right", fontsize=8, color="0.45")
         for (method, mode), d in ok[ok.roles == role].groupby(["method", "mode"]):
             d = d.groupby("ratio", as_index=False).mean(numeric_only=True)  # a cell measured twice: its mean
             ls, marker = MODE_STYLES[mode]
@@ -150,7 +150,7 @@ def _offline_finetune(results: pd.DataFrame):
     sns.barplot(data=long, y="variant", x=metric, hue="when", ax=ax)
     ax.axvline(100 * tuned[f"baseline_test_{h}"].iloc[0], color="0.3", ls="--", lw=1, label="uncompressed")
     majority = _no_skill(h)
-    no_skill_line(ax, majority, axis="x")
+    no_skill_line(ax, majority, axis="x", label=LABELS[h])
     ax.set(ylabel="", xlim=(min(40, majority - 5, long[metric].min() - 5), 100),
            title="Short fine-tuning recovers what offline compression loses")
     ax.legend(loc="lower right", fontsize=8)

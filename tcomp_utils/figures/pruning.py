@@ -9,9 +9,9 @@ import pandas as pd
 import seaborn as sns
 
 from .. import scores  # torch-free: figures load no model
-from ..majority import majority_macro_f1
+from ..majority import chance_macro_f1, majority_macro_f1
 from .markdown import _bold_best, _markdown
-from .no_skill import no_skill_line
+from .no_skill import LABELS, no_skill_line
 
 
 PRUNING_ORDER = ["id", "fisher", "magnitude", "random"]
@@ -70,7 +70,7 @@ def paired_differences(results: pd.DataFrame, a: str, b: str, metric: str = "mac
 def _pruning_encoder(results: pd.DataFrame):
     """Structured pruning of the three-class task model: test macro-F1 against the MAC fraction kept, every
     calibration draw a point and the mean over draws a line, one colour per method (Kwon's masks on 2,000
-    tweets dashed in theirs); the dense model and the majority class's macro-F1 as lines; and the time each
+    tweets dashed in theirs); the dense model and the no-skill level (a guess in the class shares) as lines; and the time each
     pruning took."""
     ok = _tweets3_cells(results)
     dense, pruned = ok[ok.method == "dense"], ok[ok.method != "dense"]
@@ -86,7 +86,7 @@ def _pruning_encoder(results: pd.DataFrame):
         axes[1].plot(mean.macs_ratio, mean.prune_seconds, "o" + style, color=colors[variant])
     for f1 in dense.test_macro_f1[:1]:
         axes[0].axhline(100 * f1, color="0.3", ls="--", lw=1, label="dense")
-    no_skill_line(axes[0], majority_macro_f1("tweets3"))
+    no_skill_line(axes[0], chance_macro_f1("tweets3"), label=LABELS["macro_f1"])
     _budget_axes(axes, "MACs per token kept (fraction of the whole model's, 128 tokens)", "test macro-F1 (%)",
                  "Macro-F1 vs MAC budget, no retraining (points: calibration draws)")
     fig.suptitle("Structured pruning of the three-class tweet model (heads and FFN neurons removed physically)", y=1.02)
@@ -126,7 +126,8 @@ def _pruning_encoder_table(results: pd.DataFrame) -> str:
     frame.loc[len(frame)] = ["MACs kept over the blocks only", *[f"{blocks[m]:.3f}" for m in mus], ""]
     dense = [f"\n\nDense: macro-F1 {100 * d.test_macro_f1:.1f} % ({100 * d.test_macro_f1_lo:.1f}–"
              f"{100 * d.test_macro_f1_hi:.1f}), accuracy {100 * d.test_accuracy:.1f} %; always the majority class: "
-             f"macro-F1 {majority_macro_f1('tweets3'):.1f} %. μ counts the whole model's MACs."
+             f"macro-F1 {majority_macro_f1('tweets3'):.1f} % (a guess in the class shares: "
+             f"{chance_macro_f1('tweets3'):.1f} %, the no-skill level). μ counts the whole model's MACs."
              for d in t[t.method == "dense"].head(1).itertuples()]
     return _markdown(frame, numeric=len(mus) + 1) + "".join(dense)
 

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from ..files import REPO_ROOT, write_csv_atomic
-from .atlas import ATLAS_QUESTIONS, _atlas_readme, atlas_figure
+from .atlas import ATLAS_QUESTIONS, _atlas_paired_readme, _atlas_readme, atlas_figure
 from .baselines import _baselines_by_role, _baselines_table, _footprints_table
 from .budget_axis import _budget_axis
 from .errors import NothingToDraw
@@ -71,7 +71,7 @@ _SWEEPS = {
     "student_table": ([("student_table", "results.csv", _student_table)],
                       [("student_table", "results.csv", _student_readme)]),
     "atlas": ([(f"atlas_{axis}", "results.csv", atlas_figure(axis)) for axis in ATLAS_QUESTIONS],
-              [("atlas", "results.csv", _atlas_readme)]),
+              [("atlas", "results.csv", _atlas_readme), ("atlas_paired", "results.csv", _atlas_paired_readme)]),
 }
 FIGURES = {name: Figure(name, f"papermill_runs/{sweep}/{table}", f"papermill_runs/{sweep}.yaml", draw)
            for sweep, (figs, _) in _SWEEPS.items() for name, table, draw in figs}

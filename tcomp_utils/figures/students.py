@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from ..majority import majority_accuracy, majority_macro_f1
+from ..majority import no_skill
 from .errors import NothingToDraw
 from .markdown import _bold_best, _markdown
-from .no_skill import no_skill_line
+from .no_skill import LABELS, no_skill_line
 
 
 STUDENT_OBJECTIVES = {"none": "untrained", "ce": "CE", "kd": "KD", "pkd": "PKD (best β)"}
@@ -113,7 +113,7 @@ def student_verdicts(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _no_skill(headline: str) -> float:
-    return majority_macro_f1("tweets3") if headline == "macro_f1" else majority_accuracy()
+    return no_skill(headline, "tweets3" if headline == "macro_f1" else "tweets")
 
 
 def _student_table(results: pd.DataFrame):
@@ -143,7 +143,7 @@ def _student_table(results: pd.DataFrame):
                 ylim=(min(pkd.min(), majority) - 3, pkd.max() + 4), xlim=(cells.latency.min() - 0.1, cells.latency.max() + 0.35))
     for ax in axes:
         ax.axhline(cells.attrs["teacher_score"], color="0.3", ls="--", lw=1)
-        no_skill_line(ax, majority)
+        no_skill_line(ax, majority, label=LABELS[h])
     fig.suptitle(f"Which low-rank student keeps the teacher's {HEADLINE_LABELS[h]} once distilled, and at what speed?",
                  y=1.02)
     return fig, cells.round(4)
