@@ -16,7 +16,6 @@ from typing import Any
 
 MIME = "application/vnd.tcomp.record+json"
 # columns a sweep's results table already has: a record may not take these names
-RETIRED = "retired"  # the status of a committed result kept although the spec no longer has its point
 RESERVED = ("key", "status", "error", "code_hash", "code_modules", "stale", "profile", "elapsed_s")
 
 

@@ -68,7 +68,6 @@ from tqdm.auto import tqdm
 
 from . import progress
 from .files import write_csv_atomic
-from .records import RETIRED
 from .runner import execute_point, notebook_label, package_digest, write_result
 from .sweep_control import Interrupted, PointBusy, PointLock, stop_on_signals  # noqa: F401 (re-exported)
 from .sweep_spec import SweepSpec, SweepSpecError  # noqa: F401 (re-exported: the spec's names)
@@ -305,6 +304,7 @@ def read_table(path: Path) -> pd.DataFrame | None:
 
 NOTEBOOK_CHANGED = "computed with another version of the notebook's code (key {old}; this point's key is now {new})"
 NOT_IN_SPEC = "not a point of the current spec (its parameters match none of the spec's points)"
+RETIRED = "retired"  # the status of a committed result kept although the spec no longer has its point
 CODE_CHANGED = "computed with other sources of the package modules it loaded"
 
 
