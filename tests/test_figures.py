@@ -336,6 +336,14 @@ def test_three_class_student_table_averages_seeds_and_pairs_pkd_with_kd():
     table = figures._student_readme(results).splitlines()
     assert "PKD − KD [95 %]" in table[0] and "seeds" in table[0]
     assert table[-1].endswith("% macro-F1.")
+    grid = figures.student_beta_grid(results).set_index(["objective", "beta"], drop=False)
+    assert grid.objective.tolist() == ["kd", "pkd", "pkd"] and grid.seeds.tolist() == [3, 3, 3]
+    row10 = grid[(grid.objective == "pkd") & (grid.beta == 10.0)].iloc[0]
+    assert [row10.difference, row10.lo, row10.hi] == pytest.approx(list(v.loc["PKD − KD", ["difference", "lo", "hi"]]))
+    assert row10.test_sd == pytest.approx(100 * pkd10.test_macro_f1.std(ddof=1))
+    assert grid[grid.beta == 100.0].difference.iloc[0] < 0  # right half the time against KD's 60 %
+    betas = figures._student_betas_readme(results).splitlines()
+    assert len(betas) == 2 + 3 and betas[2].split("|")[2].strip() == "KD" and "above" in betas[3]
     fig, _ = figures._student_table(results)
     for ax in fig.axes:  # the no-skill line at the three-class majority's macro-F1
         line = next(x for x in ax.lines if x.get_gid() == NO_SKILL_GID)

@@ -34,5 +34,5 @@ from .qat import QAT_FLOAT, QAT_PROTOCOLS, QAT_TARGETS, _qat_cells, _qat_readme,
 from .readme import _BLOCK, _provenance, readme_tables, update_readme
 from .errors import NothingToDraw
 from .registry import FIGURES, README_TABLES, REPO_ROOT, Figure, ReadmeTable, build, computed_cells
-from .students import (STUDENT_OBJECTIVES, _student_readme, _student_table, student_cells, student_headline,
-                       student_verdicts)
+from .students import (STUDENT_OBJECTIVES, _student_betas_readme, _student_readme, _student_table, student_beta_grid,
+                       student_cells, student_headline, student_verdicts)

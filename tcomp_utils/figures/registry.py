@@ -20,7 +20,7 @@ from .gptq import _gptq_readme, _gptq_table
 from .offline import _offline_accuracy, _offline_finetune, _offline_table
 from .pruning import _pruning_decoder, _pruning_decoder_table, _pruning_encoder, _pruning_encoder_table
 from .qat import _qat_readme, _qat_table
-from .students import _student_readme, _student_table
+from .students import _student_betas_readme, _student_readme, _student_table
 from .style import style
 
 
@@ -69,7 +69,8 @@ _SWEEPS = {
                          [("composable_table", "summary.csv", _composable_readme),
                           ("composable_set", "results.csv", _composable_set_readme)]),
     "student_table": ([("student_table", "results.csv", _student_table)],
-                      [("student_table", "results.csv", _student_readme)]),
+                      [("student_table", "results.csv", _student_readme),
+                       ("student_betas", "results.csv", _student_betas_readme)]),
     "atlas": ([(f"atlas_{axis}", "results.csv", atlas_figure(axis)) for axis in ATLAS_QUESTIONS],
               [("atlas", "results.csv", _atlas_readme), ("atlas_paired", "results.csv", _atlas_paired_readme)]),
 }

@@ -66,10 +66,14 @@ def student_cells(results: pd.DataFrame) -> pd.DataFrame:
         score = {o: (100 * float(d[f"test_{h}"].mean()) if len(d) else float("nan"))
                  for o, d in {**by, "pkd": pkd}.items()}
         ref = (by["none"] if len(by["none"]) else g).iloc[0]  # latency is measured in the untrained cell
+        trained = {o: d for o, d in {"ce": by["ce"], "kd": by["kd"], "pkd": pkd}.items() if len(d)}
+        best = max(trained, key=lambda o: trained[o][f"val_{h}"].mean()) if trained else None
         rows.append({"student": name, **{STUDENT_OBJECTIVES[o]: v for o, v in score.items()},
                      "best β": float(pkd.beta.iloc[0]) if len(pkd) else float("nan"),
                      "seeds": max(len(by["ce"]), len(by["kd"]), len(pkd)),
-                     "recovered": (score["pkd"] - score["none"]) / (100 * teacher_score - score["none"]),
+                     "best trained": best or "",
+                     "recovered": (score[best] - score["none"]) / (100 * teacher_score - score["none"]) if best
+                     else float("nan"),
                      "params": 100 * ref.param_fraction, "MACs": 100 * ref.mac_fraction,
                      "latency": ref.latency_ms / ref.teacher_latency_ms})
     out = pd.DataFrame(rows)
@@ -110,6 +114,57 @@ def student_verdicts(results: pd.DataFrame) -> pd.DataFrame:
             rows.append({"student": name, "comparison": comparison, "seeds": len(a), "difference": 100 * iv.difference,
                          "lo": 100 * iv.lo, "hi": 100 * iv.hi, "verdict": iv.verdict})
     return pd.DataFrame(rows)
+
+
+def student_beta_grid(results: pd.DataFrame) -> pd.DataFrame:
+    """For each student distilled with KD and with PKD at several betas (the three-class table: PKD's
+    ``layers3``, 3 seeds each): a row for KD and one per beta, with the seeds, the mean validation and test
+    headline metric (%), the test spread over seeds (sd) and, where the cells kept their predictions,
+    PKD(β) − KD in points with its paired bootstrap 95 % interval over the same test examples and the
+    seeds (run i of each shares seed i) and the verdict.
+    Columns: student, objective, beta, seeds, val, test, test_sd, difference, lo, hi, verdict."""
+    from ..scores import decode_predictions, paired_interval
+    ok = _ok_cells(results)
+    cols = ["student", "objective", "beta", "seeds", "val", "test", "test_sd", "difference", "lo", "hi", "verdict"]
+    h = student_headline(ok)
+    labelled = "test_labels" in ok and ok.test_labels.notna().any() and "test_predictions" in ok
+    labels = decode_predictions(ok.test_labels.dropna().iloc[0]) if labelled else None
+    rows = []
+    for name, g in ok[ok.student != "teacher"].groupby("variant", sort=False):
+        kd, pkd = g[g.objective == "kd"].sort_values("seed"), g[g.objective == "pkd"]
+        if pkd.beta.nunique() < 2 or not len(kd):
+            continue
+        runs = lambda d: np.stack([decode_predictions(p) for p in d.sort_values("seed").test_predictions])  # noqa: E731
+        arms = [("kd", float("nan"), kd)] + [("pkd", b, d.sort_values("seed")) for b, d in pkd.groupby("beta")]
+        for objective, beta, d in arms:
+            row = {"student": name, "objective": objective, "beta": beta, "seeds": len(d),
+                   "val": 100 * d[f"val_{h}"].mean(), "test": 100 * d[f"test_{h}"].mean(),
+                   "test_sd": 100 * d[f"test_{h}"].std(ddof=1)}
+            if objective == "pkd" and labelled:
+                same = sorted(d.seed) == sorted(kd.seed)
+                iv = paired_interval(labels, runs(d), runs(kd), h, paired_runs=same)
+                row.update(difference=100 * iv.difference, lo=100 * iv.lo, hi=100 * iv.hi, verdict=iv.verdict)
+            rows.append(row)
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _student_betas_readme(results: pd.DataFrame) -> str:
+    """KD against PKD at each beta of the seed's grid on the student that ran it over several seeds: the
+    mean validation and test headline metric, the spread over seeds and PKD − KD with its paired interval."""
+    grid = student_beta_grid(results)
+    if grid.empty:
+        raise NothingToDraw("no student distilled with KD and with PKD at several betas")
+    h = HEADLINE_LABELS[student_headline(_ok_cells(results))]
+    sign = lambda x: f"{x:+.2f}".replace("-", "−")  # noqa: E731
+    frame = pd.DataFrame({
+        "student": grid.student, "objective": [o.upper() for o in grid.objective],
+        "β": ["" if pd.isna(b) else f"{b:g}" for b in grid.beta], "seeds": grid.seeds.astype(str),
+        f"validation {h}": grid.val.map("{:.2f}".format),
+        f"test {h} (mean ± sd)": [f"{m:.2f}" + ("" if pd.isna(sd) else f" ± {sd:.2f}") for m, sd in
+                                   zip(grid.test, grid.test_sd)],
+        "PKD − KD [95 %, paired]": ["" if pd.isna(d) else f"{sign(d)} [{sign(lo)}, {sign(hi)}] {v}"
+                                    for d, lo, hi, v in zip(grid.difference, grid.lo, grid.hi, grid.verdict)]})
+    return _markdown(frame, numeric=4)
 
 
 def _no_skill(headline: str) -> float:
@@ -153,7 +208,8 @@ def _student_readme(results: pd.DataFrame) -> str:
     """Students by row: the headline test metric untrained / CE / KD / PKD (best β on validation; the
     mean over seeds; the best trained objective of each row in bold), the seeds where any row ran more
     than one, PKD − KD with its paired interval and verdict where the cells kept their predictions,
-    PKD's share of the loss recovered, footprint against the teacher; the teacher in a line under it."""
+    the share of the loss the best trained objective (on validation) recovers, footprint against the teacher;
+    the teacher in a line under it."""
     cells = student_cells(results)
     h = cells.attrs["headline"]
     acc = cells[list(STUDENT_OBJECTIVES.values())]
@@ -171,7 +227,8 @@ def _student_readme(results: pd.DataFrame) -> str:
                                     if s in d.index else "" for s in cells.student]
     frame = pd.concat([cells[["student"]], shown, pd.DataFrame(extra, index=cells.index),
                        pd.DataFrame({"best β": cells["best β"].map("{:g}".format),
-                                     "PKD recovers": cells.recovered.map("{:.0%}".format),
+                                     "training recovers": [f"{r:.0%} ({o})" if o else "" for r, o in
+                                                           zip(cells.recovered, cells["best trained"])],
                                      "params": cells.params.map("{:.1f} %".format),
                                      "MACs": cells.MACs.map("{:.1f} %".format),
                                      "latency": cells.latency.map("{:.2f}×".format)})], axis=1)
