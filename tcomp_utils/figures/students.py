@@ -207,7 +207,8 @@ def _student_table(results: pd.DataFrame):
 def _student_readme(results: pd.DataFrame) -> str:
     """Students by row: the headline test metric untrained / CE / KD / PKD (best β on validation; the
     mean over seeds; the best trained objective of each row in bold), the seeds where any row ran more
-    than one, PKD − KD with its paired interval and verdict where the cells kept their predictions,
+    than one, PKD − KD and the best trained objective − the teacher with their paired intervals and
+    verdicts where the cells kept their predictions,
     the share of the loss the best trained objective (on validation) recovers, footprint against the teacher;
     the teacher in a line under it."""
     cells = student_cells(results)
@@ -218,15 +219,19 @@ def _student_readme(results: pd.DataFrame) -> str:
     shown[acc.columns[0]] = acc[acc.columns[0]].map("{:.2f}".format)
     extra = {}
     if (cells.seeds > 1).any():
-        extra["seeds"] = cells.seeds.astype(str)
+        extra["seeds"] = cells.seeds.map(lambda n: str(n) if n else "")
     verdicts = student_verdicts(results)
     if len(verdicts):
         d = verdicts[verdicts.comparison == "PKD − KD"].set_index("student")
         sign = lambda x: f"{x:+.2f}".replace("-", "−")  # noqa: E731
         extra["PKD − KD [95 %]"] = [f"{sign(d.difference[s])} [{sign(d.lo[s])}, {sign(d.hi[s])}] {d.verdict[s]}"
                                     if s in d.index else "" for s in cells.student]
+        t = verdicts[verdicts.comparison.str.endswith("− teacher")].set_index("student")
+        if len(t):
+            extra["best − teacher [95 %]"] = [f"{sign(t.difference[s])} [{sign(t.lo[s])}, {sign(t.hi[s])}] "
+                                              f"{t.verdict[s]}" if s in t.index else "" for s in cells.student]
     frame = pd.concat([cells[["student"]], shown, pd.DataFrame(extra, index=cells.index),
-                       pd.DataFrame({"best β": cells["best β"].map("{:g}".format),
+                       pd.DataFrame({"best β": cells["best β"].map(lambda b: "" if pd.isna(b) else f"{b:g}"),
                                      "training recovers": [f"{r:.0%} ({o})" if o else "" for r, o in
                                                            zip(cells.recovered, cells["best trained"])],
                                      "params": cells.params.map("{:.1f} %".format),
