@@ -173,7 +173,8 @@ def _no_skill(headline: str) -> float:
 
 def _student_table(results: pd.DataFrame):
     """Seed 004's students: the headline test metric by training objective (bars: the mean over
-    seeds), and where PKD leaves each student against its measured latency."""
+    seeds), and where the best trained objective (on validation) leaves each student against its
+    measured latency."""
     cells = student_cells(results)
     h = cells.attrs["headline"]
     metric = f"test {HEADLINE_LABELS[h]} (%)"
@@ -187,14 +188,17 @@ def _student_table(results: pd.DataFrame):
     axes[0].set(ylim=(lo, 101), xlabel="", title=f"{HEADLINE_LABELS[h]} by training objective")
     # one row above the bars (the best reach the teacher's line)
     sns.move_legend(axes[0], "upper center", ncol=4, fontsize=8, title=None, frameon=True)
-    pkd = cells["PKD (best β)"]
-    axes[1].scatter(cells.latency, pkd)
+    # the best trained objective of each student (on validation): PKD where it won, else KD or CE
+    best = pd.Series([r[STUDENT_OBJECTIVES[r["best trained"]]] if r["best trained"] else np.nan
+                      for _, r in cells.iterrows()], index=cells.index)
+    pkd = best.dropna()
+    axes[1].scatter(cells.latency[pkd.index], pkd)
     # neighbours in latency sit at about the same score: labels alternate above and below, slanted
-    for i, (_, r) in enumerate(cells.sort_values("latency").iterrows()):
+    for i, (k, r) in enumerate(cells.loc[pkd.index].sort_values("latency").iterrows()):
         up = i % 2 == 0
-        axes[1].annotate(r.student, (r.latency, r["PKD (best β)"]), fontsize=7, rotation=25 if up else -25,
+        axes[1].annotate(r.student, (r.latency, best[k]), fontsize=7, rotation=25 if up else -25,
                          xytext=(3, 3) if up else (3, -3), textcoords="offset points", va="bottom" if up else "top")
-    axes[1].set(xlabel="latency / teacher (CPU, 1 thread)", ylabel=f"PKD {metric}", title="quality vs time",
+    axes[1].set(xlabel="latency / teacher (CPU, 1 thread)", ylabel=f"best trained {metric}", title="quality vs time",
                 ylim=(min(pkd.min(), majority) - 3, pkd.max() + 4), xlim=(cells.latency.min() - 0.1, cells.latency.max() + 0.35))
     for ax in axes:
         ax.axhline(cells.attrs["teacher_score"], color="0.3", ls="--", lw=1)
