@@ -135,5 +135,5 @@ def test_every_point_of_the_atlas_spec_is_a_valid_pipeline():
     spec = sweep.SweepSpec.load("papermill_runs/atlas.yaml")
     for point in spec.points + spec.reduced:
         pipeline.parse(point["pipeline"])
-    assert {p["model_name"] for p in spec.points} == {"minilm-l6-tweets", "smollm2-135m"}
+    assert {p["model_name"] for p in spec.points} == {"minilm-l6-tweets3", "smollm2-135m"}
     assert sum(p["pipeline"] == "dense" for p in spec.points) == 2

@@ -199,7 +199,8 @@ def _student_table(results: pd.DataFrame):
         axes[1].annotate(r.student, (r.latency, best[k]), fontsize=7, rotation=25 if up else -25,
                          xytext=(3, 3) if up else (3, -3), textcoords="offset points", va="bottom" if up else "top")
     axes[1].set(xlabel="latency / teacher (CPU, 1 thread)", ylabel=f"best trained {metric}", title="quality vs time",
-                ylim=(min(pkd.min(), majority) - 3, pkd.max() + 4), xlim=(cells.latency.min() - 0.1, cells.latency.max() + 0.35))
+                # nan-safe: a table of untrained cells only (make run's) has no trained score
+                ylim=(np.nanmin([pkd.min(), majority]) - 3, np.nanmax([pkd.max(), cells.attrs["teacher_score"]]) + 4), xlim=(cells.latency.min() - 0.1, cells.latency.max() + 0.35))
     for ax in axes:
         ax.axhline(cells.attrs["teacher_score"], color="0.3", ls="--", lw=1)
         no_skill_line(ax, majority, label=LABELS[h])
