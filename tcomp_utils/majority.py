@@ -1,6 +1,6 @@
 """The no-skill level of the embedded classification tasks: for accuracy, always predicting the
-majority class of the test split; for macro-F1, a guess in the classes' shares (1/K). Figures draw it as a line and the atlas keeps points at or below
-it off its fronts. Stated here (split seed 0), because figures and the atlas read committed tables
+majority class of the test split; for macro-F1, a guess in the classes' shares (1/K). Figures draw it
+as a line and the atlas keeps points at or below it off its fronts. Stated here (split seed 0), because figures and the atlas read committed tables
 alone (no asset); ``tests/test_tasks.py`` checks the counts against the data."""
 from __future__ import annotations
 
