@@ -131,6 +131,10 @@ def test_three_class_offline_table_reads_macro_f1_with_values_only_pruning_and_f
             rows.append(dict(base, finetune_steps=0, test_macro_f1=f1, test_macro_f1_lo=f1 - 0.02,
                              test_macro_f1_hi=f1 + 0.02, test_accuracy=f1 + 0.05, test_majority_share=0.4))
             rows.append(dict(base, finetune_steps=150, finetuned_test_macro_f1=f1 + 0.03))
+    for ratio in (3, 10):  # at or below the no-skill macro-F1 (1/3): marked
+        rows.append(dict(status="ok", model_name="minilm-l6-tweets3", method="kronecker", mode="separated",
+                         roles="ffn", ratio=ratio, finetune_steps=0, test_macro_f1=0.2 + ratio / 100,
+                         baseline_test_macro_f1=0.82, baseline_test_accuracy=0.83, test_majority_share=0.0))
     results = pd.DataFrame(rows)
     text = figures._offline_table(results).splitlines()
     assert [c.strip() for c in text[0].split("|")[1:-1]] == ["roles", "method", "mode", "×3", "×3 fine-tuned", "×10",
@@ -139,6 +143,11 @@ def test_three_class_offline_table_reads_macro_f1_with_values_only_pruning_and_f
              for line in text[2:]}
     assert cells[("ffn", "pruning", "values-only")] == ["75.0 (73.0–77.0)", "78.0", "65.0 (63.0–67.0)", "68.0"]
     assert cells[("ffn", "svd", "separated")][0] == "80.0 (78.0–82.0)"  # macro-F1, not the accuracy; a tie: no bold
+    assert cells[("ffn", "kronecker", "separated")] == ["23.0‡", "", "30.0‡", ""]
+    # values-only pruning stores its indices on top of the ratio: never bold as the best at equal budget
+    lifted = results.assign(test_macro_f1=results.test_macro_f1 + 0.3 * (results.count_indices == False))  # noqa: E712
+    lifted_cells = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in figures._offline_table(lifted).splitlines()}
+    assert "105.0" in lifted_cells[("ffn", "pruning", "values-only")] and "**" not in lifted_cells[("ffn", "pruning", "values-only")]
     fig, _ = figures._offline_accuracy(results)
     line = next(x for x in fig.axes[0].lines if x.get_gid() == NO_SKILL_GID)
     assert line.get_ydata()[0] == pytest.approx(chance_macro_f1("tweets3"))
@@ -168,6 +177,24 @@ def test_offline_comparisons_are_paired_over_the_same_tweets_and_the_autoencoder
     assert d.loc["values-only − CSR pruning", "verdict"] == "≈"  # both right 70 % of the time
     with pytest.raises(figures.NothingToDraw, match="predictions"):
         figures.offline_paired(results.drop(columns="test_predictions"))
+    # after fine-tuning: one run per cell, against each other and against the offline twin's first seed
+    tuned = {("ae", "separated"): preds(0.9, 20), ("svd", "separated"): preds(0.6, 21)}
+    results = pd.concat([results, pd.DataFrame([
+        dict(status="ok", model_name="minilm-l6-tweets3", method=m, mode=mode, count_indices=True, roles="ffn",
+             ratio=3.0, finetune_steps=150, test_labels=encode_predictions(labels),
+             finetuned_test_predictions=encode_predictions(p)) for (m, mode), p in tuned.items()])])
+    d = figures.offline_paired(results)
+    after = d[d.stage == "fine-tuned"].set_index(["comparison", "a"])
+    assert set(after.index) == {("ae − svd", "ae separated"), ("fine-tuned − offline", "ae separated"),
+                                ("fine-tuned − offline", "svd separated")}
+    assert after.loc[("ae − svd", "ae separated"), "verdict"] == "above"
+    expected = paired_interval(labels, tuned[("ae", "separated")], ae[0], "macro_f1")
+    assert after.loc[("fine-tuned − offline", "ae separated"), "difference"] == pytest.approx(100 * expected.difference)
+    from tcomp_utils.figures.offline import _offline_paired_readme
+    table = _offline_paired_readme(results)
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
+    assert ["fine-tuned", "ffn", "×3", "ae − svd"] in [r[:4] for r in rows]
+    assert next(r for r in rows if r[:4] == ["fine-tuned", "ffn", "×3", "ae − svd"])[-1] == "a above b"
 
 
 def test_qat_cells_label_the_seed_rows_protocols_and_stored_bits():

@@ -160,10 +160,13 @@ def _offline_finetune(results: pd.DataFrame):
 def _offline_table(results: pd.DataFrame) -> str:
     """Rows roles × method × mode, columns ratio: the headline test metric (%) with its 95 % bootstrap
     interval (for the autoencoder, of the mean over its seeds) where recorded; † where every prediction
-    is the majority class; the best of each role group and ratio in bold; where a ratio has fine-tuned
-    cells, a column beside it with the score after fine-tuning (the first seed's model)."""
+    is the majority class, ‡ where the score is at or below the no-skill level (percent, as
+    :func:`~tcomp_utils.majority.no_skill`); the best of each role group and ratio at equal budget (not
+    values-only pruning, whose indices come on top) in bold; where a ratio
+    has fine-tuned cells, a column beside it with the score after fine-tuning (the first seed's model)."""
     _, table = _offline_accuracy(results)
     h = table.attrs["headline"]
+    floor = _no_skill(h)
     table = table.assign(r=table.roles.map({r: i for i, r in enumerate(["ffn", "qkv", "embeddings"])}),
                          m=table.method.map(METHOD_ORDER.index),
                          o=table["mode"].map(MODE_ORDER.index)).sort_values(["r", "m", "o"])
@@ -172,13 +175,18 @@ def _offline_table(results: pd.DataFrame) -> str:
     tuned_at = tuned.set_index(["roles", "method", "mode", "ratio"])[f"finetuned_test_{h}"] if len(tuned) else None
     parts = []
     for _, group in table.groupby("r", sort=True):
-        cells = _bold_best(100 * group[ratios], lower=False, fmt="{:.1f}")
+        # the best at equal budget in bold: values-only pruning stores its indices on top of the ratio
+        equal = group["mode"] != "values-only"
+        cells = pd.concat([_bold_best(100 * group.loc[equal, ratios], lower=False, fmt="{:.1f}"),
+                           (100 * group.loc[~equal, ratios]).map(lambda v: "" if pd.isna(v) else f"{v:.1f}")]
+                          ).loc[group.index]
         for c in ratios:
             if f"{c}_{h}_lo" in group:
                 lo, hi = 100 * group[f"{c}_{h}_lo"], 100 * group[f"{c}_{h}_hi"]
                 cells[c] = [v if pd.isna(a) else f"{v} ({a:.1f}–{b:.1f})" for v, a, b in zip(cells[c], lo, hi)]
             if f"{c}_majority_share" in group:
                 cells[c] = [v + "†" if share >= 1 else v for v, share in zip(cells[c], group[f"{c}_majority_share"])]
+            cells[c] = [v + "‡" if 100 * score <= floor else v for v, score in zip(cells[c], group[c])]
         columns = {}
         for c in ratios:
             columns[c] = cells[c]
@@ -193,32 +201,73 @@ def _offline_table(results: pd.DataFrame) -> str:
     return _markdown(frame, numeric=frame.shape[1] - 3)
 
 
+# seed 000's comparisons, each "a − b" at the same role group and ratio: (name, a, b) as (method, mode)
+OFFLINE_COMPARISONS = [("ae − svd", ("ae", "separated"), ("svd", "separated")),
+                       ("ae − svd (both stacked)", ("ae", "concatenated"), ("svd", "concatenated")),
+                       ("asvd − svd", ("asvd", "separated"), ("svd", "separated")),
+                       ("fwsvd − svd", ("fwsvd", "separated"), ("svd", "separated")),
+                       ("stacked − per-module svd", ("svd", "concatenated"), ("svd", "separated")),
+                       ("values-only − CSR pruning", ("pruning", "values-only"), ("pruning", "separated"))]
+# after fine-tuning: the seed's claim (its autoencoder against every factorization and pruning)
+FINETUNED_COMPARISONS = [("ae − svd", ("ae", "separated"), ("svd", "separated")),
+                         ("ae − asvd", ("ae", "separated"), ("asvd", "separated")),
+                         ("ae − fwsvd", ("ae", "separated"), ("fwsvd", "separated")),
+                         ("ae − kronecker", ("ae", "separated"), ("kronecker", "separated")),
+                         ("ae − tucker (stacked)", ("ae", "separated"), ("tucker", "concatenated")),
+                         ("ae − pruning", ("ae", "separated"), ("pruning", "separated"))]
+
+
 def offline_paired(results: pd.DataFrame) -> pd.DataFrame:
-    """Seed 000's comparisons read from paired intervals, per role group and ratio (offline cells with
-    recorded predictions): the autoencoder minus SVD (both ``separated``; the autoencoder's seeds as
-    runs, so the interval holds their spread too), and pruning under the seed's values-only count minus
-    the CSR count. The headline metric in points with its paired bootstrap 95 % interval over the same
-    test examples. Columns: roles, ratio, comparison, difference, lo, hi, verdict."""
+    """Seed 000's comparisons read from paired intervals, per role group and ratio: offline
+    (:data:`OFFLINE_COMPARISONS`; the autoencoder's seeds as runs, so the interval holds their spread
+    too), after fine-tuning (:data:`FINETUNED_COMPARISONS`, one fine-tuning run per cell, so the interval
+    is over test tweets only), and each fine-tuned cell against its offline twin's first seed (the model
+    it fine-tuned: "fine-tuned − offline"). The headline metric in points with its paired bootstrap 95 %
+    interval over the same test examples. Columns: stage (offline | fine-tuned), roles, ratio, comparison,
+    a, b, difference, lo, hi, verdict (above | below | ≈)."""
     from ..scores import decode_predictions, paired_interval
     h = offline_headline(results)
-    ok = _with_modes(results[(results.status == "ok") & (_finetune_steps(results) == 0)])
+    ok = _with_modes(results[results.status == "ok"])
     if "test_predictions" not in ok or "test_labels" not in ok:
         raise NothingToDraw("no offline cell kept its predictions")
-    ok = ok[ok.test_predictions.notna()]
+    steps = _finetune_steps(ok)
+    off, tuned = ok[(steps == 0) & ok.test_predictions.notna()], ok[steps > 0]
+    tuned = tuned[tuned.finetuned_test_predictions.notna()] if "finetuned_test_predictions" in tuned else None
     labels = decode_predictions(ok.test_labels.dropna().iloc[0])
-    cells = ok.set_index(["roles", "method", "mode", "ratio"]).sort_index()
-
-    def runs(key) -> np.ndarray:
-        return np.stack([decode_predictions(p) for p in str(cells.loc[key].test_predictions).split(";")])
+    key = ["roles", "method", "mode", "ratio"]
+    offline_runs = {k: np.stack([decode_predictions(p) for p in str(v).split(";")])
+                    for k, v in zip(map(tuple, off[key].itertuples(index=False)), off.test_predictions)}
+    tuned_runs = {} if tuned is None else {
+        k: decode_predictions(v)[None]
+        for k, v in zip(map(tuple, tuned[key].itertuples(index=False)), tuned.finetuned_test_predictions)}
     rows = []
-    for (roles, ratio), _ in ok.groupby(["roles", "ratio"]):
-        for comparison, a, b in (("ae − svd", ("ae", "separated"), ("svd", "separated")),
-                                 ("values-only − CSR pruning", ("pruning", "values-only"), ("pruning", "separated"))):
-            ka, kb = (roles, *a, ratio), (roles, *b, ratio)
-            if ka in cells.index and kb in cells.index:
-                iv = paired_interval(labels, runs(ka), runs(kb), h)
-                rows.append({"roles": roles, "ratio": ratio, "comparison": comparison, "difference": 100 * iv.difference,
-                             "lo": 100 * iv.lo, "hi": 100 * iv.hi, "verdict": iv.verdict})
+
+    def compare(stage: str, name: str, a: tuple, b: tuple, runs_a: dict, runs_b: dict) -> None:
+        if a in runs_a and b in runs_b:
+            iv = paired_interval(labels, runs_a[a], runs_b[b], h)
+            rows.append({"stage": stage, "roles": a[0], "ratio": a[3], "comparison": name,
+                         "a": " ".join(a[1:3]), "b": " ".join(b[1:3]), "difference": 100 * iv.difference,
+                         "lo": 100 * iv.lo, "hi": 100 * iv.hi, "verdict": iv.verdict})
+    for (roles, ratio), _ in off.groupby(["roles", "ratio"]):
+        for name, a, b in OFFLINE_COMPARISONS:
+            compare("offline", name, (roles, *a, ratio), (roles, *b, ratio), offline_runs, offline_runs)
+    for roles, ratio in sorted({(k[0], k[3]) for k in tuned_runs}):
+        for name, a, b in FINETUNED_COMPARISONS:
+            compare("fine-tuned", name, (roles, *a, ratio), (roles, *b, ratio), tuned_runs, tuned_runs)
+    first_seed = {k: v[:1] for k, v in offline_runs.items()}
+    for k in tuned_runs:
+        compare("fine-tuned", "fine-tuned − offline", k, k, tuned_runs, first_seed)
     if not rows:
         raise NothingToDraw("no pair of cells to compare")
     return pd.DataFrame(rows)
+
+
+def _offline_paired_readme(results: pd.DataFrame) -> str:
+    """The paired verdicts of :func:`offline_paired` as a README table: stage, roles, ratio,
+    comparison, a − b in points, its paired 95 % interval and the verdict in words."""
+    pairs = offline_paired(results)
+    words = {"above": "a above b", "below": "a below b", "≈": "not distinguishable"}
+    rows = [{"stage": r.stage, "roles": r.roles, "ratio": f"×{r.ratio:g}", "comparison": r.comparison,
+             "a − b (pts)": f"{r.difference:+.2f}", "95 % paired interval": f"[{r.lo:+.2f}, {r.hi:+.2f}]",
+             "verdict": words[r.verdict]} for r in pairs.itertuples()]
+    return _markdown(pd.DataFrame(rows), numeric=0)
