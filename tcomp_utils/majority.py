@@ -72,18 +72,30 @@ def no_skill_quality(metric: str) -> float | None:
 TEST_LABELS_SOURCE = {"tweets3": ("papermill_runs/structured_pruning_encoder/results.csv", "minilm-l6-tweets3")}
 
 
-def committed_test_labels(task: str, root: Path = REPO_ROOT) -> np.ndarray:
-    """The test split's labels of ``task`` (split seed 0) as a committed table records them: ``(examples,)``
-    int64, for paired intervals between cells of tables that keep only predictions (the atlas)."""
+def _dense_row(task: str, column: str, root: Path) -> str:
+    """``column`` of the committed dense row of ``task``'s task model (:data:`TEST_LABELS_SOURCE`)."""
     if task not in TEST_LABELS_SOURCE:
-        raise KeyError(f"no committed test labels for task {task!r}; known: {', '.join(TEST_LABELS_SOURCE)}")
+        raise KeyError(f"no committed dense row for task {task!r}; known: {', '.join(TEST_LABELS_SOURCE)}")
     table, model = TEST_LABELS_SOURCE[task]
     path = Path(root) / table
     if not path.is_file():
         raise FileNotFoundError(f"missing {table}, which records {task}'s test labels: run its sweep (make run)")
     df = pd.read_csv(path)
-    rows = df[(df.model_name == model) & df.test_labels.notna()] if {"model_name", "test_labels"} <= set(df) \
-        else df.iloc[:0]
+    rows = df[(df.model_name == model) & (df.method == "dense") & df[column].notna()] \
+        if {"model_name", "method", column} <= set(df) else df.iloc[:0]
     if rows.empty:
-        raise ValueError(f"{table} has no row of {model} with test_labels")
-    return decode_predictions(rows.test_labels.iloc[0])
+        raise ValueError(f"{table} has no dense row of {model} with {column}")
+    return rows[column].iloc[0]
+
+
+def committed_test_labels(task: str, root: Path = REPO_ROOT) -> np.ndarray:
+    """The test split's labels of ``task`` (split seed 0) as a committed table records them: ``(examples,)``
+    int64, for paired intervals between cells of tables that keep only predictions (the atlas)."""
+    return decode_predictions(_dense_row(task, "test_labels", root))
+
+
+def committed_dense_predictions(task: str, root: Path = REPO_ROOT) -> np.ndarray:
+    """The uncompressed task model's predicted class for each test example of ``task``, as the committed
+    dense row records them: ``(examples,)`` int64, the reference a table without a dense cell of its own
+    (the offline table) pairs its cells against."""
+    return decode_predictions(_dense_row(task, "test_predictions", root))

@@ -155,7 +155,7 @@ def test_three_class_offline_table_reads_macro_f1_with_values_only_pruning_and_f
     assert len(data) == 6 and data.offline_test_macro_f1.notna().all()
 
 
-def test_offline_comparisons_are_paired_over_the_same_tweets_and_the_autoencoders_seeds():
+def test_offline_comparisons_are_paired_over_the_same_tweets_and_the_autoencoders_seeds(monkeypatch):
     from tcomp_utils.scores import encode_predictions, paired_interval
     labels = np.random.default_rng(0).integers(0, 3, 400)
 
@@ -190,11 +190,19 @@ def test_offline_comparisons_are_paired_over_the_same_tweets_and_the_autoencoder
     assert after.loc[("ae − svd", "ae separated"), "verdict"] == "above"
     expected = paired_interval(labels, tuned[("ae", "separated")], ae[0], "macro_f1")
     assert after.loc[("fine-tuned − offline", "ae separated"), "difference"] == pytest.approx(100 * expected.difference)
+    dense = preds(0.95, 30)  # the uncompressed model's predictions: every fine-tuned cell against them too
+    with_dense = figures.offline_paired(results, dense).set_index(["comparison", "a"])
+    assert with_dense.loc[("fine-tuned − dense", "svd separated"), ["b", "verdict"]].tolist() == ["dense", "below"]
+    assert with_dense.loc[("fine-tuned − dense", "ae separated"), "difference"] == pytest.approx(
+        100 * paired_interval(labels, tuned[("ae", "separated")], dense, "macro_f1").difference)
+    from tcomp_utils import majority
     from tcomp_utils.figures.offline import _offline_paired_readme
+    monkeypatch.setattr(majority, "committed_dense_predictions", lambda task: dense)  # the README's reference
     table = _offline_paired_readme(results)
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines()[2:]]
     assert ["fine-tuned", "ffn", "×3", "ae − svd"] in [r[:4] for r in rows]
     assert next(r for r in rows if r[:4] == ["fine-tuned", "ffn", "×3", "ae − svd"])[-1] == "a above b"
+    assert ["fine-tuned", "ffn", "×3", "fine-tuned − dense"] in [r[:4] for r in rows]
 
 
 def test_qat_cells_label_the_seed_rows_protocols_and_stored_bits():

@@ -69,6 +69,23 @@ def test_the_committed_test_labels_are_the_test_split():
         assert committed_test_labels(task).tolist() == tasks.load_task(task)["test"]["label"]
 
 
+def test_the_committed_dense_predictions_score_the_task_model(tmp_path):
+    import pandas as pd
+    from tcomp_utils import metrics
+    from tcomp_utils.majority import TEST_LABELS_SOURCE, committed_dense_predictions, committed_test_labels
+    from tcomp_utils.files import REPO_ROOT
+    table, model = TEST_LABELS_SOURCE["tweets3"]
+    dense = pd.read_csv(REPO_ROOT / table)
+    dense = dense[(dense.model_name == model) & (dense.method == "dense")].iloc[0]
+    labels, preds = committed_test_labels("tweets3"), committed_dense_predictions("tweets3")
+    assert preds.shape == labels.shape == (2000,)
+    assert metrics.macro_f1(labels, preds) == pytest.approx(dense.test_macro_f1, abs=1e-6)
+    with pytest.raises(KeyError, match="tweets9.*known: tweets3"):
+        committed_dense_predictions("tweets9")
+    with pytest.raises(FileNotFoundError, match="run its sweep"):
+        committed_dense_predictions("tweets3", root=tmp_path)
+
+
 @pytest.mark.slow
 def test_austen_holds_out_whole_novels():
     t = tasks.load_task("austen")

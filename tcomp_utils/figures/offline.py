@@ -217,12 +217,13 @@ FINETUNED_COMPARISONS = [("ae − svd", ("ae", "separated"), ("svd", "separated"
                          ("ae − pruning", ("ae", "separated"), ("pruning", "separated"))]
 
 
-def offline_paired(results: pd.DataFrame) -> pd.DataFrame:
+def offline_paired(results: pd.DataFrame, dense: np.ndarray | None = None) -> pd.DataFrame:
     """Seed 000's comparisons read from paired intervals, per role group and ratio: offline
     (:data:`OFFLINE_COMPARISONS`; the autoencoder's seeds as runs, so the interval holds their spread
     too), after fine-tuning (:data:`FINETUNED_COMPARISONS`, one fine-tuning run per cell, so the interval
     is over test tweets only), and each fine-tuned cell against its offline twin's first seed (the model
-    it fine-tuned: "fine-tuned − offline"). The headline metric in points with its paired bootstrap 95 %
+    it fine-tuned: "fine-tuned − offline") and, given the uncompressed model's ``dense`` test predictions
+    (examples,), against those ("fine-tuned − dense"). The headline metric in points with its paired bootstrap 95 %
     interval over the same test examples. Columns: stage (offline | fine-tuned), roles, ratio, comparison,
     a, b, difference, lo, hi, verdict (above | below | ≈)."""
     from ..scores import decode_predictions, paired_interval
@@ -242,11 +243,11 @@ def offline_paired(results: pd.DataFrame) -> pd.DataFrame:
         for k, v in zip(map(tuple, tuned[key].itertuples(index=False)), tuned.finetuned_test_predictions)}
     rows = []
 
-    def compare(stage: str, name: str, a: tuple, b: tuple, runs_a: dict, runs_b: dict) -> None:
+    def compare(stage: str, name: str, a: tuple, b: tuple, runs_a: dict, runs_b: dict, b_label: str = "") -> None:
         if a in runs_a and b in runs_b:
             iv = paired_interval(labels, runs_a[a], runs_b[b], h)
             rows.append({"stage": stage, "roles": a[0], "ratio": a[3], "comparison": name,
-                         "a": " ".join(a[1:3]), "b": " ".join(b[1:3]), "difference": 100 * iv.difference,
+                         "a": " ".join(a[1:3]), "b": b_label or " ".join(b[1:3]), "difference": 100 * iv.difference,
                          "lo": 100 * iv.lo, "hi": 100 * iv.hi, "verdict": iv.verdict})
     for (roles, ratio), _ in off.groupby(["roles", "ratio"]):
         for name, a, b in OFFLINE_COMPARISONS:
@@ -257,17 +258,22 @@ def offline_paired(results: pd.DataFrame) -> pd.DataFrame:
     first_seed = {k: v[:1] for k, v in offline_runs.items()}
     for k in tuned_runs:
         compare("fine-tuned", "fine-tuned − offline", k, k, tuned_runs, first_seed)
+        if dense is not None:
+            compare("fine-tuned", "fine-tuned − dense", k, k, tuned_runs, {k: np.asarray(dense)[None]}, "dense")
     if not rows:
         raise NothingToDraw("no pair of cells to compare")
     return pd.DataFrame(rows)
 
 
 def _offline_paired_readme(results: pd.DataFrame) -> str:
-    """The paired verdicts of :func:`offline_paired` as a README table: stage, roles, ratio,
-    comparison, a − b in points, its paired 95 % interval and the verdict in words."""
-    pairs = offline_paired(results)
+    """The paired verdicts of :func:`offline_paired` as a README table (the three-class model's fine-tuned
+    cells also against the committed dense predictions): stage, roles, ratio, comparison, a, b, a − b in
+    points, its paired 95 % interval and the verdict in words."""
+    from ..majority import committed_dense_predictions
+    dense = committed_dense_predictions("tweets3") if offline_headline(results) == "macro_f1" else None
+    pairs = offline_paired(results, dense)
     words = {"above": "a above b", "below": "a below b", "≈": "not distinguishable"}
     rows = [{"stage": r.stage, "roles": r.roles, "ratio": f"×{r.ratio:g}", "comparison": r.comparison,
-             "a − b (pts)": f"{r.difference:+.2f}", "95 % paired interval": f"[{r.lo:+.2f}, {r.hi:+.2f}]",
+             "a": r.a, "b": r.b, "a − b (pts)": f"{r.difference:+.2f}", "95 % paired interval": f"[{r.lo:+.2f}, {r.hi:+.2f}]",
              "verdict": words[r.verdict]} for r in pairs.itertuples()]
     return _markdown(pd.DataFrame(rows), numeric=0)
