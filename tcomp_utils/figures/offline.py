@@ -208,13 +208,16 @@ OFFLINE_COMPARISONS = [("ae − svd", ("ae", "separated"), ("svd", "separated"))
                        ("fwsvd − svd", ("fwsvd", "separated"), ("svd", "separated")),
                        ("stacked − per-module svd", ("svd", "concatenated"), ("svd", "separated")),
                        ("values-only − CSR pruning", ("pruning", "values-only"), ("pruning", "separated"))]
-# after fine-tuning: the seed's claim (its autoencoder against every factorization and pruning)
+# after fine-tuning: the seed's claim (its autoencoder against every factorization and pruning), and whether a
+# data-aware start still matters once the factors are trained
 FINETUNED_COMPARISONS = [("ae − svd", ("ae", "separated"), ("svd", "separated")),
                          ("ae − asvd", ("ae", "separated"), ("asvd", "separated")),
                          ("ae − fwsvd", ("ae", "separated"), ("fwsvd", "separated")),
                          ("ae − kronecker", ("ae", "separated"), ("kronecker", "separated")),
                          ("ae − tucker (stacked)", ("ae", "separated"), ("tucker", "concatenated")),
-                         ("ae − pruning", ("ae", "separated"), ("pruning", "separated"))]
+                         ("ae − pruning", ("ae", "separated"), ("pruning", "separated")),
+                         ("asvd − svd", ("asvd", "separated"), ("svd", "separated")),
+                         ("fwsvd − svd", ("fwsvd", "separated"), ("svd", "separated"))]
 
 
 def offline_paired(results: pd.DataFrame, dense: np.ndarray | None = None) -> pd.DataFrame:
