@@ -162,8 +162,8 @@ def _offline_table(results: pd.DataFrame) -> str:
     interval (for the autoencoder, of the mean over its seeds) where recorded; † where every prediction
     is the majority class, ‡ where the score is at or below the no-skill level (percent, as
     :func:`~tcomp_utils.majority.no_skill`); the best of each role group and ratio at equal budget (not
-    values-only pruning, whose indices come on top) in bold; where a ratio
-    has fine-tuned cells, a column beside it with the score after fine-tuning (the first seed's model)."""
+    values-only pruning, whose indices come on top) in bold; where a ratio has fine-tuned cells, a column
+    beside it with the score after fine-tuning (the first seed's model)."""
     _, table = _offline_accuracy(results)
     h = table.attrs["headline"]
     floor = _no_skill(h)
@@ -226,8 +226,8 @@ def offline_paired(results: pd.DataFrame, dense: np.ndarray | None = None) -> pd
     too), after fine-tuning (:data:`FINETUNED_COMPARISONS`, one fine-tuning run per cell, so the interval
     is over test tweets only), and each fine-tuned cell against its offline twin's first seed (the model
     it fine-tuned: "fine-tuned − offline") and, given the uncompressed model's ``dense`` test predictions
-    (examples,), against those ("fine-tuned − dense"). The headline metric in points with its paired bootstrap 95 %
-    interval over the same test examples. Columns: stage (offline | fine-tuned), roles, ratio, comparison,
+    (examples,), against those ("fine-tuned − dense"). The headline metric in points with its paired
+    bootstrap 95 % interval over the same test examples. Columns: stage (offline | fine-tuned), roles, ratio, comparison,
     a, b, difference, lo, hi, verdict (above | below | ≈)."""
     from ..scores import decode_predictions, paired_interval
     h = offline_headline(results)
