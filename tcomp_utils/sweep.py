@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import heapq
 import json
 import math
 import os
@@ -120,6 +121,18 @@ def last_seconds(spec: SweepSpec, keys: list[str]) -> dict[str, float]:
         seconds = (_read_record(spec.output / "points" / f"{key}.json") or {}).get("elapsed_s", table.get(key))
         out[key] = float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else math.inf
     return out
+
+
+def longest_first_wall(seconds: list[float], workers: int) -> float:
+    """The wall time (s) of points taking ``seconds`` each when run as a sweep runs them: longest first,
+    each on the first of ``workers`` single-threaded workers to come free. A lower bound of a real run
+    (no start-up, no scheduling gaps); it prices a cut grid from the cells' measured times."""
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    free = [0.0] * workers
+    for s in sorted(seconds, reverse=True):
+        heapq.heapreplace(free, free[0] + s)
+    return max(free)
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")

@@ -484,6 +484,16 @@ def test_pending_points_run_longest_first_and_new_ones_before_them(tmp_path, mon
     assert order == [4, 2, 1, 3]
 
 
+def test_longest_first_wall_packs_points_as_a_sweep_runs_them():
+    # longest first on the first free worker: 7 | 5+2 | 4+3 -> the last worker ends at 7
+    assert sweep.longest_first_wall([2, 3, 4, 5, 7], workers=3) == 7
+    assert sweep.longest_first_wall([2, 3, 4, 5, 7], workers=1) == 21  # one worker: the sum
+    assert sweep.longest_first_wall([10, 1, 1], workers=2) == 10  # never below the longest point
+    assert sweep.longest_first_wall([], workers=2) == 0
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        sweep.longest_first_wall([1.0], workers=0)
+
+
 def test_each_run_that_computes_points_is_logged_with_its_wall_time(tmp_path):
     spec = sweep.SweepSpec.load(write_spec(tmp_path, [{"x": x} for x in (1, 2, 3)], fail_on=3))
     sweep.run_sweep(spec, progress=False)

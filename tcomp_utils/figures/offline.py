@@ -111,7 +111,7 @@ def _offline_accuracy(results: pd.DataFrame):
     extra = ("accuracy", "accuracy_lo", "accuracy_hi", "accuracy_std", "macro_f1", "macro_f1_lo", "macro_f1_hi",
              "macro_f1_std", "majority_share")
     values = [f"test_{h}"] + [f"test_{c}" for c in extra if f"test_{c}" in ok and c != h]
-    table = ok.pivot_table(index=["roles", "method", "mode"], columns="ratio", values=values).round(4)
+    table = ok.pivot_table(index=["roles", "method", "mode"], columns="ratio", values=values)
     table.columns = [f"ratio_{r:g}" if v == f"test_{h}" else f"ratio_{r:g}_{v[len('test_'):]}" for v, r in table.columns]
     table.attrs["headline"] = h
     return fig, table.reset_index()

@@ -17,7 +17,7 @@ from .budget_axis import _budget_axis
 from .errors import NothingToDraw
 from .composable import _composable_readme, _composable_set_readme, composable_bleu, composable_curves, composable_time, composable_units
 from .gptq import _gptq_readme, _gptq_table
-from .offline import _offline_accuracy, _offline_finetune, _offline_table
+from .offline import _offline_accuracy, _offline_finetune, _offline_paired_readme, _offline_table
 from .pruning import _pruning_decoder, _pruning_decoder_table, _pruning_encoder, _pruning_encoder_table
 from .qat import _qat_readme, _qat_table
 from .students import _student_betas_readme, _student_readme, _student_table
@@ -55,7 +55,8 @@ _SWEEPS = {
                   [("baselines", "results.csv", _baselines_table), ("footprints", "footprints.csv", _footprints_table)]),
     "offline_compression": ([("offline_compression_accuracy", "results.csv", _offline_accuracy),
                              ("offline_compression_finetune", "results.csv", _offline_finetune)],
-                            [("offline_compression", "results.csv", _offline_table)]),
+                            [("offline_compression", "results.csv", _offline_table),
+                             ("offline_paired", "results.csv", _offline_paired_readme)]),
     "gptq_table": ([("gptq_table", "results.csv", _gptq_table)], [("gptq_table", "results.csv", _gptq_readme)]),
     "structured_pruning_encoder": ([("structured_pruning_encoder", "results.csv", _pruning_encoder)],
                                    [("structured_pruning_encoder", "results.csv", _pruning_encoder_table)]),
