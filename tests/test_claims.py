@@ -1243,8 +1243,8 @@ def test_student_table_claims():
     says(RESULTS, f"The 44 cells took {runs.wall_s / 60:.1f} minutes on 2 workers",
          *[f"{ok[ok.objective == o].elapsed_s.median():.0f} s {w}" for o, w in
            (("none", "untrained"), ("ce", "with CE"), ("kd", "with KD"), ("pkd", "with PKD"))],
-         f"Nine `layers3` cells carry `stale = True`")
-    assert int(ok.stale.astype(str).eq("True").sum()) == 9
+         f"Eight `layers3` cells carry `stale = True`")
+    assert int(ok.stale.astype(str).eq("True").sum()) == 8
     id5 = table("atlas").query("model_name == 'minilm-l6-tweets3' and pipeline == \"structured(criterion='id', mu=0.5)\"")
     for doc in (RESULTS, "notebooks/17_atlas.ipynb"):
         says(doc, f"`layers3` after KD keeps {l3.KD:.2f} % at {l3.MACs:.0f} % of the MACs, where ID pruning to half "
