@@ -183,7 +183,7 @@ def reproduce(specs: list[sweep.SweepSpec], workers: int = 0, progress: bool = T
         bar.close()
     outcomes = []
     for s in specs:
-        gathered = {r["key"]: r for r in sweep.gather(s).to_dict("records")}
+        gathered = {r["key"]: r for r in sweep.gather(s, missing=False).to_dict("records")}
         tol = {"rtol": s.reproduce.get("rtol", DEFAULT_RTOL), "atol": s.reproduce.get("atol", DEFAULT_ATOL),
                "ignore": s.reproduce.get("ignore", [])}
         for spec, key, point in (t for t in todo if t[0] is s):

@@ -338,8 +338,12 @@ def row_is_point(row: dict, point: dict[str, Any], spec: SweepSpec) -> bool:
     return _same_value(row.get("profile"), spec.profile) and all(_same_value(row.get(n), point.get(n)) for n in names)
 
 
-def gather(spec: SweepSpec) -> pd.DataFrame:
+def gather(spec: SweepSpec, missing: bool = True) -> pd.DataFrame:
     """Collect the spec's point records into ``results.csv`` (+ one CSV per table record).
+
+    ``missing``: a point never computed (no record, no committed row) gets a row with status ``missing``,
+    so an interrupted sweep's table says what is left; ``make run`` passes False, so that recomputing a
+    subset does not add rows for the cells of a grid still being computed elsewhere.
 
     A point with no record here keeps its ``ok`` row of the existing ``results.csv`` (the committed
     table: point files are not committed) and its table rows, so computing a subset (``make run``)
@@ -377,6 +381,8 @@ def gather(spec: SweepSpec) -> pd.DataFrame:
             if older is not None:
                 keep(older, point, NOTEBOOK_CHANGED.format(old=older["key"], new=key))
                 continue
+        if rec is None and not path.exists() and not missing:
+            continue
         if rec is None:
             rec = ({"status": "unreadable", "error": f"{path} is damaged (not a complete record); rerun the sweep"}
                    if path.exists() else {"status": "missing"})

@@ -48,6 +48,20 @@ def test_make_run_recomputes_the_reduced_points_and_says_whether_they_reproduced
     assert list(pd.read_csv(tmp_path / "out" / "results.csv").square) == [1, 4, 9]  # the table holds what was computed
 
 
+def test_make_run_adds_no_rows_for_points_never_computed(tmp_path):
+    # a grid still being computed elsewhere: its committed table holds x=1 and x=2 only
+    path = write_spec(tmp_path, [{"x": x} for x in (1, 2)])
+    sweep.run_sweep(sweep.SweepSpec.load(path), progress=False)
+    raw = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump({**raw, "points": [{"x": x} for x in (1, 2, 3, 4)], "reduced": {"points": [{"x": 1}]}}))
+    spec = sweep.SweepSpec.load(path)
+    shutil.rmtree(tmp_path / "out" / "points")
+    assert [o.status for o in reproduce.reproduce([spec], progress=False)] == ["reproduced"]
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(table.x) == [1, 2] and (table.status == "ok").all()
+    assert list(sweep.gather(spec).status) == ["ok", "ok", "missing", "missing"]  # a sweep's gather says what is left
+
+
 def test_a_spec_with_a_bad_tolerance_is_refused(tmp_path):
     import pytest
     path = write_spec(tmp_path, [{"x": 1}])
