@@ -33,6 +33,15 @@ def test_figures_rebuild_from_committed_results_without_models(tmp_path):
         assert (ROOT / "figures" / f"{name}.png").is_file()
 
 
+def test_figures_with_bootstrap_bands_draw_the_same_bytes_on_every_build(tmp_path):
+    # seaborn bootstraps its confidence bands: unseeded, every `make figures` would change the committed PNGs
+    names = ["composable_curves", "student_table", "offline_compression_finetune"]
+    first = figures.build(names, tmp_path / "a")
+    second = figures.build(names, tmp_path / "b")
+    pngs = [(a, b) for a, b in zip(first, second) if a.suffix == ".png"]
+    assert len(pngs) == len(names) and all(a.read_bytes() == b.read_bytes() for a, b in pngs)
+
+
 def _axes_without_no_skill(fig) -> list[str]:
     """The accuracy or F1 axes of ``fig`` that lack the no-skill line."""
     from tcomp_utils.figures.no_skill import NO_SKILL_GID

@@ -59,7 +59,7 @@ def _gptq_table(results: pd.DataFrame):
     for ax, (model, _, label, lower) in zip(axes, panels):
         d = q[q.metric == label]
         sns.lineplot(data=d, x="bits", y="value", hue="variant", style="grid", markers=True, ax=ax,
-                     hue_order=GPTQ_VARIANTS, style_order=["per channel", "g128"])
+                     hue_order=GPTQ_VARIANTS, style_order=["per channel", "g128"], seed=0)
         if label in base:  # the fp32 cell of this model (absent while it is not computed)
             ax.axhline(base[label], color="0.3", ls="--", lw=1)
             ax.text(8, base[label], "fp32", fontsize=8, va="bottom", ha="right", color="0.3")

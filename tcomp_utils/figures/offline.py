@@ -147,7 +147,7 @@ def _offline_finetune(results: pd.DataFrame):
     metric = f"test {HEADLINE_LABELS[h]} (%)"
     long[metric] = 100 * long.score
     fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(data) + 1.2))
-    sns.barplot(data=long, y="variant", x=metric, hue="when", ax=ax)
+    sns.barplot(data=long, y="variant", x=metric, hue="when", ax=ax, seed=0)
     ax.axvline(100 * tuned[f"baseline_test_{h}"].iloc[0], color="0.3", ls="--", lw=1, label="uncompressed")
     majority = _no_skill(h)
     no_skill_line(ax, majority, axis="x", label=LABELS[h])

@@ -70,7 +70,7 @@ def _qat_table(results: pd.DataFrame):
         kw = dict(x="stored_bits", y="test_bleu", hue="protocol", style="protocol", ax=ax, hue_order=QAT_PROTOCOLS,
                   style_order=QAT_PROTOCOLS)
         if (~binary).any():  # the b-bit grids as lines, binary weights as points at 1 bit
-            sns.lineplot(data=d[~binary], markers=True, dashes=False, markersize=8, **kw)
+            sns.lineplot(data=d[~binary], markers=True, dashes=False, markersize=8, seed=0, **kw)
         sns.scatterplot(data=d[binary], s=60, legend=(~binary).sum() == 0, **kw)
         drawn = q[(q.target == target) & (q.rounding == "stochastic")]
         palette = dict(zip(QAT_PROTOCOLS, sns.color_palette(n_colors=len(QAT_PROTOCOLS))))

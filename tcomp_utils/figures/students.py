@@ -181,7 +181,7 @@ def _student_table(results: pd.DataFrame):
     long = cells.melt(id_vars="student", value_vars=list(STUDENT_OBJECTIVES.values()), var_name="objective",
                       value_name=metric)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [1.7, 1]})
-    sns.barplot(data=long, x="student", y=metric, hue="objective", ax=axes[0])
+    sns.barplot(data=long, x="student", y=metric, hue="objective", ax=axes[0], seed=0)
     axes[0].tick_params(axis="x", rotation=30)
     majority = _no_skill(h)
     lo = max(0.0, min(long[metric].min(), majority) - 5)
