@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tcomp_utils import figures
+from tcomp_utils import figures, sweep_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -457,6 +457,18 @@ def test_a_figure_of_a_table_with_no_computed_cell_is_skipped_and_says_so(name, 
     assert figures.build([name], out=tmp_path / "figs", root=tmp_path) == []
     out = capsys.readouterr().out
     assert f"{name}: skipped" in out and fig.sweep in out
+
+
+def test_a_readme_tables_footer_counts_the_specs_cells_not_only_the_rows(tmp_path):
+    # a table holding only its computed rows (make run writes no row for a point never computed)
+    (tmp_path / "papermill_runs" / "qat_table").mkdir(parents=True)
+    rows = pd.read_csv(ROOT / "papermill_runs" / "qat_table" / "results.csv").head(5)
+    rows.to_csv(tmp_path / "papermill_runs" / "qat_table" / "results.csv", index=False)
+    footer = figures._provenance(figures.README_TABLES["qat_table"], tmp_path)
+    assert "5 of 5 cells ok" in footer  # no spec beside the table: its rows
+    (tmp_path / "papermill_runs" / "qat_table.yaml").write_text((ROOT / "papermill_runs" / "qat_table.yaml").read_text())
+    points = len(sweep_spec.SweepSpec.load(tmp_path / "papermill_runs" / "qat_table.yaml").points)
+    assert points > 5 and f"5 of {points} cells ok" in figures._provenance(figures.README_TABLES["qat_table"], tmp_path)
 
 
 @pytest.mark.parametrize("name", sorted(figures.README_TABLES))
