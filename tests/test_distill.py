@@ -115,6 +115,25 @@ def test_reconstructed_tucker_students_run_dense_matrices_and_keep_the_factors_s
         students.make_student(teacher, "self_svd", reconstruct=True)
 
 
+@pytest.mark.parametrize("mode", students.MODES)
+def test_every_mode_distills_under_bf16_autocast(mode):
+    """The table trains with bf16 matmuls: every mode's forward and backward run under autocast (the
+    4-D Tucker stack once mixed a bf16 partial product with a float32 coefficient) and follow the
+    float32 logits to bfloat16's precision; the weights stay float32."""
+    teacher = _teacher().eval()
+    student, _ = students.make_student(teacher, mode)
+    batch = _batches(1)[0]
+    with torch.no_grad():
+        ref = student(**distill._inputs(batch)).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = student(**distill._inputs(batch)).logits.float()
+    torch.testing.assert_close(low, ref, atol=0.05, rtol=0.05)
+    result = distill.distill(student, teacher, [batch], DistillConfig(beta=0.0),
+                             trainer.TrainConfig(steps=1, lr=1e-3, precision="bf16", progress=False))
+    assert result.steps == 1 and np.isfinite(result.log.loss).all()
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+
+
 def test_ffn_tucker_vertical_stacks_each_ffn_matrix_across_layers_and_explicit_ranks_are_taken():
     teacher = _teacher()
     student, rows = students.make_student(teacher, "ffn_tuckervertical")

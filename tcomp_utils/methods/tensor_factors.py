@@ -88,7 +88,8 @@ class TuckerLinear(CompressedLinear):
     def middle(self) -> torch.Tensor:
         m = self.shared.core
         for c in self.coeffs:  # contract the leading modes one by one
-            m = torch.tensordot(c, m, dims=([0], [0]))
+            # under autocast the first contraction comes back in bf16 and tensordot does not cast its inputs
+            m = torch.tensordot(c.to(m.dtype), m, dims=([0], [0]))
         return m  # (r_out, r_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
