@@ -394,6 +394,40 @@ def test_three_class_student_table_averages_seeds_and_pairs_pkd_with_kd():
         assert line.get_ydata()[0] == pytest.approx(chance_macro_f1("tweets3"))
 
 
+def test_a_beta_grid_searched_at_one_seed_chooses_on_that_seed_and_pairs_each_beta_with_kd_at_its_seeds():
+    """The seed's grid searched at seed 0 and the chosen beta run at seeds 1 and 2: the choice is read on
+    seed 0 (where every beta ran), not on a mean over unequal seed sets; each beta meets KD at its own seeds."""
+    from tcomp_utils.scores import decode_predictions, encode_predictions, macro_f1, paired_interval
+    labels = np.random.default_rng(1).integers(0, 3, 200)
+
+    def noisy(p_right: float, seed: int) -> np.ndarray:
+        r = np.random.default_rng(seed)
+        return np.where(r.random(len(labels)) < p_right, labels, (labels + 1) % 3)
+    common = dict(student="layers3", param_fraction=0.7, mac_fraction=0.5)
+    rows = [dict(objective="none", val_macro_f1=0.3, test_macro_f1=0.3, latency_ms=5.0, teacher_latency_ms=10.0,
+                 teacher_test_macro_f1=0.9, test_labels=encode_predictions(labels), **common)]
+
+    def cell(objective, seed, val, p_right, beta=float("nan")):
+        pred = noisy(p_right, 100 * seed + int(np.nan_to_num(beta)))
+        return dict(objective=objective, seed=seed, beta=beta, val_macro_f1=val, test_macro_f1=macro_f1(labels, pred),
+                    test_predictions=encode_predictions(pred), **common)
+    rows += [cell("kd", s, 0.70, 0.6) for s in range(3)]
+    rows += [cell("pkd", 0, 0.71, 0.7, 10.0), cell("pkd", 0, 0.74, 0.7, 100.0)]  # seed 0 chooses 100
+    rows += [cell("pkd", s, 0.60, 0.7, 100.0) for s in (1, 2)]  # lower at seeds 1, 2: the choice stays
+    results = pd.DataFrame(rows).assign(status="ok")
+    cells = figures.student_cells(results).set_index("student")
+    assert cells.loc["layers3", "best β"] == 100.0 and cells.loc["layers3", "seeds"] == 3
+    grid = figures.student_beta_grid(results).set_index(["objective", "beta"], drop=False)
+    assert grid.seeds.tolist() == [3, 1, 3]
+    kd0 = results[(results.objective == "kd") & (results.seed == 0)]
+    pk10 = results[results.beta == 10.0]
+    expected = paired_interval(labels, decode_predictions(pk10.test_predictions.iloc[0])[None],
+                               decode_predictions(kd0.test_predictions.iloc[0])[None], "macro_f1", paired_runs=True)
+    row10 = grid[grid.beta == 10.0].iloc[0]
+    assert [row10.difference, row10.lo, row10.hi] == pytest.approx(
+        [100 * expected.difference, 100 * expected.lo, 100 * expected.hi])
+
+
 def test_composable_curves_read_kind_and_rate_from_the_unit_names():
     unit_log = pd.DataFrame({"unit": ["encoder.0.ffn_in@l10.3"] * 3 + ["decoder.1.cross_attn@heads0.25"] * 3,
                              "step": [1, 2, 3] * 2, "loss": [2.0, 1.0, 0.5, 4.0, 4.0, 2.0]})

@@ -40,10 +40,13 @@ def _ok_cells(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _best_pkd(pkd: pd.DataFrame, headline: str) -> pd.DataFrame:
-    """The PKD cells at the beta with the best validation score, mean over seeds (ties: the smaller beta)."""
+    """The PKD cells (every seed) at the beta chosen on validation: the best mean validation score over
+    the seeds that every beta ran (the whole grid at 3 seeds, or a grid searched at one seed and the chosen
+    beta run at more; ties: the smaller beta)."""
     if not len(pkd):
         return pkd
-    means = pkd.groupby("beta")[f"val_{headline}"].mean()
+    common = set.intersection(*(set(d.seed) for _, d in pkd.groupby("beta")))
+    means = pkd[pkd.seed.isin(common)].groupby("beta")[f"val_{headline}"].mean()
     return pkd[pkd.beta == means[means == means.max()].index.min()]
 
 
@@ -118,10 +121,10 @@ def student_verdicts(results: pd.DataFrame) -> pd.DataFrame:
 
 def student_beta_grid(results: pd.DataFrame) -> pd.DataFrame:
     """For each student distilled with KD and with PKD at several betas (the three-class table: PKD's
-    ``layers3``, 3 seeds each): a row for KD and one per beta, with the seeds, the mean validation and test
+    ``layers3``): a row for KD and one per beta, with the seeds, the mean validation and test
     headline metric (%), the test spread over seeds (sd) and, where the cells kept their predictions,
     PKD(β) − KD in points with its paired bootstrap 95 % interval over the same test examples and the
-    seeds (run i of each shares seed i) and the verdict.
+    seeds (run i of each shares seed i; KD taken at the seeds that beta ran) and the verdict.
     Columns: student, objective, beta, seeds, val, test, test_sd, difference, lo, hi, verdict."""
     from ..scores import decode_predictions, paired_interval
     ok = _ok_cells(results)
@@ -140,9 +143,10 @@ def student_beta_grid(results: pd.DataFrame) -> pd.DataFrame:
             row = {"student": name, "objective": objective, "beta": beta, "seeds": len(d),
                    "val": 100 * d[f"val_{h}"].mean(), "test": 100 * d[f"test_{h}"].mean(),
                    "test_sd": 100 * d[f"test_{h}"].std(ddof=1)}
-            if objective == "pkd" and labelled:
-                same = sorted(d.seed) == sorted(kd.seed)
-                iv = paired_interval(labels, runs(d), runs(kd), h, paired_runs=same)
+            base = kd[kd.seed.isin(d.seed)]  # KD at the arm's own seeds: a beta searched at one seed meets KD's run
+            if objective == "pkd" and labelled and len(base):
+                same = sorted(d.seed) == sorted(base.seed)
+                iv = paired_interval(labels, runs(d), runs(base), h, paired_runs=same)
                 row.update(difference=100 * iv.difference, lo=100 * iv.lo, hi=100 * iv.hi, verdict=iv.verdict)
             rows.append(row)
     return pd.DataFrame(rows, columns=cols)
