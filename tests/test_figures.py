@@ -376,6 +376,7 @@ def test_three_class_student_table_averages_seeds_and_pairs_pkd_with_kd():
     assert v.loc["PKD − KD", ["difference", "lo", "hi"]].tolist() == pytest.approx(
         [100 * expected.difference, 100 * expected.lo, 100 * expected.hi])
     assert v.loc["PKD − KD", "verdict"] == "above"
+    assert "KD − CE" not in v.index  # no CE cell
     assert v.loc["best trained (pkd) − teacher", "verdict"] == "below"
     table = figures._student_readme(results).splitlines()
     assert "PKD − KD [95 %]" in table[0] and "seeds" in table[0]
@@ -411,7 +412,7 @@ def test_a_beta_grid_searched_at_one_seed_chooses_on_that_seed_and_pairs_each_be
         pred = noisy(p_right, 100 * seed + int(np.nan_to_num(beta)))
         return dict(objective=objective, seed=seed, beta=beta, val_macro_f1=val, test_macro_f1=macro_f1(labels, pred),
                     test_predictions=encode_predictions(pred), **common)
-    rows += [cell("kd", s, 0.70, 0.6) for s in range(3)]
+    rows += [cell("kd", s, 0.70, 0.6) for s in range(3)] + [cell("ce", s, 0.65, 0.5) for s in range(3)]
     rows += [cell("pkd", 0, 0.71, 0.7, 10.0), cell("pkd", 0, 0.74, 0.7, 100.0)]  # seed 0 chooses 100
     rows += [cell("pkd", s, 0.60, 0.7, 100.0) for s in (1, 2)]  # lower at seeds 1, 2: the choice stays
     results = pd.DataFrame(rows).assign(status="ok")
@@ -426,6 +427,12 @@ def test_a_beta_grid_searched_at_one_seed_chooses_on_that_seed_and_pairs_each_be
     row10 = grid[grid.beta == 10.0].iloc[0]
     assert [row10.difference, row10.lo, row10.hi] == pytest.approx(
         [100 * expected.difference, 100 * expected.lo, 100 * expected.hi])
+    stack = lambda o: np.stack([decode_predictions(p) for p in results[results.objective == o].sort_values("seed")  # noqa: E731
+                                .test_predictions])
+    kd_ce = paired_interval(labels, stack("kd"), stack("ce"), "macro_f1", paired_runs=True)
+    v = figures.student_verdicts(results).set_index("comparison")
+    assert v.loc["KD − CE", ["difference", "lo", "hi"]].tolist() == pytest.approx(
+        [100 * kd_ce.difference, 100 * kd_ce.lo, 100 * kd_ce.hi]) and v.loc["KD − CE", "verdict"] == "above"
 
 
 def test_composable_curves_read_kind_and_rate_from_the_unit_names():

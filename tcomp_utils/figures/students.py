@@ -86,7 +86,7 @@ def student_cells(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def student_verdicts(results: pd.DataFrame) -> pd.DataFrame:
-    """Per student with recorded predictions: PKD at its best beta minus KD, and the best trained
+    """Per student with recorded predictions: PKD at its best beta minus KD, KD minus CE, and the best trained
     objective (by mean validation score) minus the teacher, each on the headline metric (points) with
     its paired bootstrap 95 % interval over the same test examples and, where both arms ran several
     seeds, over seeds too (run i of each arm shares seed i). Columns: student, comparison, seeds,
@@ -103,11 +103,13 @@ def student_verdicts(results: pd.DataFrame) -> pd.DataFrame:
         return np.stack([decode_predictions(p) for p in d.sort_values("seed").test_predictions])
     rows = []
     for name, g in ok[(ok.student != "teacher") & ok.test_predictions.notna()].groupby("variant", sort=False):
-        kd, pkd = g[g.objective == "kd"], _best_pkd(g[g.objective == "pkd"], h)
+        kd, pkd, ce = g[g.objective == "kd"], _best_pkd(g[g.objective == "pkd"], h), g[g.objective == "ce"]
         pairs = []
         if len(kd) and len(pkd):
             pairs.append(("PKD − KD", pkd, kd))
-        trained = [d for d in (g[g.objective == "ce"], kd, pkd) if len(d)]
+        if len(kd) and len(ce):
+            pairs.append(("KD − CE", kd, ce))
+        trained = [d for d in (ce, kd, pkd) if len(d)]
         if trained and len(teacher):
             best = max(trained, key=lambda d: d[f"val_{h}"].mean())
             pairs.append((f"best trained ({best.objective.iloc[0]}) − teacher", best, teacher))
