@@ -1236,6 +1236,7 @@ def test_distillation_narrative_claims():
 
 def test_student_table_claims():
     from tcomp_utils import figures
+    from tcomp_utils.sweep import longest_first_wall
 
     results = pd.read_csv(ROOT / "papermill_runs/student_table/results.csv")
     cells = figures.student_cells(results).set_index("student")
@@ -1244,23 +1245,29 @@ def test_student_table_claims():
     grid = figures.student_beta_grid(results).set_index("beta")
     kd = grid[grid.objective == "kd"].iloc[0]
     pkd = grid[grid.objective == "pkd"]
-    assert list(pkd.index) == [10.0, 100.0, 500.0, 1000.0] and (grid.seeds == 3).all() and (pkd.verdict == "≈").all()
+    # the seed's grid searched at seed 0, the chosen beta run at 3 seeds
+    assert list(pkd.index) == [10.0, 100.0, 500.0, 1000.0] and (pkd.verdict == "≈").all()
+    assert kd.seeds == 3 and pkd.seeds.tolist() == [3, 1, 1, 1]
     sign = lambda r: f"{r.difference:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]".replace("-", "−")  # noqa: E731
     l3 = cells.loc["layers3"]
     assert l3["best β"] == 10.0
-    says(RESULTS, f"KD reaches {kd.test:.2f} ± {kd.test_sd:.2f} % macro-F1 over 3 seeds",
-         f"PKD − KD {sign(pkd.loc[10.0])} points at β = 10 (the β chosen on validation), {sign(pkd.loc[100.0])} at 100, "
-         f"{sign(pkd.loc[500.0])} at 500, {sign(pkd.loc[1000.0])} at 1000",
-         f"Fine-tuning on the labels alone gives {l3.CE:.2f} %")
     v = figures.student_verdicts(results)
+    kd_ce = v[(v.student == "layers3") & (v.comparison == "KD − CE")].iloc[0]
+    assert kd_ce.verdict == "above" and kd_ce.seeds == 3
+    says(RESULTS, f"KD reaches {kd.test:.2f} ± {kd.test_sd:.2f} % macro-F1 over 3 seeds",
+         f"PKD at β = 10 (the β chosen on validation at seed 0) {pkd.loc[10.0].test:.2f} ± {pkd.loc[10.0].test_sd:.2f} %, "
+         f"PKD − KD {sign(pkd.loc[10.0])} points over the 3 seeds",
+         f"{sign(pkd.loc[100.0])} at 100, {sign(pkd.loc[500.0])} at 500 and {sign(pkd.loc[1000.0])} at 1000",
+         f"Fine-tuning on the labels alone gives {l3.CE:.2f} %: KD − CE {sign(kd_ce)} points, above")
     vt = v[v.comparison.str.endswith("− teacher")].set_index("student")
-    assert len(vt) == 12 and (vt.verdict == "below").all()  # every trained student, the failed Tucker-4D cell aside
+    assert len(vt) == 11 and (vt.verdict == "below").all()  # every trained student
     says(RESULTS, f"No student matches the teacher ({teacher:.2f} %)",
          f"`self_svd` (KD {cells.loc['self_svd', 'KD']:.2f} %, {sign(vt.loc['self_svd'])} points, "
          f"{cells.loc['self_svd', 'MACs']:.0f} % of the MACs)",
          f"`self_falcon` ({cells.loc['self_falcon', 'KD']:.2f} %, {sign(vt.loc['self_falcon'])})",
-         f"`layers3` ({sign(vt.loc['layers3'])} over the seeds)",
+         f"`layers3` (PKD {l3['PKD (best β)']:.2f} %, {sign(vt.loc['layers3'])} over the seeds; KD {l3.KD:.2f} %)",
          f"`self_tuckerlayer` ({cells.loc['self_tuckerlayer', 'KD']:.2f} %, {sign(vt.loc['self_tuckerlayer'])})",
+         f"`self_tucker_4d` ({cells.loc['self_tucker_4d', 'KD']:.2f} %, {sign(vt.loc['self_tucker_4d'])})",
          f"`layers3`, {l3.latency:.2f}× the teacher's latency")
     half = cells[cells.MACs <= 50.01]  # the classifier head's MACs put layers3 a hair above 50 %
     assert list(half.index) == ["layers3"]
@@ -1270,36 +1277,67 @@ def test_student_table_claims():
          f"store {cells.loc[falcon[1:], 'params'].round().unique()[0]:.0f} % of the parameters and count "
          f"{cells.loc[falcon[1:], 'MACs'].round().unique()[0]:.0f} % of the teacher's")
     sgd, svd_fit = cells.loc["self_falcon (SGD fit)"], cells.loc["self_falcon"]
-    says(RESULTS, f"`self_falcon` starts at {sgd.untrained:.2f} % (per-block SVD: {svd_fit.untrained:.2f} %) and "
-                  f"reaches {sgd.KD:.2f} % after KD (SVD fit: {svd_fit.KD:.2f} %)")
     rec, fac = cells.loc["self_tuckervertical (reconstructed)"], cells.loc["self_tuckervertical"]
-    assert rec.untrained == fac.untrained and abs(rec.KD - fac.KD) < 0.01 and rec.MACs < fac.MACs
-    says(RESULTS, "as the factorized ones (within 0.01 points)")
-    says(RESULTS, f"{rec.untrained:.2f} % untrained and {rec.KD:.2f} % after KD, at {rec.MACs:.0f} % of the MACs "
-                  f"instead of {fac.MACs:.0f} % and {rec.latency:.2f}× the teacher's latency instead of {fac.latency:.2f}×")
-    failed = results[results.status == "failed"]
-    assert list(zip(failed.student, failed.objective)) == [("self_tucker_4d", "kd")]
+    assert rec.untrained == fac.untrained and rec.MACs < fac.MACs
+    says(RESULTS, f"`self_falcon` starts at {sgd.untrained:.2f} % (per-block SVD: {svd_fit.untrained:.2f} %)",
+         f"scores {rec.untrained:.2f} % untrained, as the factorized one, at {rec.MACs:.0f} % of the MACs instead of "
+         f"{fac.MACs:.0f} % and {rec.latency:.2f}× the teacher's latency instead of {fac.latency:.2f}×")
+    retired = results[results.status == "retired"]
+    cut = retired[retired.teacher_name.eq("minilm-l6-tweets3") & retired.objective.eq("kd")
+                  & (retired.fit.eq("sgd") | retired.reconstruct.astype(str).eq("True"))]
+    assert len(cut) == 2 and abs(cut.test_macro_f1.max() - cut.test_macro_f1.min()) > 0
+    says(RESULTS, f"after KD the SGD fit reached {100 * cut[cut.fit.eq('sgd')].test_macro_f1.iloc[0]:.2f} % "
+                  f"and the reconstructed Tucker student {100 * cut[cut.fit.ne('sgd')].test_macro_f1.iloc[0]:.2f} %")
+    assert not (results.status == "failed").any()
     ok = results[results.status == "ok"]
     trained = ok[ok.objective != "none"]
-    last = int((trained.best_step == trained.train_steps).sum())
-    assert (trained.train_steps == 250).all()
+    l3 = trained[trained.student == "layers3"]
+    assert len(l3) == 12 and set(l3.max_steps) == {1000} and set(trained[trained.student != "layers3"].max_steps) == {250}
     log = pd.read_csv(ROOT / "papermill_runs/student_table/train_log.csv")
-    l3_keys = set(trained[trained.student == "layers3"].key)
-    evals = log[log.key.isin(l3_keys) & log.val_macro_f1.notna()].sort_values(["key", "step"])
-    gains = 100 * evals.groupby("key").val_macro_f1.apply(lambda v: v.iloc[-1] - v.iloc[-2])
-    assert len(gains) == 18  # CE and KD, and PKD at 4 betas, 3 seeds each
-    says(RESULTS, f"in {last} of the {len(trained)} trained cells and no run stopped early",
-         f"changed validation macro-F1 by {gains.min():+.2f} to {gains.max():+.2f} points".replace("by -", "by −"))
-    runs = pd.read_csv(ROOT / "papermill_runs/student_table/runs.csv").iloc[-1]
-    assert runs.points_run == 44 and runs.ok == 43
-    says(RESULTS, f"The 44 cells took {runs.wall_s / 60:.1f} minutes on 2 workers",
-         *[f"{ok[ok.objective == o].elapsed_s.median():.0f} s {w}" for o, w in
-           (("none", "untrained"), ("ce", "with CE"), ("kd", "with KD"), ("pkd", "with PKD"))],
-         f"Eight `layers3` cells carry `stale = True`")
-    assert int(ok.stale.astype(str).eq("True").sum()) == 8
+    evals = log[log.key.isin(set(l3.key)) & log.val_macro_f1.notna()].sort_values(["key", "step"])
+
+    def late_gain(e: pd.DataFrame) -> float:  # best of the last 300 steps over the best before them (points)
+        end = e.step.max()
+        return 100 * (e[e.step > end - 300].val_macro_f1.max() - e[e.step <= end - 300].val_macro_f1.max())
+    gains = evals.groupby("key").apply(late_gain, include_groups=False)
+    rises = evals.groupby("key").apply(lambda e: 100 * (e.val_macro_f1.max() - e[e.step <= 300].val_macro_f1.max()),
+                                       include_groups=False)
+    early = l3[l3.train_steps < 1000]
+    old_kd = retired[retired.teacher_name.eq("minilm-l6-tweets3") & retired.student.eq("layers3")
+                     & retired.objective.eq("kd") & retired.max_steps.eq(250)]
+    assert len(old_kd) == 3 and 100 * old_kd.test_macro_f1.mean() < kd.test - 2
+    says(RESULTS, f"{len(early)} of the 12 `layers3` runs stopped early",
+         f"the last 300 steps of each run added at most {gains.max():.2f} points of validation macro-F1 to its best "
+         f"before them (the steps from 300 on: up to {rises.max():.2f})",
+         f"75.45 % at 250 steps (3 seeds, the previous sitting's retired rows) to {kd.test:.2f} %")
+    fac = trained[trained.student != "layers3"]
+    fac_log = log[log.key.isin(set(fac.key)) & log.val_macro_f1.notna()].sort_values(["key", "step"])
+    slack = fac_log.groupby("key").val_macro_f1.apply(lambda v: 100 * (v.max() - v.iloc[-1]))
+    cold = fac.student.isin(["self_tuckerlayer", "self_tucker_4d"])
+    warm = fac[~cold]
+    assert len(warm) == 8 and (fac[cold].key.map(slack) < 0.1).all()  # the no-skill starters still climb
+    starts = cells.loc[list(warm.student), "untrained"]
+    says(RESULTS, f"Eight of them start at {starts.min():.0f}–{starts.max():.0f} % and their last scoring lies within "
+                  f"{warm.key.map(slack).max():.2f} points of their best, but {int((warm.best_step == 250).sum())} of them "
+                  f"score their best at the last scoring")
+    assert f"{100 * old_kd.test_macro_f1.mean():.2f}" == "75.45"
+    runs = pd.read_csv(ROOT / "papermill_runs/student_table/runs.csv")
+    cell_min, packed = ok.elapsed_s.sum() / 60, longest_first_wall(list(ok.elapsed_s), workers=2) / 60
+    stale = ok[ok.stale.astype(str).eq("True")]
+    # recomputed this sitting: every trained layers3 cell and the 4-D Tucker student's KD; kept: the rest
+    assert stale.objective.eq("none").sum() == ok.objective.eq("none").sum()
+    assert set(stale[stale.objective == "kd"].student) == set(trained.student) - {"layers3", "self_tucker_4d"}
+    says(RESULTS, f"{len(ok)} cells add up to {cell_min:.0f} cell-minutes",
+         f"{packed:.0f} minutes on 2 workers",
+         f"This sitting's {runs.points_run.iloc[-2:].sum()} cells took {runs.wall_s.iloc[-2:].sum() / 60:.1f} minutes",
+         f"{len(stale)} cells kept from the previous sitting carry `stale = True`",
+         *[f"{ok[(ok.objective == o) & (ok.student == 'layers3')].elapsed_s.median():.0f} s {w}" for o, w in
+           (("ce", "with CE"), ("kd", "with KD"), ("pkd", "with PKD"))])
+    assert packed > 120  # over the 2-hour target: stated as a miss
     id5 = table("atlas").query("model_name == 'minilm-l6-tweets3' and pipeline == \"structured(criterion='id', mu=0.5)\"")
+    l3c = cells.loc["layers3"]
     for doc in (RESULTS, "notebooks/17_atlas.ipynb"):
-        says(doc, f"`layers3` after KD keeps {l3.KD:.2f} % at {l3.MACs:.0f} % of the MACs, where ID pruning to half "
+        says(doc, f"`layers3` after KD keeps {l3c.KD:.2f} % at {l3c.MACs:.0f} % of the MACs, where ID pruning to half "
                   f"the MACs without training keeps {id5.quality.iloc[0]:.2f} %; `ffn_svd` after KD "
                   f"{cells.loc['ffn_svd', 'KD']:.2f} % at {cells.loc['ffn_svd', 'MACs']:.0f} %")
 
