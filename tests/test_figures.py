@@ -420,6 +420,9 @@ def test_a_beta_grid_searched_at_one_seed_chooses_on_that_seed_and_pairs_each_be
     assert cells.loc["layers3", "best β"] == 100.0 and cells.loc["layers3", "seeds"] == 3
     grid = figures.student_beta_grid(results).set_index(["objective", "beta"], drop=False)
     assert grid.seeds.tolist() == [3, 1, 3]
+    disjoint = results[~((results.objective == "pkd") & (results.seed == 0) & (results.beta == 100.0))]
+    with pytest.raises(ValueError, match=r"no common seed \(\{10.0: \[0\], 100.0: \[1, 2\]\}\)"):
+        figures.student_cells(disjoint)
     kd0 = results[(results.objective == "kd") & (results.seed == 0)]
     pk10 = results[results.beta == 10.0]
     expected = paired_interval(labels, decode_predictions(pk10.test_predictions.iloc[0])[None],

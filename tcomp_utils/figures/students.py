@@ -46,6 +46,9 @@ def _best_pkd(pkd: pd.DataFrame, headline: str) -> pd.DataFrame:
     if not len(pkd):
         return pkd
     common = set.intersection(*(set(d.seed) for _, d in pkd.groupby("beta")))
+    if not common:  # no seed at which the betas can be compared
+        ran = {b: sorted(d.seed) for b, d in pkd.groupby("beta")}
+        raise ValueError(f"the PKD betas ran at no common seed ({ran}); run the whole grid at one seed at least")
     means = pkd[pkd.seed.isin(common)].groupby("beta")[f"val_{headline}"].mean()
     return pkd[pkd.beta == means[means == means.max()].index.min()]
 
