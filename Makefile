@@ -97,6 +97,7 @@ bench: assets
 	$(PY) benchmarks/bench_inference.py --out benchmarks/results
 	$(PY) benchmarks/bench_autoencoder.py --out benchmarks/results
 	$(PY) benchmarks/bench_structured.py --out benchmarks/results
+	$(PY) benchmarks/bench_training.py --threads 1 --out benchmarks/results
 
 book: $(STAMP)
 	$(PY) -m tcomp_utils.book

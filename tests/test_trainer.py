@@ -132,6 +132,38 @@ def test_bf16_autocast_trains_float32_weights_along_the_float32_path():
     assert runs["bf16"][-4:].mean() < runs["bf16"][:4].mean() and runs["fp32"][-4:].mean() < runs["fp32"][:4].mean()
 
 
+def test_the_fused_adamw_kernel_trains_along_the_default_path_and_resumes_exactly(tmp_path):
+    """``fused=True`` is the same AdamW update in one kernel: the weights follow the default loop's to
+    float32 rounding, and a fused run stopped at a checkpoint ends where an unbroken fused run does."""
+    runs = {}
+    for fused in (False, True):
+        model = _fresh().eval()  # no dropout: the two runs see the same arithmetic up to the optimizer's
+        train(model, _batches(4), TrainConfig(steps=12, lr=1e-3, fused=fused, progress=False))
+        runs[fused] = model.state_dict()
+    assert all(torch.allclose(runs[False][k], runs[True][k], rtol=1e-4, atol=1e-5) for k in runs[False])
+    assert not all(torch.equal(runs[False][k], runs[True][k]) for k in runs[False])  # the kernel did run
+    moved = max((runs[True][k].float() - tiny.float()).abs().max().item()
+                for k, tiny in _fresh().state_dict().items() if k in runs[True])
+    assert moved > 1e-3  # it trained: the agreement above is not two untouched models
+
+    config = dict(steps=8, lr=1e-3, fused=True, progress=False)
+    unbroken = _fresh()
+    train(unbroken, ListBatches(_batches(), seed=3), TrainConfig(**config))
+    ckpt = dict(checkpoint_dir=tmp_path / "ckpt", checkpoint_every=3)
+
+    def dies_at_step_5(model, batch, calls=[0]):
+        calls[0] += 1
+        if calls[0] == 5:
+            raise Killed
+        return model(**batch).loss
+    with pytest.raises(Killed):
+        train(_fresh(), ListBatches(_batches(), seed=3), TrainConfig(**config, **ckpt), loss=dies_at_step_5)
+    resumed = _fresh()
+    assert train(resumed, ListBatches(_batches(), seed=3), TrainConfig(**config, **ckpt)).resumed
+    for (name, a), b in zip(unbroken.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="schedule='cosin'"):
         TrainConfig(schedule="cosin")
@@ -141,6 +173,8 @@ def test_bad_settings_are_refused():
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="precision='fp16'; allowed: fp32, bf16"):
         TrainConfig(precision="fp16")
+    with pytest.raises(ValueError, match="fused must be True or False.*got 'yes'"):
+        TrainConfig(fused="yes")
     with pytest.raises(ValueError, match="no evaluate"):
         train(_fresh(), _batches(1), TrainConfig(steps=1, eval_every=1, progress=False))
 
