@@ -13,13 +13,17 @@ by the KD term itself. β = 0 is plain KD; α = 0 and β = 0 is fine-tuning with
 
 The teacher runs in eval mode with no gradient, on the fly or cached (:class:`Teacher`, ``cache``:
 each example's logits and [CLS] states computed once, found again by its token ids whatever batch
-it comes in). :func:`distill` trains with the project's trainer (progress bar, seed, early stopping
+it comes in; ``store``: the cache kept in a file between runs, filled by :meth:`Teacher.prefill` in
+fixed batches, so that every run reads the same teacher outputs whatever batches it trains on). :func:`distill` trains with the project's trainer (progress bar, seed, early stopping
 on a validation metric, per-step log with the ``kd``, ``ce`` and ``pt`` components).
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -98,14 +102,32 @@ def _depth(model: nn.Module) -> int:
     return int(getattr(model.config, "num_hidden_layers", 0) or getattr(model.config, "n_layers", 0))
 
 
+def fingerprint(model: nn.Module) -> str:
+    """SHA-256 (first 16 hex digits) of a model's parameter and buffer names and values: which
+    teacher a stored cache belongs to."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode() + b"\0" + str(t.dtype).encode() + b"\0")
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
 class Teacher:
     """The teacher's logits and first-token states of all layers, (batch, classes) and (batch,
     layers + 1, hidden), with no gradient; ``cache``: each example computed once (keyed by its
-    token ids without padding)."""
+    token ids without padding). ``store``: a file for the cache (implies ``cache``), read here when
+    it exists and written by :meth:`save`; name it after the teacher's :func:`fingerprint` and the
+    precision it ran at, since the file holds outputs, not the model."""
 
-    def __init__(self, model: nn.Module, cache: bool = False):
-        self.model, self.cache = model.eval(), {} if cache else None
+    def __init__(self, model: nn.Module, cache: bool = False, store: str | os.PathLike | None = None):
+        self.model, self.cache = model.eval(), {} if cache or store is not None else None
+        self.store = Path(store) if store is not None else None
         self.computed = 0  # examples the teacher has run on
+        self.loaded = 0  # examples read from the store
+        if self.store is not None and self.store.is_file():
+            saved = torch.load(self.store, weights_only=True)
+            self.cache.update((tuple(k), (lo, cls)) for k, lo, cls in zip(saved["keys"], saved["logits"], saved["cls"]))
+            self.loaded = len(self.cache)
 
     @torch.no_grad()
     def _run(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,6 +146,36 @@ class Teacher:
                 self.cache.setdefault(k, (logits[i], cls[i]))
         rows = [self.cache[k] for k in keys]
         return torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])
+
+    def prefill(self, batches: Iterable[dict], precision: str = "fp32") -> int:
+        """Run the teacher on every batch holding an example not yet cached (at ``precision``, as
+        :class:`tcomp_utils.trainer.TrainConfig` trains: ``bf16`` under autocast); returns the
+        examples it ran on. Fixed batches make the cached outputs the same for every later run."""
+        if self.cache is None:
+            raise DistillationError("prefill needs a cache: Teacher(model, cache=True) or a store")
+        if precision not in trainer.PRECISIONS:
+            raise ValueError(f"precision={precision!r}; allowed: {', '.join(trainer.PRECISIONS)}")
+        before = self.computed
+        device = next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            for batch in batches:
+                self(trainer.to_device(batch, device))
+        return self.computed - before
+
+    def save(self) -> Path:
+        """Write the cache to ``store`` atomically (another process reading it meanwhile sees the
+        old file or the new one, never half of one)."""
+        if self.store is None:
+            raise DistillationError("this Teacher has no store to save its cache to")
+        keys = list(self.cache)
+        if not keys:
+            raise DistillationError(f"nothing is cached yet: prefill() before saving to {self.store}")
+        self.store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.store.with_name(f".{self.store.name}.{os.getpid()}.tmp")
+        torch.save({"keys": [list(k) for k in keys], "logits": torch.stack([self.cache[k][0] for k in keys]),
+                    "cls": torch.stack([self.cache[k][1] for k in keys])}, tmp)
+        tmp.replace(self.store)
+        return self.store
 
 
 def check_pair(student: nn.Module, teacher: nn.Module, student_tokenizer=None, teacher_tokenizer=None,

@@ -235,6 +235,41 @@ def test_distillation_brings_a_fresh_student_to_its_teacher_on_held_out_inputs_a
                                teacher.bert.encoder.layer[1].output.dense.weight)
 
 
+def test_a_stored_teacher_is_filled_once_in_fixed_batches_and_read_back_by_any_batching(tmp_path):
+    """prefill runs the teacher on every example once; a new Teacher on the same store reads every
+    output back without running (whatever batches ask, here one example at a time and reversed) and
+    gets exactly what was stored, which is what the teacher gives on the fly; a changed weight
+    changes the fingerprint the store is named by."""
+    teacher = _teacher()
+    data = _batches(3)
+    store = tmp_path / "outputs" / f"{distill.fingerprint(teacher)}-fp32.pt"
+    first = distill.Teacher(teacher, store=store)
+    assert first.prefill(data) == 18 and first.prefill(data) == 0  # the second pass finds every example cached
+    assert first.save() == store and [p.name for p in store.parent.iterdir()] == [store.name]  # no temporary left
+    again = distill.Teacher(teacher, store=store)
+    assert again.loaded == 18
+    on_the_fly = distill.Teacher(teacher)
+    for batch in reversed(data):
+        for row in range(batch["input_ids"].shape[0]):
+            one = {k: v[row:row + 1] for k, v in batch.items()}
+            for a, b, c in zip(again(one), first(one), on_the_fly(one)):
+                assert torch.equal(a, b)
+                torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+    assert again.computed == 0
+    changed = _teacher()
+    with torch.no_grad():
+        changed.classifier.bias.add_(1e-3)
+    assert distill.fingerprint(changed) != distill.fingerprint(teacher) == distill.fingerprint(_teacher())
+    with pytest.raises(distill.DistillationError, match="prefill needs a cache"):
+        distill.Teacher(teacher).prefill(data)
+    with pytest.raises(distill.DistillationError, match="no store"):
+        distill.Teacher(teacher, cache=True).save()
+    with pytest.raises(distill.DistillationError, match="nothing is cached yet"):
+        distill.Teacher(teacher, store=tmp_path / "empty.pt").save()
+    with pytest.raises(ValueError, match="precision='fp16'; allowed: fp32, bf16"):
+        first.prefill(data, precision="fp16")
+
+
 def test_bad_pairs_are_clear_errors():
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models as tok_models
