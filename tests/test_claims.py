@@ -958,6 +958,13 @@ def test_qat_fine_tuning_so_far_against_fp32_and_its_control():
          f"epoch with no quantizer scores {control:.2f}",
          f"(8-bit attention and embeddings: {qat_row('finetune', 'seed', 8, 'attention+embeddings').test_bleu:.2f})",
          f"8 and 4 bits lie within it and 2 bits {control - fine.test_bleu.iloc[2]:.2f} below")
+    linear = [qat_row("finetune", "seed", b, "linear") for b in (8, 4)]
+    assert all(x.test_bleu_verdict == "above" for x in linear)
+    assert abs(linear[0].test_bleu - control) <= half < control - linear[1].test_bleu
+    says(RESULTS, f"On every linear layer QAT fine-tuning scores {linear[0].test_bleu:.2f} at 8 bits and\n"
+                  f"{linear[1].test_bleu:.2f} at 4 bits ({_signed(linear[0].test_bleu_diff)} and "
+                  f"{_signed(linear[1].test_bleu_diff)} above fp32)",
+         f"8 bits lie within its half-width and\n4 bits {control - linear[1].test_bleu:.2f} below it")
     spec = SweepSpec.load(ROOT / "papermill_runs" / "qat_table.yaml")
     wanted = pd.Series([p["protocol"] for p in spec.points]).value_counts()
     left = wanted.sub(r.protocol.value_counts(), fill_value=0).astype(int)
