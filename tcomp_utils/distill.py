@@ -14,8 +14,9 @@ by the KD term itself. β = 0 is plain KD; α = 0 and β = 0 is fine-tuning with
 The teacher runs in eval mode with no gradient, on the fly or cached (:class:`Teacher`, ``cache``:
 each example's logits and [CLS] states computed once, found again by its token ids whatever batch
 it comes in; ``store``: the cache kept in a file between runs, filled by :meth:`Teacher.prefill` in
-fixed batches, so that every run reads the same teacher outputs whatever batches it trains on). :func:`distill` trains with the project's trainer (progress bar, seed, early stopping
-on a validation metric, per-step log with the ``kd``, ``ce`` and ``pt`` components).
+fixed batches, so that every run reads the same teacher outputs whatever batches it trains on).
+:func:`distill` trains with the project's trainer (progress bar, seed, early stopping on a validation
+metric, per-step log with the ``kd``, ``ce`` and ``pt`` components).
 """
 from __future__ import annotations
 
