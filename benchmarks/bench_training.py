@@ -38,7 +38,7 @@ class _Vocab:
 
 
 def cases() -> dict[str, tuple[torch.nn.Module, dict]]:
-    """Name -> (model in train mode, one batch with labels)."""
+    """Name -> (model, one batch with labels)."""
     g = torch.Generator().manual_seed(0)
     teacher = models.load_model("minilm-l6", "sequence-classification", num_labels=3)[0]
     tweets = {"input_ids": torch.randint(1000, 20000, (32, 40), generator=g),

@@ -963,16 +963,17 @@ def test_qat_fine_tuning_so_far_against_fp32_and_its_control():
     assert [ft.test_bleu_verdict for _, ft in scaled.values()] == ["above", "below"]
     assert all(ft.test_bleu > ptq.test_bleu + 10 for ptq, ft in scaled.values())  # rescued, unlike the seed's grids
     (pa, fa), (pl, fl) = scaled["attention"], scaled["linear"]
-    says(RESULTS, f"one epoch lifts them from {pa.test_bleu:.2f} to {fa.test_bleu:.2f} on the attention ({_paired(fa)}, "
-                  f"above fp32; {control - fa.test_bleu:.2f} below the control) and from {pl.test_bleu:.2f} to "
-                  f"{fl.test_bleu:.2f} on every linear layer ({_paired(fl)}, below fp32)")
+    says(RESULTS, f"after one epoch they score {fa.test_bleu:.2f} on the attention ({_paired(fa)}, above fp32; "
+                  f"{control - fa.test_bleu:.2f} under the control's score) and {fl.test_bleu:.2f} on every linear layer "
+                  f"({_paired(fl)}, below fp32), where after training alone they score {pa.test_bleu:.2f} and "
+                  f"{pl.test_bleu:.2f}")
     linear = [qat_row("finetune", "seed", b, "linear") for b in (8, 4)]
     assert all(x.test_bleu_verdict == "above" for x in linear)
     assert abs(linear[0].test_bleu - control) <= half < control - linear[1].test_bleu
     says(RESULTS, f"On every linear layer QAT fine-tuning scores {linear[0].test_bleu:.2f} at 8 bits and\n"
                   f"{linear[1].test_bleu:.2f} at 4 bits ({_signed(linear[0].test_bleu_diff)} and "
                   f"{_signed(linear[1].test_bleu_diff)} above fp32)",
-         f"8 bits lie within its half-width and\n4 bits {control - linear[1].test_bleu:.2f} below it")
+         f"8 bits lie within its half-width and 4 bits {control - linear[1].test_bleu:.2f} under its score")
     spec = SweepSpec.load(ROOT / "papermill_runs" / "qat_table.yaml")
     wanted = pd.Series([p["protocol"] for p in spec.points]).value_counts()
     left = wanted.sub(r.protocol.value_counts(), fill_value=0).astype(int)
