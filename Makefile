@@ -25,7 +25,7 @@ help:
 	@echo "make book   - the notebooks as make run executed them, with README, RESULTS.md and docs/, as a static site in build/book/html"
 	@echo "make test   - unit tests + nbval over every notebook in the smoke profile"
 	@echo "make assets - fetch and verify the embedded models and data"
-	@echo "make bench  - CPU benchmarks (factorization; GPTQ time by phase; quantized inference latency and memory; int8; autoencoder training time; structured pruning time and pruned latency); tables in benchmarks/results/"
+	@echo "make bench  - CPU benchmarks (factorization; GPTQ time by phase; quantized inference latency and memory; int8; autoencoder training time; structured pruning time and pruned latency; a training step, default vs fused AdamW and under Dask's malloc setting); tables in benchmarks/results/"
 
 # uv installs in about 20 s what pip takes about 2 minutes for (the same versions); it reads no pip
 # configuration, so it is told where pip finds local wheels (here, the CPU build of torch). pip if uv fails.
@@ -98,6 +98,7 @@ bench: assets
 	$(PY) benchmarks/bench_autoencoder.py --out benchmarks/results
 	$(PY) benchmarks/bench_structured.py --out benchmarks/results
 	$(PY) benchmarks/bench_training.py --threads 1 --out benchmarks/results
+	$(PY) benchmarks/bench_sweep_malloc.py --out benchmarks/results
 
 book: $(STAMP)
 	$(PY) -m tcomp_utils.book

@@ -516,6 +516,7 @@ def test_every_point_runs_on_the_pinned_thread_count_locally_and_on_dask(tmp_pat
     for where, workers in (("local", 0), ("dask", 1)):
         got = sweep.run_sweep(sweep.SweepSpec.load(spec_path, output=tmp_path / where), workers=workers, progress=False)
         assert list(got.omp_threads) == [str(sweep.POINT_THREADS)], where
+        assert list(got.malloc_trim) == ["unset"], where  # not Dask's memory trimming (slows training steps)
     assert "OMP_NUM_THREADS" not in os.environ  # this process's environment is restored
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # an explicit choice is passed on
     assert sweep.point_env()["OMP_NUM_THREADS"] == "3"
