@@ -537,6 +537,17 @@ def test_benchmark_numbers_in_the_readme(csv, column, row, phrase):
     says(RESULTS, phrase.format(**match))
 
 
+def test_the_sweeps_malloc_setting_in_the_readme():
+    """Dask's nanny's MALLOC_TRIM_THRESHOLD_ slows a training step; the sweep unsets it (tests/test_sweep.py)."""
+    t = pd.read_csv(ROOT / "benchmarks" / "results" / "sweep_malloc.csv")
+    default, trim = (t[t.setting.str.startswith(p)] for p in ("glibc", "MALLOC_TRIM"))
+    assert len(default) == len(trim) == 2 and trim.step_ms.min() > default.step_ms.max()
+    assert trim.page_faults_per_step.min() > 2 * default.page_faults_per_step.max()
+    says(RESULTS, f"| {default.step_ms.mean():.0f} ms ({default.page_faults_per_step.mean() / 1e3:.0f} k page faults) | "
+                  f"{trim.step_ms.mean():.0f} ms ({trim.page_faults_per_step.mean() / 1e3:.0f} k) | "
+                  f"**{trim.step_ms.mean() / default.step_ms.mean():.2f}×** |")
+
+
 def test_factorized_ffn_latency_in_the_readme():
     t = pd.read_csv(ROOT / "benchmarks" / "results" / "ffn_latency.csv")
     row = lambda m, mode, c: t[(t.method == m) & (t["mode"].fillna("") == mode) & (t.ratio == c)].iloc[0]  # noqa: E731
@@ -1270,7 +1281,8 @@ def test_student_table_claims():
     assert kd.seeds == 3 and pkd.seeds.tolist() == [3, 1, 1, 1]
     sign = lambda r: f"{r.difference:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]".replace("-", "−")  # noqa: E731
     l3 = cells.loc["layers3"]
-    assert l3["best β"] == 10.0
+    assert l3["best β"] == 10.0 and l3["best trained"] == "kd"
+    ok_cells = (results.status == "ok").sum()
     v = figures.student_verdicts(results)
     kd_ce = v[(v.student == "layers3") & (v.comparison == "KD − CE")].iloc[0]
     assert kd_ce.verdict == "above" and kd_ce.seeds == 3
@@ -1281,21 +1293,30 @@ def test_student_table_claims():
          f"Fine-tuning on the labels alone gives {l3.CE:.2f} %: KD − CE {sign(kd_ce)} points, above")
     vt = v[v.comparison.str.endswith("− teacher")].set_index("student")
     assert len(vt) == 11 and (vt.verdict == "below").all()  # every trained student
+    top = cells[cells.seeds > 0].sort_values("KD", ascending=False)
+    assert list(top.index[:3]) == ["self_falconlayer", "self_svd", "ffn_tuckervertical"]
+    assert list(top.index[-2:]) == ["self_tuckerlayer", "self_tucker_4d"]
+    says(README, f"not met (the 3-layer student {kd.test:.2f} % with KD against {teacher:.2f} %; KD beats fine-tuning on the "
+                 "labels, PKD is not distinguishable from KD; every student below its teacher on the paired interval)")
+    says(RESULTS, f"({ok_cells} cells, 3 seeds on `layers3`)")
     says(RESULTS, f"No student matches the teacher ({teacher:.2f} %)",
+         f"`self_falconlayer` (KD {cells.loc['self_falconlayer', 'KD']:.2f} %, {sign(vt.loc['self_falconlayer'])} points, "
+         f"{cells.loc['self_falconlayer', 'MACs']:.0f} % of the MACs)",
          f"`self_svd` (KD {cells.loc['self_svd', 'KD']:.2f} %, {sign(vt.loc['self_svd'])} points, "
          f"{cells.loc['self_svd', 'MACs']:.0f} % of the MACs)",
-         f"`self_falcon` ({cells.loc['self_falcon', 'KD']:.2f} %, {sign(vt.loc['self_falcon'])})",
-         f"`layers3` (PKD {l3['PKD (best β)']:.2f} %, {sign(vt.loc['layers3'])} over the seeds; KD {l3.KD:.2f} %)",
+         f"`ffn_tuckervertical`\n  ({cells.loc['ffn_tuckervertical', 'KD']:.2f} %, {sign(vt.loc['ffn_tuckervertical'])})",
+         f"`layers3` (KD {l3.KD:.2f} %, {sign(vt.loc['layers3'])} over the seeds)",
          f"`self_tuckerlayer` ({cells.loc['self_tuckerlayer', 'KD']:.2f} %, {sign(vt.loc['self_tuckerlayer'])})",
          f"`self_tucker_4d` ({cells.loc['self_tucker_4d', 'KD']:.2f} %, {sign(vt.loc['self_tucker_4d'])})",
-         f"`layers3`, {l3.latency:.2f}× the teacher's latency")
+         f"`layers3`,\n  {l3.latency:.2f}× the teacher's latency")
     half = cells[cells.MACs <= 50.01]  # the classifier head's MACs put layers3 a hair above 50 %
     assert list(half.index) == ["layers3"]
-    falcon = ["self_falcon", "self_falcon_4d", "self_falconvertical", "self_falconlayer"]
+    falcon = ["self_falconlayer", "self_falconvertical", "self_falcon_4d", "self_falcon"]
     assert cells.loc[falcon, "KD"].is_monotonic_decreasing
+    shared = falcon[:3]  # the three forms that share factors across layers
     says(RESULTS, ", ".join(f"`{f}` {cells.loc[f, 'KD']:.2f}" for f in falcon) + " % after KD",
-         f"store {cells.loc[falcon[1:], 'params'].round().unique()[0]:.0f} % of the parameters and count "
-         f"{cells.loc[falcon[1:], 'MACs'].round().unique()[0]:.0f} % of the teacher's")
+         f"store {cells.loc[shared, 'params'].round().unique()[0]:.0f} % of the parameters and count "
+         f"{cells.loc[shared, 'MACs'].round().unique()[0]:.0f} % of the teacher's")
     sgd, svd_fit = cells.loc["self_falcon (SGD fit)"], cells.loc["self_falcon"]
     rec, fac = cells.loc["self_tuckervertical (reconstructed)"], cells.loc["self_tuckervertical"]
     assert rec.untrained == fac.untrained and rec.MACs < fac.MACs
@@ -1312,8 +1333,8 @@ def test_student_table_claims():
     ok = results[results.status == "ok"]
     trained = ok[ok.objective != "none"]
     l3 = trained[trained.student == "layers3"]
-    assert len(l3) == 12 and set(l3.max_steps) == {1000} and set(trained[trained.student != "layers3"].max_steps) == {250}
-    log = pd.read_csv(ROOT / "papermill_runs/student_table/train_log.csv")
+    assert len(l3) == 12 and set(l3.max_steps) == {1000} and set(trained[trained.student != "layers3"].max_steps) == {500}
+    log = pd.read_csv(ROOT / "papermill_runs/student_table/train_log.csv", low_memory=False)
     evals = log[log.key.isin(set(l3.key)) & log.val_macro_f1.notna()].sort_values(["key", "step"])
 
     def late_gain(e: pd.DataFrame) -> float:  # best of the last 300 steps over the best before them (points)
@@ -1327,33 +1348,42 @@ def test_student_table_claims():
                      & retired.objective.eq("kd") & retired.max_steps.eq(250)]
     assert len(old_kd) == 3 and 100 * old_kd.test_macro_f1.mean() < kd.test - 2
     says(RESULTS, f"{len(early)} of the 12 `layers3` runs stopped early",
-         f"the last 300 steps of each run added at most {gains.max():.2f} points of validation macro-F1 to its best "
+         "CE at steps " + ", ".join(f"{n:.0f}" for n in early[early.objective == "ce"].sort_values("seed").train_steps[:-1])
+         + f" and\n  {early[early.objective == 'ce'].sort_values('seed').train_steps.iloc[-1]:.0f}, PKD seed 1 at "
+         f"{early[early.objective == 'pkd'].train_steps.iloc[0]:.0f}",
+         f"the last 300 steps of each run added at most {gains.max():.2f} points of validation\n  macro-F1 to its best "
          f"before them (the steps from 300 on: up to {rises.max():.2f})",
-         f"75.45 % at 250 steps (3 seeds, the previous sitting's retired rows) to {kd.test:.2f} %")
-    fac = trained[trained.student != "layers3"]
-    fac_log = log[log.key.isin(set(fac.key)) & log.val_macro_f1.notna()].sort_values(["key", "step"])
-    slack = fac_log.groupby("key").val_macro_f1.apply(lambda v: 100 * (v.max() - v.iloc[-1]))
-    cold = fac.student.isin(["self_tuckerlayer", "self_tucker_4d"])
-    warm = fac[~cold]
-    assert len(warm) == 8 and (fac[cold].key.map(slack) < 0.1).all()  # the no-skill starters still climb
-    starts = cells.loc[list(warm.student), "untrained"]
-    says(RESULTS, f"Eight of them start at {starts.min():.0f}–{starts.max():.0f} % and their last scoring lies within "
-                  f"{warm.key.map(slack).max():.2f} points of their best, but {int((warm.best_step == 250).sum())} of them "
-                  f"score their best at the last scoring")
+         f"75.45 % at 250 steps (3 seeds, an earlier sitting's retired rows) to {kd.test:.2f} %")
     assert f"{100 * old_kd.test_macro_f1.mean():.2f}" == "75.45"
+    # the factorized students: stopped early, or their best at the last scoring and by how much it rose there
+    fac = trained[trained.student != "layers3"].set_index("key")
+    fac_log = log[log.key.isin(set(fac.index)) & log.val_macro_f1.notna()].sort_values(["key", "step"])
+    last_rise = fac_log.groupby("key").val_macro_f1.apply(lambda v: 100 * (v.iloc[-1] - v.iloc[:-1].max()))
+    at_end = fac[fac.best_step == fac.train_steps]
+    climbing = at_end[at_end.index.map(last_rise) > 1]
+    assert list(climbing.student) == ["self_tuckerlayer"] and len(at_end) == 4
+    tl = fac_log[fac_log.key == climbing.index[0]].val_macro_f1
+    old_fac = retired[retired.teacher_name.eq("minilm-l6-tweets3") & retired.objective.eq("kd") & retired.max_steps.eq(250)
+                      & retired.fit.isna() & retired.reconstruct.isna()].set_index("student").test_macro_f1
+    says(RESULTS, f"{(fac.train_steps < 500).sum()} of the 10 stopped early, and of\n  the {len(at_end)} that score their best "
+                  f"at the last scoring, 3 gain at most {at_end.drop(climbing.index).index.map(last_rise).max():.2f} points",
+         f"({100 * tl.iloc[-2]:.2f} →\n  {100 * tl.iloc[-1]:.2f} % in its last 50 steps)",
+         f"(`self_tuckerlayer` {100 * old_fac['self_tuckerlayer']:.2f} → {cells.loc['self_tuckerlayer', 'KD']:.2f} %,\n  "
+         f"`self_tucker_4d` {100 * old_fac['self_tucker_4d']:.2f} → {cells.loc['self_tucker_4d', 'KD']:.2f} %)")
+    # time: the complete grid as one sitting, every cell computed with the current code
     runs = pd.read_csv(ROOT / "papermill_runs/student_table/runs.csv")
-    cell_min, packed = ok.elapsed_s.sum() / 60, longest_first_wall(list(ok.elapsed_s), workers=2) / 60
-    stale = ok[ok.stale.astype(str).eq("True")]
-    # recomputed this sitting: every trained layers3 cell and the 4-D Tucker student's KD; kept: the rest
-    assert stale.objective.eq("none").sum() == ok.objective.eq("none").sum()
-    assert set(stale[stale.objective == "kd"].student) == set(trained.student) - {"layers3", "self_tucker_4d"}
-    says(RESULTS, f"{len(ok)} cells add up to {cell_min:.0f} cell-minutes",
-         f"{packed:.0f} minutes on 2 workers",
-         f"This sitting's {runs.points_run.iloc[-2:].sum()} cells took {runs.wall_s.iloc[-2:].sum() / 60:.1f} minutes",
-         f"{len(stale)} cells kept from the previous sitting carry `stale = True`",
-         *[f"{ok[(ok.objective == o) & (ok.student == 'layers3')].elapsed_s.median():.0f} s {w}" for o, w in
-           (("ce", "with CE"), ("kd", "with KD"), ("pkd", "with PKD"))])
-    assert packed > 120  # over the issue's 2-hour target: stated as a miss
+    sitting = runs.iloc[-1]
+    assert sitting.points_run == sitting.points_total == len(ok) == 36 and str(sitting.workers) == "2"
+    assert not ok.stale.astype(str).eq("True").any()
+    assert sitting.wall_s / 60 <= 120  # the issue's 2-hour target
+    before = retired[retired.teacher_name.eq("minilm-l6-tweets3") & retired.student.eq("layers3") & retired.max_steps.eq(1000)]
+    med = lambda d, o: d[d.objective == o].elapsed_s.median()  # noqa: E731
+    assert (before[before.objective == "kd"].sort_values("seed").best_step.tolist()
+            == l3[l3.objective == "kd"].sort_values("seed").best_step.tolist())
+    says(RESULTS, f"in **{sitting.wall_s / 60:.1f} minutes**\n  ({len(ok)} cells, {sitting.cell_s / 60:.0f} cell-minutes)",
+         f"cell now takes {med(l3, 'ce'):.0f} s with CE, {med(l3, 'kd'):.0f} s with KD and {med(l3, 'pkd'):.0f} s with PKD, "
+         f"against {med(before, 'ce'):.0f}, {med(before, 'kd'):.0f} and {med(before, 'pkd'):.0f} s",
+         f"The {120 - sitting.wall_s / 60:.0f} minutes left under the target")
     id5 = table("atlas").query("model_name == 'minilm-l6-tweets3' and pipeline == \"structured(criterion='id', mu=0.5)\"")
     l3c = cells.loc["layers3"]
     for doc in (RESULTS, "notebooks/17_atlas.ipynb"):
@@ -1404,6 +1434,7 @@ def test_make_run_represents_every_table_and_says_whether_it_reproduced():
          f"{runs.wall_s / 60:.1f} minutes for the points on 2 workers",
          f"largest relative difference among them {ok.largest_relative_difference.max():.1g}; every value "
          f"identical in {(ok.largest_relative_difference == 0).sum()} of them")
+    says(README, f"({runs.wall_s / 60:.1f} minutes for the points on 2 cores")
     for row in r[r.status != "reproduced"].itertuples():  # every miss is named, with its table
         says(REPRODUCTION, f"`{row.table}`")
 
