@@ -228,6 +228,13 @@ def test_the_offline_grid_time():
     assert full.points_run.sum() == len(r) + 6 and (full.workers.astype(int) == 2).all()
     cell_min, packed = r.elapsed_s.sum() / 60, longest_first_wall(list(r.elapsed_s), workers=2) / 60
     assert packed <= 120  # the 2-hour target
+    students = table("student_table")
+    students = students[students.status == "ok"]
+    sitting = pd.read_csv(ROOT / "papermill_runs" / "student_table" / "runs.csv").iloc[-1]
+    gap = sitting.wall_s / 60 - longest_first_wall(list(students.elapsed_s), workers=2) / 60
+    assert 0 < gap < 120 - packed  # the gaps a sitting adds, measured on the student grid, still fit
+    says(RESULTS, f"measured those gaps: {sitting.wall_s / 60:.1f} minutes against "
+                  f"{longest_first_wall(list(students.elapsed_s), workers=2) / 60:.1f} packed from its own cells")
     minutes = lambda rows: rows.elapsed_s.sum() / 60  # noqa: E731
     ae, tuned = r[r.method == "ae"], r[r.finetune_steps.fillna(0) > 0]
     says(RESULTS, f"`make sweep SPEC=papermill_runs/offline_compression.yaml` ({len(r)} cells: {cell_min:.0f} minutes "
