@@ -6,7 +6,7 @@ gave every point a ``--workers N`` sweep or ``make run`` ran until ``tcomp_utils
 A trim threshold that is set also fixes glibc's mmap threshold, so every large tensor a step frees
 goes back to the system and is faulted in again on the next step.
 
-    python benchmarks/bench_sweep_malloc.py [--runs 25] [--out benchmarks/results]
+    python benchmarks/bench_sweep_malloc.py [--runs 20] [--out benchmarks/results]
 
 Prints and writes ``sweep_malloc.csv``: setting, process, the median milliseconds of the forward and
 backward pass and of the whole step, and the minor page faults per step. Run it on an idle machine.
