@@ -1004,6 +1004,44 @@ def test_qat_fine_tuning_so_far_against_fp32_and_its_control():
                   f"{words[wanted['finetune']]} fine-tuning rows are still to run ({cells})")
 
 
+def test_qat_from_scratch_so_far():
+    """The seed's own protocol: each from-scratch row's verdict read from its paired interval to fp32, set
+    against the three fp32 training seeds' spread (a from-scratch row is another training run), and
+    what the computed rows say of the seed's ordering."""
+    base = pd.read_csv(ROOT / "benchmarks" / "results" / "translation_baselines.csv")
+    seeds = base[base.recipe == "transformer-help-en-de"].test_bleu
+    two, one = qat_row("scratch", "seed", 2, "attention"), qat_row("scratch", "seed", 1, "attention")
+    four, binary = qat_row("scratch", "seed", 4, "attention"), qat_row("scratch", "binary", None, "linear")
+    assert two.test_bleu_verdict == "below" and two.test_bleu < seeds.min() - 1  # beyond the seeds' spread
+    assert two.best_step == two.train_steps == 1032  # still improving when the recipe's steps ended
+    assert four.test_bleu_verdict == "below" and seeds.min() < four.test_bleu < seeds.max()  # within the seeds' range
+    assert one.test_bleu < 1 and binary.test_bleu < 1  # collapsed: neither translates
+    assert binary.best_step == 172
+    assert one.test_bleu_verdict == binary.test_bleu_verdict == "below"
+    r = table("qat_table")
+    scratch = r.query("protocol == 'scratch'")
+    left = 9 - len(scratch)
+    hours = r.elapsed_s.sum() / 3600, left * scratch.elapsed_s.mean() / 3600
+    says(RESULTS, f"take {hours[0]:.1f} CPU-hours ({len(r)} of its 49 cells; a from-scratch row "
+                  f"{scratch.elapsed_s.mean() / 60:.1f} minutes on average); the {'five' if left == 5 else left} rows left "
+                  f"add about {hours[1]:.1f}, so the whole grid is about {sum(hours):.1f} CPU-hours, about "
+                  f"{sum(hours) / 2:.1f} hours on 2 workers",
+         f"(about {9 * scratch.elapsed_s.mean() / 3600:.1f} CPU-hours by themselves)")
+    says(README, f"from scratch (the seed's protocol, {len(scratch)} of 9 rows so far) 2 bits on the attention fall "
+                 f"{-two.test_bleu_diff:.1f} BLEU below fp32, beyond the training seeds' spread")
+    run = pd.read_csv(ROOT / "papermill_runs" / "qat_table" / "runs.csv").iloc[-1]
+    assert run.points_run == len(scratch) == 4 and run.workers == 2
+    says(RESULTS, f"four\nfrom-scratch cells in {run.wall_s / 60:.1f} minutes, two at a time")
+    says(RESULTS, f"**QAT from scratch (the seed's protocol), so far: {len(scratch)} of its 9 rows.**",
+         f"({scratch.elapsed_s.min() / 60:.0f} to {scratch.elapsed_s.max() / 60:.0f} minutes a row on one worker",
+         f"at 2 bits {two.test_bleu:.2f} ({_paired(two)}, below fp32), lower than every fp32 training seed "
+         f"({seeds.min():.2f} to {seeds.max():.2f})", f"spread of the three fp32 training seeds ({seeds.min():.2f} to {seeds.max():.2f})",
+         f"({two.test_bleu_diff:.1f} BLEU below, beyond the seeds' spread)".replace("-", ""),
+         f"scores at 4 bits {four.test_bleu:.2f} ({_paired(four)}, {four.test_bleu_verdict}): below seed 0",
+         f"its 1-bit grid on the attention scores {one.test_bleu:.2f} ({one.stochastic_test_bleu:.2f} with stochastic "
+         f"re-quantization) and binary weights on every linear layer {binary.test_bleu:.2f} (best\nvalidation BLEU at step {binary.best_step:.0f})")
+
+
 def test_stochastic_re_quantization_at_evaluation():
     ptq2, ft2 = qat_row("ptq", "seed", 2, "attention"), qat_row("finetune", "seed", 2, "attention")
     one, ft1 = qat_row("ptq", "seed", 1, "attention"), qat_row("finetune", "seed", 1, "attention")
