@@ -1017,6 +1017,8 @@ def test_qat_from_scratch_so_far():
     assert four.test_bleu_verdict == "below" and seeds.min() < four.test_bleu < seeds.max()  # within the seeds' range
     assert one.test_bleu < 1 and binary.test_bleu < 1  # collapsed: neither translates
     assert binary.best_step == 172
+    says(RESULTS, f"2 bits score {two.test_bleu - one.test_bleu:.1f} BLEU more than 1 bit ({_signed(two.test_bleu_diff)} "
+                  f"against {_signed(one.test_bleu_diff)} to fp32 on the same sentences")
     assert one.test_bleu_verdict == binary.test_bleu_verdict == "below"
     r = table("qat_table")
     scratch = r.query("protocol == 'scratch'")
