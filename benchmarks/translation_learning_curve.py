@@ -51,6 +51,11 @@ VARIANTS = {
     # twice an epoch
     "d256-lr2e-3-8ep": dict(epochs=8, eval_every=172, tokenizer="bpe"),
     "d128-lr4e-3-8ep": dict(SMALL, lr=4e-3, epochs=8, eval_every=172, tokenizer="bpe"),
+    # seed 002's T5 by the Transformer's recipe (t5-help-en-de) for three times its 3 epochs: the copy
+    # probe (benchmarks/t5_copy_probe.py) found a T5 needs about three times the steps to align (about
+    # 2.5 h on one thread)
+    "t5-d128-lr4e-3-9ep": dict(SMALL, architecture="t5", t5_output_scale=False, lr=4e-3, epochs=9, eval_every=172,
+                               tokenizer="bpe"),
 }
 
 
