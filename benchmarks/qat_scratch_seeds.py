@@ -33,14 +33,14 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import translation_baselines as baselines  # noqa: E402  (fp32's seeds: their scores and kept translations)
 from tcomp_utils import assets, files, metrics, scores, tasks, translation  # noqa: E402
 from tcomp_utils.methods import qat  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "results" / "qat_scratch_seeds.csv"
 MODEL = "transformer-help-en-de"  # the table's model (its default profile)
-BASELINES = ROOT / "benchmarks" / "results" / "translation_baselines.csv"
-BASELINE_HYPS = ROOT / "benchmarks" / "results" / "translation_baselines_hypotheses"
 TABLE = ROOT / "papermill_runs" / "qat_table" / "results.csv"
 
 
@@ -139,26 +139,29 @@ def _table_cell(row: Row, table: Path = TABLE) -> pd.Series:
 def compare(row: Row, out: Path = OUT, split: str = "test") -> pd.DataFrame:
     """Each training seed of ``row`` against fp32 with the same seed: BLEU of both, their difference and,
     where both seeds' translations are kept, its paired bootstrap interval on the ``split`` sentences
-    (``test`` or ``ood_test``). Seed 0 is the table's cell (its translations are not kept)."""
+    (``test`` or ``ood_test``). Seed 0 is the table's cell unless rerun here (its translations are not kept:
+    its interval is the one the cell recorded)."""
     col = "test_bleu" if split == "test" else "ood_bleu"
-    fp32 = pd.read_csv(BASELINES).query("recipe == @MODEL").set_index("seed")[col]
+    fp32 = pd.read_csv(baselines.OUT).query("recipe == @MODEL").set_index("seed")[col]
     runs = pd.read_csv(out)
     runs = runs[(runs.model == MODEL) & (runs.quantizer == row.quantizer) & (runs.target == row.target)
                 & ((runs.bits == row.bits) if row.bits else True)].set_index("seed")[col]
+    cell = None
     if 0 not in runs.index:  # seed 0 is the table's own cell, trained by the same code
-        runs.loc[0] = _table_cell(row)["test_bleu" if split == "test" else "ood_test_bleu"]
+        cell = _table_cell(row)
+        runs.loc[0] = cell["test_bleu" if split == "test" else "ood_test_bleu"]
     rows = []
     for seed, bleu in runs.sort_index().items():
         r = dict(seed=seed, bleu=bleu, fp32_bleu=fp32.get(seed), diff=bleu - fp32.get(seed, float("nan")))
-        mine, theirs = hypotheses_path(row, seed, out), BASELINE_HYPS / f"{MODEL}-{seed}.json.gz"
+        mine, theirs = hypotheses_path(row, seed, out), baselines.kept(MODEL, seed)
         if mine.is_file() and theirs.is_file():
             a, b = (json.loads(gzip.decompress(p.read_bytes()))[split] for p in (mine, theirs))
-            recipe = dataclasses.replace(translation.RECIPES[MODEL], seed=seed)
-            name = recipe.task if split == "test" else translation.OUT_OF_DOMAIN[recipe.task]
-            task = tasks.load_task(name, seed=recipe.split_seed if split == "test" else 0)
-            refs = task["test"][translation.pair_fields(task.spec)[1]]
+            refs = baselines.references(dataclasses.replace(translation.RECIPES[MODEL], seed=seed), split)
             p = metrics.paired_bleu_interval(a, b, refs)
             r |= dict(diff_lo=p.lo, diff_hi=p.hi, verdict=p.verdict)
+        elif seed == 0 and cell is not None:  # the cell's own paired interval to fp32 seed 0
+            prefix = "test_bleu" if split == "test" else "ood_test_bleu"
+            r |= dict(diff_lo=cell[f"{prefix}_diff_lo"], diff_hi=cell[f"{prefix}_diff_hi"], verdict=cell[f"{prefix}_verdict"])
         rows.append(r)
     return pd.DataFrame(rows)
 

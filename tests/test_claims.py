@@ -6,6 +6,7 @@ import gzip
 import json
 import math
 import re
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -994,54 +995,87 @@ def test_qat_fine_tuning_so_far_against_fp32_and_its_control():
                   f"{_signed(linear[1].test_bleu_diff)} above fp32)",
          f"8 bits lie within its half-width and 4 bits {control - linear[1].test_bleu:.2f} under its score")
     spec = SweepSpec.load(ROOT / "papermill_runs" / "qat_table.yaml")
-    wanted = pd.Series([p["protocol"] for p in spec.points]).value_counts()
-    left = wanted.sub(r.protocol.value_counts(), fill_value=0).astype(int)
-    words = "no one two three four five six seven eight nine ten eleven".split()
-    cells = f"the spec's {len(spec.points)} cells, {len(r)} done"
-    says(RESULTS, f"the {words[left['scratch']]} from-scratch rows are still to run (all {words[wanted['finetune']]} "
-                  f"fine-tuning rows done; {cells})" if left["finetune"] == 0 else
-                  f"the {words[left['scratch']]} from-scratch rows and {words[left['finetune']]} of the "
-                  f"{words[wanted['finetune']]} fine-tuning rows are still to run ({cells})")
+    assert len(r) == len(spec.points) == 49  # every cell computed
+    says(RESULTS, f"The grid is complete: all {len(spec.points)} cells.")
 
 
-def test_qat_from_scratch_so_far():
-    """The seed's own protocol: each from-scratch row's verdict read from its paired interval to fp32, set
-    against the three fp32 training seeds' spread (a from-scratch row is another training run), and
-    what the computed rows say of the seed's ordering."""
+def test_qat_from_scratch():
+    """The seed's own protocol, all nine rows: each verdict read from its paired interval to fp32, set against
+    the three fp32 training seeds' spread (a from-scratch row is another training run), and what the rows
+    say of the seed's ordering; the grid's measured time."""
+    from scipy import stats
+
+    from tcomp_utils.sweep import longest_first_wall
+
     base = pd.read_csv(ROOT / "benchmarks" / "results" / "translation_baselines.csv")
     seeds = base[base.recipe == "transformer-help-en-de"].test_bleu
-    two, one = qat_row("scratch", "seed", 2, "attention"), qat_row("scratch", "seed", 1, "attention")
-    four, binary = qat_row("scratch", "seed", 4, "attention"), qat_row("scratch", "binary", None, "linear")
-    assert two.test_bleu_verdict == "below" and two.test_bleu < seeds.min() - 1  # beyond the seeds' spread
+    row = lambda q, b, t: qat_row("scratch", q, b, t)  # noqa: E731
+    two, one, four, eight = (row("seed", b, "attention") for b in (2, 1, 4, 8))
+    emb8, lin8, lin4 = row("seed", 8, "attention+embeddings"), row("seed", 8, "linear"), row("seed", 4, "linear")
+    bin_att, binary = row("binary", None, "attention"), row("binary", None, "linear")
+    for r in (eight, four, emb8, lin8, lin4):  # within the fp32 training seeds' range
+        assert seeds.min() < r.test_bleu < seeds.max() and r.best_step == r.train_steps == 1032
+    assert lin8.test_bleu_verdict == "≈" and {eight.test_bleu_verdict, four.test_bleu_verdict, emb8.test_bleu_verdict,
+                                              lin4.test_bleu_verdict} == {"below"}
+    assert lin8.test_bleu > eight.test_bleu and lin4.test_bleu > four.test_bleu  # more quantized, yet higher: noise
+    assert two.test_bleu_verdict == "below" and two.test_bleu < seeds.min() - 1  # below every seed
     assert two.best_step == two.train_steps == 1032  # still improving when the recipe's steps ended
-    assert four.test_bleu_verdict == "below" and seeds.min() < four.test_bleu < seeds.max()  # within the seeds' range
-    assert one.test_bleu < 1 and binary.test_bleu < 1  # collapsed: neither translates
-    assert binary.best_step == 172
-    says(RESULTS, f"2 bits score {two.test_bleu - one.test_bleu:.1f} BLEU more than 1 bit ({_signed(two.test_bleu_diff)} "
-                  f"against {_signed(one.test_bleu_diff)} to fp32 on the same sentences")
-    assert one.test_bleu_verdict == binary.test_bleu_verdict == "below"
+    assert max(one.test_bleu, bin_att.test_bleu, binary.test_bleu) < 1  # collapsed: none translates
+    assert bin_att.best_step == binary.best_step == 172
+    n = len(seeds)
+    half = stats.t.ppf(0.975, n - 1) * seeds.std(ddof=1) * (1 + 1 / n) ** 0.5
+    assert seeds.mean() - half < two.test_bleu  # a fresh fp32 seed's prediction interval covers it
+    says(RESULTS, f"2 bits lie below all three seeds, {seeds.min() - two.test_bleu:.2f} BLEU under the\nlowest",
+         f"spans {seeds.mean() - half:.2f} to {seeds.mean() + half:.2f} and covers {two.test_bleu:.2f}",
+         f"2 bits score {two.test_bleu - one.test_bleu:.1f} BLEU more than 1 bit ({_signed(two.test_bleu_diff)} "
+         f"against {_signed(one.test_bleu_diff)} to fp32 on the same sentences")
+    says(RESULTS, "**QAT from scratch (the seed's protocol): all 9 rows, one training seed each.**",
+         f"spread of the three fp32 training seeds ({seeds.min():.2f} to {seeds.max():.2f})",
+         f"scores {eight.test_bleu:.2f} at 8 bits and {four.test_bleu:.2f} at 4 ({_paired(eight)} and {_paired(four)}, below "
+         f"seed 0 on the paired interval), 8 bits on the attention and embeddings {emb8.test_bleu:.2f} ({_paired(emb8)}, below), "
+         f"and on every linear layer 8 bits {lin8.test_bleu:.2f} ({_paired(lin8)}, ≈) and 4 bits {lin4.test_bleu:.2f} "
+         f"({_paired(lin4)}, below)",
+         f"At 2 bits the attention scores {two.test_bleu:.2f} ({_paired(two)}, below fp32)",
+         f"the 1-bit grid on the attention scores {one.test_bleu:.2f} ({one.stochastic_test_bleu:.2f} with stochastic "
+         f"re-quantization), binary weights on the attention {bin_att.test_bleu:.2f} and on every linear layer "
+         f"{binary.test_bleu:.2f} (best validation BLEU at step {binary.best_step:.0f})")
     r = table("qat_table")
     scratch = r.query("protocol == 'scratch'")
-    left = 9 - len(scratch)
-    hours = r.elapsed_s.sum() / 3600, left * scratch.elapsed_s.mean() / 3600
-    says(RESULTS, f"take {hours[0]:.1f} CPU-hours ({len(r)} of its 49 cells; a from-scratch row "
-                  f"{scratch.elapsed_s.mean() / 60:.1f} minutes on average); the {'five' if left == 5 else left} rows left "
-                  f"add about {hours[1]:.1f}, so the whole grid is about {sum(hours):.1f} CPU-hours, about "
-                  f"{sum(hours) / 2:.1f} hours on 2 workers",
-         f"(about {9 * scratch.elapsed_s.mean() / 3600:.1f} CPU-hours by themselves)")
-    says(README, f"from scratch (the seed's protocol, {len(scratch)} of 9 rows so far) 2 bits on the attention fall "
-                 f"{-two.test_bleu_diff:.1f} BLEU below fp32, beyond the training seeds' spread")
-    run = pd.read_csv(ROOT / "papermill_runs" / "qat_table" / "runs.csv").iloc[-1]
-    assert run.points_run == len(scratch) == 4 and run.workers == 2
-    says(RESULTS, f"four\nfrom-scratch cells in {run.wall_s / 60:.1f} minutes, two at a time")
-    says(RESULTS, f"**QAT from scratch (the seed's protocol), so far: {len(scratch)} of its 9 rows.**",
-         f"({scratch.elapsed_s.min() / 60:.0f} to {scratch.elapsed_s.max() / 60:.0f} minutes a row on one worker",
-         f"at 2 bits {two.test_bleu:.2f} ({_paired(two)}, below fp32), lower than every fp32 training seed "
-         f"({seeds.min():.2f} to {seeds.max():.2f})", f"spread of the three fp32 training seeds ({seeds.min():.2f} to {seeds.max():.2f})",
-         f"({two.test_bleu_diff:.1f} BLEU below, beyond the seeds' spread)".replace("-", ""),
-         f"scores at 4 bits {four.test_bleu:.2f} ({_paired(four)}, {four.test_bleu_verdict}): below seed 0",
-         f"its 1-bit grid on the attention scores {one.test_bleu:.2f} ({one.stochastic_test_bleu:.2f} with stochastic "
-         f"re-quantization) and binary weights on every linear layer {binary.test_bleu:.2f} (best\nvalidation BLEU at step {binary.best_step:.0f})")
+    assert len(r) == 49 and len(scratch) == 9
+    says(RESULTS, f"({scratch.elapsed_s.min() / 60:.0f} to {scratch.elapsed_s.max() / 60:.0f}\nminutes a row on one worker",
+         f"grid's 49 cells take {r.elapsed_s.sum() / 3600:.1f} CPU-hours (a from-scratch row {scratch.elapsed_s.mean() / 60:.1f} "
+         f"minutes on average, the nine {scratch.elapsed_s.sum() / 3600:.1f} CPU-hours by themselves), "
+         f"{longest_first_wall(list(r.elapsed_s), workers=2) / 3600:.1f} hours packed on 2 workers: over the issue's 3-hour aim")
+    runs = pd.read_csv(ROOT / "papermill_runs" / "qat_table" / "runs.csv")
+    full = runs[~runs.reduced.astype(bool)]
+    assert len(full) == 8
+    last = full[full.points_run.isin([4, 5]) & (full.workers == 2)]
+    assert last.points_run.tolist() == [4, 5]  # the nine from-scratch cells, two sittings
+    says(RESULTS, "was run in eight sweeps over three days", "from-scratch cells in two sittings, four in "
+         f"{last.wall_s.iloc[0] / 60:.1f} minutes and five in {last.wall_s.iloc[1] / 60:.1f} minutes, two at a time")
+
+
+def test_the_qat_scratch_seeds_behind_the_2_bit_verdict():
+    """The 2-bit attention row with more training seeds: below its fp32 twin on each seed's paired interval,
+    not distinguishable across two seeds (t interval), so the README calls "2-bit ≈ baseline" undecided."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("qat_scratch_seeds", ROOT / "benchmarks" / "qat_scratch_seeds.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    says(RESULTS, mod.table())
+    row = mod.Row("seed", 2, "attention")
+    per_seed = mod.compare(row)
+    assert per_seed.seed.tolist() == [0, 1] and (per_seed.verdict == "below").all()
+    s1 = per_seed.set_index("seed").loc[1]
+    across = mod.across_seeds(row)
+    assert across.verdict == "≈"
+    says(RESULTS, f"2 bits on the attention score {s1.bleu:.2f}, {-s1['diff']:.2f} BLEU under fp32 seed 1 (below on its paired\ninterval)",
+         f"two seeds give a t interval of {_signed(across.lo)} to {_signed(across.hi)}")
+    says(README, "2 bits on the attention fall below fp32 with each of two training seeds "
+                 f"({_signed(per_seed['diff'].iloc[0])} and {_signed(s1['diff'])} BLEU, paired), but across those two seeds "
+                 "the difference is not distinguishable yet, so \"2-bit ≈ baseline\" is undecided")
 
 
 def test_stochastic_re_quantization_at_evaluation():
