@@ -24,6 +24,7 @@ import argparse
 import dataclasses
 import gzip
 import json
+import os
 import shutil
 import sys
 import time
@@ -115,8 +116,10 @@ def save(row_out: dict, kept: dict, row: Row, out: Path = OUT) -> None:
     """Write the translations, then the CSV row (replacing an earlier one of the same row and seed)."""
     path = hypotheses_path(row, row_out["seed"], out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.GzipFile(path, "wb", mtime=0) as fh:  # mtime 0: the same bytes for the same translations
+    part = path.with_name(path.name + ".part")  # written whole, then renamed: never a half-written file
+    with gzip.GzipFile(part, "wb", mtime=0) as fh:  # mtime 0: the same bytes for the same translations
         fh.write(json.dumps(kept, ensure_ascii=False).encode())
+    os.replace(part, path)
     before = pd.read_csv(out) if out.is_file() else None
     if before is not None:
         same = ((before.quantizer == row.quantizer) & (before.bits.fillna(-1) == (row.bits or -1))
