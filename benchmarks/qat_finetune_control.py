@@ -20,7 +20,6 @@ checkpoint under ``$TCOMP_CACHE/qat_finetune_control/``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gzip
 import json
 import shutil
@@ -66,19 +65,8 @@ def finetune_and_score(row: scratch.Row, model_name: str = MODEL, threads: int =
     ckpt = assets.cache_dir() / "qat_finetune_control" / f".ckpt-{model_name}-{row.name}-{info.key}"
     run = translation.train_model(model, tok, recipe, task, epochs=EPOCHS, lr=LR, warmup_steps=recipe.eval_every,
                                   checkpoint_dir=ckpt, progress=True, desc=f"finetune {row.name}")
-    test, hyps = translation.evaluate(model, tok, task["test"], task.spec, max_length=recipe.max_length)
-    out = dict(model=model_name, quantizer=row.quantizer, bits=row.bits, target=row.target, seed=recipe.seed,
-               steps=run.steps, best_step=run.best_step, train_minutes=round(run.seconds / 60, 1),
-               # the training loss of the last 20 steps: the notebook's cell must give the same
-               last_loss=float(run.log[run.log.kind == "train"].loss.tail(20).mean()),
-               test_bleu=test["bleu"], test_chrf=test["chrf"], test_examples=test["examples"])
-    kept = {"test": hyps}
-    if recipe.task in translation.OUT_OF_DOMAIN:
-        ood_task = tasks.load_task(translation.OUT_OF_DOMAIN[recipe.task])
-        ood, kept["ood_test"] = translation.evaluate(model, tok, ood_task["test"], ood_task.spec,
-                                                     max_length=recipe.max_length)
-        out |= dict(ood_bleu=ood["bleu"], ood_chrf=ood["chrf"], ood_examples=ood["examples"])
-    out["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
+    out, kept = scratch.score_run(model, tok, recipe, task, run, dict(
+        model=model_name, quantizer=row.quantizer, bits=row.bits, target=row.target, seed=recipe.seed), start)
     shutil.rmtree(ckpt, ignore_errors=True)  # scored: a rerun starts afresh
     return out, kept
 

@@ -95,12 +95,22 @@ def train_and_score(row: Row, seed: int, model_name: str = MODEL, threads: int =
     ckpt = assets.cache_dir() / "qat_scratch_seeds" / f".ckpt-{model_name}-{row.name}-{seed}-{recipe.key()}"
     run = translation.train_model(model, tok, recipe, task, checkpoint_dir=ckpt, progress=True,
                                   desc=f"scratch {row.name} seed {seed}")
+    out, kept = score_run(model, tok, recipe, task, run, dict(model=model_name, quantizer=row.quantizer,
+                                                               bits=row.bits, target=row.target, seed=seed), start)
+    shutil.rmtree(ckpt, ignore_errors=True)  # scored: a rerun starts afresh
+    return out, kept
+
+
+def score_run(model, tok, recipe: translation.TranslationRecipe, task: tasks.Task, run, fields: dict,
+              start: float) -> tuple[dict, dict]:
+    """Score a trained ``model`` greedily on all test pairs, and on the out-of-domain twin where the task has
+    one: the CSV row (``fields``, then steps, best step, training minutes, the last 20 steps' training loss,
+    test and out-of-domain BLEU/chrF, wall minutes since ``start``) and the translations (split -> list)."""
     test, hyps = translation.evaluate(model, tok, task["test"], task.spec, max_length=recipe.max_length)
-    out = dict(model=model_name, quantizer=row.quantizer, bits=row.bits, target=row.target, seed=seed,
-               steps=run.steps, best_step=run.best_step, train_minutes=round(run.seconds / 60, 1),
-               # the training loss of the last 20 steps: the notebook's run with seed 0 must give the same
-               last_loss=float(run.log[run.log.kind == "train"].loss.tail(20).mean()),
-               test_bleu=test["bleu"], test_chrf=test["chrf"], test_examples=test["examples"])
+    out = fields | dict(steps=run.steps, best_step=run.best_step, train_minutes=round(run.seconds / 60, 1),
+                        # the training loss of the last 20 steps: the notebook's run must give the same
+                        last_loss=float(run.log[run.log.kind == "train"].loss.tail(20).mean()),
+                        test_bleu=test["bleu"], test_chrf=test["chrf"], test_examples=test["examples"])
     kept = {"test": hyps}
     if recipe.task in translation.OUT_OF_DOMAIN:
         ood_task = tasks.load_task(translation.OUT_OF_DOMAIN[recipe.task])
@@ -108,7 +118,6 @@ def train_and_score(row: Row, seed: int, model_name: str = MODEL, threads: int =
                                                      max_length=recipe.max_length)
         out |= dict(ood_bleu=ood["bleu"], ood_chrf=ood["chrf"], ood_examples=ood["examples"])
     out["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)
-    shutil.rmtree(ckpt, ignore_errors=True)  # scored: a rerun starts afresh
     return out, kept
 
 
