@@ -1117,9 +1117,9 @@ def test_the_qat_scratch_seeds_behind_the_2_bit_verdict():
          f"with seed 2 (39 training minutes) {s2.bleu:.2f}, {-s2['diff']:.2f} under fp32 seed 2",
          "(" + ", ".join(_signed(d) for d in per_seed["diff"]) + ")",
          f"three seeds give\na t interval of {_signed(across.lo)} to {_signed(across.hi)}")
-    says(README, "2 bits on the attention fall below fp32 with each of three training seeds ("
+    says(README, "2 bits on the attention score under fp32 with each of three training seeds ("
                  f"{_signed(per_seed['diff'].loc[0])}, {_signed(s1['diff'])} and {_signed(s2['diff'])} BLEU against the fp32 model "
-                 "of the same seed), but across those three seeds the difference is not distinguishable yet (t interval "
+                 "of the same seed; below on the paired interval for seeds 0 and 1, seed 2 unpaired), but across those three seeds the difference is not distinguishable yet (t interval "
                  f"{_signed(across.lo)} to {_signed(across.hi)}), so \"2-bit ≈ baseline\" is undecided")
 
 
