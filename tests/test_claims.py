@@ -1089,6 +1089,10 @@ def test_qat_fine_tuning_against_its_control_on_the_same_sentences():
     l4, ae = c.loc["seed4-linear"], c.loc["seed8-attention+embeddings"]
     says(RESULTS, f"At 4 bits on every linear layer the row is {word[l4.test_verdict]} ({interval(l4)}, `seed:4:linear`), "
                   f"and 8 bits on the attention and embeddings are {word[ae.test_verdict]} ({interval(ae)})")
+    bl = c.loc["binary_scaled-linear"]
+    assert bl.test_verdict == "below"
+    says(RESULTS, f"On every linear layer the row-scaled binary weights score {-bl.test_diff:.2f} under the control "
+                  f"({interval(bl)}, below it)")
     minutes = runs.wall_minutes
     says(RESULTS, f"{minutes.min():.0f} to {minutes.max():.0f} minutes a run on one thread")
 
