@@ -8,13 +8,21 @@ greedy validation BLEU on 300 pairs at the end, as one JSON line; the study is i
     python benchmarks/t5_pilot.py t5-help-en-de --steps 250 --query-scale          # scores / sqrt(d_kv)
     python benchmarks/t5_pilot.py t5-help-en-de --steps 250 --t5-init --set '{"t5_output_scale": true}'
     python benchmarks/t5_pilot.py t5-help-en-de --steps 250 --adafactor --set '{"lr": 0.01}'
+    python benchmarks/t5_pilot.py t5-help-en-de --steps 344 --embed-scale --set '{"dropout": 0.0}'
+    python benchmarks/t5_pilot.py t5-help-en-de --steps 344 --embed-scale --sinusoidal --set '{"dropout": 0.0}'
+    python benchmarks/t5_pilot.py t5-help-en-de --steps 344 --untie --set '{"dropout": 0.0}'
 
 ``--set`` overrides fields of the named recipe (``translation.RECIPES``); the other flags change what a
 recipe cannot: ``--query-scale`` scales the T5's attention scores by 1/sqrt(d_kv) as the Transformer
 does (a multiplier on each query projection's output, the query weights drawn as the key's),
 ``--t5-init`` draws the tied table with std 1 (transformers' own T5 initialisation, instead of the
 recipe's 1/sqrt(d_model)), ``--adafactor`` trains with torch's Adafactor (T5's own optimizer, relative
-steps) instead of AdamW. One thread, as one sweep worker.
+steps) instead of AdamW, ``--embed-scale`` multiplies the embeddings entering both stacks by √d_model
+(as the Transformer does; the tied head reads the table unscaled), ``--sinusoidal`` adds the Transformer's
+sinusoidal absolute positions to them (decoding then runs without the key/value cache, whose steps would
+all read position 0), ``--untie`` gives the encoder's input, the decoder's input and the output layer a table
+each (drawn as the shared one; the Transformer's Marian model has three), instead of T5's one tied table.
+One thread, as one sweep worker.
 """
 from __future__ import annotations
 
@@ -43,6 +51,23 @@ class ScaledQuery(nn.Module):
         return self.linear(x) * self.factor
 
 
+class ScaledEmbedding(nn.Module):
+    """The shared table looked up, times ``factor``, plus sinusoidal positions when ``positions``."""
+
+    def __init__(self, table: nn.Embedding, factor: float, positions: bool):
+        super().__init__()
+        self.table, self.factor, self.positions = table, factor, positions
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.table(ids) * self.factor
+        if not self.positions:
+            return x
+        d = x.shape[-1]
+        pos = torch.arange(ids.shape[-1], dtype=torch.float32)[:, None]
+        angle = pos / 10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+        return x + torch.cat([angle.sin(), angle.cos()], dim=-1).to(x.dtype)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", choices=list(translation.RECIPES))
@@ -51,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--query-scale", action="store_true")
     parser.add_argument("--t5-init", action="store_true")
     parser.add_argument("--adafactor", action="store_true")
+    parser.add_argument("--embed-scale", action="store_true")
+    parser.add_argument("--sinusoidal", action="store_true")
+    parser.add_argument("--untie", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     recipe = dataclasses.replace(translation.RECIPES[args.recipe], **json.loads(args.set))
@@ -68,6 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         for m in [m for m in model.modules() if isinstance(m, T5Attention)]:
             nn.init.normal_(m.q.weight, std=recipe.d_model**-0.5)
             m.q = ScaledQuery(m.q, recipe.d_kv**-0.5)
+    tables = {stack: model.shared for stack in (model.encoder, model.decoder)}
+    if args.untie:
+        tables = {stack: nn.Embedding.from_pretrained(model.shared.weight.detach().clone().normal_(std=recipe.d_model**-0.5),
+                                                      freeze=False) for stack in tables}
+        for stack, table in tables.items():
+            stack.embed_tokens = table
+        model.lm_head = nn.Linear(recipe.d_model, len(tok), bias=False)
+        nn.init.normal_(model.lm_head.weight, std=recipe.d_model**-0.5)
+    if args.embed_scale or args.sinusoidal:
+        factor = recipe.d_model**0.5 if args.embed_scale else 1.0
+        for stack, table in tables.items():
+            stack.embed_tokens = ScaledEmbedding(table, factor, args.sinusoidal)
+        model.generation_config.use_cache = not args.sinusoidal
     if args.adafactor:
         trainer.torch.optim.AdamW = lambda groups, lr, betas: torch.optim.Adafactor(groups, lr=lr)
     data = translation.seq2seq_batches(tok, train, task.spec, recipe.batch_size, recipe.max_length, seed=recipe.seed)
@@ -80,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     scores, _ = translation.evaluate(model, tok, task["validation"], task.spec, 300, recipe.max_length)
     loss = result.log[result.log.kind == "train"].loss.reset_index(drop=True)
     print(json.dumps({"recipe": args.recipe, **json.loads(args.set), **{k: True for k in ("query_scale", "t5_init",
-                      "adafactor") if getattr(args, k)}, "steps": args.steps, "s_per_step": round(seconds / args.steps, 2),
+                      "adafactor", "embed_scale", "sinusoidal", "untie") if getattr(args, k)}, "steps": args.steps, "s_per_step": round(seconds / args.steps, 2),
                       "loss_per_50": [round(float(loss[i:i + 50].mean()), 3) for i in range(0, args.steps, 50)],
                       "val_bleu": round(scores["bleu"], 2)}))
     return 0
