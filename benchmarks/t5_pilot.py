@@ -1,6 +1,7 @@
 """Why does the T5 learn so slowly on the help corpus? Train a recipe variant for a few hundred steps
 (no cache, no evaluation on the way) and print its training loss per 50 steps, the seconds a step and
-greedy validation BLEU on 300 pairs at the end, as one JSON line; the study is in
+greedy validation BLEU on 300 pairs at the end, as one JSON line (``--record`` appends it to
+``benchmarks/results/t5_pilots.jsonl``, where the pilots of 2026-12-06 are); the study is in
 ``benchmarks/results/translation_pilots.md``.
 
     python benchmarks/t5_pilot.py t5-help-en-de --steps 250                       # the recipe as it is
@@ -8,9 +9,9 @@ greedy validation BLEU on 300 pairs at the end, as one JSON line; the study is i
     python benchmarks/t5_pilot.py t5-help-en-de --steps 250 --query-scale          # scores / sqrt(d_kv)
     python benchmarks/t5_pilot.py t5-help-en-de --steps 250 --t5-init --set '{"t5_output_scale": true}'
     python benchmarks/t5_pilot.py t5-help-en-de --steps 250 --adafactor --set '{"lr": 0.01}'
-    python benchmarks/t5_pilot.py t5-help-en-de --steps 344 --embed-scale --set '{"dropout": 0.0}'
-    python benchmarks/t5_pilot.py t5-help-en-de --steps 344 --embed-scale --sinusoidal --set '{"dropout": 0.0}'
-    python benchmarks/t5_pilot.py t5-help-en-de --steps 344 --untie --set '{"dropout": 0.0}'
+    python benchmarks/t5_pilot.py t5-help-en-de --steps 344 --embed-scale --set '{"dropout": 0.0}' --record
+    python benchmarks/t5_pilot.py t5-help-en-de --steps 344 --embed-scale --sinusoidal --set '{"dropout": 0.0}' --record
+    python benchmarks/t5_pilot.py t5-help-en-de --steps 344 --untie --set '{"dropout": 0.0}' --record
 
 ``--set`` overrides fields of the named recipe (``translation.RECIPES``); the other flags change what a
 recipe cannot: ``--query-scale`` scales the T5's attention scores by 1/sqrt(d_kv) as the Transformer
@@ -38,6 +39,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tcomp_utils import tasks, trainer, translation  # noqa: E402
+
+
+RECORD = Path(__file__).resolve().parent / "results" / "t5_pilots.jsonl"  # the pilots of 2026-12-06 on
 
 
 class ScaledQuery(nn.Module):
@@ -79,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--embed-scale", action="store_true")
     parser.add_argument("--sinusoidal", action="store_true")
     parser.add_argument("--untie", action="store_true")
+    parser.add_argument("--record", action="store_true", help=f"append the JSON line to {RECORD.name}")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     recipe = dataclasses.replace(translation.RECIPES[args.recipe], **json.loads(args.set))
@@ -120,10 +125,14 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     scores, _ = translation.evaluate(model, tok, task["validation"], task.spec, 300, recipe.max_length)
     loss = result.log[result.log.kind == "train"].loss.reset_index(drop=True)
-    print(json.dumps({"recipe": args.recipe, **json.loads(args.set), **{k: True for k in ("query_scale", "t5_init",
+    line = json.dumps({"recipe": args.recipe, **json.loads(args.set), **{k: True for k in ("query_scale", "t5_init",
                       "adafactor", "embed_scale", "sinusoidal", "untie") if getattr(args, k)}, "steps": args.steps, "s_per_step": round(seconds / args.steps, 2),
                       "loss_per_50": [round(float(loss[i:i + 50].mean()), 3) for i in range(0, args.steps, 50)],
-                      "val_bleu": round(scores["bleu"], 2)}))
+                      "val_bleu": round(scores["bleu"], 2)})
+    print(line)
+    if args.record:
+        with RECORD.open("a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
     return 0
 
 

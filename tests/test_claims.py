@@ -1700,6 +1700,29 @@ def test_the_copy_probe_behind_the_slow_t5():
     # the extrapolation was measured: test_the_translation_learning_curve_in_the_readme_is_the_committed_one
     says(RESULTS, f"three times the recipe's {t5.steps:,}\nsteps before it translates. Measured, it does not")
 
+def test_the_t5_pilots_that_point_to_the_embeddings():
+    """T5's blocks with the Transformer's embeddings (untied tables, scaled inputs, sinusoidal positions) translate
+    after 344 steps where any one or two of the three do not (benchmarks/results/t5_pilots.jsonl); the Transformer's
+    own 6.3 at that step is read off its training log, which is not committed."""
+    import json
+
+    rows = [json.loads(line) for line in (ROOT / "benchmarks" / "results" / "t5_pilots.jsonl").read_text().splitlines()]
+    flags = ("untie", "embed_scale", "sinusoidal")
+    by = {tuple(f for f in flags if r.get(f)): r for r in rows if r["steps"] == 344 and r.get("dropout") == 0.0}
+    assert len(by) == 5 and all(r["recipe"] == "t5-help-en-de" for r in by.values())
+    full, others = by.pop(flags), list(by.values())
+    assert full["val_bleu"] > 3 * max(r["val_bleu"] for r in others)
+    last = lambda r: r["loss_per_50"][-1]  # noqa: E731  (steps 301-344)
+    assert last(by[("untie", "embed_scale")]) < min(last(by[(f,)]) for f in ("untie", "embed_scale")) - 0.25
+    says(RESULTS, f"reach validation BLEU\n{full['val_bleu']:.2f} where the tied T5 reaches",
+         f"reach at most {max(r['val_bleu'] for r in others):.2f}")
+    pilots = (ROOT / "benchmarks" / "results" / "translation_pilots.md").read_text(encoding="utf-8")
+    for key, r in [*by.items(), (flags, full)]:
+        name = " ".join("--" + f.replace("_", "-") for f in key)
+        assert f"`{name}`" in pilots or f"`{name}` (" in pilots, name
+        assert f"| {r['loss_per_50'][-3]:.2f} | {last(r):.2f} | " in pilots, (name, r)
+
+
 # ---- the front page (README) ------------------------------------------------------------------
 
 def test_the_readme_quotes_only_numbers_stated_where_they_are_checked():
