@@ -56,7 +56,8 @@ class ScaledQuery(nn.Module):
 
 
 class ScaledEmbedding(nn.Module):
-    """The shared table looked up, times ``factor``, plus sinusoidal positions when ``positions``."""
+    """``table`` looked up (T5's shared one, or a stack's own), times ``factor``, plus sinusoidal positions when
+    ``positions``: ids (batch, length) -> (batch, length, d_model)."""
 
     def __init__(self, table: nn.Embedding, factor: float, positions: bool):
         super().__init__()
