@@ -1721,6 +1721,9 @@ def test_the_t5_pilots_that_point_to_the_embeddings():
         name = " ".join("--" + f.replace("_", "-") for f in key)
         assert f"`{name}`" in pilots or f"`{name}` (" in pilots, name
         assert f"| {r['loss_per_50'][-3]:.2f} | {last(r):.2f} | " in pilots, (name, r)
+    dropped = [r for r in rows if r["steps"] == 344 and "dropout" not in r and all(r.get(f) for f in flags)]
+    assert len(dropped) == 1 and dropped[0]["val_bleu"] < full["val_bleu"] / 2  # the recipe's dropout 0.1
+    assert f"loss {last(dropped[0]):.2f} over steps 301–344 and validation BLEU {dropped[0]['val_bleu']:.2f}" in " ".join(pilots.split())
 
 
 # ---- the front page (README) ------------------------------------------------------------------
