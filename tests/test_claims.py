@@ -1721,6 +1721,11 @@ def test_the_t5_pilots_that_point_to_the_embeddings():
         name = " ".join("--" + f.replace("_", "-") for f in key)
         assert f"`{name}`" in pilots or f"`{name}` (" in pilots, name
         assert f"| {r['loss_per_50'][-3]:.2f} | {last(r):.2f} | " in pilots, (name, r)
+    longer = [r for r in rows if r["steps"] == 688]
+    assert len(longer) == 1 and longer[0]["loss_per_50"][:6] == full["loss_per_50"][:6]  # the same run, further
+    says(RESULTS, f"Run on to 688 steps it reaches {longer[0]['val_bleu']:.2f}")
+    assert (f"reaches validation BLEU {longer[0]['val_bleu']:.2f} with loss {last(longer[0]):.2f} over steps 650–688"
+            in " ".join(pilots.split()))
     dropped = [r for r in rows if r["steps"] == 344 and "dropout" not in r and all(r.get(f) for f in flags)]
     assert len(dropped) == 1 and dropped[0]["val_bleu"] < full["val_bleu"] / 2  # the recipe's dropout 0.1
     assert f"loss {last(dropped[0]):.2f} over steps 301–344 and validation BLEU {dropped[0]['val_bleu']:.2f}" in " ".join(pilots.split())
