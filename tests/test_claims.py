@@ -991,8 +991,7 @@ def test_qat_fine_tuning_so_far_against_fp32_and_its_control():
     assert abs(linear[0].test_bleu - control) <= half < control - linear[1].test_bleu
     says(RESULTS, f"On every linear layer QAT fine-tuning scores {linear[0].test_bleu:.2f} at 8 bits and\n"
                   f"{linear[1].test_bleu:.2f} at 4 bits ({_signed(linear[0].test_bleu_diff)} and "
-                  f"{_signed(linear[1].test_bleu_diff)} above fp32)",
-)
+                  f"{_signed(linear[1].test_bleu_diff)} above fp32)")
     spec = SweepSpec.load(ROOT / "papermill_runs" / "qat_table.yaml")
     assert len(r) == len(spec.points) == 49  # every cell computed
     says(RESULTS, f"The grid is complete: all {len(spec.points)} cells.")
@@ -1700,6 +1699,7 @@ def test_the_copy_probe_behind_the_slow_t5():
     # the extrapolation was measured: test_the_translation_learning_curve_in_the_readme_is_the_committed_one
     says(RESULTS, f"three times the recipe's {t5.steps:,}\nsteps before it translates. Measured, it does not")
 
+
 def test_the_t5_pilots_that_point_to_the_embeddings():
     """T5's blocks with the Transformer's embeddings (untied tables, scaled inputs, sinusoidal positions) translate
     after 344 steps where any one or two of the three do not (benchmarks/results/t5_pilots.jsonl); the Transformer's
@@ -1719,7 +1719,7 @@ def test_the_t5_pilots_that_point_to_the_embeddings():
     pilots = (ROOT / "benchmarks" / "results" / "translation_pilots.md").read_text(encoding="utf-8")
     for key, r in [*by.items(), (flags, full)]:
         name = " ".join("--" + f.replace("_", "-") for f in key)
-        assert f"`{name}`" in pilots or f"`{name}` (" in pilots, name
+        assert f"`{name}`" in pilots, name
         assert f"| {r['loss_per_50'][-3]:.2f} | {last(r):.2f} | " in pilots, (name, r)
     longer = [r for r in rows if r["steps"] == 688]
     assert len(longer) == 1 and longer[0]["loss_per_50"][:6] == full["loss_per_50"][:6]  # the same run, further
