@@ -50,6 +50,7 @@ from .progress import Bar
 TRAINING_CODE_VERSION = 1  # bump when training or the tokenizer changes what it produces
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
 ARCHITECTURES = ("transformer", "t5")
+T5_EMBEDDINGS = ("t5", "transformer")
 TOKENIZERS = ("unigram", "bpe")
 # the embedded translation tasks and the asset that holds their pairs (part of a recipe's cache key)
 TASK_ASSETS = {"de-en": "de-en", "en-de": "de-en", "help-en-de": "libreoffice-help", "help-de-en": "libreoffice-help"}
@@ -63,7 +64,10 @@ class TranslationRecipe:
     ``d_ff``, ``num_layers`` (encoder) / ``num_decoder_layers``, ``num_heads`` × ``d_kv`` (the
     Transformer needs ``num_heads × d_kv = d_model``); ``architecture`` one of :data:`ARCHITECTURES`,
     ``tokenizer`` one of :data:`TOKENIZERS`; ``t5_output_scale``: a T5 scales its decoder output by
-    1/√d_model before the tied head (T5 v1.0, as transformers builds it), or not (v1.1).
+    1/√d_model before the tied head (T5 v1.0, as transformers builds it), or not (v1.1);
+    ``t5_embeddings``: a T5's embeddings are its own (``"t5"``: one table for both inputs and the
+    output, positions only in the attention bias) or the Transformer's (``"transformer"``: three
+    tables, × √d_model, sinusoidal positions added; :mod:`tcomp_utils.t5_embeddings`).
     Training: ``epochs`` over ``train_examples`` (None: the whole split) in batches of
     ``batch_size`` pairs of at most ``max_length`` tokens; peak ``lr`` after ``warmup_steps``,
     then ∝ 1/√step; BLEU on the first ``val_examples`` validation pairs every ``eval_every``
@@ -98,6 +102,7 @@ class TranslationRecipe:
     seed: int = 0
     tokenizer: str = "unigram"
     t5_output_scale: bool = True
+    t5_embeddings: str = "t5"
 
     def __post_init__(self) -> None:
         if self.precision not in trainer.PRECISIONS:
@@ -106,6 +111,11 @@ class TranslationRecipe:
             raise ValueError(f"tokenizer={self.tokenizer!r}; allowed: {', '.join(TOKENIZERS)}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={self.architecture!r}; allowed: {', '.join(ARCHITECTURES)}")
+        if self.t5_embeddings not in T5_EMBEDDINGS:
+            raise ValueError(f"t5_embeddings={self.t5_embeddings!r}; allowed: {', '.join(T5_EMBEDDINGS)}")
+        if self.t5_embeddings != "t5" and self.architecture != "t5":
+            raise ValueError(f"t5_embeddings={self.t5_embeddings!r} is for architecture='t5', "
+                             f"not {self.architecture!r}")
         if self.architecture == "transformer" and self.num_heads * self.d_kv != self.d_model:
             raise ValueError(f"the Transformer needs num_heads × d_kv = d_model; got {self.num_heads} × {self.d_kv} "
                              f"!= {self.d_model}")
@@ -115,7 +125,7 @@ class TranslationRecipe:
         the training code version."""
         asset = TASK_ASSETS.get(self.task)
         fields = dataclasses.asdict(self)
-        for name, before in (("tokenizer", "unigram"), ("t5_output_scale", True)):
+        for name, before in (("tokenizer", "unigram"), ("t5_output_scale", True), ("t5_embeddings", "t5")):
             if fields[name] == before:  # recipes made before the field existed keep their keys (and cached models)
                 del fields[name]
         blob = json.dumps([fields, assets.get_asset(asset).sha256 if asset else self.task,
@@ -143,6 +153,11 @@ RECIPES = {
     # seed 002's architecture by the same recipe (relative positions, pre-norm, tied head), as T5 v1.1 (no
     # 1/√d_model before the head: with it, its training loss after 200 steps was 7.3 against 6.6 without)
     "t5-help-en-de": dataclasses.replace(HELP_EN_DE, architecture="t5", t5_output_scale=False),
+    # the same T5 blocks with the Transformer's embeddings (three tables, × √d_model, sinusoidal positions) and no
+    # dropout: the T5 pilots' variant that translates (validation BLEU 6.5 at step 688 where t5-help-en-de has
+    # 0.2-1.1 at step 344; with dropout 0.1 it has 1.2 at step 344; benchmarks/results/translation_pilots.md)
+    "t5-help-en-de-transformer-embeddings": dataclasses.replace(
+        HELP_EN_DE, architecture="t5", t5_output_scale=False, t5_embeddings="transformer", dropout=0.0),
     # seconds, for tests: a tiny model on 2,000 pairs (it learns little; tests check the machinery)
     "transformer-de-en-smoke": TranslationRecipe(
         train_examples=2000, vocab_size=600, d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
@@ -193,12 +208,15 @@ def build_model(recipe: TranslationRecipe, tokenizer) -> nn.Module:
     """A freshly initialised encoder–decoder of the recipe's architecture and size (seeded)."""
     from transformers import GenerationConfig, MarianConfig, MarianMTModel, T5Config, T5ForConditionalGeneration
 
+    from .t5_embeddings import T5WithTransformerEmbeddings
+
     special = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                    decoder_start_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(recipe.seed)
         if recipe.architecture == "t5":
-            model = T5ForConditionalGeneration(T5Config(
+            t5 = T5WithTransformerEmbeddings if recipe.t5_embeddings == "transformer" else T5ForConditionalGeneration
+            model = t5(T5Config(
                 vocab_size=len(tokenizer), d_model=recipe.d_model, d_ff=recipe.d_ff, d_kv=recipe.d_kv,
                 num_layers=recipe.num_layers, num_decoder_layers=recipe.num_decoder_layers, num_heads=recipe.num_heads,
                 dropout_rate=recipe.dropout, feed_forward_proj="relu", **special,
@@ -208,6 +226,9 @@ def build_model(recipe: TranslationRecipe, tokenizer) -> nn.Module:
             # transformers 5 always ties T5's head to its embedding table (and scales the decoder's
             # output by 1/√d_model); drawn with std 1/√d_model it learns faster here than T5's std 1
             nn.init.normal_(model.lm_head.weight, std=recipe.d_model**-0.5)
+            if recipe.t5_embeddings == "transformer":  # its input tables too: scaled by √d_model, of std 1
+                nn.init.normal_(model.shared.weight, std=recipe.d_model**-0.5)
+                nn.init.normal_(model.decoder.embed_tokens.weight, std=recipe.d_model**-0.5)
         else:
             model = MarianMTModel(MarianConfig(
                 vocab_size=len(tokenizer), decoder_vocab_size=len(tokenizer), d_model=recipe.d_model,
@@ -348,7 +369,13 @@ def load_folder(folder: str | Path) -> tuple[nn.Module, object]:
     """``(model, tokenizer)`` saved by :func:`make` in ``folder``."""
     from transformers import AutoModelForSeq2SeqLM, PreTrainedTokenizerFast
 
-    return AutoModelForSeq2SeqLM.from_pretrained(folder), PreTrainedTokenizerFast.from_pretrained(folder)
+    from .t5_embeddings import T5WithTransformerEmbeddings
+
+    # a T5 with the Transformer's embeddings is not a class transformers' Auto classes know
+    saved_as = json.loads((Path(folder) / "config.json").read_text()).get("architectures") or []
+    load = (T5WithTransformerEmbeddings if T5WithTransformerEmbeddings.__name__ in saved_as
+            else AutoModelForSeq2SeqLM).from_pretrained
+    return load(folder), PreTrainedTokenizerFast.from_pretrained(folder)
 
 
 def get_translation_model(name: str = "transformer-de-en", recipe: TranslationRecipe | None = None,

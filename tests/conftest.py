@@ -31,10 +31,12 @@ def tiny_opt(**kw):
     return OPTForCausalLM(cfg).eval()
 
 
-def tiny_t5(**kw):
+def tiny_t5(cls=T5ForConditionalGeneration, **kw):
+    """A 2 + 2-layer T5 (``cls``: transformers' own, or a subclass such as
+    ``t5_embeddings.T5WithTransformerEmbeddings``)."""
     cfg = T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
                    decoder_start_token_id=0, **kw)
-    return T5ForConditionalGeneration(cfg).eval()
+    return cls(cfg).eval()
 
 
 def tiny_marian(**kw):

@@ -7,9 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from transformers import T5ForConditionalGeneration
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from tcomp_utils import adapters
+from tcomp_utils.t5_embeddings import T5WithTransformerEmbeddings
 from tcomp_utils.methods import composable, t5_heads
 from tcomp_utils.methods.composable import CompositionError, Unit
 from conftest import tiny_llama, tiny_t5
@@ -20,10 +22,15 @@ KEPT = {"encoder.0.self_attn": [1, 3], "encoder.1.self_attn": [0, 2, 3], "decode
         "decoder.1.self_attn": [0, 1], "decoder.0.cross_attn": [0, 3], "decoder.1.cross_attn": [1, 2, 3]}
 
 
-def _model(attn="sdpa"):
+# T5 itself, and T5 blocks with the Transformer's embeddings (translation recipe t5_embeddings="transformer")
+T5_CLASSES = pytest.mark.parametrize("cls", [T5ForConditionalGeneration, T5WithTransformerEmbeddings],
+                                     ids=["t5", "t5-transformer-embeddings"])
+
+
+def _model(attn="sdpa", cls=T5ForConditionalGeneration):
     torch.manual_seed(0)
     # a larger init than the default so greedy decoding does not repeat one token
-    return tiny_t5(initializer_factor=5.0, attn_implementation=attn).double()
+    return tiny_t5(cls, initializer_factor=5.0, attn_implementation=attn).double()
 
 
 def _batch(seed=0):
@@ -68,9 +75,10 @@ def _attention(model, site_id):
     return model.get_submodule(composable.sites(model)[site_id].attention_path)
 
 
+@T5_CLASSES
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_a_pruned_t5_computes_what_the_masked_t5_does(attn):
-    model = _model(attn)
+def test_a_pruned_t5_computes_what_the_masked_t5_does(attn, cls):
+    model = _model(attn, cls)
     pruned = _pruned(model)
     for site_id, heads in KEPT.items():
         a = _attention(pruned, site_id)
@@ -82,8 +90,9 @@ def test_a_pruned_t5_computes_what_the_masked_t5_does(attn):
     assert not torch.allclose(_logits(pruned, batch), _logits(model, batch))  # the heads did matter
 
 
-def test_greedy_generation_with_the_cache_matches_the_masked_t5():
-    model = _model()
+@T5_CLASSES
+def test_greedy_generation_with_the_cache_matches_the_masked_t5(cls):
+    model = _model(cls=cls)
     pruned, masked = _pruned(model), _masked(model)
     batch = {k: v for k, v in _batch(1).items() if not k.startswith("decoder")}
     kw = dict(max_new_tokens=8, do_sample=False, num_beams=1, use_cache=True, return_dict_in_generate=True,
