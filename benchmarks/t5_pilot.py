@@ -23,6 +23,8 @@ steps) instead of AdamW, ``--embed-scale`` multiplies the embeddings entering bo
 sinusoidal absolute positions to them (decoding then runs without the key/value cache, whose steps would
 all read position 0), ``--untie`` gives the encoder's input, the decoder's input and the output layer a table
 each (drawn as the shared one; the Transformer's Marian model has three), instead of T5's one tied table.
+All three together became the recipe ``t5-help-en-de-transformer-embeddings`` (``tcomp_utils.t5_embeddings``,
+which decodes with the cache).
 One thread, as one sweep worker.
 """
 from __future__ import annotations
@@ -39,6 +41,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tcomp_utils import tasks, trainer, translation  # noqa: E402
+from tcomp_utils.t5_embeddings import sinusoidal_positions  # noqa: E402
 
 
 RECORD = Path(__file__).resolve().parent / "results" / "t5_pilots.jsonl"  # the pilots of 2026-12-06 on
@@ -67,10 +70,7 @@ class ScaledEmbedding(nn.Module):
         x = self.table(ids) * self.factor
         if not self.positions:
             return x
-        d = x.shape[-1]
-        pos = torch.arange(ids.shape[-1], dtype=torch.float32)[:, None]
-        angle = pos / 10000 ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
-        return x + torch.cat([angle.sin(), angle.cos()], dim=-1).to(x.dtype)
+        return x + sinusoidal_positions(0, ids.shape[-1], x.shape[-1]).to(x.dtype)
 
 
 def main(argv: list[str] | None = None) -> int:
