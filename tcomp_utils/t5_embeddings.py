@@ -55,4 +55,6 @@ class T5WithTransformerEmbeddings(T5ForConditionalGeneration):
         start = cache.get_seq_length() if cache is not None and stack.is_decoder else 0
         x = stack.embed_tokens(ids) * self.embed_scale
         x = x + sinusoidal_positions(start, ids.shape[-1], x.shape[-1]).to(x.device, x.dtype)
-        return args[1:] if args else args, {**kwargs, "input_ids": None, "inputs_embeds": x}
+        if args:  # ids passed by position: their place stays, empty
+            return (None, *args[1:]), {**kwargs, "inputs_embeds": x}
+        return args, {**kwargs, "input_ids": None, "inputs_embeds": x}

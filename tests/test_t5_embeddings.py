@@ -79,3 +79,12 @@ def test_a_saved_model_loads_as_itself_with_the_same_outputs(tok, tmp_path):
         torch.testing.assert_close(loaded.state_dict()[name], p, msg=name)
     src = ["a small test", "of the help"]
     assert translation.translate(loaded, tok, src, max_length=6) == translation.translate(model, tok, src, max_length=6)
+
+
+def test_ids_given_by_position_are_embedded_in_their_place(tok):
+    model = translation.build_model(RECIPE, tok).eval()
+    ids, mask = torch.tensor([[5, 9, 11, 1], [7, 1, 0, 0]]), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    with torch.no_grad():
+        by_position = model.encoder(ids, mask).last_hidden_state
+        by_name = model.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    torch.testing.assert_close(by_position, by_name)
