@@ -1240,6 +1240,7 @@ def test_composable_pruning_on_the_t5_claims():
     reached = s.steps_to_baseline.dropna()
     assert gap.verdict == "above" and saved.verdict == "below" and (reached == 200).all()
     assert (s.val_bleu_before_composed > s.val_bleu_before_baseline).all()
+    assert s.val_bleu_before_composed.nunique() == s.val_bleu_before_baseline.nunique() == 1  # "every seed starts there"
     ratio = s.train_seconds_composed / s.train_seconds_baseline  # the same 200 steps in both arms
     runs = pd.read_csv(ROOT / "papermill_runs" / "composable_t5" / "runs.csv").iloc[-1]
     assert runs.points_run == runs.points_total == 4 and runs.workers == 2
@@ -1247,7 +1248,8 @@ def test_composable_pruning_on_the_t5_claims():
                   "before model-level fine-tuning",
          f"only at the last of the 200 steps, in {len(reached)} of the {len(s)} seeds",
          f"composed minus baseline test BLEU is {pts(gap.difference)} [{pts(gap.lo)}, {pts(gap.hi)}] over the 4 seeds, above",
-         f"the dense model's {r.dense_test_bleu.iloc[0]:.2f}",
+         f"(means {s.test_bleu_composed.mean():.2f} and {s.test_bleu_baseline.mean():.2f} after the 200 steps, against "
+         f"the dense model's {r.dense_test_bleu.iloc[0]:.2f})",
          f"the 30 units ({r.unit_s.min():.1f} to {r.unit_s.max():.1f} s a seed)",
          f"a composed run took {ratio.min():.2f} to {ratio.max():.2f} times its baseline's seconds",
          f"longer by {-saved['saved (s)']:.0f} s a seed, [{pts(saved.lo, '{:+.0f}').lstrip('+')}, "
