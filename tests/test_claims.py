@@ -1096,18 +1096,24 @@ def test_qat_fine_tuning_against_its_control_on_the_same_sentences():
     says(RESULTS, f"{minutes.min():.0f} to {minutes.max():.0f} minutes a run on one thread")
 
 
+def _qat_scratch_seeds():
+    """benchmarks/qat_scratch_seeds.py as a module (its rows' comparisons read only committed files)."""
+    import importlib.util
+
+    if "qat_scratch_seeds" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("qat_scratch_seeds", ROOT / "benchmarks" / "qat_scratch_seeds.py")
+        sys.modules[spec.name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[spec.name])
+    return sys.modules["qat_scratch_seeds"]
+
+
 def test_the_qat_scratch_seeds_behind_the_2_bit_verdict():
     """The 2-bit attention row with more training seeds: below its fp32 twin on each seed's paired interval, and
     below fp32 across four seeds (t interval), where three seeds had left it not distinguishable; so the README
     says "2-bit ≈ baseline" does not hold."""
-    import importlib.util
-
     from tcomp_utils import scores
 
-    spec = importlib.util.spec_from_file_location("qat_scratch_seeds", ROOT / "benchmarks" / "qat_scratch_seeds.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    mod = _qat_scratch_seeds()
     says(RESULTS, mod.table())
     row = mod.Row("seed", 2, "attention")
     per_seed = mod.compare(row).set_index("seed")
@@ -1130,6 +1136,29 @@ def test_the_qat_scratch_seeds_behind_the_2_bit_verdict():
     says(README, f"2 bits on the attention fall below fp32 across four training seeds ({_signed(across.difference)} BLEU, t interval "
                  f"{_signed(across.lo)} to {_signed(across.hi)}; each seed below the fp32 model of the same seed on the paired "
                  "interval), so \"2-bit ≈ baseline\" does not hold by either protocol")
+
+
+def test_the_qat_scratch_seeds_of_8_bit_attention():
+    """8 bits on the attention from scratch with three training seeds: each seed below its fp32 twin on the paired
+    interval, and below fp32 across the seeds (t interval), by less than the fp32 seeds' sd, so the table's one run
+    (seed 0) lies within their spread."""
+    mod = _qat_scratch_seeds()
+    per_seed = mod.compare(mod.Row("seed", 8, "attention")).set_index("seed")
+    assert per_seed.index.tolist() == [0, 1, 2] and (per_seed.verdict == "below").all()
+    across = mod.across_seeds(mod.Row("seed", 8, "attention"))
+    assert across.verdict == "below" and across.hi < 0
+    fp32 = pd.read_csv(ROOT / "benchmarks" / "results" / "translation_baselines.csv").query("recipe == @mod.MODEL")
+    assert fp32.test_bleu.min() < per_seed.loc[0, "bleu"] and -across.difference < fp32.test_bleu.std(ddof=1)
+    runs = pd.read_csv(mod.OUT).query("bits == 8 and target == 'attention'")
+    s1, s2 = per_seed.loc[1], per_seed.loc[2]
+    says(RESULTS, f"{runs.train_minutes.max():.1f} training minutes each",
+         f"{s1.bleu:.2f} and\n{s2.bleu:.2f}, {-s1['diff']:.2f} and {-s2['diff']:.2f} BLEU under their fp32 twins",
+         f"as the table's seed-0 cell is ({_signed(per_seed.loc[0, 'diff'])})",
+         f"the difference is {_signed(across.difference)}, t interval {_signed(across.lo)} to {_signed(across.hi)}: **below**",
+         f"fp32 seeds' own spread (sd {fp32.test_bleu.std(ddof=1):.1f})",
+         f"below it by {-across.difference:.2f} BLEU: below)")
+    says(README, "8 bits on the attention fall below it in each of three seeds "
+                 f"({_signed(across.difference)} BLEU, t interval {_signed(across.lo)} to {_signed(across.hi)})")
 
 
 def test_stochastic_re_quantization_at_evaluation():
