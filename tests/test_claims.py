@@ -1281,8 +1281,8 @@ def test_composable_pruning_on_the_t5_claims():
          f"the dense model's {r.dense_test_bleu.iloc[0]:.2f})",
          f"the 30 units ({r.unit_s.min():.1f} to {r.unit_s.max():.1f} s a seed)",
          f"a composed run took {ratio.min():.2f} to {ratio.max():.2f} times its baseline's seconds",
-         f"longer by {-saved['saved (s)']:.0f} s a seed, [{pts(saved.lo, '{:+.0f}').lstrip('+')}, "
-         f"{pts(saved.hi, '{:+.0f}').lstrip('+')}] ({pts(saved['saved (%)'], '{:+.1f}').lstrip('+')} %): below",
+         f"longer by {-saved['saved (s)']:.0f} s a seed, [{pts(saved.lo, '{:.0f}')}, {pts(saved.hi, '{:.0f}')}] "
+         f"({pts(saved['saved (%)'], '{:.1f}')} %): below",
          f"The 4 cells took {runs.wall_s / 60:.1f} minutes on 2 workers ({r.elapsed_s.mean() / 60:.0f} minutes each)")
     says(README, f"on seed 002's T5 (4 seeds, one configuration) the composed model ends {pts(gap.difference)} test BLEU "
                  f"above its baseline [{pts(gap.lo)}, {pts(gap.hi)}] but reaches it no sooner, so composition costs "
