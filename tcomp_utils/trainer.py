@@ -30,6 +30,7 @@ resumable and to test on all of them.
 from __future__ import annotations
 
 import copy
+import fnmatch
 import os
 import time
 from dataclasses import dataclass, field
@@ -132,7 +133,9 @@ class TrainConfig:
     for the 3-layer student, 1.14× for the 6-layer model, 1.01× for the 5.6 M-parameter translation
     Transformer, whose step is its forward and backward pass; ``benchmarks/bench_training.py``); the same
     update rounded in another order (weights a few ulps apart after a step), so runs by one setting do
-    not reproduce the other's bit for bit."""
+    not reproduce the other's bit for bit. ``lr_scales``: (pattern, factor) pairs; the parameters whose
+    names match a pattern (``fnmatch``, e.g. ``"*.q.weight"``) train at ``lr`` × factor (the first
+    matching pattern wins; each pattern must match some parameter)."""
 
     steps: int | None = None
     epochs: int = 1
@@ -154,6 +157,7 @@ class TrainConfig:
     desc: str = "train"
     precision: str = "fp32"
     fused: bool = False
+    lr_scales: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.steps is not None and (isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1):
@@ -172,6 +176,10 @@ class TrainConfig:
             raise ValueError(f"precision={self.precision!r}; allowed: {', '.join(PRECISIONS)}")
         if not isinstance(self.fused, bool):
             raise ValueError(f"fused must be True or False (torch's fused AdamW kernel), got {self.fused!r}")
+        for item in self.lr_scales:
+            if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0]
+                    and isinstance(item[1], (int, float)) and item[1] > 0):
+                raise ValueError(f"lr_scales entries are (name pattern, factor > 0) pairs, got {item!r}")
 
 
 @dataclass
@@ -196,17 +204,29 @@ def is_norm(module: nn.Module) -> bool:
         or type(module).__name__.endswith("Norm")
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = None,
+                     lr_scales: Sequence[tuple[str, float]] = ()) -> list[dict]:
     """AdamW groups: decay on weight matrices, none on biases and norm weights (any parameter of
-    fewer than two dimensions, and every parameter of a norm module). Shared tensors appear once."""
+    fewer than two dimensions, and every parameter of a norm module). Shared tensors appear once.
+    ``lr_scales`` ((name pattern, factor) pairs, see :class:`TrainConfig`) puts the parameters a pattern
+    matches in groups of their own at ``lr`` × factor, after the two."""
     no_decay_ids = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
-    decay, no_decay, seen = [], [], set()
-    for _, p in model.named_parameters():
+    groups = {(True, 1.0): [], (False, 1.0): []}  # (decays, lr factor) -> parameters
+    matched, seen = set(), set()
+    for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        (no_decay if p.ndim < 2 or id(p) in no_decay_ids else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        factor = next(((pattern, f) for pattern, f in lr_scales if fnmatch.fnmatchcase(name, pattern)), (None, 1.0))
+        matched.add(factor[0])
+        groups.setdefault((not (p.ndim < 2 or id(p) in no_decay_ids), float(factor[1])), []).append(p)
+    unmatched = [pattern for pattern, _ in lr_scales if pattern not in matched]
+    if unmatched:
+        raise ValueError(f"lr_scales pattern(s) {unmatched} match no trainable parameter of {type(model).__name__}")
+    if lr_scales and lr is None:
+        raise ValueError("lr_scales needs the base lr")
+    return [{"params": ps, "weight_decay": weight_decay if decays else 0.0} | ({"lr": lr * f} if f != 1.0 else {})
+            for (decays, f), ps in groups.items() if ps or f == 1.0]
 
 
 def make_schedule(optim: torch.optim.Optimizer, config: TrainConfig, total: int):
@@ -266,7 +286,8 @@ def train(model: nn.Module, data: Batches | Sequence[Any], config: TrainConfig, 
         for p in model.parameters():
             p.requires_grad_(id(p) in chosen)
     trained = [p for p in model.parameters() if p.requires_grad]  # in model order: the clipping norm's sum order
-    optim = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas,
+    groups = parameter_groups(model, config.weight_decay, config.lr, config.lr_scales)
+    optim = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas,
                               fused=config.fused or None)  # None: torch's default (the per-tensor loop on CPU)
     sched = make_schedule(optim, config, total)
     device = next(model.parameters()).device

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import T5ForConditionalGeneration
 
-from tcomp_utils import translation
+from tcomp_utils import tasks, translation
 from tcomp_utils.t5_embeddings import T5WithTransformerEmbeddings, sinusoidal_positions
 
 RECIPE = dataclasses.replace(translation.RECIPES["t5-help-en-de-transformer-embeddings"], d_model=32, d_ff=64, d_kv=8,
@@ -47,6 +47,26 @@ def test_the_recipe_builds_three_tables_of_unit_scale_and_refuses_what_it_cannot
         dataclasses.replace(RECIPE, t5_embeddings="marian")
     with pytest.raises(ValueError, match="is for architecture='t5', not 'transformer'"):
         dataclasses.replace(translation.RECIPES["transformer-help-en-de"], t5_embeddings="transformer")
+
+
+def test_the_query_rate_recipe_trains_t5_queries_slower_and_keeps_older_keys(tok, monkeypatch):
+    recipe = translation.RECIPES["t5-help-en-de-query-rate"]
+    assert recipe.t5_query_lr_scale == pytest.approx(recipe.d_kv ** -0.5)
+    assert dataclasses.replace(recipe, t5_query_lr_scale=1.0) == translation.RECIPES["t5-help-en-de-transformer-embeddings"]
+    assert translation.RECIPES["t5-help-en-de-transformer-embeddings"].key() == "e7e418c1c87c"  # its cached model's
+    with pytest.raises(ValueError, match="t5_query_lr_scale must be a number > 0, got -1"):
+        dataclasses.replace(recipe, t5_query_lr_scale=-1)
+    with pytest.raises(ValueError, match="t5_query_lr_scale=0.5 is for architecture='t5', not 'transformer'"):
+        dataclasses.replace(translation.RECIPES["transformer-help-en-de"], t5_query_lr_scale=0.5)
+    seen = {}
+    monkeypatch.setattr(translation.trainer, "train", lambda model, data, config, **kw: seen.update(config=config))
+    task = tasks.load_task("help-en-de")
+    small = dataclasses.replace(RECIPE, train_examples=64)
+    translation.train_model(translation.build_model(small, tok), tok, dataclasses.replace(small, t5_query_lr_scale=0.25),
+                            task, progress=False)
+    assert seen["config"].lr_scales == (("*.q.weight", 0.25),)
+    translation.train_model(translation.build_model(small, tok), tok, small, task, progress=False)
+    assert seen["config"].lr_scales == ()
 
 
 def test_each_stack_embeds_ids_as_the_transformer_does(tok):

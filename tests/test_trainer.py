@@ -106,6 +106,28 @@ def test_no_decay_on_norms_and_biases_of_any_architecture(make, norm_names):
     assert len(decay) + len(no_decay) == len({id(p) for p in model.parameters()}), [names[i] for i in decay & no_decay]
 
 
+def test_lr_scales_train_the_matched_parameters_at_a_fraction_of_the_rate():
+    model = tiny_t5()
+    groups = trainer.parameter_groups(model, 0.01, 2e-3, (("*.q.weight", 0.25),))
+    queries = {id(p) for n, p in model.named_parameters() if n.endswith(".q.weight")}
+    assert len(groups) == 3 and "lr" not in groups[0] and "lr" not in groups[1]
+    assert {id(p) for p in groups[2]["params"]} == queries and groups[2] == groups[2] | {"lr": 5e-4, "weight_decay": 0.01}
+    assert not queries & {id(p) for g in groups[:2] for p in g["params"]}
+    # AdamW's first step moves every weight by about its group's rate (m / sqrt(v) = ±1): the queries by a quarter
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    batch = {"input_ids": torch.tensor([[5, 6, 7, 1]]), "labels": torch.tensor([[8, 9, 1]])}
+    config = trainer.TrainConfig(steps=1, lr=2e-3, schedule="constant", weight_decay=0.0, max_grad_norm=None,
+                                 progress=False, lr_scales=(("*.q.weight", 0.25),))
+    trainer.train(model, [batch], config)
+    moved = {n: (p.detach() - before[n]).abs() for n, p in model.named_parameters()}
+    q, k = moved["encoder.block.0.layer.0.SelfAttention.q.weight"], moved["encoder.block.0.layer.0.SelfAttention.k.weight"]
+    assert q.max().item() == pytest.approx(5e-4, rel=1e-3) and k.max().item() == pytest.approx(2e-3, rel=1e-3)
+    with pytest.raises(ValueError, match=r"\['\*.query.weight'\] match no trainable parameter of T5ForConditionalGeneration"):
+        trainer.parameter_groups(model, 0.01, 2e-3, (("*.query.weight", 0.5),))
+    with pytest.raises(ValueError, match=r"lr_scales entries are \(name pattern, factor > 0\) pairs, got \('\*.q.weight', 0\)"):
+        trainer.TrainConfig(lr_scales=(("*.q.weight", 0),))
+
+
 def test_a_bare_module_trains_to_match_a_target_with_a_custom_loss():
     torch.manual_seed(0)
     target, student = nn.Linear(8, 4), nn.Linear(8, 4)
