@@ -1734,7 +1734,7 @@ def test_the_translation_baselines_in_the_readme_are_the_committed_ones():
     above = tb.paired(("t5-help-en-de-transformer-embeddings", 0), ("t5-help-en-de", 0))
     assert below.verdict == "below" and above.verdict == "above" and te.test_bleu < tr.test_bleu.min()
     assert te.best_step == te.steps == seed0.steps  # the same steps, and still climbing at the last one
-    pts = lambda x: f"{x:.1f}".replace("-", "−")  # noqa: E731
+    pts = lambda x, sign="": f"{x:{sign}.1f}".replace("-", "−")  # noqa: E731
     says(RESULTS, f"scores test BLEU **{te.test_bleu:.1f}** (Ding {te.ood_bleu:.1f}) after the same {te.steps:,} steps, "
                   f"{above.difference:.1f} above the tied T5 (paired interval [{above.lo:.1f}, {above.hi:.1f}])",
          f"{pts(below.difference)} [{pts(below.lo)}, {pts(below.hi)}] against its seed 0, and under the lowest of the "
@@ -1746,13 +1746,31 @@ def test_the_translation_baselines_in_the_readme_are_the_committed_ones():
     says(README, f"`t5-help-en-de-transformer-embeddings` scores **{te.test_bleu:.1f}** (Ding {te.ood_bleu:.1f}) after "
                  f"the same {te.steps:,} steps ({te.train_minutes:.1f} minutes on one thread), still climbing, and "
                  f"{-below.difference:.1f} BLEU below the Transformer's seed 0 on the paired interval")
+    # the same T5 with its queries trained at 1/sqrt(d_kv) of the rate: above the Transformer of the same training seed
+    qr = rows[rows.recipe == "t5-help-en-de-query-rate"].set_index("seed")
+    assert sorted(qr.index) == [0, 1] and (qr.best_step == qr.steps).all() and qr.test_bleu.min() > tr.test_bleu.max()
+    same = {s: tb.paired(("t5-help-en-de-query-rate", s), ("transformer-help-en-de", s)) for s in (0, 1)}
+    gain = tb.paired(("t5-help-en-de-query-rate", 0), ("t5-help-en-de-transformer-embeddings", 0))
+    twins = tb.paired(("t5-help-en-de-query-rate", 1), ("t5-help-en-de-query-rate", 0))
+    assert all(p.verdict == "above" for p in same.values()) and gain.verdict == "above" and twins.verdict == "≈"
+    iv = lambda p: f"{pts(p.difference, '+')} [{pts(p.lo, '+')}, {pts(p.hi, '+')}]"  # noqa: E731
+    says(RESULTS, f"test BLEU **{qr.test_bleu.mean():.1f} ± {qr.test_bleu.std(ddof=1):.1f}**\nover 2 training seeds "
+                  f"(Ding {qr.ood_bleu.mean():.1f} ± {qr.ood_bleu.std(ddof=1):.1f}), {gain.difference:.1f} above the same "
+                  f"T5 without it (seed 0, paired interval [{gain.lo:.1f}, {gain.hi:.1f}])",
+         f"{iv(same[0])} for seed 0 and {iv(same[1])}\nfor seed 1",
+         f"not distinguishable from each other ({iv(twins)})",
+         f"Its validation BLEU on all 2,000 pairs is\n{qr.validation_bleu[0]:.1f}",
+         f"in {qr.train_minutes[0]:.1f} and {qr.train_minutes[1]:.1f} minutes")
+    says(README, f"`t5-help-en-de-query-rate` scores **{qr.test_bleu.mean():.1f} ± {qr.test_bleu.std(ddof=1):.1f}** (2 "
+                 f"training seeds;\nDing {qr.ood_bleu.mean():.1f}) in {qr.train_minutes[0]:.1f} minutes on one thread",
+         f"(paired: {iv(same[0])} and {iv(same[1])})")
     # the front page states the same baseline, its spread and where the learning curve gets (issue 36's Must show)
     ood = tr.ood_bleu
     says(README, f"greedy test BLEU **{tr.test_bleu.mean():.1f} ± {tr.test_bleu.std(ddof=1):.1f}** in-domain (4 training "
                  f"seeds, mean ± sd; one model's 95 % bootstrap half-width ±{tr.test_bleu_ci95.mean():.1f}) and "
                  f"{ood.mean():.1f} ± {ood.std(ddof=1):.1f} out of domain",
          "`python benchmarks/translation_baselines.py transformer-help-en-de:0,1,2,3 t5-help-en-de:0 "
-         "t5-help-en-de-transformer-embeddings:0`",
+         "t5-help-en-de-transformer-embeddings:0 t5-help-en-de-query-rate:0,1`",
          f"{seed0.parameters / 1e6:.1f} M parameters, {seed0.steps:,.0f} steps", f"The T5 by the same recipe scores {t5.test_bleu:.1f}, and still")
     curve = pd.read_csv(ROOT / "benchmarks" / "results" / "translation_learning_curve.csv")
     final = curve[curve.kind == "final"].set_index("variant")
