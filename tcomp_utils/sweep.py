@@ -355,7 +355,8 @@ def gather(spec: SweepSpec, missing: bool = True) -> pd.DataFrame:
     refreshes those cells and keeps the others. Committed results are never dropped: an ``ok`` row
     whose key is no longer the key of its point (the notebook's code changed since) is kept as that
     point's row, and one whose parameters match no point of the spec is kept after the spec's rows
-    with status ``retired`` (so no figure draws it); both are marked ``stale``, with the reason in
+    with status ``retired`` (so no figure draws it; its rows of the record tables are dropped); both are
+    marked ``stale``, with the reason in
     ``stale_reason``. ``stale`` also says a row's
     ``code_hash`` is not that of the current sources of the modules it loaded (``code_modules``)."""
     before = read_table(spec.output / "results.csv")
@@ -404,19 +405,20 @@ def gather(spec: SweepSpec, missing: bool = True) -> pd.DataFrame:
             elif not isinstance(value, (list, dict)):
                 row[name] = value
         rows.append(row)
-    matched = {r["key"] for r in rows}
+    matched, retired = {r["key"] for r in rows}, set()
     for key, row in kept.items():  # committed results of points the spec no longer has
         if key not in matched and not any(row_is_point(row, p, spec) for p in spec.points):
             keep({**row, "status": RETIRED}, None, NOT_IN_SPEC)
+            retired.add(key)
     results = pd.DataFrame(rows)
     write_csv_atomic(results, spec.output / "results.csv")
     names = set(tables) | ({p.stem for p in spec.output.glob("*.csv") if p.name not in ("results.csv", "runs.csv")}
                            if kept_keys else set())
-    for name in names:
+    for name in names:  # a retired point keeps its results.csv row but leaves the record tables the figures draw
         frame = pd.DataFrame(tables.get(name, []))
         old = read_table(spec.output / f"{name}.csv") if kept_keys else None
         if old is not None and "key" in old:
-            frame = pd.concat([old[old.key.isin(kept_keys)], frame], ignore_index=True)
+            frame = pd.concat([old[old.key.isin(kept_keys - retired)], frame], ignore_index=True)
         if len(frame):
             write_csv_atomic(frame, spec.output / f"{name}.csv")
     return results

@@ -210,6 +210,8 @@ def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = N
     fewer than two dimensions, and every parameter of a norm module). Shared tensors appear once.
     ``lr_scales`` ((name pattern, factor) pairs, see :class:`TrainConfig`) puts the parameters a pattern
     matches in groups of their own at ``lr`` × factor, after the two."""
+    if lr_scales and lr is None:
+        raise ValueError("lr_scales needs the base lr")
     no_decay_ids = {id(p) for m in model.modules() if is_norm(m) for p in m.parameters(recurse=False)}
     groups = {(True, 1.0): [], (False, 1.0): []}  # (decays, lr factor) -> parameters
     matched, seen = set(), set()
@@ -217,14 +219,12 @@ def parameter_groups(model: nn.Module, weight_decay: float, lr: float | None = N
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
-        factor = next(((pattern, f) for pattern, f in lr_scales if fnmatch.fnmatchcase(name, pattern)), (None, 1.0))
-        matched.add(factor[0])
-        groups.setdefault((not (p.ndim < 2 or id(p) in no_decay_ids), float(factor[1])), []).append(p)
+        pattern, f = next(((pat, f) for pat, f in lr_scales if fnmatch.fnmatchcase(name, pat)), (None, 1.0))
+        matched.add(pattern)
+        groups.setdefault((not (p.ndim < 2 or id(p) in no_decay_ids), float(f)), []).append(p)
     unmatched = [pattern for pattern, _ in lr_scales if pattern not in matched]
     if unmatched:
         raise ValueError(f"lr_scales pattern(s) {unmatched} match no trainable parameter of {type(model).__name__}")
-    if lr_scales and lr is None:
-        raise ValueError("lr_scales needs the base lr")
     return [{"params": ps, "weight_decay": weight_decay if decays else 0.0} | ({"lr": lr * f} if f != 1.0 else {})
             for (decays, f), ps in groups.items() if ps or f == 1.0]
 

@@ -1253,21 +1253,21 @@ def test_composable_pruning_claims():
 
 
 def test_composable_pruning_on_the_t5_claims():
-    """Seed 002 on seed 002's architecture (issue 36): the T5 with the Transformer's embeddings, the generator's
-    configuration at attention 0.5 and linear 0.5, four fine-tuning seeds, every cell computed with the current
-    code; RESULTS' two tables are the committed rows', each verdict read from a t interval over the seeds."""
+    """Seed 002 on seed 002's architecture (issue 36): the query-rate T5, the generator's configuration at attention
+    0.5 and linear 0.5, four fine-tuning seeds, every cell computed with the current code; RESULTS' two tables are
+    the committed rows', each verdict read from a t interval over the seeds."""
     from tcomp_utils.figures import _composable_readme, _composable_set_readme, composable_gaps, composable_saving
     s, r = table("composable_t5", "summary"), table("composable_t5")
-    assert sorted(r.seed) == [0, 1, 2, 3] and (r.n_configurations == 1).all() and len(s) == 4
-    assert (r.model_name == "t5-help-en-de-transformer-embeddings").all() and not r.stale.astype(str).eq("True").any()
-    base = pd.read_csv(ROOT / "benchmarks" / "results" / "translation_baselines.csv").set_index("recipe")
-    assert (r.dense_test_bleu == base.loc["t5-help-en-de-transformer-embeddings", "test_bleu"]).all()
+    ok = r[r.status == "ok"]
+    assert sorted(ok.seed) == [0, 1, 2, 3] and (ok.n_configurations == 1).all() and set(s.key) == set(ok.key)
+    assert (ok.model_name == "t5-help-en-de-query-rate").all() and not ok.stale.astype(str).eq("True").any()
+    base = pd.read_csv(ROOT / "benchmarks" / "results" / "translation_baselines.csv").set_index(["recipe", "seed"])
+    assert (ok.dense_test_bleu == base.loc[("t5-help-en-de-query-rate", 0), "test_bleu"]).all()  # the cached seed 0
     for block in (_composable_readme(s), _composable_set_readme(r)):
         assert " ".join(block.split()) in _text(RESULTS)
     gap, saved = composable_gaps(s).iloc[-1], composable_saving(r).iloc[-1]
     pts = lambda x, f="{:+.2f}": f.format(x).replace("-", "−")  # noqa: E731
-    reached = s.steps_to_baseline.dropna()
-    assert gap.verdict == "above" and saved.verdict == "below" and (reached == 200).all()
+    assert gap.verdict == "≈" and saved.verdict == "≈" and (s.steps_to_baseline == 200).all()
     assert (s.val_bleu_before_composed > s.val_bleu_before_baseline).all()
     assert s.val_bleu_before_composed.nunique() == s.val_bleu_before_baseline.nunique() == 1  # "every seed starts there"
     ratio = s.train_seconds_composed / s.train_seconds_baseline  # the same 200 steps in both arms
@@ -1275,18 +1275,19 @@ def test_composable_pruning_on_the_t5_claims():
     assert runs.points_run == runs.points_total == 4 and runs.workers == 2
     says(RESULTS, f"validation BLEU {s.val_bleu_before_composed.iloc[0]:.2f} against {s.val_bleu_before_baseline.iloc[0]:.2f} "
                   "before model-level fine-tuning",
-         f"only at the last of the 200 steps, in {len(reached)} of the {len(s)} seeds",
-         f"composed minus baseline test BLEU is {pts(gap.difference)} [{pts(gap.lo)}, {pts(gap.hi)}] over the 4 seeds, above",
-         f"(means {s.test_bleu_composed.mean():.2f} and {s.test_bleu_baseline.mean():.2f} after the 200 steps, against "
-         f"the dense model's {r.dense_test_bleu.iloc[0]:.2f})",
-         f"the 30 units ({r.unit_s.min():.1f} to {r.unit_s.max():.1f} s a seed)",
+         f"only at the last of the 200 steps, in all {len(s)} seeds",
+         f"composed minus baseline test BLEU is {pts(gap.difference)} [{pts(gap.lo)}, {pts(gap.hi)}] over the 4 seeds, "
+         "not distinguishable",
+         f"(means {s.test_bleu_composed.mean():.2f} and {s.test_bleu_baseline.mean():.2f}, against the dense model's "
+         f"{ok.dense_test_bleu.iloc[0]:.2f})", f"training seed 0, test BLEU {ok.dense_test_bleu.iloc[0]:.2f}",
+         f"the 30 units ({ok.unit_s.min():.1f} to {ok.unit_s.max():.1f} s a seed)",
          f"a composed run took {ratio.min():.2f} to {ratio.max():.2f} times its baseline's seconds",
-         f"longer by {-saved['saved (s)']:.0f} s a seed, [{pts(saved.lo, '{:.0f}')}, {pts(saved.hi, '{:.0f}')}] "
-         f"({pts(saved['saved (%)'], '{:.1f}')} %): below",
-         f"The 4 cells took {runs.wall_s / 60:.1f} minutes on 2 workers ({r.elapsed_s.mean() / 60:.0f} minutes each)")
-    says(README, f"on seed 002's T5 (4 seeds, one configuration) the composed model ends {pts(gap.difference)} test BLEU "
-                 f"above its baseline [{pts(gap.lo)}, {pts(gap.hi)}] but reaches it no sooner, so composition costs "
-                 f"{-saved['saved (s)']:.0f} s a seed [{pts(-saved.hi, '{:.0f}')}, {pts(-saved.lo, '{:.0f}')}]")
+         f"longer by {-saved['saved (s)']:.0f} s a seed, [{pts(saved.lo, '{:.0f}')}, {pts(saved.hi, '{:+.0f}')}] "
+         f"({pts(saved['saved (%)'], '{:.1f}')} %): not distinguishable",
+         f"The 4 cells took {runs.wall_s / 60:.1f} minutes on 2 workers ({ok.elapsed_s.mean() / 60:.0f} minutes each)")
+    says(README, f"the composed model reaches its baseline no sooner, and its test BLEU ({pts(gap.difference)} "
+                 f"[{pts(gap.lo)}, {pts(gap.hi)}]) and the seconds saved ({pts(saved['saved (s)'], '{:.0f}')} "
+                 f"[{pts(saved.lo, '{:.0f}')}, {pts(saved.hi, '{:+.0f}')}] a seed) are not distinguishable")
 
 
 def test_composable_table_notebook_claims():
@@ -1603,7 +1604,9 @@ def test_student_table_claims():
 
 # a table whose one cell is too long for make run is represented by a spec of its own that runs one
 # configuration through the same notebook
-REPRESENTED_BY = {"composable_table": "composable_config"}
+# make run's point of notebook 13 (one configuration on the Transformer) stands for both of its tables: a T5 cell
+# takes 16 minutes and a second translation model, over make run's share
+REPRESENTED_BY = {"composable_table": "composable_config", "composable_t5": "composable_config"}
 
 
 def test_the_atlas_names_its_points_at_or_below_no_skill():

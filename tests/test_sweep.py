@@ -52,6 +52,8 @@ def test_changed_parameters_run_again(tmp_path):
     results = sweep.run_sweep(spec, progress=False)
     assert [runs(tmp_path, x) for x in (1, 2)] == [1, 2]
     assert list(results.status) == ["ok", "ok", "retired"]  # the old x=2 row is kept, out of every figure
+    table = pd.read_csv(tmp_path / "out" / "rows.csv")  # and its record-table rows are dropped: no figure draws them
+    assert set(table.key) == set(results.key[:2]) and len(table) == 4
     assert list(results.delay.fillna(0)) == [0, 0.01, 0] and results.stale_reason[2] == sweep.NOT_IN_SPEC
 
 

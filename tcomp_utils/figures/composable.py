@@ -65,8 +65,9 @@ def composable_curves(model_log: pd.DataFrame):
     train["value"] = train.groupby(["configuration", "arm"]).loss.transform(lambda s: s.rolling(20, min_periods=1).mean())
     evals = log[log.kind == "eval"].assign(value=lambda d: d.val_bleu)
     long = pd.concat([train.assign(curve="training loss (moving mean)"), evals.assign(curve="validation BLEU")])
+    wide = max(1.1, 3.0 / long.configuration.nunique())  # one or two configurations: panels as wide as the legend
     grid = sns.relplot(data=long, x="step", y="value", hue="arm", col="configuration", row="curve", kind="line",
-                       height=2.3, aspect=1.1, facet_kws=dict(sharey="row", margin_titles=True),
+                       height=2.3, aspect=wide, facet_kws=dict(sharey="row", margin_titles=True),
                        hue_order=list(COMPOSABLE_ARMS.values()), seed=0)  # seed: the same bootstrap bands on every build
     grid.set_titles(col_template="{col_name}", row_template="{row_name}")
     grid.set_axis_labels("model-level step", "")

@@ -47,6 +47,15 @@ class ReadmeTable:
     render: Callable[[pd.DataFrame], str]
 
 
+def _composable(prefix: str) -> tuple[list, list]:
+    """Notebook 13's figures and tables, named ``{prefix}_bleu`` … and ``{prefix}_table``, ``{prefix}_set``."""
+    figs = [(f"{prefix}_bleu", "summary.csv", composable_bleu), (f"{prefix}_time", "time_parts.csv", composable_time),
+            (f"{prefix}_curves", "model_log.csv", composable_curves),
+            (f"{prefix}_units", "unit_log.csv", composable_units)]
+    return figs, [(f"{prefix}_table", "summary.csv", _composable_readme),
+                  (f"{prefix}_set", "results.csv", _composable_set_readme)]
+
+
 # The one registry: per sweep (``papermill_runs/<sweep>.yaml``, writing ``papermill_runs/<sweep>/``), its
 # figures as (name, table, draw) and its README tables as (name, table, render), in the order they are built.
 _SWEEPS = {
@@ -63,12 +72,8 @@ _SWEEPS = {
     "structured_pruning_decoder": ([("structured_pruning_decoder", "results.csv", _pruning_decoder)],
                                    [("structured_pruning_decoder", "results.csv", _pruning_decoder_table)]),
     "qat_table": ([("qat_table", "results.csv", _qat_table)], [("qat_table", "results.csv", _qat_readme)]),
-    "composable_table": ([("composable_bleu", "summary.csv", composable_bleu),
-                          ("composable_time", "time_parts.csv", composable_time),
-                          ("composable_curves", "model_log.csv", composable_curves),
-                          ("composable_units", "unit_log.csv", composable_units)],
-                         [("composable_table", "summary.csv", _composable_readme),
-                          ("composable_set", "results.csv", _composable_set_readme)]),
+    "composable_table": _composable("composable"),
+    "composable_t5": _composable("composable_t5"),  # seed 002 on seed 002's architecture, the T5 (issue 36)
     "student_table": ([("student_table", "results.csv", _student_table)],
                       [("student_table", "results.csv", _student_readme),
                        ("student_betas", "results.csv", _student_betas_readme)]),
