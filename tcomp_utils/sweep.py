@@ -355,10 +355,9 @@ def gather(spec: SweepSpec, missing: bool = True) -> pd.DataFrame:
     refreshes those cells and keeps the others. Committed results are never dropped: an ``ok`` row
     whose key is no longer the key of its point (the notebook's code changed since) is kept as that
     point's row, and one whose parameters match no point of the spec is kept after the spec's rows
-    with status ``retired`` (so no figure draws it; its rows of the record tables are dropped); both are
-    marked ``stale``, with the reason in
-    ``stale_reason``. ``stale`` also says a row's
-    ``code_hash`` is not that of the current sources of the modules it loaded (``code_modules``)."""
+    with status ``retired``, its rows of the record tables dropped (so no figure draws it; git keeps them);
+    both are marked ``stale``, with the reason in ``stale_reason``. ``stale`` also says a row's ``code_hash``
+    is not that of the current sources of the modules it loaded (``code_modules``)."""
     before = read_table(spec.output / "results.csv")
     kept = {}
     if before is not None and {"key", "status"} <= set(before.columns):

@@ -625,7 +625,8 @@ def test_autoencoder_seeds_trained_together_in_the_readme():
 # ---- the autoencoder notebook (07, on the three-class task) ---------------------------------------
 
 def ae_table(name: str) -> pd.DataFrame:
-    """A table of notebook 07's committed point (the binary task's run stays as a retired row's)."""
+    """A table of notebook 07's committed point (the binary task's run stays in results.csv as a retired row; its
+    record-table rows leave at the next gather)."""
     key = table("autoencoder").key.iloc[0]
     frame = table("autoencoder", name)
     return frame[frame.key == key]
