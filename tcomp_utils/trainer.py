@@ -178,7 +178,7 @@ class TrainConfig:
             raise ValueError(f"fused must be True or False (torch's fused AdamW kernel), got {self.fused!r}")
         for item in self.lr_scales:
             if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and item[0]
-                    and isinstance(item[1], (int, float)) and item[1] > 0):
+                    and isinstance(item[1], (int, float)) and not isinstance(item[1], bool) and item[1] > 0):
                 raise ValueError(f"lr_scales entries are (name pattern, factor > 0) pairs, got {item!r}")
 
 

@@ -121,7 +121,8 @@ class TranslationRecipe:
         if self.t5_embeddings != "t5" and self.architecture != "t5":
             raise ValueError(f"t5_embeddings={self.t5_embeddings!r} is for architecture='t5', "
                              f"not {self.architecture!r}")
-        if not (isinstance(self.t5_query_lr_scale, (int, float)) and self.t5_query_lr_scale > 0):
+        if not (isinstance(self.t5_query_lr_scale, (int, float)) and not isinstance(self.t5_query_lr_scale, bool)
+                and self.t5_query_lr_scale > 0):
             raise ValueError(f"t5_query_lr_scale must be a number > 0, got {self.t5_query_lr_scale!r}")
         if self.t5_query_lr_scale != 1.0 and self.architecture != "t5":
             raise ValueError(f"t5_query_lr_scale={self.t5_query_lr_scale!r} is for architecture='t5', "

@@ -56,6 +56,8 @@ def test_the_query_rate_recipe_trains_t5_queries_slower_and_keeps_older_keys(tok
     assert translation.RECIPES["t5-help-en-de-transformer-embeddings"].key() == "e7e418c1c87c"  # its cached model's
     with pytest.raises(ValueError, match="t5_query_lr_scale must be a number > 0, got -1"):
         dataclasses.replace(recipe, t5_query_lr_scale=-1)
+    with pytest.raises(ValueError, match="t5_query_lr_scale must be a number > 0, got True"):
+        dataclasses.replace(recipe, t5_query_lr_scale=True)   # a bool is an int, but not a rate
     with pytest.raises(ValueError, match="t5_query_lr_scale=0.5 is for architecture='t5', not 'transformer'"):
         dataclasses.replace(translation.RECIPES["transformer-help-en-de"], t5_query_lr_scale=0.5)
     seen = {}

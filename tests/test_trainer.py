@@ -126,6 +126,8 @@ def test_lr_scales_train_the_matched_parameters_at_a_fraction_of_the_rate():
         trainer.parameter_groups(model, 0.01, 2e-3, (("*.query.weight", 0.5),))
     with pytest.raises(ValueError, match=r"lr_scales entries are \(name pattern, factor > 0\) pairs, got \('\*.q.weight', 0\)"):
         trainer.TrainConfig(lr_scales=(("*.q.weight", 0),))
+    with pytest.raises(ValueError, match=r"got \('\*.q.weight', True\)"):
+        trainer.TrainConfig(lr_scales=(("*.q.weight", True),))
 
 
 def test_a_bare_module_trains_to_match_a_target_with_a_custom_loss():
