@@ -1291,6 +1291,58 @@ def test_composable_pruning_on_the_t5_claims():
                  f"[{pts(saved.lo, '{:.0f}')}, {pts(saved.hi, '{:+.0f}')}] a seed) are not distinguishable")
 
 
+def test_composable_pruning_on_the_t5_grid_claims():
+    """Seed 002's generator grid on the query-rate T5 (issue 36): six configurations sharing 81 units, one cell a
+    fine-tuning seed, every cell computed with the current code; RESULTS' tables are the committed rows' and
+    its prose the verdicts of t intervals over the seeds computed so far."""
+    from tcomp_utils.figures import _composable_readme, _composable_set_readme, composable_gaps, composable_saving
+    from tcomp_utils.sweep import SweepSpec
+    s, r = table("composable_t5_grid", "summary"), table("composable_t5_grid")
+    units = table("composable_t5_grid", "unit_runs")
+    spec_seeds = [p["seed"] for p in SweepSpec.load(ROOT / "papermill_runs" / "composable_t5_grid.yaml").points]
+    seeds = sorted(r.seed)
+    assert len(seeds) >= 2 and set(seeds) <= set(spec_seeds) and len(s) == 6 * len(seeds) and set(s.key) == set(r.key)
+    assert (r.model_name == "t5-help-en-de-query-rate").all() and not r.stale.astype(str).eq("True").any()
+    assert (r.n_configurations == 6).all() and (r.n_units == 81).all() and (r.unit_uses == 180).all()
+    assert (abs(r.with_s - (r.record_s + r.unit_s + r.composed_model_s)) < 1e-6).all()
+    for block in (_composable_readme(s), _composable_set_readme(r)):
+        assert " ".join(block.split()) in _text(RESULTS)
+    assert (s.val_bleu_before_composed > s.val_bleu_before_baseline).all()
+    reached = s.steps_to_baseline.dropna()
+    assert (reached == 200).all()  # no model-level step saved
+    gaps = composable_gaps(s).set_index("configuration")
+    overall, saved = gaps.loc["all 6"], composable_saving(r).iloc[-1]
+    assert overall.verdict == "≈" and list(gaps.index[gaps.verdict != "≈"]) == ["a50-l30"]
+    assert saved.verdict == "below"
+    ratio = s.train_seconds_composed / s.train_seconds_baseline  # the same 200 steps in both arms
+    light = s[s.configuration == "a25-l30"]
+    assert (light[["test_bleu_baseline", "test_bleu_composed"]] > r.dense_test_bleu.iloc[0]).all().all()
+    pts = lambda x, f="{:+.2f}": f.format(x).replace("-", "−")  # noqa: E731
+    runs = pd.read_csv(ROOT / "papermill_runs" / "composable_t5_grid" / "runs.csv").iloc[-1]
+    assert runs.workers == 2
+    low = gaps.loc["a50-l30"]
+    words = ["one", "two", "three", "four"]
+    says(RESULTS, f"**{words[len(seeds) - 1].capitalize()} of its {words[len(spec_seeds) - 1]} seeds are computed so far**",
+         f"validation BLEU before model-level fine-tuning {s.val_bleu_before_composed.min():.1f}–"
+         f"{s.val_bleu_before_composed.max():.1f} against the baselines' {s.val_bleu_before_baseline.min():.1f}–"
+         f"{s.val_bleu_before_baseline.max():.1f}",
+         f"only at the last of the 200 steps in {len(reached)} of the {len(s)} runs, and not at all in the other "
+         f"{len(s) - len(reached)}",
+         f"over the six configurations is {pts(overall.difference)} [{pts(overall.lo)}, {pts(overall.hi)}], not "
+         "distinguishable", f"(a50-l30, {pts(low.difference)} [{pts(low.lo)}, {pts(low.hi)}])",
+         f"The 81 units cost {r.unit_s.mean():.0f} s a seed",
+         f"a composed run took {ratio.min():.2f} to {ratio.max():.2f} times its baseline's seconds",
+         f"{pts(saved['saved (s)'], '{:.0f}')} [{pts(saved.lo, '{:.0f}')}, {pts(saved.hi, '{:.0f}')}] s a seed "
+         f"({pts(saved['saved (%)'], '{:.1f}')} %), an interval below 0 from two seeds that lost almost the same "
+         f"({-r.saved_s.max():.0f} and {-r.saved_s.min():.0f} s)",
+         f"(a25-l30: {light.test_bleu_baseline.mean():.2f} and {light.test_bleu_composed.mean():.2f} against "
+         f"{r.dense_test_bleu.iloc[0]:.2f})",
+         f"The {len(r)} cells took {runs.wall_s / 60:.1f} minutes side by side on 2 workers")
+    says(README, f"at the generator's six configurations ({len(seeds)} of 3 seeds so far) composition saves no "
+                 f"model-level step and costs {-saved['saved (s)']:.0f} s a seed, with test BLEU "
+                 f"{pts(overall.difference)} [{pts(overall.lo)}, {pts(overall.hi)}], not distinguishable")
+
+
 def test_composable_table_notebook_claims():
     from tcomp_utils.figures import composable_gaps
     s = table("composable_table", "summary")
@@ -1607,7 +1659,8 @@ def test_student_table_claims():
 # configuration through the same notebook
 # make run's point of notebook 13 (one configuration on the Transformer) stands for both of its tables: a T5 cell
 # takes 16 minutes and a second translation model, over make run's share
-REPRESENTED_BY = {"composable_table": "composable_config", "composable_t5": "composable_config"}
+REPRESENTED_BY = {"composable_table": "composable_config", "composable_t5": "composable_config",
+                  "composable_t5_grid": "composable_config"}
 
 
 def test_the_atlas_names_its_points_at_or_below_no_skill():

@@ -74,6 +74,7 @@ _SWEEPS = {
     "qat_table": ([("qat_table", "results.csv", _qat_table)], [("qat_table", "results.csv", _qat_readme)]),
     "composable_table": _composable("composable"),
     "composable_t5": _composable("composable_t5"),  # seed 002 on seed 002's architecture, the T5 (issue 36)
+    "composable_t5_grid": _composable("composable_t5_grid"),  # and the generator's six configurations on it
     "student_table": ([("student_table", "results.csv", _student_table)],
                       [("student_table", "results.csv", _student_readme),
                        ("student_betas", "results.csv", _student_betas_readme)]),
