@@ -1298,7 +1298,6 @@ def test_composable_pruning_on_the_t5_grid_claims():
     from tcomp_utils.figures import _composable_readme, _composable_set_readme, composable_gaps, composable_saving
     from tcomp_utils.sweep import SweepSpec
     s, r = table("composable_t5_grid", "summary"), table("composable_t5_grid")
-    units = table("composable_t5_grid", "unit_runs")
     spec_seeds = [p["seed"] for p in SweepSpec.load(ROOT / "papermill_runs" / "composable_t5_grid.yaml").points]
     seeds = sorted(r.seed)
     assert len(seeds) >= 2 and set(seeds) <= set(spec_seeds) and len(s) == 6 * len(seeds) and set(s.key) == set(r.key)
