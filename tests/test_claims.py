@@ -1338,7 +1338,7 @@ def test_composable_pruning_on_the_t5_grid_claims():
          f"{r.dense_test_bleu.iloc[0]:.2f})",
          f"The {len(r)} cells took {runs.wall_s / 60:.1f} minutes side by side on 2 workers")
     says(README, f"at the generator's six configurations ({len(seeds)} of 3 seeds so far) composition saves no "
-                 f"model-level step and costs {-saved['saved (s)']:.0f} s a seed, with test BLEU "
+                 f"model-level step and costs {-saved['saved (s)']:.0f} [{-saved.hi:.0f}, {-saved.lo:.0f}] s a seed, with test BLEU "
                  f"{pts(overall.difference)} [{pts(overall.lo)}, {pts(overall.hi)}], not distinguishable")
 
 
