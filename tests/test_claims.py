@@ -1249,7 +1249,10 @@ def test_composable_pruning_claims():
     from tcomp_utils.sweep import SweepSpec
     cells = len(SweepSpec.load(ROOT / "papermill_runs" / "composable_table.yaml").points)
     minutes = r.elapsed_s / 60
-    says(RESULTS, f"({cells} cells, one a seed, {minutes.min():.0f} to {minutes.max():.0f} minutes each")
+    says(RESULTS, f"({cells} cells, one a seed, {minutes.min():.0f} to {minutes.max():.0f} minutes each",
+         f"the Transformer's {cells} cells take {r.elapsed_s.sum() / 3600:.1f} CPU-hours ({minutes.min():.0f} to "
+         f"{minutes.max():.0f} minutes each, about {r.elapsed_s.sum() / 7200:.1f} hours packed on 2 workers: over the aim)")
+    assert r.elapsed_s.sum() / 7200 > 3  # the 3-hour aim, missed as the text says
     says(SWEEPS, f"| `papermill_runs/composable_table.yaml` ({cells} cells) |")
 
 
